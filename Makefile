@@ -1,0 +1,34 @@
+# make demo: install everything, then run the main job on the embedded default.
+# make test: install everything, then run all tests.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv test demo bench clean
+all: test
+
+deps:
+	@scripts/install-deps
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(VENV)/bin/cutpoint demo
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

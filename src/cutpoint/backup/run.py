@@ -1,0 +1,167 @@
+"""One backup of one VM: discover, cut, read, commit, clean up.
+
+The monitor is held only for discovery and the cut, and again for cleanup; reading happens over NBD while the guest
+runs on and while other tools may use the monitor. Whatever happens, cleanup runs and a point becomes visible only
+after everything it references is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..cut import bitmaps
+from ..cut.cleanup import release_cut, sweep, workdir_for
+from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
+from ..errors import CutpointError, UsageError
+from ..hypervisor.disks import Disk, Inventory, discover
+from ..hypervisor.qmp import QmpSession
+from ..paths import work_home
+from ..reader.export import ExportReader
+from ..vault.manifest import DiskManifest, Manifest
+from ..vault.vault import Vault
+from .chunker import Progress, read_disk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackupOptions:
+    full: bool = False
+    progress: Progress | None = None
+
+
+@dataclass
+class _Plan:
+    disks: list[Disk]
+    prev_bitmaps: dict[str, str | None] = field(default_factory=dict)
+    full_reasons: dict[str, str] = field(default_factory=dict)
+
+
+def new_point_id(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def iso(now: datetime) -> str:
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dict[str, Any]:
+    """Back up ``vm_name`` into ``vault``; returns the backup's JSON result (the CLI's ``--json`` contract)."""
+    opts = opts or BackupOptions()
+    vm = vault.catalog.vm(vm_name)
+    with vault.vm_lock(vm_name):
+        started = time.monotonic()
+        now = datetime.now(timezone.utc)
+        point_id = new_point_id(now)
+        prev = vault.catalog.points(vm_name)
+        prev_manifest = vault.manifest(prev[-1]) if prev else None
+        cut: Cut | None = None
+        with QmpSession(vm.address) as s:
+            swept = sweep(s)
+            if swept:
+                log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
+            inv = discover(s)
+            plan = _plan(s, inv, vm_name, prev_manifest, opts)
+            cut = plan_cut(Path(vm.address), workdir_for(work_home(), vm_name, point_id), plan.disks,
+                           point_id, plan.prev_bitmaps)
+            try:
+                take_cut(s, cut)
+            except BaseException:
+                s.close()
+                release_cut(cut, success=False)
+                raise
+        success = False
+        try:
+            manifest = _read_all(vault, cut, vm_name, point_id, now, prev_manifest, opts)
+            manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
+            if plan.full_reasons:
+                manifest.full_reason = _reason(plan.full_reasons, len(plan.disks))
+            manifest.mode = "full" if plan.full_reasons else "incremental"
+            manifest.parent = prev_manifest.point if prev_manifest and manifest.mode == "incremental" else None
+            summary = _summary(manifest, plan, time.monotonic() - started)
+            vault.commit_point(manifest, summary)
+            success = True
+        finally:
+            problems = release_cut(cut, success)
+        if problems:
+            summary["warnings"] = list(summary["warnings"]) + [f"cleanup: {p}" for p in problems]
+        return summary
+
+
+def _plan(s: QmpSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions) -> _Plan:
+    if not inv.disks:
+        skipped = ", ".join(f"{k.name} ({k.reason})" for k in inv.skipped) or "none"
+        raise UsageError(f"VM {vm!r} has no disk to back up (skipped: {skipped})")
+    plan = _Plan(inv.disks)
+    prev_disks = {d.name: d for d in prev.disks} if prev else {}
+    keep = bitmap_name(prev.point) if prev else None
+    for d in inv.disks:
+        reason = bitmaps.reconcile(s, d, keep)
+        old = prev_disks.get(d.name)
+        if prev is None:
+            reason = "first backup"
+        elif opts.full:
+            reason = "full backup requested (--full)"
+        elif old is None:
+            reason = f"disk {d.name} is new since point {prev.point}"
+        elif old.size != d.size:
+            reason = f"disk {d.name} was resized from {old.size} to {d.size} bytes"
+        elif old.filename and d.filename and old.filename != d.filename:
+            reason = f"disk {d.name} was replaced ({old.filename} -> {d.filename})"
+        if reason:
+            plan.full_reasons[d.name] = reason
+            plan.prev_bitmaps[d.name] = None
+        else:
+            plan.prev_bitmaps[d.name] = keep
+    if prev and not plan.full_reasons:
+        gone = sorted(set(prev_disks) - {d.name for d in inv.disks})
+        if gone:
+            log.info("disks removed since point %s: %s", prev.point, ", ".join(gone))
+    return plan
+
+
+def _read_all(vault: Vault, cut: Cut, vm: str, point_id: str, now: datetime, prev: Manifest | None,
+              opts: BackupOptions) -> Manifest:
+    prev_disks = {d.name: d for d in prev.disks} if prev else {}
+    disks: list[DiskManifest] = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for fd in cut.disks:
+            d = fd.disk
+            prev_chunks = prev_disks[d.name].chunks if fd.prev_bitmap else None
+            with ExportReader(cut.nbd_socket, fd.export, fd.prev_bitmap) as r:
+                if r.size() != d.size:
+                    raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
+                res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks, prev_chunks=prev_chunks,
+                                progress=opts.progress, pool=pool)
+            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.node, driver=d.driver,
+                                      filename=d.filename, cache=d.cache, read_bytes=res.read_bytes,
+                                      stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes))
+    return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
+                    pause_ms=round(cut.pause_ms, 3))
+
+
+def _reason(reasons: dict[str, str], ndisks: int) -> str:
+    distinct = set(reasons.values())
+    if len(distinct) == 1 and len(reasons) == ndisks:
+        return distinct.pop()
+    return "; ".join(f"{d}: {r}" for d, r in reasons.items())
+
+
+def _summary(m: Manifest, plan: _Plan, seconds: float) -> dict[str, Any]:
+    return {
+        "point": m.point, "vm": m.vm, "created": m.created,
+        "consistency": m.consistency, "requested": m.requested, "fallback_reason": m.fallback_reason,
+        "pause_ms": m.pause_ms, "frozen_ms": m.frozen_ms,
+        "mode": m.mode, "full_reason": m.full_reason, "parent": m.parent,
+        "duration_s": round(seconds, 3), "warnings": list(m.warnings), "skipped": m.skipped,
+        "disks": [{"name": d.name, "size": d.size, "read_bytes": d.read_bytes, "stored_bytes": d.stored_bytes,
+                   "dirty_bytes": d.dirty_bytes, "mode": "full" if d.name in plan.full_reasons else "incremental",
+                   "cache": d.cache} for d in m.disks],
+    }

@@ -1,0 +1,158 @@
+"""The catalog: a SQLite index of protected VMs and complete restore points, kept inside the vault.
+
+A point's row is inserted only after its manifest and every chunk it references are durable, in one transaction, so
+a point that is listed is always restorable; a point that is not listed does not exist for any reader. Manifests stay
+the source of truth for a point's content; the catalog is what makes it visible and fast to list.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFoundError, UsageError, VaultError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    name      TEXT PRIMARY KEY,
+    kind      TEXT NOT NULL,          -- 'qmp' (later 'libvirt')
+    address   TEXT NOT NULL,          -- QMP socket path
+    added     TEXT NOT NULL,
+    settings  TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS points (
+    id            TEXT PRIMARY KEY,
+    vm            TEXT NOT NULL,
+    created       TEXT NOT NULL,
+    consistency   TEXT NOT NULL,
+    mode          TEXT NOT NULL,
+    pause_ms      REAL NOT NULL,
+    logical_bytes INTEGER NOT NULL,
+    read_bytes    INTEGER NOT NULL,
+    stored_bytes  INTEGER NOT NULL,
+    manifest      TEXT NOT NULL,      -- path relative to the vault root
+    summary       TEXT NOT NULL       -- the backup's JSON result
+);
+CREATE INDEX IF NOT EXISTS points_vm ON points (vm, created);
+"""
+
+
+@dataclass
+class VmRecord:
+    name: str
+    kind: str
+    address: str
+    added: str
+    settings: dict[str, Any]
+
+
+@dataclass
+class PointRecord:
+    id: str
+    vm: str
+    created: str
+    consistency: str
+    mode: str
+    pause_ms: float
+    logical_bytes: int
+    read_bytes: int
+    stored_bytes: int
+    manifest: str
+    summary: dict[str, Any]
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot open catalog {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- VMs ---------------------------------------------------------------------------------------------------------
+
+    def add_vm(self, rec: VmRecord) -> None:
+        try:
+            self.db.execute("INSERT INTO vms VALUES (?,?,?,?,?)",
+                            (rec.name, rec.kind, rec.address, rec.added, json.dumps(rec.settings)))
+        except sqlite3.IntegrityError:
+            raise UsageError(f"a VM named {rec.name!r} is already registered; pick another name or "
+                             f"'cutpoint vm remove {rec.name}' first") from None
+
+    def update_vm(self, name: str, **fields: Any) -> None:
+        rec = self.vm(name)
+        for k, v in fields.items():
+            setattr(rec, k, v)
+        self.db.execute("UPDATE vms SET kind=?, address=?, settings=? WHERE name=?",
+                        (rec.kind, rec.address, json.dumps(rec.settings), name))
+
+    def remove_vm(self, name: str) -> None:
+        self.vm(name)
+        self.db.execute("DELETE FROM vms WHERE name=?", (name,))
+
+    def vm(self, name: str) -> VmRecord:
+        row = self.db.execute("SELECT name, kind, address, added, settings FROM vms WHERE name=?", (name,)).fetchone()
+        if row is None:
+            known = ", ".join(v.name for v in self.vms()) or "none"
+            raise NotFoundError(f"unknown VM {name!r} (registered: {known}); add it with "
+                                f"'cutpoint vm add {name} --qmp SOCKET'")
+        return VmRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def vms(self) -> list[VmRecord]:
+        rows = self.db.execute("SELECT name, kind, address, added, settings FROM vms ORDER BY name").fetchall()
+        return [VmRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    # -- points ------------------------------------------------------------------------------------------------------
+
+    def add_point(self, p: PointRecord) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            (p.id, p.vm, p.created, p.consistency, p.mode, p.pause_ms, p.logical_bytes,
+                             p.read_bytes, p.stored_bytes, p.manifest, json.dumps(p.summary)))
+
+    def remove_point(self, point_id: str) -> None:
+        self.db.execute("DELETE FROM points WHERE id=?", (point_id,))
+
+    def points(self, vm: str | None = None) -> list[PointRecord]:
+        q = "SELECT * FROM points" + (" WHERE vm=?" if vm else "") + " ORDER BY created, id"
+        return [_point(r) for r in self.db.execute(q, (vm,) if vm else ()).fetchall()]
+
+    def point(self, vm: str, ref: str) -> PointRecord:
+        """Find a point of ``vm`` by id, unique id prefix, or ``latest``."""
+        pts = self.points(vm)
+        if ref == "latest" and pts:
+            return pts[-1]
+        exact = [p for p in pts if p.id == ref]
+        match = exact or [p for p in pts if p.id.startswith(ref)]
+        if len(match) == 1:
+            return match[0]
+        if not match:
+            raise NotFoundError(f"VM {vm!r} has no restore point {ref!r}; list them with 'cutpoint points {vm}'")
+        raise UsageError(f"point {ref!r} is ambiguous for VM {vm!r}: {', '.join(p.id for p in match)}")
+
+    def transaction(self) -> "_Tx":
+        return _Tx(self.db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        self.db.execute("COMMIT" if et is None else "ROLLBACK")
+
+
+def _point(r: tuple[Any, ...]) -> PointRecord:
+    return PointRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], json.loads(r[10]))

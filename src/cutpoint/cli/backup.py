@@ -1,0 +1,38 @@
+"""``cutpoint backup``: take an atomic cut of all disks of a VM and store it as a restore point."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..backup.run import BackupOptions, backup
+from ..units import human
+from .common import add_vault_arg, open_vault, print_json, table
+from .progress import ProgressLine
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("backup", help="back up a protected VM now")
+    p.add_argument("name")
+    p.add_argument("--full", action="store_true", help="read every disk in full, not only what changed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_vault_arg(p)
+    p.set_defaults(func=cmd_backup)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json)))
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"point {res['point']} of VM {res['vm']}: {res['consistency']}-consistent, {res['mode']}"
+          + (f" ({res['full_reason']})" if res["full_reason"] else "")
+          + f", guest I/O paused {res['pause_ms']:.1f} ms, {res['duration_s']:.1f} s")
+    print(table(["disk", "size", "read", "stored"],
+                [[d["name"], human(d["size"]), human(d["read_bytes"]), human(d["stored_bytes"])]
+                 for d in res["disks"]]))
+    for k in res["skipped"]:
+        print(f"skipped {k['name']}: {k['reason']}")
+    for w in res["warnings"]:
+        print(f"warning: {w}")
+    return 0

@@ -1,0 +1,35 @@
+"""Pieces every command group shares: the vault option, JSON printing, tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..paths import default_vault
+from ..vault.vault import Vault
+
+
+def add_vault_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vault", type=Path, default=None,
+                   help="vault directory (default: $CUTPOINT_VAULT or ~/.local/share/cutpoint/vault)")
+
+
+def open_vault(args: argparse.Namespace, *, create: bool = True) -> Vault:
+    return Vault.open(args.vault or default_vault(), create=create)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

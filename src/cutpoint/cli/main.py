@@ -1,0 +1,51 @@
+"""The ``cutpoint`` command: one argparse tree, one file per command group, one error handler.
+
+Every ``CutpointError`` becomes one line on stderr naming the problem and the exit code of its class; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .. import __version__
+from ..errors import CutpointError
+from . import backup, lab, points, restore, vm
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cutpoint", description="Agentless, multi-disk, crash-consistent backup "
+                                "of running QEMU/KVM VMs.")
+    p.add_argument("--version", action="version", version=f"cutpoint {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in (vm, backup, points, restore, lab):
+        group.register(sub)
+    from . import demo
+    demo.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="cutpoint: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CutpointError as exc:
+        print(f"cutpoint: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cutpoint: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

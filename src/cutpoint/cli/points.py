@@ -1,0 +1,31 @@
+"""``cutpoint points``: list the complete restore points of one VM or all."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..units import human
+from .common import add_vault_arg, open_vault, print_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("points", help="list restore points")
+    p.add_argument("name", nargs="?", help="only this VM's points")
+    p.add_argument("--json", action="store_true")
+    add_vault_arg(p)
+    p.set_defaults(func=cmd_points)
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    if args.name:
+        if not vault.catalog.points(args.name):
+            vault.catalog.vm(args.name)   # unknown VM: a clear error; a known one simply has no points yet
+    pts = vault.catalog.points(args.name)
+    if args.json:
+        print_json([p.summary for p in pts])
+        return 0
+    print(table(["point", "vm", "created", "consistency", "mode", "pause ms", "size", "read", "stored"],
+                [[p.id, p.vm, p.created, p.consistency, p.mode, f"{p.pause_ms:.1f}", human(p.logical_bytes),
+                  human(p.read_bytes), human(p.stored_bytes)] for p in pts]))
+    return 0

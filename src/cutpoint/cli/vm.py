@@ -1,0 +1,84 @@
+"""``cutpoint vm``: register running VMs by their QMP socket, list and remove them."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..catalog.db import VmRecord
+from ..hypervisor.disks import discover
+from ..hypervisor.qmp import QmpSession
+from .common import add_vault_arg, open_vault, print_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("vm", help="register and list protected VMs")
+    vs = p.add_subparsers(dest="vm_command", metavar="ACTION")
+    vs.required = True
+
+    a = vs.add_parser("add", help="protect a running QEMU VM reached through its QMP socket")
+    a.add_argument("name")
+    a.add_argument("--qmp", required=True, type=Path, help="the VM's QMP unix socket")
+    a.add_argument("--json", action="store_true")
+    add_vault_arg(a)
+    a.set_defaults(func=cmd_add)
+
+    ls = vs.add_parser("list", help="list protected VMs")
+    ls.add_argument("--json", action="store_true")
+    add_vault_arg(ls)
+    ls.set_defaults(func=cmd_list)
+
+    rm = vs.add_parser("remove", help="stop protecting a VM (its points stay in the vault)")
+    rm.add_argument("name")
+    add_vault_arg(rm)
+    rm.set_defaults(func=cmd_remove)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    qmp = args.qmp.expanduser().resolve()
+    with QmpSession(qmp) as s:
+        s.cmd("query-version")
+        inv = discover(s)
+    vault.catalog.add_vm(VmRecord(args.name, "qmp", str(qmp),
+                                  datetime.now(timezone.utc).isoformat(timespec="seconds"), {}))
+    if args.json:
+        print_json({"vm": args.name, "qmp": str(qmp), "disks": [d.to_json() for d in inv.disks],
+                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped]})
+        return 0
+    print(f"protecting VM {args.name!r} through {qmp}")
+    print(table(["disk", "node", "format", "size", "cache", "verdict"],
+                [[d.name, d.node, d.driver, d.size, _cache(d.cache), "backed up"] for d in inv.disks]
+                + [[k.name, "-", "-", "-", "-", f"skipped: {k.reason}"] for k in inv.skipped]))
+    return 0
+
+
+def _cache(c: dict[str, bool]) -> str:
+    if not c:
+        return "?"
+    mode = "writeback" if c.get("writeback") else "writethrough"
+    if c.get("direct"):
+        mode = "none" if c.get("writeback") else "directsync"
+    if c.get("no-flush"):
+        mode = "unsafe"
+    return mode
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    vms = vault.catalog.vms()
+    if args.json:
+        print_json([{"name": v.name, "kind": v.kind, "address": v.address, "added": v.added,
+                     "points": len(vault.catalog.points(v.name))} for v in vms])
+        return 0
+    print(table(["vm", "kind", "address", "points"],
+                [[v.name, v.kind, v.address, len(vault.catalog.points(v.name))] for v in vms]))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    vault.catalog.remove_vm(args.name)
+    print(f"VM {args.name!r} is no longer protected; its points stay in the vault")
+    return 0

@@ -1,0 +1,40 @@
+"""Keeping cutpoint's dirty bitmaps in step with the catalog, before every cut.
+
+The invariant: after a successful backup of point P, each disk holds exactly one cutpoint bitmap, ``cutpoint-P``,
+recording every write since P's cut. A cutpoint process killed mid-backup can leave P's bitmap disabled and a newer
+one recording; their union still covers everything since P, so they are merged back into P's. Anything else (bitmap
+missing, marked inconsistent by QEMU, disabled with nothing to merge) means the chain is broken for that disk, and
+the caller reads it in full with the returned reason. Bitmaps of other tools are never touched.
+"""
+
+from __future__ import annotations
+
+from ..hypervisor.disks import Disk
+from ..hypervisor.qmp import QmpSession
+
+
+def reconcile(s: QmpSession, disk: Disk, keep: str | None) -> str | None:
+    """Make ``keep`` the only cutpoint bitmap on ``disk``; returns why it cannot be used, or None if it can."""
+    ours = {b["name"]: b for b in disk.bitmaps if b["name"] in disk.cutpoint_bitmaps}
+    kept = ours.pop(keep, None) if keep else None
+    others = sorted(ours)
+    reason: str | None = None
+    if keep is None:
+        reason = "no previous point"
+    elif kept is None:
+        reason = f"dirty bitmap {keep} is missing on node {disk.node} (VM restarted, raw disk or bitmap removed)"
+    elif kept.get("inconsistent"):
+        reason = f"dirty bitmap {keep} is marked inconsistent by QEMU (VM not shut down cleanly)"
+        others.append(keep)
+    elif not kept.get("recording", True):
+        if others:
+            s.cmd("transaction", actions=[
+                {"type": "block-dirty-bitmap-enable", "data": {"node": disk.node, "name": keep}},
+                {"type": "block-dirty-bitmap-merge", "data": {"node": disk.node, "target": keep, "bitmaps": others}},
+            ])
+        else:
+            reason = f"dirty bitmap {keep} was left disabled by an interrupted backup"
+            others.append(keep)
+    for name in others:
+        s.cmd("block-dirty-bitmap-remove", node=disk.node, name=name)
+    return reason

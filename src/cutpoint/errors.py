@@ -1,0 +1,76 @@
+"""One exception root for everything cutpoint reports to a user.
+
+Each class carries the process exit code the CLI uses, so scripts can tell a bad argument (2) from an unreachable
+hypervisor (4) or damaged vault data (6) without parsing messages. Messages name the thing that is wrong and, where
+there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class CutpointError(Exception):
+    """Root of all errors cutpoint reports; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(CutpointError):
+    """The user asked for something malformed (bad size, bad option combination)."""
+
+    exit_code = 2
+
+
+class NotFoundError(CutpointError):
+    """A named VM, point, disk or file does not exist."""
+
+    exit_code = 3
+
+
+class HypervisorError(CutpointError):
+    """QEMU could not be reached or refused a command."""
+
+    exit_code = 4
+
+
+class MonitorBusyError(HypervisorError):
+    """The QMP monitor accepted the connection but another client holds it."""
+
+
+class QmpCommandError(HypervisorError):
+    """QEMU answered a QMP command with an error."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"QMP command {command!r} failed: {error_class}: {desc}")
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+class VaultError(CutpointError):
+    """The vault cannot be opened, written or read."""
+
+    exit_code = 5
+
+
+class IntegrityError(VaultError):
+    """Vault data is damaged: a chunk or manifest fails its check."""
+
+    exit_code = 6
+
+
+class ConsistencyViolation(CutpointError):
+    """The lab verifier found disks that are not a prefix of the ordered workload."""
+
+    exit_code = 7
+
+
+class LockedError(CutpointError):
+    """Another cutpoint process holds a lock this operation needs."""
+
+    exit_code = 8
+
+
+class UnsupportedError(CutpointError):
+    """The VM's setup cannot be backed up consistently as configured."""
+
+    exit_code = 9

@@ -1,0 +1,122 @@
+"""Reading a frozen disk from QEMU's NBD export with libnbd (Debian's python3-libnbd).
+
+Two things make reading cheap: ``base:allocation`` block status tells which ranges read as zero (never fetched), and
+the ``qemu:dirty-bitmap:NAME`` context of the previous point's disabled bitmap tells which ranges changed since then.
+A single NBD request is limited to 32 MiB, so reads are issued in pieces.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbd
+
+from ..errors import HypervisorError
+
+MAX_REQUEST = 32 << 20
+STATUS_SPAN = 1 << 30          # ask block status for at most this much at once
+ALLOC_ZERO = 2                 # base:allocation flag: reads as zeros
+BITMAP_DIRTY = 1               # qemu:dirty-bitmap flag: changed
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    length: int
+    flag: int
+
+
+class ExportReader:
+    """A read-only libnbd connection to one export of QEMU's NBD server."""
+
+    def __init__(self, socket: Path, export: str, bitmap: str | None = None) -> None:
+        self.socket = socket
+        self.export = export
+        self.bitmap_ctx = f"qemu:dirty-bitmap:{bitmap}" if bitmap else None
+        self.h = nbd.NBD()
+        self.h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        if self.bitmap_ctx:
+            self.h.add_meta_context(self.bitmap_ctx)
+        uri = f"nbd+unix:///{urllib.parse.quote(export)}?socket={socket}"
+        try:
+            self.h.connect_uri(uri)
+        except nbd.Error as exc:
+            raise HypervisorError(f"cannot open NBD export {export!r} at {socket}: {exc}") from exc
+        if self.bitmap_ctx and not self.h.can_meta_context(self.bitmap_ctx):
+            raise HypervisorError(f"NBD export {export!r} does not offer dirty bitmap context {self.bitmap_ctx}")
+
+    def size(self) -> int:
+        return int(self.h.get_size())
+
+    def extents(self, context: str, offset: int = 0, length: int | None = None) -> list[Extent]:
+        """Block status of ``context`` over [offset, offset+length), as contiguous extents."""
+        end = self.size() if length is None else offset + length
+        out: list[Extent] = []
+        pos = offset
+        while pos < end:
+            got: list[Extent] = []
+
+            def cb(meta: str, off: int, entries: list[int], err: Any) -> int:
+                if meta == context:
+                    o = off
+                    for i in range(0, len(entries), 2):
+                        got.append(Extent(o, entries[i], entries[i + 1]))
+                        o += entries[i]
+                return 0
+            try:
+                self.h.block_status(min(STATUS_SPAN, end - pos), pos, cb)
+            except nbd.Error as exc:
+                raise HypervisorError(f"NBD block status of {self.export!r} failed: {exc}") from exc
+            if not got:
+                raise HypervisorError(f"NBD server sent no {context} status for {self.export!r} at {pos}")
+            for e in got:
+                length_ = min(e.length, end - e.offset)
+                if length_ > 0:
+                    out.append(Extent(e.offset, length_, e.flag))
+            pos = got[-1].offset + got[-1].length
+        return _merge(out)
+
+    def zero_extents(self) -> list[Extent]:
+        return [e for e in self.extents(nbd.CONTEXT_BASE_ALLOCATION) if e.flag & ALLOC_ZERO]
+
+    def dirty_extents(self) -> list[Extent]:
+        assert self.bitmap_ctx
+        return [e for e in self.extents(self.bitmap_ctx) if e.flag & BITMAP_DIRTY]
+
+    def pread(self, offset: int, length: int) -> bytes:
+        parts: list[bytes] = []
+        pos = offset
+        try:
+            while pos < offset + length:
+                n = min(MAX_REQUEST, offset + length - pos)
+                parts.append(self.h.pread(n, pos))
+                pos += n
+        except nbd.Error as exc:
+            raise HypervisorError(f"NBD read of {self.export!r} at {pos} failed: {exc}; did the VM exit?") from exc
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        try:
+            self.h.shutdown()
+        except nbd.Error:
+            pass  # the server side is already gone; nothing left to release
+        del self.h
+
+    def __enter__(self) -> "ExportReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merge(extents: list[Extent]) -> list[Extent]:
+    out: list[Extent] = []
+    for e in extents:
+        if out and out[-1].flag == e.flag and out[-1].offset + out[-1].length == e.offset:
+            out[-1] = Extent(out[-1].offset, out[-1].length + e.length, e.flag)
+        else:
+            out.append(e)
+    return out

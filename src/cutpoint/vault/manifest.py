@@ -1,0 +1,72 @@
+"""A restore point's manifest: ``points/<vm>/<point>.json``, the complete recipe of every disk at the cut.
+
+Each disk lists one entry per fixed-size chunk of its address space: a chunk id, or ``null`` for a chunk that reads
+as all zeros (never stored). Every point is thus a complete image, however it was read (full or incremental).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import IntegrityError
+
+FORMAT = 1
+
+
+@dataclass
+class DiskManifest:
+    name: str
+    size: int
+    chunks: list[str | None]
+    node: str = ""
+    driver: str = ""
+    filename: str = ""
+    cache: dict[str, bool] = field(default_factory=dict)
+    read_bytes: int = 0
+    stored_bytes: int = 0
+    dirty_bytes: int | None = None
+
+
+@dataclass
+class Manifest:
+    point: str
+    vm: str
+    created: str
+    chunk_size: int
+    disks: list[DiskManifest]
+    consistency: str = "crash"
+    requested: str = "crash"
+    fallback_reason: str | None = None
+    pause_ms: float = 0.0
+    frozen_ms: float | None = None
+    mode: str = "full"
+    full_reason: str | None = None
+    parent: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    format: int = FORMAT
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "manifest") -> "Manifest":
+        try:
+            raw: dict[str, Any] = json.loads(data)
+            disks = [DiskManifest(**d) for d in raw.pop("disks")]
+            m = cls(disks=disks, **raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IntegrityError(f"{where} is damaged or truncated: {exc}") from exc
+        if m.format != FORMAT:
+            raise IntegrityError(f"{where} has format {m.format}; this cutpoint reads format {FORMAT}")
+        return m
+
+    def referenced(self) -> set[str]:
+        return {c for d in self.disks for c in d.chunks if c}
+
+
+def manifest_path(root: Path, vm: str, point: str) -> Path:
+    return root / "points" / vm / f"{point}.json"
