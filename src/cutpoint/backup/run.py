@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cut import bitmaps
-from ..cut.cleanup import release_cut, sweep, workdir_for
+from ..cut.cleanup import release_cut, sweep, sweep_workdirs, workdir_for
 from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
 from ..errors import CutpointError, UsageError
 from ..hypervisor.disks import Disk, Inventory, discover
@@ -64,7 +64,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         prev_manifest = vault.manifest(prev[-1]) if prev else None
         cut: Cut | None = None
         with QmpSession(vm.address) as s:
-            swept = sweep(s)
+            swept = sweep(s) + sweep_workdirs(work_home(), vm_name)
             if swept:
                 log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
             inv = discover(s)

@@ -33,6 +33,10 @@ def release_cut(cut: Cut, success: bool) -> list[str]:
         # The VM is gone or unreachable: its in-memory nodes, jobs and exports went with it.
         log.info("cleanup could not reach QEMU (%s); removing files only", exc)
     shutil.rmtree(cut.workdir, ignore_errors=True)
+    try:
+        cut.workdir.parent.rmdir()      # the VM's work folder, when no other backup of it is under way
+    except OSError:
+        pass
     if cut.workdir.exists():
         problems.append(f"could not delete work directory {cut.workdir}")
     return problems
@@ -141,4 +145,12 @@ def _step(problems: list[str], fn: Callable[[], object]) -> None:
 
 
 def workdir_for(base: Path, vm: str, point_id: str) -> Path:
-    return base / f"{vm}-{point_id}"
+    return base / vm / point_id
+
+
+def sweep_workdirs(base: Path, vm: str) -> list[str]:
+    """Delete work directories of earlier, interrupted backups of ``vm`` (caller holds the VM's lock)."""
+    stale = sorted(p for p in (base / vm).glob("*") if p.is_dir()) if (base / vm).is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [str(p) for p in stale]

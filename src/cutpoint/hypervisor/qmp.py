@@ -120,7 +120,10 @@ def _connect_error(path: Path, exc: ConnectError) -> HypervisorError:
     if isinstance(root, ConnectionRefusedError):
         return HypervisorError(f"QMP socket {path} refuses connections: the VM that created it is no longer "
                                "running (a dead socket file); start the VM or fix the path")
-    if isinstance(root, (EOFError, ConnectionResetError, socket.error)) or isinstance(root, QMPError):
-        return HypervisorError(f"{path} does not speak QMP ({root.__class__.__name__}: {root}): it is not a QEMU "
+    if isinstance(root, QMPError):
+        return HypervisorError(f"{path} answered with something that is not a QMP greeting: it is not a QEMU "
                                "monitor socket")
+    if isinstance(root, (EOFError, ConnectionResetError, socket.error)):
+        return HypervisorError(f"{path} closed the connection without a QMP greeting "
+                               f"({root.__class__.__name__}): it is not a QEMU monitor socket")
     return HypervisorError(f"cannot connect to QMP socket {path}: {exc}")

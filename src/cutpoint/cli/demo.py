@@ -1,0 +1,84 @@
+"""``cutpoint demo``: the whole story on the embedded default, end to end, in about a minute.
+
+Boots a lab VM with three disks running the ordered-write workload, protects it, takes three backups while it
+writes, restores each point, has the lab verifier judge each restore, prints a table, and stops the VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..backup.run import backup
+from ..catalog.db import VmRecord
+from ..errors import NotFoundError
+from ..lab import vm as labvm
+from ..lab.verify import verify_dir
+from ..restore.images import restore_point
+from ..units import human, parse_size
+from .common import add_vault_arg, open_vault, table
+
+DEMO_VM = "cutpoint-demo"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="boot a lab VM, back it up under load, restore and verify every point")
+    p.add_argument("--points", type=int, default=3)
+    p.add_argument("--disks", type=int, default=3)
+    p.add_argument("--size", default="128M")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between backups")
+    add_vault_arg(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    size = parse_size(args.size)
+    print(f"vault: {vault.root}")
+    if _exists(DEMO_VM):
+        labvm.remove(DEMO_VM)
+    print(f"booting lab VM {DEMO_VM!r} with {args.disks} disks of {human(size)} and the ordered-write workload ...")
+    vm = labvm.up(DEMO_VM, [labvm.DiskSpec(size) for _ in range(args.disks)])
+    rows = []
+    ok = True
+    scratch = Path(tempfile.mkdtemp(prefix="cutpoint-demo-"))
+    try:
+        print(f"booted in {vm.to_json().get('boot_seconds', '?')} s ({vm.accel}); QMP socket {vm.qmp}")
+        try:
+            vault.catalog.update_vm(DEMO_VM, address=str(vm.qmp))
+        except NotFoundError:
+            vault.catalog.add_vm(VmRecord(DEMO_VM, "qmp", str(vm.qmp), time.strftime("%Y-%m-%dT%H:%M:%SZ"), {}))
+        for n in range(args.points):
+            time.sleep(args.interval)
+            res = backup(vault, DEMO_VM)
+            rec = vault.catalog.point(DEMO_VM, res["point"])
+            out = scratch / res["point"]
+            restore_point(vault, vault.manifest(rec), out)
+            verdict = verify_dir(out)
+            ok &= verdict.ok
+            rows.append([res["point"], res["mode"], f"{res['pause_ms']:.1f}",
+                         human(sum(d["read_bytes"] for d in res["disks"])),
+                         human(sum(d["stored_bytes"] for d in res["disks"])),
+                         f"consistent (k={verdict.k})" if verdict.ok else "VIOLATION: " + "; ".join(
+                             verdict.violations[:2])])
+            print(f"point {n + 1}/{args.points}: {rows[-1][-1]}")
+    finally:
+        labvm.down(DEMO_VM)
+        shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    print(table(["point", "mode", "pause ms", "bytes read", "bytes stored", "verdict"], rows))
+    print()
+    print("every point is a prefix of the guest's global write order: the cut is atomic across all disks" if ok
+          else "a point failed verification")
+    return 0 if ok else 7
+
+
+def _exists(name: str) -> bool:
+    try:
+        labvm.get(name)
+        return True
+    except NotFoundError:
+        return False

@@ -1,0 +1,92 @@
+"""Shared fixtures: isolated vault/work/lab directories, a bare paused QEMU, and a CLI runner.
+
+A *bare* QEMU is started with ``-S`` (no guest code runs), with disks prepared by ``qemu-io``: it answers QMP, has
+real block nodes and serves real NBD, which is all most backup and cleanup tests need, in a fraction of a boot.
+Tests that need a guest writing under load use the lab (``cutpoint.lab.vm``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_cache() -> Iterator[Path]:
+    """One guest-image cache for the whole session: building the initramfs once is enough."""
+    d = Path(os.environ.get("CUTPOINT_TEST_CACHE", tempfile.mkdtemp(prefix="cp-cache-")))
+    yield d
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Iterator[Path]:
+    """Every test gets its own vault, lab and work directories (short paths: unix sockets max 107 bytes)."""
+    short = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
+    monkeypatch.setenv("CUTPOINT_VAULT", str(tmp_path / "vault"))
+    monkeypatch.setenv("CUTPOINT_WORK", str(short / "work"))
+    monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
+    monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
+    yield short
+    _stop_lab_vms(short / "lab")
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _stop_lab_vms(lab: Path) -> None:
+    for pidfile in lab.glob("*/qemu.pid"):
+        try:
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError, OSError):
+            pass
+
+
+@dataclass
+class BareVM:
+    qmp: Path
+    proc: subprocess.Popen[bytes]
+    dir: Path
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def bare_qemu(isolated: Path) -> Iterator[Callable[..., BareVM]]:
+    """Factory: ``bare_qemu(args)`` starts a paused QEMU with extra ``args`` and waits for its QMP socket."""
+    vms: list[BareVM] = []
+
+    def start(args: list[str], name: str = "bare") -> BareVM:
+        d = isolated / name
+        d.mkdir(exist_ok=True)
+        qmp = d / "qmp.sock"
+        proc = subprocess.Popen(
+            ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "64", "-display", "none", "-S",
+             "-nodefaults", "-qmp", f"unix:{qmp},server=on,wait=off", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
+        vm = BareVM(qmp, proc, d)
+        vms.append(vm)
+        deadline = time.monotonic() + 20
+        while not qmp.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"qemu exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("qemu did not create its QMP socket")
+            time.sleep(0.02)
+        return vm
+
+    yield start
+    for vm in vms:
+        vm.kill()

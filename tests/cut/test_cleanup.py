@@ -1,0 +1,81 @@
+"""Nothing stays in QEMU or on disk after a backup: not after success, not after a failure mid-read, not after a
+cutpoint process that died between the cut and its cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cutpoint.backup.run import BackupOptions, backup
+from cutpoint.cut.cleanup import workdir_for
+from cutpoint.cut.transaction import plan_cut, take_cut
+from cutpoint.errors import CutpointError
+from cutpoint.hypervisor.disks import discover
+from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.paths import work_home
+from cutpoint.vault.vault import Vault
+from tests.helpers import assert_clean, blockdev_args, cutpoint, drive_args, make_image
+
+
+def _two_disk_vm(bare_qemu, tmp_path: Path):
+    a = make_image(tmp_path / "a.qcow2", "32M", writes=["write -P 0x5a 0 6M"])
+    b = make_image(tmp_path / "b.raw", "32M", "raw", writes=["write -P 0x6b 8M 2M"])
+    # a bitmap of another tool must survive everything cutpoint does
+    vm = bare_qemu(blockdev_args(a, "da") + drive_args(b, "db", "raw"))
+    with QmpSession(vm.qmp) as s:
+        s.cmd("block-dirty-bitmap-add", node="da", name="other-tool", persistent=True)
+    return vm
+
+
+def test_success_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None:
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p1, "other-tool"], db_node: ["cutpoint-" + p1]})
+    p2 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})
+
+
+def test_failure_mid_read_cleans_up_and_keeps_the_chain(bare_qemu, tmp_path: Path) -> None:
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+
+    def fail(disk: str, done: int, total: int) -> None:
+        if done >= 8 << 20:
+            raise CutpointError("injected read failure")
+
+    vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
+    with pytest.raises(CutpointError, match="injected"):
+        backup(vault, "v", BackupOptions(progress=fail))
+    assert [p.id for p in vault.catalog.points("v")] == [p1]           # no partial point
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    # the failed backup's bitmap was merged back into p1's, which records again
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p1, "other-tool"], db_node: ["cutpoint-" + p1]})
+    res = json.loads(cutpoint("backup", "v", "--json", check=True).out)
+    assert res["mode"] == "incremental" and res["parent"] == p1
+
+
+def test_leftovers_of_a_dead_cutpoint_are_swept(bare_qemu, tmp_path: Path) -> None:
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+    # a cutpoint process that died right after its cut: overlays, jobs, exports, NBD server, new bitmaps, p1's
+    # bitmap disabled
+    with QmpSession(vm.qmp) as s:
+        disks = discover(s).disks
+        cut = plan_cut(vm.qmp, workdir_for(work_home(), "v", "20990101T000000Z-dead"), disks, "20990101T000000Z-dead",
+                       {d.name: "cutpoint-" + p1 for d in disks})
+        take_cut(s, cut)
+    res = json.loads(cutpoint("backup", "v", "--json", check=True).out)
+    assert res["mode"] == "incremental", res["full_reason"]
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    p2 = res["point"]
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})

@@ -1,0 +1,79 @@
+"""Helpers for tests: images prepared with qemu-io, QEMU disk arguments, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def make_image(path: Path, size: str, fmt: str = "qcow2", writes: list[str] = ()) -> Path:
+    """Create an image and fill it with ``qemu-io`` write commands such as ``"write -P 0xab 1M 3M"``."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+    if writes:
+        cmd = ["qemu-io", "-f", fmt]
+        for w in writes:
+            cmd += ["-c", w]
+        subprocess.run(cmd + [str(path)], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def blockdev_args(path: Path, node: str, fmt: str = "qcow2", extra: str = "") -> list[str]:
+    return ["-blockdev", f"driver=file,filename={path},node-name={node}-file",
+            "-blockdev", f"driver={fmt},file={node}-file,node-name={node}{',' + extra if extra else ''}",
+            "-device", f"virtio-blk-pci,drive={node},id={node}-dev"]
+
+
+def drive_args(path: Path, drive_id: str, fmt: str = "qcow2", extra: str = "") -> list[str]:
+    return ["-drive", f"file={path},format={fmt},if=none,id={drive_id}{',' + extra if extra else ''}",
+            "-device", f"virtio-blk-pci,drive={drive_id}"]
+
+
+def raw_bytes(path: Path) -> bytes:
+    """The guest-visible content of an image (any format), read with qemu-img while QEMU may hold it."""
+    out = path.with_name(path.name + ".cmp.raw")
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(path), str(out)], check=True)
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def cutpoint(*args: str, check: bool = False, timeout: float = 300) -> Run:
+    """Run the real CLI in a subprocess (the environment carries the isolated directories)."""
+    p = subprocess.run([sys.executable, "-m", "cutpoint.cli.main", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    r = Run(p.returncode, p.stdout, p.stderr)
+    if check and r.code != 0:
+        raise AssertionError(f"cutpoint {' '.join(args)} failed ({r.code}): {r.err}")
+    return r
+
+
+def qemu_state(qmp: Path) -> dict[str, object]:
+    """What a backup could leave behind in QEMU: jobs, exports, fleecing nodes, and bitmaps per node."""
+    from cutpoint.hypervisor.qmp import QmpSession
+
+    with QmpSession(qmp) as s:
+        nodes = s.cmd("query-named-block-nodes", flat=True)
+        return {
+            "jobs": [j["device"] for j in s.cmd("query-block-jobs")],
+            "exports": [e["id"] for e in s.cmd("query-block-exports")],
+            "fleece_nodes": [n["node-name"] for n in nodes if n["node-name"].startswith("cutpoint-")],
+            "bitmaps": {n["node-name"]: sorted(b["name"] for b in n.get("dirty-bitmaps") or [])
+                        for n in nodes if n.get("dirty-bitmaps")},
+        }
+
+
+def assert_clean(qmp: Path, work: Path, expect_bitmaps: dict[str, list[str]]) -> None:
+    st = qemu_state(qmp)
+    assert st["jobs"] == [] and st["exports"] == [] and st["fleece_nodes"] == [], st
+    assert st["bitmaps"] == expect_bitmaps, st
+    left = [p for p in work.rglob("*") if not p.is_dir()] if work.exists() else []
+    assert left == [], left
