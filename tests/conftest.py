@@ -57,6 +57,18 @@ class BareVM:
     proc: subprocess.Popen[bytes]
     dir: Path
 
+    def quit(self) -> None:
+        """Clean shutdown over QMP (persistent bitmaps are written to qcow2 images)."""
+        from cutpoint.errors import HypervisorError
+        from cutpoint.hypervisor.qmp import QmpSession
+
+        try:
+            with QmpSession(self.qmp) as s:
+                s.cmd("quit")
+        except HypervisorError:
+            pass  # QEMU closes the monitor as it exits
+        self.proc.wait(10)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -72,6 +84,7 @@ def bare_qemu(isolated: Path) -> Iterator[Callable[..., BareVM]]:
         d = isolated / name
         d.mkdir(exist_ok=True)
         qmp = d / "qmp.sock"
+        qmp.unlink(missing_ok=True)       # left by a killed predecessor
         proc = subprocess.Popen(
             ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "64", "-display", "none", "-S",
              "-nodefaults", "-qmp", f"unix:{qmp},server=on,wait=off", *args],

@@ -77,3 +77,18 @@ def assert_clean(qmp: Path, work: Path, expect_bitmaps: dict[str, list[str]]) ->
     assert st["bitmaps"] == expect_bitmaps, st
     left = [p for p in work.rglob("*") if not p.is_dir()] if work.exists() else []
     assert left == [], left
+
+
+def guest_write(qmp: Path, target: str, *commands: str) -> None:
+    """Write to a disk of a running (or paused) QEMU through its block layer, as a guest write would: dirty
+    bitmaps see it. ``target`` is a legacy drive id, or the device id (``-device ...,id=``) of a virtio-blk disk
+    attached with -blockdev; commands are qemu-io commands. HMP prints nothing on success."""
+    from cutpoint.hypervisor.qmp import QmpSession
+
+    with QmpSession(qmp) as s:
+        for c in (*commands, "flush"):  # flush: qcow2 metadata reaches the file, for raw_bytes() to see it
+            out = s.cmd("human-monitor-command", command_line=f'qemu-io {target} "{c}"')
+            if out.strip():
+                out = s.cmd("human-monitor-command",
+                            command_line=f'qemu-io -d /machine/peripheral/{target}/virtio-backend "{c}"')
+            assert not out.strip(), out

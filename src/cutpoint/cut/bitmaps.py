@@ -21,8 +21,12 @@ def reconcile(s: QmpSession, disk: Disk, keep: str | None) -> str | None:
     reason: str | None = None
     if keep is None:
         reason = "no previous point"
+    elif kept is None and others:
+        reason = (f"dirty bitmap {keep} is missing on node {disk.node}; the disk tracks changes since "
+                  f"{', '.join(others)}, a point that no longer exists (deleted)")
     elif kept is None:
-        reason = f"dirty bitmap {keep} is missing on node {disk.node} (VM restarted, raw disk or bitmap removed)"
+        reason = (f"dirty bitmap {keep} is missing on node {disk.node} (VM restarted without persistent bitmaps, "
+                  "e.g. a raw disk, or the bitmap was removed)")
     elif kept.get("inconsistent"):
         reason = f"dirty bitmap {keep} is marked inconsistent by QEMU (VM not shut down cleanly)"
         others.append(keep)

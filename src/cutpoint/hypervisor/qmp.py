@@ -61,7 +61,7 @@ class QmpSession:
         if self._client is not None and self._loop is not None:
             try:
                 self._run(self._client.disconnect(), 5.0)
-            except (QMPError, OSError, asyncio.TimeoutError) as exc:  # already gone: nothing to release
+            except (QMPError, OSError, EOFError, asyncio.TimeoutError) as exc:  # already gone: nothing to release
                 log.debug("QMP disconnect from %s: %s", self.path, exc)
         if self._loop is not None:
             self._loop.close()
