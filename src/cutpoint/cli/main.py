@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import CutpointError
-from . import backup, points, restore, vm
+from . import backup, demo, lab, points, restore, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (vm, backup, points, restore):
+    for group in (vm, backup, points, restore, lab, demo):
         group.register(sub)
-    try:  # TEMP until lab lands
-        from . import demo, lab
-        lab.register(sub)
-        demo.register(sub)
-    except ImportError:
-        pass
     return p
 
 
