@@ -94,7 +94,8 @@ class Verdict:
 
     def summary(self) -> str:
         if self.ok:
-            return f"consistent: prefix of the first k={self.k} writes across {self.ndisks} disks"
+            disks = f"{self.ndisks} disk" + "s" * (self.ndisks != 1)
+            return f"consistent: prefix of the first k={self.k} writes across {disks}"
         head = f"VIOLATION: {self.violation_count} problem(s)"
         if self.first_missing is not None:
             head += f"; write {self.first_missing} is missing although later writes up to {self.k} are present"
@@ -222,10 +223,12 @@ def _judge(raws: list[Path], names: list[str], strict_order: bool) -> Verdict:
         if d not in owner and unclaimed:
             owner[d] = unclaimed.pop(0)
     for i in unclaimed:
-        if any(c.kind == "bad" for c in slots[i]):
-            rep.add(f"{names[i]}: holds damaged workload blocks but no disk index is left for it")
+        bad = [(s, c) for s, c in enumerate(slots[i]) if c.kind == "bad"]
+        if bad and any(c.seq for _, c in bad):  # workload-looking blocks, but of no disk that is left
+            s, c = bad[0]
+            rep.add(f"{names[i]}: {len(bad)} bad block(s) (slot {s}: {c.note}) and no disk index left for it")
         else:
-            ignored.append(names[i])
+            ignored.append(names[i])  # e.g. a read-only disk the workload skipped, or an unrelated disk
 
     k = max((c.seq for row in slots for c in row if c.kind == "valid"), default=0)
     last = _last_writers(seed, k, nd, ns)

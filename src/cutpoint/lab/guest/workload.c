@@ -17,6 +17,7 @@
  * In the guest, parameters come from /proc/cmdline: cutpoint.seed=, cutpoint.slots=, cutpoint.rate= (writes/s,
  * 0 = unlimited), cutpoint.ndisks= (disks to wait for), cutpoint.progress= (seconds between progress lines),
  * cutpoint.count= (stop after that many writes, 0 = never).  Disks are /dev/vda, /dev/vdb, ... = index 0, 1, ...
+ * (read-only disks are skipped and take no index).
  * On the host, `workload --files F0 F1 ... [--seed N] [--slots N] [--count N] [--rate N]` runs the same workload on
  * regular files, which the tests use to make images the real program wrote.
  */
@@ -65,8 +66,16 @@ static double now(void) {
 
 static void put32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
 static void put64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static uint32_t get32(const unsigned char *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
-static uint64_t get64(const unsigned char *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static uint32_t get32(const unsigned char *p) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+static uint64_t get64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
 
 static void schedule(uint64_t sd, uint64_t seq, uint32_t *disk, uint32_t *slot) {
     uint64_t st = sd ^ seq, r = splitmix64(&st);
@@ -123,6 +132,18 @@ static void vd_name(unsigned idx, char *out) {
 
 static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
 
+static int read_only(const char *name) {
+    char p[64], v[4] = "";
+    snprintf(p, sizeof p, "/sys/block/%s/ro", name);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    if (!fgets(v, sizeof v, f)) v[0] = 0;
+    fclose(f);
+    return v[0] == '1';
+}
+
+/* Waits for `want` virtio disks (all present ones if 0); read-only disks are left out of the workload, so the
+ * writable ones are indices 0, 1, ... in device order. */
 static void find_guest_disks(uint32_t want) {
     double deadline = now() + 20;
     for (;;) {
@@ -133,12 +154,25 @@ static void find_guest_disks(uint32_t want) {
             snprintf(sys, sizeof sys, "/sys/block/%s", name);
             snprintf(dev, sizeof dev, "/dev/%s", name);
             if (!exists(sys) || !exists(dev)) break;
-            snprintf(disks[n].path, sizeof disks[n].path, "%s", dev);
         }
-        if ((want && n >= want) || (!want && n > 0)) { ndisks = want ? want : n; return; }
+        if ((want && n >= want) || (!want && n > 0)) {
+            ndisks = 0;
+            for (uint32_t i = 0; i < (want ? want : n); i++) {
+                vd_name(i, name);
+                if (read_only(name)) {
+                    printf("CUTPOINT-WORKLOAD skipping read-only /dev/%s\n", name);
+                    continue;
+                }
+                snprintf(disks[ndisks++].path, sizeof disks[0].path, "/dev/%s", name);
+            }
+            if (ndisks == 0) {
+                printf("CUTPOINT-WORKLOAD-ERROR no writable virtio disk\n");
+                exit(1);
+            }
+            return;
+        }
         if (now() > deadline) {
             printf("CUTPOINT-WORKLOAD-ERROR found %u of %u virtio disks\n", n, want);
-            fflush(stdout);
             exit(1);
         }
         usleep(50000);
@@ -205,7 +239,10 @@ int main(int argc, char **argv) {
             }
         }
         progress = 0;
-        if (!ndisks) { fprintf(stderr, "usage: workload --files F0 F1 ... [--seed N] [--slots N] [--count N]\n"); return 2; }
+        if (!ndisks) {
+            fprintf(stderr, "usage: workload --files F0 F1 ... [--seed N] [--slots N] [--count N] [--rate N]\n");
+            return 2;
+        }
     } else {
         char cmdline[4096] = "";
         FILE *f = fopen("/proc/cmdline", "r");
@@ -230,9 +267,9 @@ int main(int argc, char **argv) {
         make_block(buf, seed, seq, d, s);
         ssize_t n = pwrite(disks[d].fd, buf, BLK, (off_t)(s * disks[d].stride));
         if (n != BLK) {
-            if (n >= 0) errno = EIO;
-            printf("CUTPOINT-WORKLOAD-ERROR write seq=%" PRIu64 " ", seq);
-            die("pwrite", disks[d].path);
+            printf("CUTPOINT-WORKLOAD-ERROR pwrite seq=%" PRIu64 " %s: %s\n", seq, disks[d].path,
+                   n < 0 ? strerror(errno) : "short write");
+            return 1;
         }
         if (seq == first)
             printf("CUTPOINT-WORKLOAD-STARTED seq=%" PRIu64 " seed=%" PRIu64 " ndisks=%u slots=%u\n", seq, seed, ndisks,
