@@ -133,7 +133,8 @@ def test_stale_overwritten_slot_is_caught(workload_bin: Path, tmp_path: Path) ->
     write_slot(files[disk], slot, make_block(SEED, old, disk, 3, slot, SLOTS))  # the overwrite never landed
     v = verify_images(files)
     assert not v.ok
-    msg = f"disk{disk} slot {slot} ({files[disk]}): holds seq {old}, expected seq {new} (missing writes {old + 1}..{new})"
+    msg = (f"disk{disk} slot {slot} ({files[disk]}): holds seq {old}, expected seq {new} "
+           f"(missing writes {old + 1}..{new})")
     assert msg in v.violations, v.violations
 
 

@@ -36,10 +36,13 @@ def lab(isolated: Path) -> Iterator[None]:
 
 
 def test_boot_two_disks_run_stop_verify(lab: None) -> None:
-    vm = labvm.up("two", [DiskSpec(32 << 20), DiskSpec(16 << 20, fmt="raw")], seed=42)
+    # A read-only third disk: the workload skips it, the verifier reports it as ignored.
+    vm = labvm.up("two", [DiskSpec(32 << 20), DiskSpec(16 << 20, fmt="raw"), DiskSpec(8 << 20, extra="read-only=on")],
+                  seed=42)
     assert vm.running and vm.accel in ("kvm", "tcg") and vm.boot_seconds and vm.boot_seconds > 0
-    assert [d["node"] for d in vm.disks] == ["disk0", "disk1"]
-    assert [Path(d["path"]).name for d in vm.disks] == ["disk0.qcow2", "disk1.raw"]
+    assert [d["node"] for d in vm.disks] == ["disk0", "disk1", "disk2"]
+    assert [Path(d["path"]).name for d in vm.disks] == ["disk0.qcow2", "disk1.raw", "disk2.qcow2"]
+    assert "skipping read-only /dev/vdc" in vm.console_text()
     saved = json.loads((vm.dir / "vm.json").read_text())
     assert saved["pid"] == vm.pid and saved["boot_seconds"] == vm.boot_seconds and saved["seed"] == 42
     assert labvm.get("two").pid == vm.pid and [v.name for v in labvm.list_vms()] == ["two"]
@@ -54,6 +57,7 @@ def test_boot_two_disks_run_stop_verify(lab: None) -> None:
     verdict = verify_dir(vm.dir)  # every write completed in order, so the stopped disks are a prefix
     assert verdict.ok, verdict.summary()
     assert verdict.k >= (vm.last_seq() or 1) > 0 and verdict.seed == 42 and verdict.ndisks == 2
+    assert verdict.ignored == [str(vm.dir / "disk2.qcow2")]
     labvm.remove("two")
     assert not vm.dir.exists()
     with pytest.raises(NotFoundError):

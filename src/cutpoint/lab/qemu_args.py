@@ -4,7 +4,7 @@ Disks are attached in list order, so disk i is the guest's i-th virtio disk (vda
 disk index i. ``DiskSpec.extra`` is a comma-separated option list, routed like this:
 
 * ``dev.KEY=V`` and the virtio-blk device properties in ``DEVICE_KEYS`` (``serial``, ``write-cache``, ...) go to
-  ``-device``;
+  ``-device`` (``discard`` is the node's option; the device's is ``dev.discard=on``);
 * with attach="blockdev": ``file.KEY=V`` and ``locking``/``aio`` go to the protocol node (``diskN-file``),
   ``cache.direct``/``cache.no-flush`` to both nodes, ``cache=MODE`` is translated as QEMU's -drive would
   (``none`` = direct, ``writethrough`` = no device write cache, ``unsafe`` = no flush, ``directsync`` = both,
@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import UsageError
 
 DEVICE_KEYS = {
-    "serial", "write-cache", "num-queues", "queue-size", "discard", "logical_block_size", "physical_block_size",
+    "serial", "write-cache", "num-queues", "queue-size", "logical_block_size", "physical_block_size",
     "iothread", "bootindex", "share-rw", "config-wce", "seg-max-adjust", "discard_granularity",
 }
 FILE_KEYS = {"locking", "aio", "aio-max-batch"}
@@ -103,7 +103,8 @@ def disk_args(i: int, spec: DiskSpec, path: Path) -> list[str]:
 
 def cdrom_args() -> list[str]:
     """An empty CD-ROM on the q35 AHCI controller: visible to QMP, invisible to the virtio disk order."""
-    return ["-drive", "if=none,id=cdrom0,media=cdrom,readonly=on", "-device", "ide-cd,drive=cdrom0,bus=ide.2,id=cdrom0-dev"]
+    return ["-drive", "if=none,id=cdrom0,media=cdrom,readonly=on",
+            "-device", "ide-cd,drive=cdrom0,bus=ide.2,id=cdrom0-dev"]
 
 
 def kernel_cmdline(*, seed: int, slots: int, ndisks: int, workload: bool, rate: int) -> str:

@@ -312,6 +312,7 @@ def up(
 def _launch(vm: LabVM, *, wait: bool, timeout: float) -> LabVM:
     t0 = time.monotonic()
     vm.started_at = time.time()
+    _save(vm)  # known (as stopped) even if QEMU fails to start, so down/remove can clean up
     try:
         with open(vm.dir / "qemu.log", "w") as log:
             r = subprocess.run(vm.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=60)
