@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 from cutpoint.lab import accel, image
@@ -40,3 +42,15 @@ def test_kvm_probe_recognises_a_booting_kernel() -> None:
     # TCG always works, so the probe logic itself is checked here; whether KVM works depends on the host.
     assert accel.probe_kvm(g.kernel, timeout=20, accel="tcg")
     assert accel.choose(g.kernel) in ("kvm", "tcg")
+
+
+def test_concurrent_builds_agree(tmp_path: Path) -> None:
+    """Parallel builders (e.g. test workers) into an empty cache both succeed and end up with one guest."""
+    env = {**os.environ, "CUTPOINT_CACHE": str(tmp_path)}
+    code = "from cutpoint.lab.image import build; print(build().dir)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and Path(outs[0]).parent == tmp_path / "guest"
+    assert [p.name for p in (tmp_path / "guest").iterdir()] == [Path(outs[0]).name]

@@ -238,6 +238,15 @@ def _build_into(d: Path, kernel: Path, version: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _prune(root: Path, keep: Path, newest: int = 3) -> None:
+    """Drop all but the newest few cached guests (each ~70 MB). Running VMs are unaffected: QEMU reads -kernel and
+    -initrd once, at start."""
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[newest - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def build(*, force: bool = False) -> GuestImage:
     """Build the guest (or reuse the cached one) and return its paths."""
     kernel, version = find_kernel()
@@ -260,6 +269,7 @@ def build(*, force: bool = False) -> GuestImage:
                     os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune(root, keep=final)
     info = json.loads((final / "build.json").read_text())
     kfile = final / "vmlinux" if (final / "vmlinux").is_file() else final / "vmlinuz"
     return GuestImage(

@@ -129,7 +129,7 @@ def _alive(pid: int, qmp: Path) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
         return False
-    return str(qmp).encode() in cmdline
+    return str(qmp).replace(",", ",,").encode() in cmdline  # as written in -qmp unix:PATH
 
 
 def _check_name(name: str) -> None:
