@@ -13,15 +13,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from ..cut import bitmaps
-from ..cut.cleanup import release_cut, sweep, sweep_workdirs, workdir_for
-from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
+from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
-from ..hypervisor.disks import Disk, Inventory, discover
-from ..hypervisor.qmp import QmpSession
+from ..hypervisor.disks import Disk, Inventory
+from ..hypervisor.driver import CutHandle, DriverSession
+from ..hypervisor.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
 from ..vault.manifest import DiskManifest, Manifest
@@ -40,7 +38,7 @@ class BackupOptions:
 @dataclass
 class _Plan:
     disks: list[Disk]
-    prev_bitmaps: dict[str, str | None] = field(default_factory=dict)
+    since: dict[str, str | None] = field(default_factory=dict)     # disk -> previous point to read changes from
     full_reasons: dict[str, str] = field(default_factory=dict)
 
 
@@ -56,30 +54,23 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
     """Back up ``vm_name`` into ``vault``; returns the backup's JSON result (the CLI's ``--json`` contract)."""
     opts = opts or BackupOptions()
     vm = vault.catalog.vm(vm_name)
+    driver = driver_for(vm)
     with vault.vm_lock(vm_name):
         started = time.monotonic()
         now = datetime.now(timezone.utc)
         point_id = new_point_id(now)
         prev = vault.catalog.points(vm_name)
         prev_manifest = vault.manifest(prev[-1]) if prev else None
-        cut: Cut | None = None
-        with QmpSession(vm.address) as s:
-            swept = sweep(s) + sweep_workdirs(work_home(), vm_name)
+        with driver.session() as s:
+            swept = s.sweep(work_home())
             if swept:
                 log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
-            inv = discover(s)
+            inv = s.inventory()
             plan = _plan(s, inv, vm_name, prev_manifest, opts)
-            cut = plan_cut(Path(vm.address), workdir_for(work_home(), vm_name, point_id), plan.disks,
-                           point_id, plan.prev_bitmaps)
-            try:
-                take_cut(s, cut)
-            except BaseException:
-                s.close()
-                release_cut(cut, success=False)
-                raise
+            handle = s.cut(plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
         success = False
         try:
-            manifest = _read_all(vault, cut, vm_name, point_id, now, prev_manifest, opts)
+            manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
             if plan.full_reasons:
                 manifest.full_reason = _reason(plan.full_reasons, len(plan.disks))
@@ -89,21 +80,20 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             vault.commit_point(manifest, summary)
             success = True
         finally:
-            problems = release_cut(cut, success)
+            problems = driver.release(handle, success)
         if problems:
             summary["warnings"] = list(summary["warnings"]) + [f"cleanup: {p}" for p in problems]
         return summary
 
 
-def _plan(s: QmpSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions) -> _Plan:
+def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions) -> _Plan:
     if not inv.disks:
         skipped = ", ".join(f"{k.name} ({k.reason})" for k in inv.skipped) or "none"
         raise UsageError(f"VM {vm!r} has no disk to back up (skipped: {skipped})")
     plan = _Plan(inv.disks)
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
-    keep = bitmap_name(prev.point) if prev else None
     for d in inv.disks:
-        reason = bitmaps.reconcile(s, d, keep)
+        reason = s.chain(d, prev.point if prev else None)
         old = prev_disks.get(d.name)
         if prev is None:
             reason = "first backup"
@@ -117,25 +107,25 @@ def _plan(s: QmpSession, inv: Inventory, vm: str, prev: Manifest | None, opts: B
             reason = f"disk {d.name} was replaced ({old.filename} -> {d.filename})"
         if reason:
             plan.full_reasons[d.name] = reason
-            plan.prev_bitmaps[d.name] = None
+            plan.since[d.name] = None
         else:
-            plan.prev_bitmaps[d.name] = keep
-    if prev and not plan.full_reasons:
+            plan.since[d.name] = prev.point if prev else None
+    if prev:
         gone = sorted(set(prev_disks) - {d.name for d in inv.disks})
         if gone:
             log.info("disks removed since point %s: %s", prev.point, ", ".join(gone))
     return plan
 
 
-def _read_all(vault: Vault, cut: Cut, vm: str, point_id: str, now: datetime, prev: Manifest | None,
+def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: datetime, prev: Manifest | None,
               opts: BackupOptions) -> Manifest:
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
     disks: list[DiskManifest] = []
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for fd in cut.disks:
-            d = fd.disk
-            prev_chunks = prev_disks[d.name].chunks if fd.prev_bitmap else None
-            with ExportReader(cut.nbd_socket, fd.export, fd.prev_bitmap) as r:
+        for t in handle.targets:
+            d = t.disk
+            prev_chunks = prev_disks[d.name].chunks if t.bitmap else None
+            with ExportReader(handle.nbd_socket, t.export, t.bitmap) as r:
                 if r.size() != d.size:
                     raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
                 res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks, prev_chunks=prev_chunks,
@@ -144,7 +134,7 @@ def _read_all(vault: Vault, cut: Cut, vm: str, point_id: str, now: datetime, pre
                                       filename=d.filename, cache=d.cache, read_bytes=res.read_bytes,
                                       stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes))
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
-                    pause_ms=round(cut.pause_ms, 3))
+                    pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings))
 
 
 def _reason(reasons: dict[str, str], ndisks: int) -> str:

@@ -1,0 +1,58 @@
+"""The QMP driver: a QEMU process reached through its monitor socket (see docs/design.md, "The cut")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cut import bitmaps
+from ..cut.cleanup import release_cut, sweep, sweep_workdirs
+from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
+from .disks import Disk, Inventory, discover
+from .driver import CutHandle, Driver, DriverSession, ReadTarget
+from .qmp import QmpSession
+
+
+class QmpDriverSession(DriverSession):
+    def __init__(self, qmp: Path, vm: str) -> None:
+        self.qmp = qmp
+        self.vm = vm
+        self.s = QmpSession(qmp).open()
+
+    def sweep(self, workdirs: Path) -> list[str]:
+        return sweep(self.s) + sweep_workdirs(workdirs, self.vm)
+
+    def inventory(self) -> Inventory:
+        return discover(self.s)
+
+    def chain(self, disk: Disk, prev_point: str | None) -> str | None:
+        return bitmaps.reconcile(self.s, disk, bitmap_name(prev_point) if prev_point else None)
+
+    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path) -> CutHandle:
+        prev = {name: bitmap_name(p) if p else None for name, p in since.items()}
+        cut = plan_cut(self.qmp, workdir, disks, point_id, prev)
+        try:
+            take_cut(self.s, cut)
+        except BaseException:
+            self.close()                        # cleanup needs the monitor
+            release_cut(cut, success=False)
+            raise
+        return CutHandle(cut.nbd_socket, [ReadTarget(fd.disk, fd.export, fd.prev_bitmap) for fd in cut.disks],
+                         cut.pause_ms, state=cut)
+
+    def close(self) -> None:
+        self.s.close()
+
+
+class QmpDriver(Driver):
+    kind = "qmp"
+
+    def __init__(self, qmp: Path, vm: str) -> None:
+        self.qmp = qmp
+        self.vm = vm
+
+    def session(self) -> QmpDriverSession:
+        return QmpDriverSession(self.qmp, self.vm)
+
+    def release(self, handle: CutHandle, success: bool) -> list[str]:
+        assert isinstance(handle.state, Cut)
+        return release_cut(handle.state, success)
