@@ -271,12 +271,12 @@ def up(
     d = _vm_dir(name)
     if workload and not disks:
         raise UsageError("the workload needs at least one disk")
+    if slots <= 0 or memory_mb < 64:
+        raise UsageError("slots must be positive and memory at least 64 MiB")
     for i, spec in enumerate(disks):
         spec.validate(i)
         if workload and spec.size // slots < 4096:
             raise UsageError(f"disk{i}: {spec.size} bytes is too small for {slots} slots of 4096 bytes")
-    if slots <= 0 or memory_mb < 64:
-        raise UsageError("slots must be positive and memory at least 64 MiB")
     d.mkdir(parents=True, exist_ok=True)
     with open(d / ".lock", "w") as lock:
         try:
