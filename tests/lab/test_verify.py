@@ -223,3 +223,12 @@ def test_cli_verify_exit_codes(workload_bin: Path, tmp_path: Path) -> None:
     empty.mkdir()
     r = cutpoint("lab", "verify", str(empty))
     assert r.code == 3 and "no disk images" in r.err
+
+
+def test_foreign_data_without_any_workload_block_is_not_an_empty_prefix(tmp_path: Path) -> None:
+    files = make_disks(tmp_path / "d")
+    write_slot(files[1], 5, b"\0" * 100 + b"not a workload block".ljust(BLOCK - 100, b"x"))
+    v = verify_images(files)
+    assert not v.ok and v.k == 0
+    assert v.violations == [f"{files[1]}: no workload block anywhere, but non-zero data at offset "
+                            f"{slot_offset(files[1], 5) + 100}"]

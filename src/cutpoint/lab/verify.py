@@ -126,28 +126,32 @@ class _Report:
             self.lines.append(msg)
 
 
-def _find_header(f, size: int) -> tuple[int, int, int] | None:
-    """(seed, ndisks, nslots) of the first workload header in a raw image, skipping holes."""
+def _find_header(f, size: int) -> tuple[tuple[int, int, int] | None, int | None]:
+    """(seed, ndisks, nslots) of the first workload header in a raw image, and the first non-zero offset if there
+    is none; holes are skipped."""
     pos = 0
     chunk = 1 << 20
+    nonzero = None
     while pos < size:
         try:
             pos = os.lseek(f.fileno(), pos, os.SEEK_DATA)
         except OSError:
-            return None  # only a hole remains
+            break  # only a hole remains
         end = min(os.lseek(f.fileno(), pos, os.SEEK_HOLE), size)
         while pos < end:
             f.seek(pos)
             data = f.read(min(chunk, end - pos))
+            if nonzero is None and data.count(0) != len(data):
+                nonzero = pos + len(data) - len(data.lstrip(b"\0"))
             i = data.find(MAGIC)
             while i >= 0:
                 if (pos + i) % BLOCK == 0 and i + _HDR.size <= len(data):
                     _, seed, seq, disk, nd, slot, ns = _HDR.unpack_from(data, i)
                     if seq > 0 and 0 < nd and disk < nd and 0 < ns and slot < ns:
-                        return seed, nd, ns
+                        return (seed, nd, ns), None
                 i = data.find(MAGIC, i + 1)
             pos += len(data)
-    return None
+    return None, nonzero
 
 
 def _classify(block: bytes, seed: int, nd: int, ns: int, slot: int) -> _Slot:
@@ -180,16 +184,19 @@ def _last_writers(seed: int, k: int, nd: int, ns: int) -> dict[tuple[int, int], 
 
 def _judge(raws: list[Path], names: list[str], strict_order: bool) -> Verdict:
     header = None
+    rep = _Report()
     sizes = [p.stat().st_size for p in raws]
-    for p, size in zip(raws, sizes):
+    for p, size, name in zip(raws, sizes, names):
         with open(p, "rb") as f:
-            header = _find_header(f, size)
+            header, nonzero = _find_header(f, size)
         if header:
             break
-    if header is None:  # nothing was ever written: the prefix of zero writes
-        return Verdict(True, 0, len(raws), [], names)
-    seed, nd, ns = header
+        if nonzero is not None:
+            rep.add(f"{name}: no workload block anywhere, but non-zero data at offset {nonzero}")
+    if header is None:  # nothing was ever written (the prefix of zero writes), unless there is foreign data
+        return Verdict(rep.count == 0, 0, len(raws), rep.lines, names, violation_count=rep.count)
     rep = _Report()
+    seed, nd, ns = header
     slots: list[list[_Slot]] = []
     for p, size, name in zip(raws, sizes, names):
         st = stride(size, ns)
