@@ -25,8 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def shared_cache() -> Iterator[Path]:
-    """One guest-image cache for the whole session: building the initramfs once is enough."""
-    d = Path(os.environ.get("CUTPOINT_TEST_CACHE", tempfile.mkdtemp(prefix="cp-cache-")))
+    """The user's guest-image cache, shared by all tests and runs: the initramfs is built once per input change."""
+    from cutpoint.paths import cache_home
+
+    d = Path(os.environ.get("CUTPOINT_TEST_CACHE") or cache_home())
+    d.mkdir(parents=True, exist_ok=True)
     yield d
 
 
