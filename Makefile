@@ -28,6 +28,8 @@ demo: venv
 	$(VENV)/bin/cutpoint demo
 
 bench: venv
+	@scripts/install-deps --bench
+	$(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py
 
 clean:

@@ -1,0 +1,90 @@
+"""Turning bench results into a table for the terminal and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+TARGETS = {"ratio_to_raw_read": 0.8, "vs_restic_borg": 3.0, "vs_virtnbdbackup": 1.5, "pause_4_disks_ms": 2.0,
+           "rss_mib": 256.0, "inc1_time_vs_full": 0.05}
+
+
+def _fmt(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = []
+    tp = r.get("throughput", {})
+    if "tools" in tp:
+        lines.append(f"Full backup of {tp['logical_bytes'] / MiB:.0f} MiB (medians)")
+        lines.append(f"{'tool':24} {'MiB/s':>8} {'x raw read':>10} {'stored MiB':>11} {'RSS MiB':>8}")
+        for name, v in tp["tools"].items():
+            if "not_run" in v:
+                lines.append(f"{name:24} not run: {v['not_run']}")
+                continue
+            stored = v.get("stored_bytes")
+            lines.append(f"{name:24} {v['mib_s']:8.1f} {v.get('ratio_to_raw_read', 0):10.2f} "
+                         f"{_fmt(stored / MiB if stored else None):>11} {_fmt(v.get('rss_mib')):>8}")
+    ch = r.get("chain", {})
+    if "full" in ch:
+        lines.append("")
+        lines.append(f"second full of unchanged disks: stored {ch['second_full_unchanged']['stored_bytes']} bytes")
+        lines.append(f"clone VM ({ch['clone_vm']['changed_bytes'] / MiB:.0f} MiB changed on a shared base): "
+                     f"stored {ch['clone_vm']['stored_bytes'] / MiB:.1f} MiB")
+        for pct in (1, 10):
+            v = ch[f"incremental_{pct}pct"]
+            lines.append(f"incremental, {pct}% changed: {v['seconds']:.2f} s ({v['time_vs_full']:.1%} of the full's "
+                         f"{ch['full']['seconds']:.1f} s; in-process {v['duration_vs_full']:.1%}), read "
+                         f"{v['read_bytes'] / MiB:.1f} MiB ({v['read_vs_full']:.1%})")
+        rs = ch["restore"]
+        lines.append(f"restore: {rs['cutpoint_mib_s']:.0f} MiB/s vs qemu-img convert {rs['qemu_img_convert_mib_s']:.0f}"
+                     f" MiB/s ({rs['ratio']:.2f}x)")
+    pz = r.get("pause", {})
+    if pz and "error" not in pz:
+        lines.append("")
+        lines.append("pause_ms (median / max): " + ", ".join(
+            f"{n} disk{'s' if n != '1' else ''}: {v['median_ms']:.1f} / {v['max_ms']:.1f}" for n, v in pz.items()))
+    rss = r.get("rss", {})
+    if "1x" in rss:
+        lines.append(f"peak RSS: {rss['1x']['rss_mib']:.0f} MiB for {rss['1x']['disk_bytes'] / MiB:.0f} MiB disk, "
+                     f"{rss['4x']['rss_mib']:.0f} MiB for {rss['4x']['disk_bytes'] / MiB:.0f} MiB disk")
+    for k, v in r.items():
+        if isinstance(v, dict) and "error" in v:
+            lines.append(f"case {k} failed: {v['error']}")
+    return "\n".join(lines)
+
+
+def plots(r: dict[str, Any], out: Path, prefix: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    tools = {k: v for k, v in r.get("throughput", {}).get("tools", {}).items() if "mib_s" in v}
+    if tools:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh(list(tools), [v["mib_s"] for v in tools.values()], color="#4a7ab5")
+        ax.set_xlabel("MiB/s (logical disk bytes / wall time)")
+        ax.set_title("Full backup throughput, same disks")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(out / f"{prefix}-throughput.png", dpi=100)
+        plt.close(fig)
+    pz = r.get("pause", {})
+    if pz and "error" not in pz:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ns = [int(n) for n in pz]
+        ax.plot(ns, [v["median_ms"] for v in pz.values()], "o-", label="median")
+        ax.plot(ns, [v["max_ms"] for v in pz.values()], "s--", label="max")
+        ax.set_xlabel("disks in the cut")
+        ax.set_ylabel("guest I/O pause (ms)")
+        ax.set_xticks(ns)
+        ax.legend()
+        ax.set_title("Pause of the atomic cut (TCG guest under load)")
+        fig.tight_layout()
+        fig.savefig(out / f"{prefix}-pause.png", dpi=100)
+        plt.close(fig)
