@@ -73,16 +73,15 @@ def read_disk(reader: ExportReader, name: str, size: int, chunk_size: int, store
     read_bytes = stored = 0
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=WORKERS)
-    pending: deque[tuple[int, Future[tuple[str, int] | None]]] = deque()
+    pending: deque[tuple[int, Future[tuple[str | None, int, int]]]] = deque()
 
     def drain(limit: int) -> None:
-        nonlocal stored
+        nonlocal stored, read_bytes
         while len(pending) > limit:
             i, fut = pending.popleft()
-            res = fut.result()
-            if res is not None:
-                chunks[i], written = res
-                stored += written
+            chunks[i], written, nread = fut.result()
+            stored += written
+            read_bytes += nread
 
     try:
         for i in range(n):
@@ -93,13 +92,9 @@ def read_disk(reader: ExportReader, name: str, size: int, chunk_size: int, store
             elif dirty is not None and prev_chunks is not None and i not in dirty:
                 chunks[i] = prev_chunks[i]
             else:
-                if dirty is not None and prev_chunks is not None and _partial(dirty[i], length):
-                    data = _patch(store, prev_chunks[i], length, off, dirty[i], reader)
-                    read_bytes += sum(r for _, r in dirty[i])
-                else:
-                    data = reader.pread(off, length)
-                    read_bytes += length
-                pending.append((i, pool.submit(_store, store, data)))
+                ranges = dirty[i] if dirty is not None and _partial(dirty[i], length) else None
+                prev = prev_chunks[i] if prev_chunks is not None else None
+                pending.append((i, pool.submit(_chunk, store, reader, off, length, prev, ranges)))
                 drain(IN_FLIGHT)
             if progress:
                 progress(name, min(off + length, size), size)
@@ -110,6 +105,20 @@ def read_disk(reader: ExportReader, name: str, size: int, chunk_size: int, store
         if own_pool:
             pool.shutdown(wait=True)
     return DiskResult(chunks, read_bytes, stored, dirty_bytes)
+
+
+def _chunk(store: ChunkStore, reader: ExportReader, off: int, length: int, prev: str | None,
+           ranges: list[tuple[int, int]] | None) -> tuple[str | None, int, int]:
+    """One chunk, on a worker thread: read it (whole, or only its dirty ranges on top of the previous version),
+    then hash, compress and store it. Returns (id or None for zeros, bytes stored, bytes read from the VM)."""
+    if ranges is None:
+        data = reader.pread(off, length)
+        nread = length
+    else:
+        data = _patch(store, prev, length, off, ranges, reader)
+        nread = sum(r for _, r in ranges)
+    res = _store(store, data)
+    return (None, 0, nread) if res is None else (res[0], res[1], nread)
 
 
 def _partial(ranges: list[tuple[int, int]], length: int) -> bool:
