@@ -36,3 +36,10 @@ def work_home() -> Path:
     """Scratch space for fleecing overlays: ``$CUTPOINT_WORK`` or ``/var/tmp/cutpoint``."""
     env = os.environ.get("CUTPOINT_WORK")
     return Path(env) if env else Path("/var/tmp/cutpoint")
+
+
+def vms_home() -> Path:
+    """VMs restored with ``restore --new-vm/--instant`` live here by default: ``$CUTPOINT_VMS`` or
+    ``~/.local/share/cutpoint/vms``."""
+    env = os.environ.get("CUTPOINT_VMS")
+    return Path(env) if env else data_home() / "vms"

@@ -54,6 +54,9 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
     """Back up ``vm_name`` into ``vault``; returns the backup's JSON result (the CLI's ``--json`` contract)."""
     opts = opts or BackupOptions()
     vm = vault.catalog.vm(vm_name)
+    if vm.settings.get("instant"):     # its disks still read from the vault: no point of a half-local VM
+        raise UsageError(f"VM {vm_name!r} is being instant-restored; run 'cutpoint instant finish {vm_name}' "
+                         "before backing it up")
     driver = driver_for(vm)
     with vault.vm_lock(vm_name):
         started = time.monotonic()
@@ -66,12 +69,14 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             if swept:
                 log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
             inv = s.inventory()
+            config = s.capture_config()
             plan = _plan(s, inv, vm_name, prev_manifest, opts)
             handle = s.cut(plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
         success = False
         try:
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
+            manifest.vm_config = config
             if plan.full_reasons:
                 manifest.full_reason = _reason(plan.full_reasons, len(plan.disks))
             manifest.mode = "full" if plan.full_reasons else "incremental"

@@ -14,6 +14,7 @@ import sys
 from .. import __version__
 from ..errors import CutpointError
 from . import backup, demo, lab, points, restore, vm
+from . import files, instant, mount
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (vm, backup, points, restore, lab, demo):
+    for group in (vm, backup, points, restore, lab, demo, files, mount, instant):
         group.register(sub)
     return p
 

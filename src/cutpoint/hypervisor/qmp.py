@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -95,6 +96,23 @@ class QmpSession:
         except (QMPError, OSError, EOFError) as exc:
             raise HypervisorError(f"lost the QMP connection to {self.path} during {name!r}: {exc}; "
                                   "did the VM exit?") from exc
+
+    def peer_pid(self) -> int | None:
+        """The pid of the QEMU process serving this monitor (``SO_PEERCRED``), or None when it cannot be known.
+
+        The kernel records the listening process's credentials on the connection, so this names the QEMU that
+        created the socket; 0 (a process in another pid namespace) is reported as None.
+        """
+        writer = getattr(self._client, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is None:
+            return None
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+        pid = struct.unpack("3i", raw)[0]
+        return pid if pid > 0 else None
 
     def _run(self, coro: Any, timeout: float) -> Any:
         assert self._loop is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..cut import bitmaps
 from ..cut.cleanup import release_cut, sweep, sweep_workdirs
@@ -38,6 +39,10 @@ class QmpDriverSession(DriverSession):
             raise
         return CutHandle(cut.nbd_socket, [ReadTarget(fd.disk, fd.export, fd.prev_bitmap) for fd in cut.disks],
                          cut.pause_ms, state=cut)
+
+    def capture_config(self) -> dict[str, Any] | None:
+        from ..restore.config import capture   # restore/ depends on hypervisor/, not the other way at import time
+        return capture(self.s)
 
     def close(self) -> None:
         self.s.close()

@@ -47,6 +47,7 @@ class Manifest:
     parent: str | None = None
     warnings: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    vm_config: dict[str, Any] | None = None   # what it takes to start the VM again (driver's capture_config)
     format: int = FORMAT
 
     def to_bytes(self) -> bytes:

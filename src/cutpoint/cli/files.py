@@ -1,0 +1,82 @@
+"""``cutpoint files ls|get``: list and fetch files from a point's filesystems without restoring its disks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..restore.browse import get_files, list_files
+from ..units import human
+from .common import add_vault_arg, open_vault, print_json, table
+from .restore import point_of
+
+
+class _Intermixed(argparse.ArgumentParser):
+    """Options may come between positionals (``ls VM POINT --disk D /etc``), which plain argparse refuses for an
+    optional positional such as PATH."""
+
+    _busy = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        if self._busy:
+            return super().parse_known_args(args, namespace)
+        self._busy = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._busy = False
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("files", help="list and fetch files from a point (ext2/3/4, vfat; partitioned or not)")
+    fs = p.add_subparsers(dest="files_command", metavar="ACTION", parser_class=_Intermixed)
+    fs.required = True
+
+    ls = fs.add_parser("ls", help="list a directory (or one file) of a point's filesystem")
+    _common(ls)
+    ls.add_argument("path", nargs="?", default="/", help="path in the guest filesystem (default /)")
+    ls.set_defaults(func=cmd_ls)
+
+    get = fs.add_parser("get", help="copy a file or directory out of a point")
+    _common(get)
+    get.add_argument("path", help="path in the guest filesystem")
+    get.add_argument("--to", type=Path, required=True, help="directory to copy into")
+    get.set_defaults(func=cmd_get)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the VM")
+    p.add_argument("point", help="point id, a unique prefix of it, or 'latest'")
+    p.add_argument("--disk", help="the disk (needed when the point has several)")
+    p.add_argument("--part", type=int, help="partition number (default: the whole-disk filesystem, else the first "
+                   "partition with a supported filesystem)")
+    p.add_argument("--json", action="store_true")
+    add_vault_arg(p)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    vault = open_vault(args, create=False)
+    with point_of(vault, args) as m:
+        res = list_files(vault, m, args.disk, args.path, args.part, getattr(args, "key_file", None))
+    if args.json:
+        print_json(res)
+    elif "disks" in res:
+        print(table(["disk", "partition", "offset", "size", "filesystem", "label"],
+                    [[d["disk"], v["partition"] or "-", v["offset"], human(v["size"]), v["fstype"] or "?", v["label"]]
+                     for d in res["disks"] for v in d["volumes"]]))
+    else:
+        print(table(["type", "mode", "size", "name"],
+                    [[e["type"], e["mode"] or "-", e["size"], e["name"]] for e in res["entries"]]))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    vault = open_vault(args, create=False)
+    with point_of(vault, args) as m:
+        res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None))
+    if args.json:
+        print_json(res)
+    else:
+        print(f"{res['to']}: {len(res['files'])} file(s), {human(res['bytes'])} in {res['duration_s']} s "
+              f"({res['chunks_read']} of {res['chunks_stored']} chunks read)")
+    return 0

@@ -1,0 +1,188 @@
+"""Serve a restore point read-only over NBD (nbdkit + our Python plugin), and show an export as a file (nbdfuse).
+
+Two shapes, for two lifetimes:
+
+* ``PointServer``: a long-lived nbdkit on a unix socket, detached from the command that starts it (instant restore:
+  QEMU's overlays read their backing from it until ``instant finish`` stops it).
+* ``FileView``: nbdfuse runs ``nbdkit -s`` on its stdin/stdout and shows the export as one regular file in a private
+  FUSE mount. Filesystem tools (debugfs, mtools, fuse2fs, blkid, sfdisk) need a file; this gives them one without
+  copying the disk: each read of the file becomes an NBD read, which fetches only the chunks it overlaps. Unmounting
+  ends both processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import cutpoint
+
+from ..errors import CutpointError, UnsupportedError
+from .config import process_alive
+
+PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")
+
+
+def _need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise UnsupportedError(f"{tool} is not installed; this restore path needs it (Debian package {package}, "
+                               "installed by scripts/install-deps)")
+    return path
+
+
+def plugin_env() -> dict[str, str]:
+    """nbdkit's embedded Python must import cutpoint and its dependencies exactly as this process does."""
+    paths = [str(Path(cutpoint.__file__).resolve().parents[1])] + [p for p in sys.path if p and os.path.isdir(p)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def nbdkit_argv(vault: Path, vm: str, point: str, *, disk: str | None = None, stats: Path | None = None,
+                key_file: Path | None = None, filters: list[str] = (), filter_args: list[str] = ()) -> list[str]:
+    """The nbdkit arguments after the mode options: filters, the python plugin and its parameters."""
+    _need("nbdkit", "nbdkit, nbdkit-plugin-python")
+    argv = ["-r"] + [f"--filter={f}" for f in filters] + ["python", str(PLUGIN), f"vault={vault}", f"vm={vm}",
+                                                          f"point={point}"]
+    if disk is not None:
+        argv.append(f"disk={disk}")
+    if stats is not None:
+        argv.append(f"stats={stats}")
+    if key_file is not None:
+        argv.append(f"key_file={key_file}")
+    return argv + list(filter_args)
+
+
+class PointServer:
+    """nbdkit serving every disk of a point as exports d0, d1, ... on ``socket``, detached from this process."""
+
+    def __init__(self, socket: Path, pidfile: Path, log: Path) -> None:
+        self.socket = socket
+        self.pidfile = pidfile
+        self.log = log
+        self.pid = 0
+
+    def start(self, args: list[str], timeout: float = 30.0) -> int:
+        self.socket.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+        with open(self.log, "w") as out:
+            proc = subprocess.Popen(["nbdkit", "-f", "--unix", str(self.socket), "--pidfile", str(self.pidfile),
+                                     *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=plugin_env(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.pidfile.exists():
+            if proc.poll() is not None:
+                raise CutpointError(f"the NBD server for the point failed to start: {_tail(self.log)}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise CutpointError(f"the NBD server for the point did not start within {timeout:.0f} s")
+            time.sleep(0.02)
+        self.pid = proc.pid
+        return self.pid
+
+
+def stop_server(pid: int, timeout: float = 10.0) -> None:
+    """Stop an nbdkit started by ``PointServer`` (SIGTERM, then SIGKILL) and wait until it is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while process_alive(pid):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        else:
+            return
+    raise CutpointError(f"NBD server pid {pid} did not exit")
+
+
+class FileView:
+    """A read-only file showing one export of nbdkit through nbdfuse, for tools that need a file."""
+
+    def __init__(self, nbdkit_args: list[str], base: Path, *, keep: bool = False) -> None:
+        self.args = nbdkit_args
+        self.base = base
+        self.keep = keep                 # leave it mounted when the context ends (cutpoint mount)
+        self.mnt = Path()
+        self.path = Path()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def open(self, timeout: float = 30.0) -> "FileView":
+        _need("nbdfuse", "libnbd-bin")
+        _need("fusermount3", "fuse3")
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.mnt = Path(tempfile.mkdtemp(prefix="view-", dir=self.base))
+        self.path = self.mnt / "disk"
+        pidfile = self.mnt.with_name(self.mnt.name + ".pid")
+        log = self.mnt.with_name(self.mnt.name + ".log")
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(self.path), "--command", "nbdkit",
+                                          "-s", "--exit-with-parent", *self.args],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env=plugin_env(), start_new_session=self.keep)
+        deadline = time.monotonic() + timeout
+        while not pidfile.exists():
+            if self.proc.poll() is not None:
+                err = _tail(log)
+                self._remove()
+                raise UnsupportedError(f"cannot show the point's disk as a file through FUSE (nbdfuse): {err}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise CutpointError(f"nbdfuse did not come up within {timeout:.0f} s: {_tail(log)}")
+            time.sleep(0.02)
+        return self
+
+    def close(self) -> None:
+        unmount(self.mnt)
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._remove()
+
+    def _remove(self) -> None:
+        for p in (self.mnt.with_name(self.mnt.name + ".pid"), self.mnt.with_name(self.mnt.name + ".log")):
+            p.unlink(missing_ok=True)
+        try:
+            self.mnt.rmdir()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "FileView":
+        return self.open()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.keep or et is not None:
+            self.close()
+
+
+def unmount(mnt: Path, timeout: float = 10.0) -> None:
+    """Unmount a FUSE mount (the FUSE daemon then exits); waits while it is busy for a moment."""
+    deadline = time.monotonic() + timeout
+    while os.path.ismount(mnt):
+        r = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise CutpointError(f"cannot unmount {mnt}: {r.stderr.strip()}")
+        time.sleep(0.1)
+
+
+def _tail(log: Path, n: int = 4) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-n:]
+    except OSError:
+        return "(no output)"
+    return " / ".join(lines) or "(no output)"
