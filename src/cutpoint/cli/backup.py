@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..backup.run import BackupOptions, backup
+from ..jobs.record import recorded
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
 from .progress import ProgressLine
@@ -21,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_backup(args: argparse.Namespace) -> int:
     vault = open_vault(args)
-    res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json)))
+    vault.catalog.vm(args.name)              # an unknown VM is an error, not a failed job
+    with recorded(vault, "backup", args.name) as job:
+        res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json)))
+        job.done(nbytes=sum(d["read_bytes"] for d in res["disks"]), point=res["point"],
+                 detail={"mode": res["mode"], "pause_ms": res["pause_ms"]})
     if args.json:
         print_json(res)
         return 0

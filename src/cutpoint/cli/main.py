@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import CutpointError
 from . import backup, demo, lab, points, restore, vm
 from . import files, instant, mount
+from . import jobs, policy, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (vm, backup, points, restore, lab, demo, files, mount, instant):
+    for group in (vm, backup, points, restore, lab, demo, files, mount, instant, policy, jobs, serve):
         group.register(sub)
     return p
 

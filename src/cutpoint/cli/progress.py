@@ -1,27 +1,52 @@
-"""A plain progress line on stderr for long operations (silent with --json or when stderr is not a terminal)."""
+"""A progress bar on stderr for long operations: one bar per disk with bytes, rate and time left (rich).
+
+Silent with --json or when stderr is not a terminal, so scripts and logs never see control sequences. The call
+signature stays ``(name, done, total)``, the callback backup and restore already take; bars finish when every disk
+seen so far is complete, and at exit at the latest (an error mid-run must not leave the cursor hidden).
+"""
 
 from __future__ import annotations
 
+import atexit
 import sys
-import time
+import threading
 
-from ..units import human
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 
 
 class ProgressLine:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.last = 0.0
+    def __init__(self, enabled: bool, *, console: Console | None = None) -> None:
+        self.enabled = enabled and (console is not None or sys.stderr.isatty())
+        self.console = console
+        self._bar: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, name: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
+        if not self.enabled:
             return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-6)
-        sys.stderr.write(f"\r{name}: {100 * done / max(total, 1):5.1f}%  {human(done)} of {human(total)}  "
-                         f"{human(rate)}/s   ")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        with self._lock:
+            if self._bar is None:
+                self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                     TimeRemainingColumn(), console=self.console or Console(stderr=True))
+                self._bar.start()
+                atexit.register(self.close)
+            task = self._tasks.get(name)
+            if task is None:
+                task = self._tasks[name] = self._bar.add_task(name, total=max(total, 1))
+            self._bar.update(task, completed=done, total=max(total, 1))
+            if all(t.finished for t in self._bar.tasks):
+                self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+            self._tasks.clear()

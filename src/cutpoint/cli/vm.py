@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_vault_arg(ls)
     ls.set_defaults(func=cmd_list)
 
+    st = vs.add_parser("set", help="change a protected VM's settings: its backup policy")
+    st.add_argument("name")
+    st.add_argument("--policy", required=True, help="policy name, or 'none' to stop scheduling the VM")
+    add_vault_arg(st)
+    st.set_defaults(func=cmd_set)
+
     rm = vs.add_parser("remove", help="stop protecting a VM (its points stay in the vault)")
     rm.add_argument("name")
     add_vault_arg(rm)
@@ -70,10 +76,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     vms = vault.catalog.vms()
     if args.json:
         print_json([{"name": v.name, "kind": v.kind, "address": v.address, "added": v.added,
-                     "points": len(vault.catalog.points(v.name))} for v in vms])
+                     "points": len(vault.catalog.points(v.name)), "policy": v.settings.get("policy")} for v in vms])
         return 0
     print(table(["vm", "kind", "address", "points"],
                 [[v.name, v.kind, v.address, len(vault.catalog.points(v.name))] for v in vms]))
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from ..policy.store import PolicyStore, assign
+    vault = open_vault(args)
+    policy = None if args.policy.lower() == "none" else args.policy
+    assign(vault.catalog, PolicyStore(vault.catalog.path), args.name, policy)
+    print(f"VM {args.name!r} " + (f"follows policy {policy!r}" if policy else "has no policy: not scheduled"))
     return 0
 
 

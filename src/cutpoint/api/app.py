@@ -1,0 +1,192 @@
+"""The REST API (FastAPI): VMs, policies, points, jobs, on-demand backup and restore, a report, and ``/health``.
+
+Every route but ``/health`` needs ``Authorization: Bearer <token>`` (see ``auth.py``); the check is a middleware so
+that it also covers the OpenAPI schema and unknown paths (an anonymous caller learns nothing, not even which routes
+exist). Requests are served on a thread pool; each thread uses its own vault connection (``service.vaults``), and
+backups and restores run as jobs on the service's runner, so the one-job-per-VM rule holds across the API, the
+scheduler and the CLI (the VM lock).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..errors import UsageError
+from ..jobs.store import STATES, iso
+from ..policy.model import Policy
+from ..policy.schedule import upcoming
+from ..policy.store import assign
+from ..restore.images import FORMATS
+from ..service.daemon import Service
+from ..service.work import backup_job, restore_job
+from . import auth, errors
+from .views import point_json, report, vm_json
+
+PUBLIC = {"/health"}
+EXAMPLE = {"name": "daily", "timezone": "Europe/Berlin", "schedule": {"frequency": "daily", "time": "02:00"},
+           "retention": {"last": 3, "daily": 7}}
+
+
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    full: bool = Field(False, description="read every disk in full, not only what changed")
+
+
+class RestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    point: str = Field(..., min_length=1, description="point id, a unique prefix, or 'latest'")
+    to: str = Field(..., min_length=1, description="absolute directory on the server for the images")
+    format: Literal["raw", "qcow2"] = "raw"
+
+
+class AssignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: str | None = Field(..., description="policy name, or null to stop scheduling the VM")
+
+
+def create_app(svc: Service, token: str) -> FastAPI:
+    app = FastAPI(title="cutpoint", version=__version__, docs_url=None, redoc_url=None,
+                  description="Crash-consistent multi-disk backups of QEMU VMs: policies, jobs, points.")
+    errors.install(app)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Response:
+        if request.url.path not in PUBLIC and not auth.check(request.headers.get("authorization"), token):
+            reason = ("missing Authorization: Bearer <token> header" if "authorization" not in request.headers
+                      else "invalid token")
+            return errors.body(401, "unauthorized", reason + "; the token is printed by 'cutpoint serve --show-token'")
+        response: Response = await call_next(request)
+        return response
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "scheduler": svc.running}
+
+    # -- VMs and points ------------------------------------------------------------------------------------------
+
+    @app.get("/vms", tags=["vms"])
+    def list_vms() -> list[dict[str, Any]]:
+        return [vm_json(svc, v) for v in svc.vaults.get().catalog.vms()]
+
+    @app.get("/vms/{name}", tags=["vms"])
+    def get_vm(name: str) -> dict[str, Any]:
+        return vm_json(svc, svc.vaults.get().catalog.vm(name))
+
+    @app.put("/vms/{name}/policy", tags=["vms"])
+    def set_policy(name: str, req: AssignRequest) -> dict[str, Any]:
+        catalog = svc.vaults.get().catalog
+        assign(catalog, svc.policies, name, req.policy)
+        return vm_json(svc, catalog.vm(name))
+
+    @app.get("/vms/{name}/points", tags=["points"])
+    def vm_points(name: str) -> list[dict[str, Any]]:
+        catalog = svc.vaults.get().catalog
+        catalog.vm(name)
+        return [point_json(p) for p in catalog.points(name)]
+
+    @app.get("/points", tags=["points"])
+    def points(vm: str | None = None) -> list[dict[str, Any]]:
+        catalog = svc.vaults.get().catalog
+        if vm is not None:
+            catalog.vm(vm)
+        return [point_json(p) for p in catalog.points(vm)]
+
+    @app.get("/vms/{name}/points/{point}", tags=["points"])
+    def get_point(name: str, point: str) -> dict[str, Any]:
+        catalog = svc.vaults.get().catalog
+        catalog.vm(name)
+        rec = catalog.point(name, point)
+        return {**point_json(rec), "summary": rec.summary}
+
+    @app.post("/vms/{name}/backup", status_code=202, tags=["jobs"])
+    def start_backup(name: str, req: BackupRequest | None = Body(None)) -> dict[str, Any]:
+        catalog = svc.vaults.get().catalog
+        vm = catalog.vm(name)
+        pname = vm.settings.get("policy")
+        policy = svc.policies.get(pname) if pname else None
+        job = svc.runner.submit("backup", name, backup_job(name, full=bool(req and req.full), policy=policy,
+                                                           backup_fn=svc.scheduler.backup_fn), trigger="api")
+        return {"job": job, "url": f"/jobs/{job}"}
+
+    @app.post("/vms/{name}/restore", status_code=202, tags=["jobs"])
+    def start_restore(name: str, req: RestoreRequest) -> dict[str, Any]:
+        catalog = svc.vaults.get().catalog
+        catalog.vm(name)
+        rec = catalog.point(name, req.point)
+        to = Path(req.to)
+        if not to.is_absolute():
+            raise UsageError(f"restore target {req.to!r} must be an absolute directory on the server")
+        if to.exists() and not to.is_dir():
+            raise UsageError(f"restore target {req.to} exists and is not a directory")
+        if req.format not in FORMATS:
+            raise UsageError(f"unknown format {req.format!r}")
+        job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format), trigger="api",
+                                detail={"point": rec.id})
+        return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
+
+    # -- policies ------------------------------------------------------------------------------------------------
+
+    @app.get("/policies", tags=["policies"])
+    def list_policies() -> list[dict[str, Any]]:
+        return [p.to_dict() for p in svc.policies.all()]
+
+    @app.post("/policies", status_code=201, tags=["policies"])
+    def create_policy(body: dict[str, Any] = Body(..., examples=[EXAMPLE])) -> dict[str, Any]:
+        p = Policy.from_dict(body)
+        svc.policies.put(p)
+        return p.to_dict()
+
+    @app.get("/policies/{name}", tags=["policies"])
+    def get_policy(name: str, count: int = Query(5, ge=0, le=100)) -> dict[str, Any]:
+        p = svc.policies.get(name)
+        users = [v.name for v in svc.vaults.get().catalog.vms() if v.settings.get("policy") == name]
+        return {**p.to_dict(), "vms": users, "next_runs": [iso(t) for t in upcoming(p, svc.clock.now(), count)]}
+
+    @app.put("/policies/{name}", tags=["policies"])
+    def put_policy(name: str, response: Response, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        if "name" in body and body["name"] != name:
+            raise UsageError(f"the body names policy {body['name']!r} but the path names {name!r}")
+        p = Policy.from_dict(body, name)
+        if svc.policies.put(p, replace=True):
+            response.status_code = 201
+        return p.to_dict()
+
+    @app.delete("/policies/{name}", status_code=204, tags=["policies"])
+    def delete_policy(name: str) -> Response:
+        svc.policies.delete(name, svc.vaults.get().catalog)
+        return Response(status_code=204)
+
+    # -- jobs and the report -------------------------------------------------------------------------------------
+
+    @app.get("/jobs", tags=["jobs"])
+    def list_jobs(vm: str | None = None, state: Literal[STATES] | None = None,  # type: ignore[valid-type]
+                  kind: str | None = None, limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
+        return [j.to_json() for j in svc.jobs.list(vm=vm, state=state, kind=kind, limit=limit)]
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: int) -> dict[str, Any]:
+        return svc.jobs.get(job_id).to_json()
+
+    @app.get("/report", tags=["service"])
+    def get_report(hours: int = Query(24, ge=1, le=24 * 366)) -> dict[str, Any]:
+        return report(svc, hours)
+
+    return app

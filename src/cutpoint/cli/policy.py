@@ -1,0 +1,182 @@
+"""``cutpoint policy``: create, show, list and delete backup policies (from flags or YAML/JSON files)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..policy import files
+from ..policy.model import Policy, RETENTION_KEYS
+from ..policy.schedule import upcoming
+from ..policy.store import PolicyStore
+from .common import add_vault_arg, open_vault, print_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("policy", help="backup policies: schedule, retention, consistency, time zone")
+    ps = p.add_subparsers(dest="policy_command", metavar="ACTION")
+    ps.required = True
+
+    c = ps.add_parser("create", help="create a policy from options or a YAML/JSON file",
+                      description="Schedules: --daily HH:MM | --weekly DAYS --at HH:MM | --hourly 4|6|8|12 "
+                      "[--window-start HH:MM --window-hours N]. Retention: --keep-last/daily/weekly/monthly/yearly "
+                      "N (-1 = all). Times are in --timezone (default UTC).")
+    c.add_argument("name", nargs="?", help="policy name (default: the file's 'name')")
+    c.add_argument("--file", type=Path, help="YAML or JSON policy file")
+    c.add_argument("--replace", action="store_true", help="replace an existing policy of that name")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--daily", metavar="HH:MM", help="back up every day at this time")
+    g.add_argument("--weekly", metavar="DAYS", help="back up on these days (e.g. sun,wed) at --at")
+    g.add_argument("--hourly", type=int, metavar="HOURS", help="back up every 4, 6, 8 or 12 hours in the window")
+    g.add_argument("--every-seconds", type=int, help=argparse.SUPPRESS)   # tests only (CUTPOINT_TEST_SCHEDULES=1)
+    c.add_argument("--at", metavar="HH:MM", help="time of day of a weekly backup")
+    c.add_argument("--window-start", metavar="HH:MM", help="hourly: when the daily window opens (default 00:00)")
+    c.add_argument("--window-hours", type=int, help="hourly: how long the window lasts (default 24)")
+    for k in RETENTION_KEYS:
+        c.add_argument(f"--keep-{k}", type=int, metavar="N", help=f"keep the newest point of N {k} buckets"
+                       if k != "last" else "keep the N newest points")
+    c.add_argument("--consistency", choices=("app", "crash"),
+                   help="consistency of scheduled backups (default: each VM's own setting, else crash)")
+    c.add_argument("--timezone", help="IANA time zone of the schedule and of retention days (default UTC)")
+    c.add_argument("--json", action="store_true")
+    add_vault_arg(c)
+    c.set_defaults(func=cmd_create)
+
+    s = ps.add_parser("show", help="show a policy, the VMs using it and its next runs")
+    s.add_argument("name")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--yaml", action="store_true", help="print as a YAML file 'policy create --file' reads")
+    s.add_argument("--next", type=int, default=5, metavar="N", help="how many upcoming runs to list (default 5)")
+    add_vault_arg(s)
+    s.set_defaults(func=cmd_show)
+
+    ls = ps.add_parser("list", help="list policies")
+    ls.add_argument("--json", action="store_true")
+    add_vault_arg(ls)
+    ls.set_defaults(func=cmd_list)
+
+    d = ps.add_parser("delete", help="delete a policy no VM uses")
+    d.add_argument("name")
+    add_vault_arg(d)
+    d.set_defaults(func=cmd_delete)
+
+
+def _from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.name:
+        raise UsageError("policy create needs a NAME (or --file with a 'name')")
+    sched: dict[str, Any]
+    if args.daily:
+        sched = {"frequency": "daily", "time": args.daily}
+    elif args.weekly:
+        sched = {"frequency": "weekly", "days": args.weekly, "time": args.at}
+    elif args.hourly is not None:
+        sched = {"frequency": "hourly", "every": args.hourly}
+        if args.window_start:
+            sched["window_start"] = args.window_start
+        if args.window_hours is not None:
+            sched["window_hours"] = args.window_hours
+    elif args.every_seconds is not None:
+        sched = {"frequency": "seconds", "every": args.every_seconds}
+    else:
+        raise UsageError("policy create needs a schedule: --daily HH:MM, --weekly DAYS --at HH:MM or --hourly N "
+                         "(or --file)")
+    if args.at and not args.weekly:
+        raise UsageError("--at goes with --weekly; a daily time is --daily HH:MM")
+    if (args.window_start or args.window_hours is not None) and args.hourly is None:
+        raise UsageError("--window-start/--window-hours go with --hourly")
+    data: dict[str, Any] = {"name": args.name, "schedule": sched}
+    keep = {k: getattr(args, f"keep_{k}") for k in RETENTION_KEYS if getattr(args, f"keep_{k}") is not None}
+    if keep:
+        data["retention"] = keep
+    if args.consistency:
+        data["consistency"] = args.consistency
+    if args.timezone:
+        data["timezone"] = args.timezone
+    return data
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if args.file:
+        flags = [f for f in ("daily", "weekly", "hourly", "every_seconds", "at", "window_start", "window_hours",
+                             "consistency", "timezone", *(f"keep_{k}" for k in RETENTION_KEYS))
+                 if getattr(args, f) is not None]
+        if flags:
+            raise UsageError(f"--file and --{flags[0].replace('_', '-')} do not mix: put everything in the file")
+        policy = files.load(args.file, args.name)
+    else:
+        policy = Policy.from_dict(_from_flags(args))
+    vault = open_vault(args)
+    created = PolicyStore(vault.catalog.path).put(policy, replace=args.replace)
+    if args.json:
+        print_json(policy.to_dict())
+    else:
+        print(f"policy {policy.name!r} {'created' if created else 'replaced'}: {describe(policy)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    policy = PolicyStore(vault.catalog.path).get(args.name)
+    if args.yaml:
+        sys.stdout.write(files.dumps(policy, "yaml"))
+        return 0
+    users = [v.name for v in vault.catalog.vms() if v.settings.get("policy") == policy.name]
+    runs = upcoming(policy, datetime.now(timezone.utc), max(0, args.next))
+    if args.json:
+        print_json({**policy.to_dict(), "vms": users,
+                    "next_runs": [t.isoformat().replace("+00:00", "Z") for t in runs]})
+        return 0
+    print(f"policy {policy.name}: {describe(policy)}")
+    print(f"VMs: {', '.join(users) or 'none'}")
+    for t in runs:
+        print(f"  next: {t.astimezone(policy.tz):%Y-%m-%d %H:%M %Z}  ({t:%Y-%m-%d %H:%M} UTC)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    policies = PolicyStore(vault.catalog.path).all()
+    if args.json:
+        print_json([p.to_dict() for p in policies])
+        return 0
+    users: dict[str, list[str]] = {}
+    for v in vault.catalog.vms():
+        if v.settings.get("policy"):
+            users.setdefault(v.settings["policy"], []).append(v.name)
+    print(table(["policy", "schedule", "retention", "zone", "VMs"],
+                [[p.name, _sched(p), _keep(p), p.timezone, ", ".join(users.get(p.name, [])) or "-"]
+                 for p in policies]))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    PolicyStore(vault.catalog.path).delete(args.name, vault.catalog)
+    print(f"policy {args.name!r} deleted")
+    return 0
+
+
+def _sched(p: Policy) -> str:
+    s = p.schedule
+    if s.frequency == "daily":
+        return f"daily at {s.time}"
+    if s.frequency == "weekly":
+        return f"weekly on {','.join(s.days)} at {s.time}"
+    if s.frequency == "hourly":
+        return f"every {s.every} h from {s.window_start} for {s.window_hours} h"
+    return f"every {s.every} s (test)"
+
+
+def _keep(p: Policy) -> str:
+    r = p.retention.to_dict()
+    return ", ".join(f"{k} {'all' if v < 0 else v}" for k, v in r.items() if v) or "-"
+
+
+def describe(p: Policy) -> str:
+    cons = f"{p.consistency}-consistent" if p.consistency else "consistency as set per VM"
+    return f"{_sched(p)} ({p.timezone}), keep {_keep(p)}, {cons}"

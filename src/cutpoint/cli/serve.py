@@ -1,0 +1,119 @@
+"""``cutpoint serve``: the backup service (scheduler, jobs, retention, gc) and its REST API, in one process.
+
+Binds 127.0.0.1 by default. SIGTERM or SIGINT stops it cleanly: no new jobs, running ones interrupted and cleaned up
+(no partial point, the job recorded ``interrupted``), then the API closes and the process exits 0. The API token is
+kept in the vault (``api-token``, mode 0600); ``--show-token`` prints it and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from datetime import timedelta
+from typing import Any
+
+from ..api import auth
+from ..errors import CutpointError, UsageError
+from ..service.daemon import Service
+from ..service.scheduler import RetryPolicy
+from .common import add_vault_arg, open_vault
+
+log = logging.getLogger("cutpoint.serve")
+DEFAULT_PORT = 8470
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the backup service and its REST API",
+                       description="Runs scheduled backups of every VM with a policy, retries, retention and gc, "
+                       "and serves the REST API (Authorization: Bearer TOKEN; GET /openapi.json).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    p.add_argument("--webhook", default=os.environ.get("CUTPOINT_WEBHOOK"),
+                   help="POST a JSON alert here when a job fails (default $CUTPOINT_WEBHOOK)")
+    p.add_argument("--retries", type=int, default=3, help="attempts per scheduled backup (default 3)")
+    p.add_argument("--backoff", type=float, default=60.0,
+                   help="seconds before the first retry, doubling after each (default 60)")
+    p.add_argument("--show-token", action="store_true", help="print the API token (creating it) and exit")
+    p.add_argument("--rotate-token", action="store_true", help="replace the API token, print it and exit")
+    p.add_argument("--tick", type=float, default=5.0, help=argparse.SUPPRESS)       # seconds between passes
+    p.add_argument("--gc-grace", type=float, default=None, help=argparse.SUPPRESS)  # tests: gc's age cutoff
+    p.add_argument("--stop-grace", type=float, default=60.0, help=argparse.SUPPRESS)
+    add_vault_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    if args.show_token or args.rotate_token:
+        print(auth.load_or_create(vault.root, rotate=args.rotate_token))
+        return 0
+    if args.retries < 1 or args.backoff < 0 or args.tick <= 0:
+        raise UsageError("--retries must be at least 1, --backoff not negative")
+    token = auth.load_or_create(vault.root)
+    sock = _bind(args.host, args.port)
+    logging.getLogger("cutpoint").setLevel(logging.INFO)
+    svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
+                  gc_grace=args.gc_grace, gc_interval=timedelta(hours=1))
+    import uvicorn  # imported here: every other command starts faster without it
+
+    from ..api.app import create_app
+    server = uvicorn.Server(uvicorn.Config(create_app(svc, token), log_level="warning", access_log=False,
+                                           lifespan="off"))
+    web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cutpoint-api", daemon=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        web.start()
+        svc.start()
+        host, port = sock.getsockname()[:2]
+        print(f"cutpoint serve: vault {vault.root}, API on http://{_url_host(host)}:{port} "
+              f"(token: cutpoint serve --show-token)", file=sys.stderr, flush=True)
+        if args.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("the API listens on %s without TLS: the token crosses the network in clear text", host)
+        while not stop.wait(0.5):
+            if not web.is_alive():
+                raise CutpointError("the API server stopped unexpectedly")
+    finally:
+        clean = svc.stop(args.stop_grace)
+        server.should_exit = True
+        web.join(10)
+        svc.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.info("stopped%s", "" if clean else " (some jobs had to be marked interrupted)")
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a taken port is one clear error instead of a half-started service."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port number")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r} does not resolve: {exc.strerror}") from exc
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise CutpointError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,200 @@
+"""Policies: when a VM is backed up, how long its points are kept, and in which time zone both are read.
+
+A policy is plain data (a dict that round-trips through YAML and JSON files and the API) validated in one place,
+:func:`Policy.from_dict`, so the CLI, files and the REST API refuse the same things with the same message, naming
+the field that is wrong. Schedules follow Azure's Enhanced policy: every 4/6/8/12 hours within a daily window,
+daily at a time, or weekly on chosen days at a time, all in the policy's time zone (see ``schedule.py`` for DST).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ..errors import UsageError
+
+FREQUENCIES = ("hourly", "daily", "weekly")
+HOURLY_EVERY = (4, 6, 8, 12)
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAYS = {"monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday": "thu", "friday": "fri",
+              "saturday": "sat", "sunday": "sun"}
+CONSISTENCY = ("app", "crash")      # as `cutpoint backup --consistency`; unset: the VM's setting
+RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")
+TEST_SCHEDULES_ENV = "CUTPOINT_TEST_SCHEDULES"
+"""Set to 1 to allow ``frequency: seconds`` (a schedule every few seconds), which only tests need."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+class PolicyError(UsageError):
+    """A policy is invalid; ``field`` names the offending field (dotted, e.g. ``schedule.time``)."""
+
+    def __init__(self, name: str | None, field_name: str, problem: str) -> None:
+        where = f"policy {name!r}: " if name else "policy: "
+        super().__init__(f"{where}{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Schedule:
+    frequency: str
+    time: str | None = None              # daily, weekly: "HH:MM" local time
+    days: tuple[str, ...] = ()           # weekly
+    every: int | None = None             # hourly: hours; seconds (tests only): seconds
+    window_start: str | None = None      # hourly: "HH:MM" local time the window opens
+    window_hours: int | None = None      # hourly: window length, 1..24
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"frequency": self.frequency}
+        if self.frequency in ("daily", "weekly"):
+            d["time"] = self.time
+        if self.frequency == "weekly":
+            d["days"] = list(self.days)
+        if self.frequency in ("hourly", "seconds"):
+            d["every"] = self.every
+        if self.frequency == "hourly":
+            d["window_start"] = self.window_start
+            d["window_hours"] = self.window_hours
+        return d
+
+
+@dataclass(frozen=True)
+class Retention:
+    last: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    schedule: Schedule
+    retention: Retention = field(default_factory=lambda: Retention(last=7))
+    consistency: str | None = None       # None: each VM's own setting (cutpoint vm set --consistency), else crash
+    timezone: str = "UTC"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "timezone": self.timezone}
+        if self.consistency is not None:
+            d["consistency"] = self.consistency
+        return {**d, "schedule": self.schedule.to_dict(), "retention": self.retention.to_dict()}
+
+    def schedule_key(self) -> str:
+        """Identifies what decides the run times: a change of it restarts the VM's schedule from now."""
+        s = self.schedule.to_dict()
+        return self.timezone + "|" + "|".join(f"{k}={s[k]}" for k in sorted(s))
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str | None = None) -> "Policy":
+        """Validate ``data`` (parsed YAML/JSON) into a policy; ``name`` overrides or supplies ``data['name']``."""
+        if not isinstance(data, dict):
+            raise PolicyError(name, "(top level)", f"must be a mapping, got {type(data).__name__}")
+        pname = name if name is not None else data.get("name")
+        if not isinstance(pname, str) or not _NAME.match(pname):
+            raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
+                              "at most 64, starting with a letter or digit)")
+        _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention"))
+        tz = data.get("timezone", "UTC")
+        if not isinstance(tz, str) or not tz:
+            raise PolicyError(pname, "timezone", f"{tz!r} is not a time zone name such as Europe/Berlin")
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise PolicyError(pname, "timezone", f"unknown time zone {tz!r} (use an IANA name such as "
+                              "Europe/Berlin or UTC)") from exc
+        consistency = data.get("consistency")
+        consistency = "app" if consistency == "application" else consistency
+        if consistency is not None and consistency not in CONSISTENCY:
+            raise PolicyError(pname, "consistency", f"{consistency!r} is not one of {', '.join(CONSISTENCY)} "
+                              "(or leave it out: each VM's own setting)")
+        if "schedule" not in data:
+            raise PolicyError(pname, "schedule", "missing; e.g. {frequency: daily, time: '02:00'}")
+        schedule = _schedule(pname, data["schedule"])
+        retention = _retention(pname, data.get("retention", {"last": 7}))
+        return cls(pname, schedule, retention, consistency, tz)
+
+
+def _unknown(name: str, prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
+    for k in data:
+        if k not in known:
+            raise PolicyError(name, f"{prefix}{k}", f"unknown field (known: {', '.join(known)})")
+
+
+def _int(name: str, fld: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PolicyError(name, fld, f"{v!r} is not a whole number")
+    if not lo <= v <= hi:
+        raise PolicyError(name, fld, f"{v} is out of range {lo}..{hi}")
+    return v
+
+
+def _hhmm(name: str, fld: str, v: Any) -> str:
+    m = _HHMM.match(v) if isinstance(v, str) else None
+    if not m:
+        raise PolicyError(name, fld, f"{v!r} is not a time of day; write HH:MM, e.g. '02:30' (quoted in YAML)")
+    return f"{int(m.group(1)):02d}:{m.group(2)}"
+
+
+def _schedule(name: str, s: Any) -> Schedule:
+    if not isinstance(s, dict):
+        raise PolicyError(name, "schedule", "must be a mapping such as {frequency: daily, time: '02:00'}")
+    freq = s.get("frequency")
+    allowed = FREQUENCIES + (("seconds",) if os.environ.get(TEST_SCHEDULES_ENV) == "1" else ())
+    if freq not in allowed:
+        raise PolicyError(name, "schedule.frequency", f"{freq!r} is not one of {', '.join(FREQUENCIES)}")
+    if freq == "daily":
+        _unknown(name, "schedule.", s, ("frequency", "time"))
+        return Schedule("daily", time=_hhmm(name, "schedule.time", s.get("time")))
+    if freq == "weekly":
+        _unknown(name, "schedule.", s, ("frequency", "time", "days"))
+        days = s.get("days")
+        if isinstance(days, str):
+            days = [d for d in re.split(r"[,\s]+", days) if d]
+        if not isinstance(days, list) or not days:
+            raise PolicyError(name, "schedule.days", "a weekly schedule needs at least one day, e.g. [sun, wed]")
+        norm = []
+        for d in days:
+            key = _FULL_DAYS.get(str(d).strip().lower(), str(d).strip().lower())
+            if key not in DAYS:
+                raise PolicyError(name, "schedule.days", f"{d!r} is not a day of the week ({', '.join(DAYS)})")
+            norm.append(key)
+        ordered = tuple(d for d in DAYS if d in norm)
+        return Schedule("weekly", time=_hhmm(name, "schedule.time", s.get("time")), days=ordered)
+    if freq == "hourly":
+        _unknown(name, "schedule.", s, ("frequency", "every", "window_start", "window_hours"))
+        every = s.get("every")
+        if every not in HOURLY_EVERY or isinstance(every, bool):
+            raise PolicyError(name, "schedule.every", f"{every!r} is not one of {', '.join(map(str, HOURLY_EVERY))}"
+                              " (hours between backups)")
+        start = _hhmm(name, "schedule.window_start", s.get("window_start", "00:00"))
+        hours = _int(name, "schedule.window_hours", s.get("window_hours", 24), 1, 24)
+        return Schedule("hourly", every=every, window_start=start, window_hours=hours)
+    _unknown(name, "schedule.", s, ("frequency", "every"))
+    return Schedule("seconds", every=_int(name, "schedule.every", s.get("every"), 1, 3600))
+
+
+def _retention(name: str, r: Any) -> Retention:
+    if not isinstance(r, dict):
+        raise PolicyError(name, "retention", "must be a mapping such as {last: 7, daily: 30}")
+    _unknown(name, "retention.", r, RETENTION_KEYS)
+    limits = {"last": 9999, "daily": 9999, "weekly": 5163, "monthly": 1188, "yearly": 99}
+    # -1 keeps every bucket (the vault's retention semantics), 0 turns the rule off
+    vals = {k: _int(name, f"retention.{k}", r.get(k, 0), -1, limits[k]) for k in RETENTION_KEYS}
+    if not any(vals.values()):
+        raise PolicyError(name, "retention", "keeps no point at all; set at least one of "
+                          + ", ".join(RETENTION_KEYS))
+    return Retention(**vals)

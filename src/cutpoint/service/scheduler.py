@@ -1,0 +1,167 @@
+"""The scheduling pass: which VM is owed a backup now, and what happens after each attempt.
+
+Rules (docs/design.md, "Service and policies"):
+
+* A VM is scheduled only while it has a policy. When it first gets one (or its policy's schedule or time zone
+  changes) the scheduler *baselines*: the latest slot so far counts as served, so the first backup runs at the next
+  slot, not at once.
+* On each pass a VM is owed a backup if the latest slot at or before now is newer than the last slot it served.
+  Only that latest slot is run: after downtime that missed several slots the VM gets **one** catch-up backup, and the
+  skipped slots are recorded on the job (``skipped_slots``), never replayed as a burst.
+* One job per VM at a time: a VM with a running job waits for the next pass.
+* A failed attempt is retried for the same slot after ``backoff * 2**(n-1)`` seconds (capped), up to ``attempts``
+  in all; then the slot is given up (an alert says so). A newer slot supersedes a pending retry.
+* An interrupted job (shutdown) leaves its slot owed: after a restart it runs as catch-up.
+* After a successful scheduled backup the VM's retention runs (prune), in the same thread while the VM is held; when
+  prune removed points, gc runs on a later pass once no job is running, at most every ``gc_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..errors import CutpointError, LockedError
+from ..jobs.alerts import Alerter
+from ..jobs.store import Job, iso
+from ..policy.model import Policy
+from ..policy.schedule import latest_slot, next_slot, slots_between
+from ..policy.store import PolicyStore
+from .clock import Clock
+from .runner import Runner
+from .state import StateStore, VmState
+from .vaults import VaultSource
+from .work import BackupFn, backup_job, gc_job, prune_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3                # attempts per slot, the first included
+    backoff: float = 60.0            # seconds before the second attempt; doubles each time
+    max_backoff: float = 3600.0
+
+    def delay(self, failed_attempt: int) -> timedelta:
+        return timedelta(seconds=min(self.max_backoff, self.backoff * 2 ** (failed_attempt - 1)))
+
+
+class Scheduler:
+    def __init__(self, vaults: VaultSource, runner: Runner, state: StateStore, policies: PolicyStore, clock: Clock,
+                 alerter: Alerter, *, retry: RetryPolicy = RetryPolicy(), backup_fn: BackupFn | None = None,
+                 gc_interval: timedelta = timedelta(hours=1), gc_grace: float | None = None,
+                 late: timedelta = timedelta(minutes=5)) -> None:
+        self.vaults = vaults
+        self.runner = runner
+        self.state = state
+        self.policies = policies
+        self.clock = clock
+        self.alerter = alerter
+        self.retry = retry
+        self.backup_fn = backup_fn
+        self.gc_interval = gc_interval
+        self.gc_grace = gc_grace
+        self.late = late                 # a slot run later than this after its time is reported as catch-up
+        self.gc_wanted = False
+        self.last_gc: datetime | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    def tick(self) -> list[int]:
+        """One pass over all VMs; returns the ids of the jobs it started."""
+        now = self.clock.now()
+        policies = {p.name: p for p in self.policies.all()}
+        started = []
+        for vm in self.vaults.get().catalog.vms():
+            pname = vm.settings.get("policy")
+            if not pname:
+                continue
+            policy = policies.get(pname)
+            if policy is None:
+                if (vm.name, pname) not in self._warned:
+                    self._warned.add((vm.name, pname))
+                    log.error("VM %s is assigned policy %r, which does not exist: not scheduled", vm.name, pname)
+                continue
+            job = self._consider(vm.name, policy, now)
+            if job is not None:
+                started.append(job)
+        gc = self._maybe_gc(now)
+        return started + ([gc] if gc is not None else [])
+
+    def next_run(self, vm: str, policy: Policy) -> datetime | None:
+        """When the VM's next backup is due (a pending retry or owed slot counts)."""
+        now = self.clock.now()
+        st = self.state.get(vm)
+        if st is not None and st.schedule == policy.schedule_key():
+            if st.pending is not None and st.retry_at is not None:
+                return st.retry_at
+            latest = latest_slot(policy, now)
+            if latest is not None and st.handled is not None and latest > st.handled:
+                return now
+        return next_slot(policy, now)
+
+    def _consider(self, vm: str, policy: Policy, now: datetime) -> int | None:
+        st = self.state.get(vm)
+        latest = latest_slot(policy, now)
+        key = policy.schedule_key()
+        if st is None or st.schedule != key:
+            self.state.put(VmState(vm, key, handled=latest))
+            log.info("VM %s follows policy %s; first backup at %s", vm, policy.name, next_slot(policy, now))
+            return None
+        if latest is None or (st.handled is not None and latest <= st.handled):
+            return None
+        if self.runner.busy(vm) is not None:
+            return None
+        retrying = st.pending == latest
+        if retrying and st.retry_at is not None and now < st.retry_at:
+            return None
+        attempt = st.attempts + 1 if retrying else 1
+        skipped = len(slots_between(policy, st.handled, latest)) - 1 if st.handled is not None else 0
+        trigger = "retry" if attempt > 1 else "catch-up" if skipped or now - latest > self.late else "schedule"
+        try:
+            return self.runner.submit(
+                "backup", vm, backup_job(vm, policy=policy, backup_fn=self.backup_fn), trigger=trigger,
+                slot=iso(latest), attempt=attempt, detail={"policy": policy.name, "skipped_slots": max(0, skipped)},
+                alert=False, on_done=lambda job: self._done(vm, policy, latest, attempt, job))
+        except LockedError:
+            return None
+
+    def _done(self, vm: str, policy: Policy, slot: datetime, attempt: int, job: Job) -> None:
+        """Bookkeeping after an attempt (runs in the job's thread, the VM still held)."""
+        st = self.state.get(vm)
+        if st is None or st.schedule != policy.schedule_key():
+            return                                        # the policy changed meanwhile: its state starts afresh
+        if job.state == "interrupted":
+            return                                        # the slot stays owed
+        if job.state == "succeeded":
+            if st.handled is None or slot > st.handled:
+                st.handled = slot
+            st.pending, st.attempts, st.retry_at = None, 0, None
+            self.state.put(st)
+            pruned = self.runner.chain("prune", vm, prune_job(vm, policy), trigger="service",
+                                       detail={"policy": policy.name, "after_job": job.id})
+            if pruned.state == "succeeded" and pruned.detail.get("removed"):
+                self.gc_wanted = True
+            return
+        final = attempt >= self.retry.attempts
+        if final:
+            if st.handled is None or slot > st.handled:
+                st.handled = slot
+            st.pending, st.attempts, st.retry_at = None, 0, None
+        else:
+            st.pending, st.attempts, st.retry_at = slot, attempt, self.clock.now() + self.retry.delay(attempt)
+        self.state.put(st)
+        self.alerter.job_failed(job, final=final)
+
+    def _maybe_gc(self, now: datetime) -> int | None:
+        if not self.gc_wanted or not self.runner.idle():
+            return None
+        if self.last_gc is not None and now - self.last_gc < self.gc_interval:
+            return None
+        try:
+            job = self.runner.submit("gc", None, gc_job(self.gc_grace), trigger="service")
+        except (LockedError, CutpointError):
+            return None
+        self.gc_wanted = False
+        self.last_gc = now
+        return job

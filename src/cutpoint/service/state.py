@@ -1,0 +1,76 @@
+"""What the scheduler remembers per VM, in a ``schedule_state`` table of the catalog file (owned by this module).
+
+Kept in the database rather than in memory so that a restart knows which slot was last served: that is what makes
+catch-up after downtime exactly one backup, and what lets a killed daemon's owed slot run again after the restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import VaultError
+from ..jobs.store import iso, parse_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schedule_state (
+    vm        TEXT PRIMARY KEY,
+    schedule  TEXT NOT NULL,     -- Policy.schedule_key() the state belongs to; another key starts afresh
+    handled   TEXT,              -- latest slot served (backed up, or given up on after the last retry)
+    pending   TEXT,              -- slot being retried
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    retry_at  TEXT
+);
+"""
+
+
+@dataclass
+class VmState:
+    vm: str
+    schedule: str
+    handled: datetime | None = None
+    pending: datetime | None = None
+    attempts: int = 0
+    retry_at: datetime | None = None
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot open the schedule state in {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get(self, vm: str) -> VmState | None:
+        with self._lock:
+            row = self.db.execute("SELECT vm, schedule, handled, pending, attempts, retry_at FROM schedule_state "
+                                  "WHERE vm=?", (vm,)).fetchone()
+        if row is None:
+            return None
+        return VmState(row[0], row[1], _t(row[2]), _t(row[3]), row[4], _t(row[5]))
+
+    def put(self, st: VmState) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO schedule_state VALUES (?,?,?,?,?,?)",
+                            (st.vm, st.schedule, _s(st.handled), _s(st.pending), st.attempts, _s(st.retry_at)))
+
+    def drop(self, vm: str) -> None:
+        with self._lock:
+            self.db.execute("DELETE FROM schedule_state WHERE vm=?", (vm,))
+
+
+def _t(s: str | None) -> datetime | None:
+    return parse_iso(s) if s else None
+
+
+def _s(t: datetime | None) -> str | None:
+    return iso(t) if t else None

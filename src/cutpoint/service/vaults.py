@@ -1,0 +1,36 @@
+"""One unlocked vault, one ``Vault`` object per thread.
+
+An encrypted vault is unlocked once (scrypt is deliberately slow) when the service starts; every thread then gets its
+own ``Vault`` over the same root, config and sealer, because a ``Vault`` holds a SQLite connection that must not be
+shared between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..vault.vault import Vault
+
+
+class VaultSource:
+    def __init__(self, base: Vault) -> None:
+        self.base = base
+        self.root: Path = base.root
+        self._local = threading.local()
+
+    def get(self) -> Vault:
+        """This thread's vault (created on first use, kept for the thread's life)."""
+        v = getattr(self._local, "vault", None)
+        if v is None:
+            v = self.fresh()
+            self._local.vault = v
+        return v
+
+    def fresh(self) -> Vault:
+        """A new vault object the caller closes (for short-lived worker threads)."""
+        return Vault(self.base.root, self.base.config, self.base.sealer)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.base.catalog.path

@@ -1,0 +1,65 @@
+"""The service's CLI edges: jobs recorded for CLI backups, the token commands, a taken port, the progress bar."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from pathlib import Path
+
+from rich.console import Console
+
+from cutpoint.cli.progress import ProgressLine
+from tests.helpers import blockdev_args, cutpoint, make_image
+
+
+def test_cli_backups_are_jobs(bare_qemu, tmp_path: Path) -> None:
+    vm = bare_qemu(blockdev_args(make_image(tmp_path / "a.qcow2", "16M", writes=["write -P 1 0 1M"]), "sys"))
+    r = cutpoint("backup", "web")
+    assert r.code == 3 and json.loads(cutpoint("jobs", "--json", check=True).out) == []   # unknown VM: no job
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), check=True)
+    point = json.loads(cutpoint("backup", "web", "--json", check=True).out)["point"]
+    vm.kill()
+    assert cutpoint("backup", "web").code == 4
+    jobs = json.loads(cutpoint("jobs", "--json", check=True).out)
+    assert [(j["kind"], j["vm"], j["state"], j["trigger"]) for j in jobs] == [
+        ("backup", "web", "failed", "manual"), ("backup", "web", "succeeded", "manual")]
+    assert jobs[1]["point"] == point and jobs[1]["bytes"] == 4 << 20 and jobs[1]["duration_s"] >= 0
+    assert "QMP" in jobs[0]["error"] or "socket" in jobs[0]["error"]
+    table = cutpoint("jobs", "--vm", "web", check=True).out
+    assert point in table and "failed" in table
+    assert json.loads(cutpoint("jobs", str(jobs[1]["id"]), "--json", check=True).out)["point"] == point
+    r = cutpoint("jobs", "999")
+    assert r.code == 3 and "no job 999" in r.err
+
+
+def test_token_commands_and_a_taken_port() -> None:
+    t1 = cutpoint("serve", "--show-token", check=True).out.strip()
+    assert cutpoint("serve", "--show-token", check=True).out.strip() == t1 and len(t1) >= 32
+    path = Path(os.environ["CUTPOINT_VAULT"]) / "api-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    t2 = cutpoint("serve", "--rotate-token", check=True).out.strip()
+    assert t2 != t1 and path.read_text().strip() == t2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        r = cutpoint("serve", "--port", str(s.getsockname()[1]), timeout=30)
+    assert r.code == 1 and r.err.strip().startswith("cutpoint: error: cannot listen on 127.0.0.1:"), r.err
+    r = cutpoint("serve", "--webhook", "ftp://x")
+    assert r.code == 2 and "webhook" in r.err
+
+
+def test_progress_bar_shows_bytes_and_rate_and_json_silences_it() -> None:
+    out = io.StringIO()
+    bar = ProgressLine(True, console=Console(file=out, force_terminal=True, width=120))
+    for disk in ("sys", "data"):
+        for mib in range(0, 33, 4):
+            bar(disk, mib << 20, 32 << 20)
+    text = out.getvalue()
+    assert "sys" in text and "data" in text and "32.0/32.0 MiB" in text and "/s" in text
+    silent = io.StringIO()
+    quiet = ProgressLine(False, console=Console(file=silent, force_terminal=True))
+    quiet("sys", 1, 2)
+    assert silent.getvalue() == ""
+    assert ProgressLine(True).enabled is False        # stderr is not a terminal under pytest
