@@ -70,6 +70,12 @@ class LockedError(CutpointError):
     exit_code = 8
 
 
+class AuthError(VaultError):
+    """The passphrase or key file does not unlock this vault (wrong passphrase, another vault's key)."""
+
+    exit_code = 10
+
+
 class UnsupportedError(CutpointError):
     """The VM's setup cannot be backed up consistently as configured."""
 

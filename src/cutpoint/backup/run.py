@@ -63,14 +63,14 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         now = datetime.now(timezone.utc)
         point_id = new_point_id(now)
         prev = vault.catalog.points(vm_name)
-        prev_manifest = vault.manifest(prev[-1]) if prev else None
+        prev_manifest, unusable = vault.parent_for(prev[-1]) if prev else (None, None)   # None: failed verify
         with driver.session() as s:
             swept = s.sweep(work_home())
             if swept:
                 log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
             inv = s.inventory()
             config = s.capture_config()
-            plan = _plan(s, inv, vm_name, prev_manifest, opts)
+            plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable)
             handle = s.cut(plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
         success = False
         try:
@@ -91,7 +91,8 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         return summary
 
 
-def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions) -> _Plan:
+def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions,
+          unusable: str | None = None) -> _Plan:
     if not inv.disks:
         skipped = ", ".join(f"{k.name} ({k.reason})" for k in inv.skipped) or "none"
         raise UsageError(f"VM {vm!r} has no disk to back up (skipped: {skipped})")
@@ -101,7 +102,7 @@ def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts
         reason = s.chain(d, prev.point if prev else None)
         old = prev_disks.get(d.name)
         if prev is None:
-            reason = "first backup"
+            reason = unusable or "first backup"
         elif opts.full:
             reason = "full backup requested (--full)"
         elif old is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import faults
 from ..errors import NotFoundError, UsageError, VaultError
 
 SCHEMA = """
@@ -37,6 +38,13 @@ CREATE TABLE IF NOT EXISTS points (
     summary       TEXT NOT NULL       -- the backup's JSON result
 );
 CREATE INDEX IF NOT EXISTS points_vm ON points (vm, created);
+CREATE TABLE IF NOT EXISTS verified (
+    point     TEXT PRIMARY KEY,       -- points.id (no foreign key: a damaged row must not hide its verdict)
+    state     TEXT NOT NULL,          -- 'ok' | 'failed'
+    level     TEXT NOT NULL,          -- 'structure' | 'data' (--read-data)
+    checked   TEXT NOT NULL,          -- ISO 8601 UTC
+    problems  TEXT NOT NULL           -- JSON list of strings
+);
 """
 
 
@@ -62,6 +70,16 @@ class PointRecord:
     stored_bytes: int
     manifest: str
     summary: dict[str, Any]
+    damaged: str | None = None       # why the row itself is unreadable (set by reading, never stored)
+
+
+@dataclass
+class VerifyRecord:
+    point: str
+    state: str
+    level: str
+    checked: str
+    problems: list[str]
 
 
 class Catalog:
@@ -114,13 +132,55 @@ class Catalog:
     # -- points ------------------------------------------------------------------------------------------------------
 
     def add_point(self, p: PointRecord) -> None:
-        with self.transaction():
-            self.db.execute("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (p.id, p.vm, p.created, p.consistency, p.mode, p.pause_ms, p.logical_bytes,
-                             p.read_bytes, p.stored_bytes, p.manifest, json.dumps(p.summary)))
+        """The commit point of a backup: one transaction, after which the point is visible (docs/design.md)."""
+        try:
+            with self.transaction():
+                self.db.execute("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                                (p.id, p.vm, p.created, p.consistency, p.mode, p.pause_ms, p.logical_bytes,
+                                 p.read_bytes, p.stored_bytes, p.manifest, json.dumps(p.summary)))
+                faults.hit("catalog-commit")
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot record point {p.id} in catalog {self.path}: {exc}") from exc
 
     def remove_point(self, point_id: str) -> None:
-        self.db.execute("DELETE FROM points WHERE id=?", (point_id,))
+        self.remove_points([point_id])
+
+    def remove_points(self, ids: list[str]) -> None:
+        """Forget points in one transaction: either all of them disappear or none (prune's commit point)."""
+        try:
+            with self.transaction():
+                for pid in ids:
+                    self.db.execute("DELETE FROM points WHERE id=?", (pid,))
+                    self.db.execute("DELETE FROM verified WHERE point=?", (pid,))
+                faults.hit("prune-commit")
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot remove points from catalog {self.path}: {exc}") from exc
+
+    def set_verified(self, v: VerifyRecord) -> None:
+        try:
+            self.db.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
+                            (v.point, v.state, v.level, v.checked, json.dumps(v.problems)))
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot record the verify state of point {v.point}: {exc}") from exc
+
+    def verified(self, point_id: str) -> VerifyRecord | None:
+        row = self.db.execute("SELECT point, state, level, checked, problems FROM verified WHERE point=?",
+                              (point_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            problems = json.loads(row[4])
+        except ValueError:
+            problems = ["(unreadable)"]
+        return VerifyRecord(row[0], row[1], row[2], row[3], problems)
+
+    def quick_check(self) -> list[str]:
+        """SQLite's own structural check of the catalog file; empty when sound."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.Error as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
 
     def points(self, vm: str | None = None) -> list[PointRecord]:
         q = "SELECT * FROM points" + (" WHERE vm=?" if vm else "") + " ORDER BY created, id"
@@ -151,8 +211,28 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, et: object, ev: object, tb: object) -> None:
-        self.db.execute("COMMIT" if et is None else "ROLLBACK")
+        if et is None:
+            self.db.execute("COMMIT")
+            return
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass                     # SQLite already rolled back (e.g. disk full); keep the original error
 
 
 def _point(r: tuple[Any, ...]) -> PointRecord:
-    return PointRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], json.loads(r[10]))
+    """A row as a record; a damaged row still comes back (with ``damaged`` saying why) so that it can be named."""
+    damaged: list[str] = []
+    try:
+        summary = json.loads(r[10])
+        if not isinstance(summary, dict):
+            raise ValueError("not an object")
+    except (TypeError, ValueError) as exc:
+        summary = {}
+        damaged.append(f"summary is not valid JSON ({exc})")
+    for i, name, typ in ((1, "vm", str), (2, "created", str), (5, "pause_ms", (int, float)),
+                         (6, "logical_bytes", int), (9, "manifest", str)):
+        if not isinstance(r[i], typ):
+            damaged.append(f"{name} is {r[i]!r}")
+    return PointRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], summary,
+                       "; ".join(damaged) or None)

@@ -10,16 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import default_vault
+from ..vault import passphrase
 from ..vault.vault import Vault
 
 
 def add_vault_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault", type=Path, default=None,
                    help="vault directory (default: $CUTPOINT_VAULT or ~/.local/share/cutpoint/vault)")
+    p.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
+                   help="encrypted vault: read the passphrase from FILE (else $CUTPOINT_PASSPHRASE_FILE, "
+                        "$CUTPOINT_PASSPHRASE, or a prompt)")
+    p.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                   help="encrypted vault: use this key file instead of the vault's own (or $CUTPOINT_KEY_FILE)")
 
 
 def open_vault(args: argparse.Namespace, *, create: bool = True) -> Vault:
-    return Vault.open(args.vault or default_vault(), create=create)
+    return Vault.open(args.vault or default_vault(), create=create,
+                      passphrase=passphrase.source(getattr(args, "passphrase_file", None)),
+                      key_file=getattr(args, "key_file", None))
 
 
 def print_json(obj: Any) -> None:

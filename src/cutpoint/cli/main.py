@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import CutpointError
-from . import backup, demo, lab, points, restore, vm
+from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
 from . import files, instant, mount
 from . import jobs, policy, serve
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (vm, backup, points, restore, lab, demo, files, mount, instant, policy, jobs, serve):
+    for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, files, mount, instant, policy, jobs,
+                  serve):
         group.register(sub)
     return p
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CutpointError, UsageError
+from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 
@@ -61,7 +61,12 @@ def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt
             f.truncate(disk.size)
             for i, cid in enumerate(disk.chunks):
                 if cid is not None:
-                    data = vault.chunks.get(cid)
+                    try:
+                        data = vault.chunks.get(cid)
+                    except (IntegrityError, NotFoundError) as exc:
+                        raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing "
+                                             "was written; run 'cutpoint verify --read-data' and restore another "
+                                             "point") from exc
                     expect = min(m.chunk_size, disk.size - i * m.chunk_size)
                     if len(data) != expect:
                         raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")

@@ -1,40 +1,148 @@
 """Advisory locks in ``locks/``: ``flock`` on a file per resource, released by the kernel when the process dies.
 
 Because the kernel drops an ``flock`` with its holder, a lock left by a killed process is never stale: the next
-process simply gets it. The file records the holder's pid and command for the error message of the one refused.
+process simply gets it. Who holds a busy lock is read from ``/proc/locks`` (live holders only), never from what a
+file says, so text left in a lock file by a dead process cannot mislead the message of the one refused.
+
+Running backups also *register* (``locks/writer-<pid>-<random>.lock``): a file created under a temporary name,
+locked, stamped with its start (the file's own mtime, i.e. the clock that chunk mtimes use) and only then renamed into
+place, so anything that sees a registration sees it locked. Garbage collection reads registrations to know how old
+the oldest running backup is. A registration whose lock can be taken belongs to a dead process: it is removed
+(while locked, so no live writer is affected).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LockedError
 
+WRITER_PREFIX = "writer-"
+
 
 @contextmanager
 def hold(path: Path, what: str, *, shared: bool = False) -> Iterator[None]:
+    """Take ``path``'s flock at once or raise ``LockedError`` naming the live holder(s)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise LockedError(f"{what} is busy: {holder} holds {path.name}; wait for it to finish") from None
+            raise LockedError(f"{what} is busy: {holders(fd)} holds {path.name}; wait for it to finish and "
+                              "retry") from None
         if not shared:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} ({' '.join(_argv())})\n".encode(), 0)
-        yield
+            os.pwrite(fd, f"pid {os.getpid()} ({describe(os.getpid())})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if not shared:
+                os.ftruncate(fd, 0)     # a dead holder's text is harmless, but a clean release leaves none
     finally:
         os.close(fd)
 
 
-def _argv() -> list[str]:
+def holders(fd: int) -> str:
+    """Live processes holding a flock on the file open as ``fd``, from /proc/locks; 'another process' if unknown."""
+    st = os.fstat(fd)
+    pids: list[int] = []
     try:
-        return Path("/proc/self/cmdline").read_bytes().decode(errors="replace").split("\0")[:6]
+        lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
-        return []
+        lines = []
+    for line in lines:
+        f = line.split()
+        if len(f) < 6 or f[1] == "->" or f[1] != "FLOCK":
+            continue
+        try:
+            maj, mnr, ino = f[5].split(":")
+            pid = int(f[4])
+            if int(ino) == st.st_ino and os.makedev(int(maj, 16), int(mnr, 16)) == st.st_dev and pid != os.getpid():
+                pids.append(pid)
+        except ValueError:
+            continue
+    if not pids:
+        return "another process"
+    return ", ".join(f"pid {p} ({describe(p)})" for p in sorted(set(pids))[:3])
+
+
+def describe(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "exited"
+    argv = [a for a in argv if a]
+    # python -m cutpoint.cli.main backup x  ->  cutpoint backup x
+    for i, a in enumerate(argv):
+        if a.endswith("cutpoint") or a == "cutpoint.cli.main":
+            return " ".join(["cutpoint"] + argv[i + 1:i + 5])
+    return " ".join(argv[:5]) or "?"
+
+
+# -- running writers -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Writer:
+    path: Path
+    start: float           # the registration file's mtime: the filesystem clock at registration
+    what: str
+
+
+@contextmanager
+def register_writer(locks_dir: Path, what: str) -> Iterator[Writer]:
+    """Announce a running backup to gc for as long as the context lasts (see module doc)."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    running_writers(locks_dir)                       # clears registrations of dead processes
+    name = f"{WRITER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.lock"
+    tmp = locks_dir / f".tmp-{name}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{what}\n".encode())
+        os.fsync(fd)
+        os.rename(tmp, locks_dir / name)
+        w = Writer(locks_dir / name, os.fstat(fd).st_mtime, what)
+        try:
+            yield w
+        finally:
+            w.path.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def running_writers(locks_dir: Path) -> list[Writer]:
+    """Registrations of live backups; those of dead processes are removed on the way."""
+    out: list[Writer] = []
+    if not locks_dir.exists():
+        return out
+    for p in sorted(locks_dir.glob(f"{WRITER_PREFIX}*.lock")):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            continue                                  # finished meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                st = os.fstat(fd)
+                out.append(Writer(p, st.st_mtime, os.pread(fd, 200, 0).decode(errors="replace").strip()))
+                continue
+            p.unlink(missing_ok=True)                 # lock free: its process is gone
+        finally:
+            os.close(fd)
+    for p in locks_dir.glob(f".tmp-{WRITER_PREFIX}*"):   # died while registering; a live one renames in µs
+        try:
+            if time.time() - p.stat().st_mtime > 60:
+                p.unlink()
+        except FileNotFoundError:
+            pass
+    return out

@@ -1,7 +1,11 @@
-"""A restore point's manifest: ``points/<vm>/<point>.json``, the complete recipe of every disk at the cut.
+"""A restore point's manifest: ``points/<vm>/<point>.manifest``, the complete recipe of every disk at the cut.
 
 Each disk lists one entry per fixed-size chunk of its address space: a chunk id, or ``null`` for a chunk that reads
 as all zeros (never stored). Every point is thus a complete image, however it was read (full or incremental).
+
+On disk the JSON is zstd-compressed and sealed (``vault/crypto.py``, magic ``CPM2``) with ``<vm>/<point>`` as
+associated data: encrypted and authenticated in an encrypted vault, checksummed in a plain one. A manifest that is
+truncated, altered, or copied under another point's name fails to open instead of describing the wrong disks.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import IntegrityError
+import zstandard
 
-FORMAT = 1
+from ..errors import IntegrityError
+from .crypto import Sealer
+
+FORMAT = 2
+MAGIC = b"CPM2"
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     vm_config: dict[str, Any] | None = None   # what it takes to start the VM again (driver's capture_config)
+    key_fingerprint: str | None = None
     format: int = FORMAT
 
     def to_bytes(self) -> bytes:
@@ -68,6 +77,28 @@ class Manifest:
     def referenced(self) -> set[str]:
         return {c for d in self.disks for c in d.chunks if c}
 
+    def seal(self, sealer: Sealer) -> bytes:
+        self.key_fingerprint = sealer.fingerprint
+        return sealer.seal(MAGIC, zstandard.ZstdCompressor().compress(self.to_bytes()), _aad(self.vm, self.point))
+
+    @classmethod
+    def unseal(cls, sealer: Sealer, blob: bytes, vm: str, point: str, where: str) -> "Manifest":
+        packed = sealer.unseal(MAGIC, blob, _aad(vm, point), where)
+        try:
+            data = zstandard.ZstdDecompressor().decompress(packed)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{where} is damaged: {exc}") from exc
+        m = cls.from_bytes(data, where)
+        if (m.vm, m.point) != (vm, point):
+            raise IntegrityError(f"{where} describes point {m.point} of VM {m.vm!r} instead")
+        if m.key_fingerprint != sealer.fingerprint:
+            raise IntegrityError(f"{where} names key {m.key_fingerprint}, not this vault's key {sealer.fingerprint}")
+        return m
+
+
+def _aad(vm: str, point: str) -> bytes:
+    return f"{vm}/{point}".encode()
+
 
 def manifest_path(root: Path, vm: str, point: str) -> Path:
-    return root / "points" / vm / f"{point}.json"
+    return root / "points" / vm / f"{point}.manifest"

@@ -1,4 +1,8 @@
-"""The vault: one directory holding chunks, manifests, the catalog and locks (layout in docs/design.md)."""
+"""The vault: one directory holding chunks, manifests, the catalog, the key file and locks (docs/design.md, 2).
+
+Opening a vault checks its format version and, when it is encrypted, unlocks its key *before* anything else is
+opened or written: a wrong passphrase or key file stops a command with nothing changed on disk.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +10,82 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from .. import faults
 from ..catalog.db import Catalog, PointRecord
-from ..errors import IntegrityError, NotFoundError, VaultError
+from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, VaultError
 from . import locks
+from . import passphrase as pp
 from .chunks import ChunkStore
+from .crypto import Keys, Sealer, check_key_file, unwrap_keys, wrap_keys
 from .fsutil import fsync_dir, write_atomic
 from .manifest import Manifest, manifest_path
 
 VAULT_FORMAT = "cutpoint-vault"
-VAULT_VERSION = 1
+VAULT_VERSION = 2
 DEFAULT_CHUNK_SIZE = 4 << 20
+KEY_FILE = "key.json"
 
 
 class Vault:
-    def __init__(self, root: Path, config: dict[str, object]) -> None:
+    def __init__(self, root: Path, config: dict[str, Any], sealer: Sealer) -> None:
         self.root = root
         self.config = config
-        self.chunk_size = int(config["chunk_size"])  # type: ignore[arg-type]
-        self.chunks = ChunkStore(root / "chunks")
+        self.sealer = sealer
+        self.chunk_size = int(config["chunk_size"])
+        self.chunks = ChunkStore(root / "chunks", sealer)
         self.catalog = Catalog(root / "catalog.sqlite")
+        self.locks_dir = root / "locks"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.sealer.keys is not None
 
     @classmethod
-    def open(cls, root: Path, *, create: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE) -> "Vault":
+    def open(cls, root: Path, *, create: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             passphrase: pp.Source | None = None, key_file: Path | None = None) -> "Vault":
+        """Open (or, with ``create``, create an unencrypted) vault; an encrypted one is unlocked first."""
         root = root.expanduser()
-        cfg_path = root / "config.json"
-        if not cfg_path.exists():
+        if not (root / "config.json").exists():
             if not create:
                 raise NotFoundError(f"{root} is not a cutpoint vault (no config.json); create it with a backup or "
                                     "'cutpoint vault init'")
-            cls._init(root, chunk_size)
-        try:
-            config = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise VaultError(f"cannot read vault config {cfg_path}: {exc}") from exc
-        if config.get("format") != VAULT_FORMAT or config.get("version") != VAULT_VERSION:
-            raise VaultError(f"{root} holds vault format {config.get('format')} v{config.get('version')}; "
-                             f"this cutpoint reads {VAULT_FORMAT} v{VAULT_VERSION}")
+            cls.create(root, chunk_size=chunk_size, exist_ok=True)
+        config = read_config(root)
         if not os.access(root, os.W_OK):
             raise VaultError(f"vault directory {root} is not writable; fix its permissions or pass --vault DIR "
                              "(or set CUTPOINT_VAULT) to use another")
-        return cls(root, config)
+        keys = unlock(root, config, passphrase, key_file) if config.get("encryption") else None
+        return cls(root, config, Sealer(keys))
 
     @staticmethod
-    def _init(root: Path, chunk_size: int) -> None:
+    def create(root: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, encrypt: bool = False,
+               passphrase: pp.Source | None = None, exist_ok: bool = False) -> None:
+        """Create a vault; the passphrase is asked for before anything is written, and config.json comes last."""
+        root = root.expanduser()
+        if (root / "config.json").exists():
+            if exist_ok:
+                return
+            raise UsageError(f"{root} is already a cutpoint vault; choose another --vault DIR")
+        keys = Keys.generate() if encrypt else None
+        secret = (passphrase or pp.source())(f"the new vault {root}", True) if encrypt else b""
+        vault_id = uuid.uuid4().hex
+        config: dict[str, Any] = {
+            "format": VAULT_FORMAT, "version": VAULT_VERSION, "id": vault_id, "chunk_size": chunk_size,
+            "chunk_id": "hmac-sha256" if keys else "sha256", "compression": "zstd",
+            "encryption": {"cipher": "aes-256-gcm", "kdf": "scrypt", "key_fingerprint": keys.fingerprint}
+            if keys else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
             root.mkdir(parents=True, exist_ok=True)
             for sub in ("chunks", "points", "locks"):
                 (root / sub).mkdir(exist_ok=True)
-            config = {"format": VAULT_FORMAT, "version": VAULT_VERSION, "id": uuid.uuid4().hex,
-                      "chunk_size": chunk_size, "hash": "sha256", "compression": "zstd",
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if keys:
+                write_atomic(root / KEY_FILE, json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode())
             write_atomic(root / "config.json", json.dumps(config, indent=1).encode())
         except OSError as exc:
             raise VaultError(f"cannot create a vault in {root}: {exc.strerror or exc}; pass --vault DIR "
@@ -73,13 +99,15 @@ class Vault:
     def commit_point(self, manifest: Manifest, summary: dict[str, object]) -> PointRecord:
         """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/design.md)."""
         self.chunks.flush()
+        faults.hit("after-chunks")
         path = manifest_path(self.root, manifest.vm, manifest.point)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, manifest.to_bytes())
+            write_atomic(path, manifest.seal(self.sealer))
             fsync_dir(path.parent.parent)
         except OSError as exc:
             raise VaultError(f"cannot write manifest {path}: {exc.strerror or exc}") from exc
+        faults.hit("after-manifest")
         rec = PointRecord(
             id=manifest.point, vm=manifest.vm, created=manifest.created, consistency=manifest.consistency,
             mode=manifest.mode, pause_ms=manifest.pause_ms, logical_bytes=sum(d.size for d in manifest.disks),
@@ -90,17 +118,135 @@ class Vault:
         return rec
 
     def manifest(self, rec: PointRecord) -> Manifest:
+        """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``."""
+        if rec.damaged:
+            raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.damaged}")
+        expect = str(manifest_path(self.root, rec.vm, rec.id).relative_to(self.root))
+        if rec.manifest != expect:
+            raise IntegrityError(f"catalog row of point {rec.id} is damaged: it names manifest {rec.manifest!r}, "
+                                 f"expected {expect!r}")
         path = self.root / rec.manifest
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise IntegrityError(f"manifest of point {rec.id} is missing ({path})") from None
-        return Manifest.from_bytes(data, f"manifest of point {rec.id}")
+        except OSError as exc:
+            raise IntegrityError(f"manifest of point {rec.id} cannot be read: {exc.strerror or exc}") from exc
+        m = Manifest.unseal(self.sealer, data, rec.vm, rec.id, f"manifest of point {rec.id}")
+        if sum(d.size for d in m.disks) != rec.logical_bytes:
+            raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.logical_bytes} bytes, its "
+                                 f"manifest {sum(d.size for d in m.disks)}")
+        return m
 
-    # -- locks -------------------------------------------------------------------------------------------------------
+    def parent_for(self, rec: PointRecord) -> tuple[Manifest | None, str | None]:
+        """The manifest an incremental may build on, or None and why not (failed verification, unreadable)."""
+        v = self.catalog.verified(rec.id)
+        if v is not None and v.state == "failed":
+            return None, "previous point failed verification"
+        try:
+            return self.manifest(rec), None
+        except IntegrityError as exc:
+            return None, f"previous point is unreadable ({exc})"
+
+    # -- locks (table in docs/design.md) -----------------------------------------------------------------------------
 
     @contextmanager
-    def vm_lock(self, vm: str) -> Iterator[None]:
-        """Held for a whole backup or restore of one VM: two backups of one VM never run at once."""
-        with locks.hold(self.root / "locks" / f"vm-{vm}.lock", f"VM {vm!r}"):
-            yield
+    def vm_lock(self, vm: str, *, writer: bool = True) -> Iterator[None]:
+        """Held for a whole backup (or prune) of one VM; a backup also registers as a running writer for gc."""
+        with locks.hold(self.locks_dir / f"vm-{vm}.lock", f"VM {vm!r}"):
+            with locks.register_writer(self.locks_dir, f"backup {vm}") if writer else nullcontext():
+                yield
+
+    def points_lock(self, *, shared: bool) -> Any:
+        """Exclusive for prune; shared for restore, verify and gc, which must not see points vanish mid-way."""
+        return locks.hold(self.locks_dir / "prune.lock", "the vault's points", shared=shared)
+
+    def gc_lock(self) -> Any:
+        return locks.hold(self.locks_dir / "gc.lock", "garbage collection")
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    """``config.json``, checked for format and version; needs no passphrase."""
+    cfg_path = root / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"cannot read vault config {cfg_path}: {exc}") from exc
+    if config.get("format") != VAULT_FORMAT:
+        raise VaultError(f"{root} is not a cutpoint vault (config format {config.get('format')!r})")
+    if config.get("version") == 1:
+        raise VaultError(f"{root} is a vault of format v1 (a development build); this cutpoint reads v2 only and "
+                         "does not convert it: create a new vault with 'cutpoint vault init --vault NEWDIR'")
+    if config.get("version") != VAULT_VERSION:
+        raise VaultError(f"{root} holds vault format v{config.get('version')}; this cutpoint reads "
+                         f"{VAULT_FORMAT} v{VAULT_VERSION}")
+    if not config.get("encryption") and (root / KEY_FILE).exists():
+        raise IntegrityError(f"{cfg_path} says the vault is unencrypted but it has a key file: config.json was "
+                             "altered; restore it from a copy")
+    return config
+
+
+def key_file_path(root: Path, key_file: Path | None = None) -> Path:
+    env = os.environ.get("CUTPOINT_KEY_FILE")
+    return (key_file or (Path(env) if env else root / KEY_FILE)).expanduser()
+
+
+def load_key_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VaultError(f"key file {path} does not exist; import an exported copy with "
+                         "'cutpoint vault key import FILE'") from None
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"key file {path} is unreadable or damaged ({exc}); import an exported copy with "
+                         "'cutpoint vault key import FILE'") from exc
+    return check_key_file(doc, str(path))
+
+
+def check_belongs(doc: dict[str, Any], config: dict[str, Any], path: Path, root: Path) -> None:
+    want = config["encryption"]["key_fingerprint"]
+    if doc["fingerprint"] != want or doc["vault"] != config["id"]:
+        raise AuthError(f"key file {path} belongs to another vault (key {doc['fingerprint']}); vault {root} needs "
+                        f"key {want}")
+
+
+def unlock(root: Path, config: dict[str, Any], passphrase: pp.Source | None, key_file: Path | None) -> Keys:
+    path = key_file_path(root, key_file)
+    doc = load_key_file(path)
+    check_belongs(doc, config, path, root)
+    secret = (passphrase or pp.source())(f"vault {root}", False)
+    return unwrap_keys(doc, secret, str(path))
+
+
+def export_key(vault: Vault, to: Path, key_file: Path | None = None) -> Path:
+    """Copy the (passphrase-protected) key file that unlocked ``vault`` to ``to``; never overwrites."""
+    if not vault.encrypted:
+        raise UsageError(f"vault {vault.root} is not encrypted: it has no key to export")
+    to = to.expanduser()
+    if to.exists():
+        raise UsageError(f"{to} already exists; choose another --to FILE")
+    data = key_file_path(vault.root, key_file).read_bytes()
+    try:
+        write_atomic(to, data)          # mkstemp: mode 0600
+    except OSError as exc:
+        raise VaultError(f"cannot write {to}: {exc.strerror or exc}") from exc
+    return to
+
+
+def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> str:
+    """Install ``src`` as the vault's key file after proving it is this vault's key and the passphrase opens it."""
+    root = root.expanduser()
+    config = read_config(root)
+    if not config.get("encryption"):
+        raise UsageError(f"vault {root} is not encrypted: it takes no key")
+    src = src.expanduser()
+    doc = load_key_file(src)
+    check_belongs(doc, config, src, root)
+    unwrap_keys(doc, (passphrase or pp.source())(f"key file {src}", False), str(src))
+    try:
+        write_atomic(root / KEY_FILE, src.read_bytes())
+    except OSError as exc:
+        raise VaultError(f"cannot write {root / KEY_FILE}: {exc.strerror or exc}") from exc
+    return str(doc["fingerprint"])

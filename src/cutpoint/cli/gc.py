@@ -1,0 +1,39 @@
+"""``cutpoint gc``: delete chunks no point references (safe while backups run) and report the space freed."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ..units import human
+from ..vault.gc import DEFAULT_GRACE, gc
+from .common import add_vault_arg, open_vault, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("gc", help="free the space of chunks no point references (safe while backups run)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+                   help=f"also keep unreferenced files touched this long before the cutoff (default "
+                        f"{DEFAULT_GRACE:.0f}; covers clock steps)")
+    p.add_argument("--json", action="store_true")
+    add_vault_arg(p)
+    p.set_defaults(func=cmd_gc)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    if args.grace < 0:
+        raise UsageError("--grace must be 0 or more seconds")
+    vault = open_vault(args, create=False)
+    res = gc(vault, dry_run=args.dry_run, grace=args.grace)
+    if args.json:
+        print_json(res.to_json())
+        return 0
+    verb = "would free" if args.dry_run else "freed"
+    print(f"gc: {res.points} points reference {res.referenced_chunks} of {res.chunks_seen} chunks; "
+          f"{'would remove' if args.dry_run else 'removed'} {res.removed_chunks} chunks, {res.removed_manifests} "
+          f"orphan manifests, {res.removed_temp + res.removed_bad} leftovers: {verb} {human(res.freed_bytes)}")
+    if res.kept_young:
+        print(f"kept {res.kept_young} unreferenced chunks written or reused after the cutoff {res.cutoff}"
+              + (f" (running: {', '.join(res.running_backups)})" if res.running_backups else ""))
+    return 0

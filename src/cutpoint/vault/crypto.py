@@ -1,0 +1,164 @@
+"""Keys, the key file, and the sealed-blob format shared by chunks and manifests.
+
+An encrypted vault has two random 256-bit keys: ``enc`` (AES-256-GCM for every chunk and manifest) and ``ids``
+(HMAC-SHA256 chunk ids, so an id says nothing about content to someone without the key, and cannot be confirmed by
+hashing a guessed disk block). Both live in a *key file* wrapped by a key derived from a passphrase with scrypt; the
+passphrase never touches data directly, so it can be changed or a key file exported without re-encrypting anything.
+The *fingerprint* names the key without revealing it; it is in ``config.json``, the key file, and the header of
+every chunk and manifest, so a blob written with another key is recognised as such, not as garbage.
+
+A sealed blob (format in docs/design.md, section 2)::
+
+    magic(4) scheme(1) fingerprint(16) body
+    scheme 0 (plain):          sha256(header, aad, payload)(32) payload
+    scheme 1 (aes-256-gcm):    nonce(12) AESGCM(payload, associated data = header + aad)
+
+``aad`` binds a blob to its name (a chunk's id, a manifest's ``vm/point``): a blob moved under another name fails its
+check even though each file is intact. Plain blobs get a checksum (integrity, not secrecy) so that verify detects a
+truncated or flipped manifest of an unencrypted vault just as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ..errors import AuthError, IntegrityError, VaultError
+
+KEYFILE_FORMAT = "cutpoint-key"
+KEYFILE_VERSION = 1
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 17, 8, 1      # OWASP's minimum for scrypt: ~0.5 s and 128 MiB per unlock
+SCHEME_PLAIN, SCHEME_AESGCM = 0, 1
+HEADER = struct.Struct("4sB16s")
+NO_KEY = bytes(16)
+
+
+@dataclass(frozen=True)
+class Keys:
+    enc: bytes
+    ids: bytes
+
+    @classmethod
+    def generate(cls) -> "Keys":
+        return cls(os.urandom(32), os.urandom(32))
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"cutpoint-key-fingerprint\0" + self.enc + self.ids).hexdigest()[:32]
+
+
+class Sealer:
+    """Chunk ids and sealing for one vault: ``keys=None`` is an unencrypted vault (sha256 ids, checksummed blobs)."""
+
+    def __init__(self, keys: Keys | None) -> None:
+        self.keys = keys
+        self.fingerprint = keys.fingerprint if keys else None
+        self._fp = bytes.fromhex(self.fingerprint) if self.fingerprint else NO_KEY
+        self._aead = AESGCM(keys.enc) if keys else None
+
+    def chunk_id(self, data: bytes) -> str:
+        if self.keys is None:
+            return hashlib.sha256(data).hexdigest()
+        return hmac.new(self.keys.ids, data, hashlib.sha256).hexdigest()
+
+    def seal(self, magic: bytes, payload: bytes, aad: bytes) -> bytes:
+        if self._aead is None:
+            header = HEADER.pack(magic, SCHEME_PLAIN, NO_KEY)
+            return header + hashlib.sha256(header + aad + payload).digest() + payload
+        header = HEADER.pack(magic, SCHEME_AESGCM, self._fp)
+        nonce = os.urandom(12)
+        return header + nonce + self._aead.encrypt(nonce, payload, header + aad)
+
+    def unseal(self, magic: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
+        """The payload of ``blob``, authenticated; anything else raises ``IntegrityError`` naming ``what``."""
+        if len(blob) < HEADER.size:
+            raise IntegrityError(f"{what} is damaged: truncated to {len(blob)} bytes")
+        got_magic, scheme, fp = HEADER.unpack_from(blob)
+        if got_magic != magic:
+            raise IntegrityError(f"{what} is damaged: bad header")
+        body = blob[HEADER.size:]
+        header = blob[:HEADER.size]
+        if scheme == SCHEME_PLAIN and self._aead is None:
+            if len(body) < 32 or not hmac.compare_digest(body[:32], hashlib.sha256(header + aad + body[32:]).digest()):
+                raise IntegrityError(f"{what} is damaged: checksum mismatch (truncated or altered)")
+            return body[32:]
+        if scheme == SCHEME_AESGCM and self._aead is not None:
+            if fp != self._fp:
+                raise IntegrityError(f"{what} was written with key {fp.hex()}, not this vault's key "
+                                     f"{self.fingerprint}")
+            try:
+                return self._aead.decrypt(body[:12], body[12:], header + aad)
+            except InvalidTag:
+                raise IntegrityError(f"{what} is damaged: authentication failed (altered, truncated or "
+                                     "misplaced)") from None
+        if scheme in (SCHEME_PLAIN, SCHEME_AESGCM):
+            state = "encrypted" if scheme == SCHEME_AESGCM else "unencrypted"
+            raise IntegrityError(f"{what} is {state}, which does not match this vault's configuration")
+        raise IntegrityError(f"{what} is damaged: unknown scheme {scheme}")
+
+
+# -- the key file ----------------------------------------------------------------------------------------------------
+
+def _kdf(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+
+
+def _aad(vault_id: str, fingerprint: str) -> bytes:
+    return f"{KEYFILE_FORMAT} v{KEYFILE_VERSION} {vault_id} {fingerprint}".encode()
+
+
+def wrap_keys(keys: Keys, passphrase: bytes, vault_id: str) -> dict[str, Any]:
+    """A key file (JSON-able) holding ``keys`` encrypted under a key derived from ``passphrase``."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    kek = _kdf(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    sealed = AESGCM(kek).encrypt(nonce, keys.enc + keys.ids, _aad(vault_id, keys.fingerprint))
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return {"format": KEYFILE_FORMAT, "version": KEYFILE_VERSION, "vault": vault_id,
+            "fingerprint": keys.fingerprint, "cipher": "aes-256-gcm",
+            "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": b64(salt)},
+            "nonce": b64(nonce), "keys": b64(sealed),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def check_key_file(doc: object, where: str) -> dict[str, Any]:
+    """Shape check of a parsed key file, before any passphrase is asked for."""
+    if not isinstance(doc, dict) or doc.get("format") != KEYFILE_FORMAT:
+        raise VaultError(f"{where} is not a cutpoint key file")
+    if doc.get("version") != KEYFILE_VERSION:
+        raise VaultError(f"{where} is a key file of version {doc.get('version')}; this cutpoint reads "
+                         f"version {KEYFILE_VERSION}")
+    kdf = doc.get("kdf")
+    if (not isinstance(kdf, dict) or kdf.get("name") != "scrypt"
+            or not all(isinstance(doc.get(k), str) for k in ("vault", "fingerprint", "nonce", "keys"))):
+        raise VaultError(f"key file {where} is damaged: fields missing; import an exported copy with "
+                         "'cutpoint vault key import FILE'")
+    return doc
+
+
+def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
+    """The keys of a key file; a wrong passphrase raises ``AuthError``, a damaged file ``VaultError``."""
+    kdf = doc["kdf"]
+    try:
+        kek = _kdf(passphrase, base64.b64decode(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+        nonce, sealed = base64.b64decode(doc["nonce"]), base64.b64decode(doc["keys"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise VaultError(f"key file {where} is damaged: {exc}") from exc
+    try:
+        raw = AESGCM(kek).decrypt(nonce, sealed, _aad(doc["vault"], doc["fingerprint"]))
+    except InvalidTag:
+        raise AuthError(f"wrong passphrase for key file {where} (or the key file is damaged); check "
+                        "--passphrase-file / CUTPOINT_PASSPHRASE") from None
+    keys = Keys(raw[:32], raw[32:])
+    if len(raw) != 64 or keys.fingerprint != doc["fingerprint"]:
+        raise VaultError(f"key file {where} is damaged: its keys do not match its fingerprint")
+    return keys

@@ -1,0 +1,137 @@
+"""Garbage collection: mark every chunk a visible point references, sweep the rest that is old enough.
+
+Safe while backups run (the argument is in docs/design.md, "GC"). In short, a chunk is deleted only if
+
+* no point visible when gc reads the catalog references it, and
+* its mtime is older than the *cutoff*: min(gc's start, the start of the oldest running backup) minus a grace.
+
+A running backup's new chunks are younger than its own start; a chunk it deduplicates against was touched when it
+found it (``ChunkStore.put``), under the directory lock gc holds while it sweeps that directory; a chunk it inherits
+unread from its parent point is referenced by that parent, which cannot be pruned while the backup holds the VM's
+lock. Starts and mtimes come from one clock, the filesystem's; the grace covers clock steps. The same age rule
+removes manifests without a catalog row (a backup killed before its commit point, a prune killed after its) and
+``.tmp-*`` leftovers of killed writers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import faults
+from ..errors import IntegrityError
+from . import locks
+from .chunks import BAD_SUFFIX, is_chunk_name
+from .vault import Vault
+
+DEFAULT_GRACE = 600.0
+
+
+@dataclass
+class GcResult:
+    dry_run: bool
+    cutoff: str
+    grace_s: float
+    running_backups: list[str] = field(default_factory=list)
+    points: int = 0
+    referenced_chunks: int = 0
+    chunks_seen: int = 0
+    removed_chunks: int = 0
+    kept_young: int = 0
+    removed_manifests: int = 0
+    removed_temp: int = 0
+    removed_bad: int = 0
+    freed_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcResult:
+    with vault.gc_lock(), vault.points_lock(shared=True):
+        start = _fs_now(vault.locks_dir / "gc.lock")
+        writers = locks.running_writers(vault.locks_dir)
+        cutoff = min([start] + [w.start for w in writers]) - grace
+        res = GcResult(dry_run, datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds"), grace,
+                       [w.what for w in writers])
+        recs = vault.catalog.points()
+        referenced: set[str] = set()
+        for rec in recs:
+            try:
+                referenced |= vault.manifest(rec).referenced()
+            except IntegrityError as exc:
+                raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
+                                     f"chunks point {rec.id} uses. Run 'cutpoint verify', then prune that "
+                                     "point") from exc
+        res.points, res.referenced_chunks = len(recs), len(referenced)
+        _sweep_manifests(vault, {r.manifest for r in recs}, cutoff, res)
+        for d in vault.chunks.directories():
+            with vault.chunks.dir_lock(d, exclusive=True):
+                _sweep_dir(d, referenced, cutoff, res)
+    return res
+
+
+def _fs_now(path: Path) -> float:
+    """The filesystem's clock now, the one chunk mtimes are stamped with."""
+    os.utime(path)
+    return os.stat(path).st_mtime
+
+
+def _remove(path: Path, size: int, res: GcResult) -> bool:
+    if res.dry_run:
+        res.freed_bytes += size
+        return True
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    res.freed_bytes += size
+    return True
+
+
+def _sweep_manifests(vault: Vault, known: set[str], cutoff: float, res: GcResult) -> None:
+    root = vault.root / "points"
+    if not root.exists():
+        return
+    for path in root.rglob("*"):
+        if not path.is_file() or str(path.relative_to(vault.root)) in known:
+            continue
+        if not (path.name.startswith(".tmp-") or path.name.endswith(".manifest")):
+            continue
+        st = path.stat()
+        if st.st_mtime < cutoff and _remove(path, st.st_size, res):
+            if path.name.startswith(".tmp-"):
+                res.removed_temp += 1
+            else:
+                res.removed_manifests += 1
+
+
+def _sweep_dir(d: Path, referenced: set[str], cutoff: float, res: GcResult) -> None:
+    with os.scandir(d) as it:
+        entries = list(it)
+    for e in entries:
+        try:
+            st = e.stat()
+        except FileNotFoundError:
+            continue
+        name, path = e.name, Path(e.path)
+        if name.startswith(".tmp-"):
+            if st.st_mtime < cutoff and _remove(path, st.st_size, res):
+                res.removed_temp += 1
+        elif name.endswith(BAD_SUFFIX):
+            cid = name[:-len(BAD_SUFFIX)]
+            if (cid not in referenced or (d / cid).exists()) and st.st_mtime < cutoff \
+                    and _remove(path, st.st_size, res):
+                res.removed_bad += 1
+        elif is_chunk_name(name):
+            res.chunks_seen += 1
+            if name in referenced:
+                continue
+            if st.st_mtime >= cutoff:
+                res.kept_young += 1
+            elif _remove(path, st.st_size, res):
+                res.removed_chunks += 1
+                faults.hit("gc-sweep")

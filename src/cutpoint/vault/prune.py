@@ -1,0 +1,81 @@
+"""Prune: forget the points of one VM that a retention policy does not keep.
+
+Order (docs/design.md): the catalog rows of all removed points go in one transaction (the commit point: after it
+the points are gone for every reader, before it nothing changed), then their manifest files are deleted. A crash in
+between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
+because only gc knows what other points and running backups still use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from typing import Any
+
+from .. import faults
+from ..errors import UsageError
+from .fsutil import fsync_dir
+from .retention import Decision, Policy, decide
+from .vault import Vault
+
+
+@dataclass
+class PruneResult:
+    vm: str
+    policy: Policy
+    dry_run: bool
+    decisions: list[Decision]
+
+    def to_json(self) -> dict[str, Any]:
+        def one(d: Decision) -> dict[str, Any]:
+            return {"point": d.id, "created": d.created.isoformat().replace("+00:00", "Z"),
+                    "reasons": list(d.reasons)}
+        return {"vm": self.vm, "policy": self.policy.describe(), "dry_run": self.dry_run,
+                "keep": [one(d) for d in self.decisions if d.keep],
+                "remove": [one(d) for d in self.decisions if not d.keep]}
+
+
+def parse_created(s: str) -> datetime:
+    t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def prune(vault: Vault, vm: str, policy: Policy, *, dry_run: bool = False,
+          tz: tzinfo = timezone.utc) -> PruneResult:
+    """``tz``: the zone whose days/weeks/months/years the buckets follow (the service passes its policy's)."""
+    if policy.empty():
+        raise UsageError("prune needs at least one rule (--keep-last, --keep-daily, --keep-weekly, --keep-monthly, "
+                         "--keep-yearly); nothing was removed")
+    if any(n < -1 for n in (policy.last, policy.daily, policy.weekly, policy.monthly, policy.yearly)):
+        raise UsageError("--keep-* counts are a number of points, or -1 for all")
+    if not vault.catalog.points(vm):
+        vault.catalog.vm(vm)            # unknown VM: a clear error; a known one has nothing to prune
+    if dry_run:
+        return _plan(vault, vm, policy, True, tz)
+    with vault.points_lock(shared=False), vault.vm_lock(vm, writer=False):
+        res = _plan(vault, vm, policy, False, tz)
+        gone = [d.id for d in res.decisions if not d.keep]
+        if gone:
+            recs = {p.id: p for p in vault.catalog.points(vm)}
+            vault.catalog.remove_points(gone)
+            faults.hit("after-prune-commit")
+            dirs = set()
+            for pid in gone:
+                path = vault.root / "points" / vm / f"{pid}.manifest"
+                if recs[pid].manifest == str(path.relative_to(vault.root)):
+                    path.unlink(missing_ok=True)
+                    dirs.add(path.parent)
+            for d in dirs:
+                fsync_dir(d)
+    return res
+
+
+def _plan(vault: Vault, vm: str, policy: Policy, dry_run: bool, tz: tzinfo = timezone.utc) -> PruneResult:
+    pts = []
+    for p in vault.catalog.points(vm):
+        try:
+            pts.append((p.id, parse_created(p.created)))
+        except (TypeError, ValueError):
+            raise UsageError(f"catalog row of point {p.id} has no valid creation time ({p.created!r}); run "
+                             "'cutpoint verify' and fix the catalog before pruning") from None
+    return PruneResult(vm, policy, dry_run, decide(pts, policy, tz))

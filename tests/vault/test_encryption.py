@@ -1,0 +1,74 @@
+"""What encryption promises, checked on the files themselves: a real KDF guards the key, chunk ids and files do not
+reveal content, manifests are sealed and carry the key fingerprint, a blob moved under another name is refused, and
+format versions and tampered configs are refused with one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cutpoint.errors import IntegrityError
+from cutpoint.vault.manifest import DiskManifest, Manifest
+from cutpoint.vault.vault import Vault
+from tests.helpers import cutpoint
+from tests.vault.util import MiB, encrypted_vault, one_line_error, open_vault, vault_dir
+
+
+def test_key_file_uses_a_real_kdf_and_stays_private(monkeypatch) -> None:
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "pw")
+    out = cutpoint("vault", "init", "--encrypt", "--json", check=True).out
+    cfg = json.loads(out)
+    key = json.loads((vault_dir() / "key.json").read_text())
+    assert key["kdf"]["name"] == "scrypt" and key["kdf"]["n"] >= 1 << 17 and key["kdf"]["r"] == 8
+    assert key["fingerprint"] == cfg["encryption"]["key_fingerprint"] and cfg["chunk_id"] == "hmac-sha256"
+    assert (vault_dir() / "key.json").stat().st_mode & 0o077 == 0
+    assert cfg["version"] == 2
+    one_line_error(cutpoint("vault", "init", "--encrypt"), 2, "already a cutpoint vault")
+
+
+def test_init_without_a_passphrase_writes_nothing(monkeypatch) -> None:
+    monkeypatch.delenv("CUTPOINT_PASSPHRASE", raising=False)
+    one_line_error(cutpoint("vault", "init", "--encrypt"), 2, "needs a passphrase", "--passphrase-file")
+    assert not vault_dir().exists()
+    empty = vault_dir().parent / "empty"
+    empty.write_text("\n")
+    one_line_error(cutpoint("vault", "init", "--encrypt", "--passphrase-file", str(empty)), 2, "is empty")
+    assert not vault_dir().exists()
+
+
+def test_chunks_and_manifests_reveal_nothing(monkeypatch) -> None:
+    encrypted_vault(monkeypatch)
+    v = open_vault()
+    data = b"secret disk block " * (MiB // 18)
+    cid, stored = v.chunks.put(data)
+    assert cid != hashlib.sha256(data).hexdigest() and stored > 0
+    blob = (vault_dir() / "chunks" / cid[:2] / cid).read_bytes()
+    assert b"secret" not in blob and bytes.fromhex(v.sealer.fingerprint) in blob[:21]
+    assert v.chunks.get(cid) == data
+    m = Manifest(point="20240101T000000Z-abcd", vm="web-server", created="2024-01-01T00:00:00.000Z",
+                 chunk_size=v.chunk_size, disks=[DiskManifest("system-disk", len(data), [cid])])
+    rec = v.commit_point(m, {})
+    sealed = (vault_dir() / rec.manifest).read_bytes()
+    assert b"system-disk" not in sealed and cid.encode() not in sealed
+    assert v.manifest(rec).key_fingerprint == v.sealer.fingerprint
+
+    other, _ = v.chunks.put(os.urandom(MiB))                 # a blob moved under another name is refused
+    (vault_dir() / "chunks" / other[:2] / other).write_bytes(blob)
+    with pytest.raises(IntegrityError, match="authentication failed"):
+        v.chunks.get(other)
+    v.close()
+
+
+def test_old_formats_and_tampered_configs_are_refused(monkeypatch) -> None:
+    Vault.create(vault_dir())
+    cfg_path = vault_dir() / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "version": 1}))
+    one_line_error(cutpoint("points"), 5, "format v1", "vault init")
+    cfg_path.write_text(json.dumps(cfg))
+    (vault_dir() / "key.json").write_text("{}")              # a key file in a vault that claims to be plain
+    one_line_error(cutpoint("points"), 6, "says the vault is unencrypted but it has a key file")

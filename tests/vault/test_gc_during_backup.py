@@ -1,0 +1,55 @@
+"""gc runs while a backup is in flight (stopped after writing its chunks, before its commit point). The backup
+wrote a new chunk and deduplicated against an old chunk that no visible point references any more: gc must keep
+both (the first is younger than the running backup, the second was touched when reused) while it deletes real
+garbage; the backup then commits and its point restores byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from cutpoint.vault.prune import prune
+from cutpoint.vault.retention import Policy
+from tests.helpers import blockdev_args, guest_write, make_image
+from tests.vault.util import (MiB, add_vm, assert_sound, backup, chunk_path, gc, open_vault, snapshot,
+                              start_stopped)
+
+
+def test_gc_during_backup(bare_qemu, tmp_path: Path) -> None:
+    a = make_image(tmp_path / "a.qcow2", "16M", writes=["write -P 0x11 0 4M", "write -P 0x22 8M 4M"])
+    vm = bare_qemu(blockdev_args(a, "da"))
+    add_vm("v", vm.qmp)
+    backup()                                            # p1: chunks X (0x11) and G (0x22)
+    guest_write(vm.qmp, "da-dev", "write -P 0x33 0 4M", "write -z 8M 4M")
+    backup()                                            # p2: X and G replaced
+    v = open_vault()
+    prune(v, "v", Policy(last=1))                       # p1 gone: X and G referenced by nothing
+    v.close()
+    x, g, new = (hashlib.sha256(bytes([b]) * (4 * MiB)).hexdigest() for b in (0x11, 0x22, 0x44))
+    old = time.time() - 3600
+    for c in (x, g):
+        os.utime(chunk_path(c), (old, old))             # and old: what gc deletes
+
+    guest_write(vm.qmp, "da-dev", "write -P 0x11 0 4M", "write -P 0x44 4M 4M")   # X's content again, and a new N
+    want = snapshot({"da": a})
+    proc = start_stopped("after-chunks", "backup", "v", "--json")
+    try:
+        assert chunk_path(new).exists()                 # written by the running backup, referenced by no point
+        res = gc()
+        assert res["running_backups"] == ["backup v"]
+        assert res["removed_chunks"] == 1 and not chunk_path(g).exists()    # real garbage goes ...
+        assert chunk_path(x).exists() and chunk_path(new).exists()          # ... what the backup uses stays
+        assert res["kept_young"] == 2
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    p3 = __import__("json").loads(out)["point"]
+    v = open_vault()
+    prune(v, "v", Policy(last=1))
+    v.close()
+    assert gc()["removed_chunks"] == 1                  # p2's chunk; X and N are p3's now
+    assert_sound({p3: want}, tmp_path)

@@ -1,0 +1,190 @@
+"""Shared pieces of the vault fault tests: a two-disk paused VM, a real ``cutpoint`` process killed or stopped at a
+named stage (``CUTPOINT_FAULT``), and the checks every fault test ends with.
+
+Only the process under fault (and the commands whose error line is the point of a test) run as CLI subprocesses;
+the set-up backups and the after-checks (verify, restore, gc) call the same library functions in-process, which
+keeps the fault tests fast.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cutpoint.backup.run import backup as run_backup
+from cutpoint.catalog.db import VmRecord
+from cutpoint.restore.images import restore_point
+from cutpoint.vault.gc import gc as run_gc
+from cutpoint.vault.vault import Vault
+from cutpoint.vault.verify import VerifyReport, verify
+from tests.helpers import Run, blockdev_args, drive_args, guest_write, make_image, raw_bytes
+
+MiB = 1 << 20
+
+
+def vault_dir() -> Path:
+    return Path(os.environ["CUTPOINT_VAULT"])
+
+
+def open_vault(**kw: Any) -> Vault:
+    return Vault.open(vault_dir(), **kw)
+
+
+def add_vm(name: str, qmp: Path) -> None:
+    v = open_vault()
+    v.catalog.add_vm(VmRecord(name, "qmp", str(qmp), datetime.now(timezone.utc).isoformat(timespec="seconds"), {}))
+    v.close()
+
+
+def two_disk_vm(bare_qemu, tmp_path: Path, name: str = "v"):
+    """A paused VM ``name`` with a qcow2 disk ``da`` (32 MiB) and a raw disk ``db`` (16 MiB), registered."""
+    a = make_image(tmp_path / f"{name}-a.qcow2", "32M", writes=["write -P 0x5a 0 8M", "write -P 0x11 12M 4M"])
+    b = make_image(tmp_path / f"{name}-b.raw", "16M", "raw", writes=["write -P 0x6b 0 4M"])
+    vm = bare_qemu(blockdev_args(a, "da") + drive_args(b, "db", "raw"), name=name)
+    add_vm(name, vm.qmp)
+    return vm, {"da": a, "db": b}
+
+
+def change(vm, seed: int) -> None:
+    """Guest writes that make the next point differ (new chunks on both disks)."""
+    guest_write(vm.qmp, "da-dev", f"write -P {seed} 4M 2M", f"write -P {seed + 1} 20M 4M")
+    guest_write(vm.qmp, "db", f"write -P {seed + 2} 8M 1M")
+
+
+def snapshot(images: dict[str, Path]) -> dict[str, bytes]:
+    return {d: raw_bytes(p) for d, p in images.items()}
+
+
+def backup(vm: str = "v", full: bool = False, **kw: Any) -> dict:
+    from cutpoint.backup.run import BackupOptions
+    v = open_vault(**kw)
+    try:
+        return run_backup(v, vm, BackupOptions(full=full))
+    finally:
+        v.close()
+
+
+def points(vm: str = "v", **kw: Any) -> list[str]:
+    v = open_vault(**kw)
+    try:
+        return [p.id for p in v.catalog.points(vm)]
+    finally:
+        v.close()
+
+
+def restored(point: str, to: Path, vm: str = "v", **kw: Any) -> dict[str, bytes]:
+    v = open_vault(**kw)
+    try:
+        files = restore_point(v, v.manifest(v.catalog.point(vm, point)), to)
+        return {f.disk: f.path.read_bytes() for f in files}
+    finally:
+        v.close()
+
+
+def verified(target: str | None = None, read_data: bool = True, **kw: Any) -> VerifyReport:
+    v = open_vault(**kw)
+    try:
+        return verify(v, target, read_data=read_data)
+    finally:
+        v.close()
+
+
+def gc(**kw: Any) -> dict:
+    v = open_vault(**kw)
+    try:
+        return run_gc(v, grace=0).to_json()
+    finally:
+        v.close()
+
+
+def assert_sound(expected: dict[str, dict[str, bytes]], tmp_path: Path, vm: str = "v", **kw: Any) -> None:
+    """The vault verifies clean (data read), exactly the expected points are visible, each restores identical."""
+    rep = verified(**kw)
+    assert rep.ok, rep.to_json()
+    assert points(vm, **kw) == list(expected)
+    for point, disks in expected.items():
+        assert restored(point, tmp_path / f"check-{point}-{time.monotonic_ns()}", vm, **kw) == disks, point
+
+
+def one_line_error(r: Run, code: int, *needles: str) -> str:
+    assert r.code == code, (r.code, r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cutpoint: error: "), r.err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def with_fault(fault: str, *args: str, timeout: float = 120) -> Run:
+    """Run the CLI with ``CUTPOINT_FAULT=fault``; a kill fault ends with SIGKILL (-9)."""
+    p = subprocess.run([sys.executable, "-m", "cutpoint.cli.main", *args], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, "CUTPOINT_FAULT": fault})
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def killed_at(fault: str, *args: str) -> None:
+    r = with_fault(fault, *args)
+    assert r.code == -9, f"expected SIGKILL at {fault}, got {r.code}: {r.err}"
+
+
+def start_stopped(fault: str, *args: str) -> subprocess.Popen[str]:
+    """Start the CLI with a ``=stop`` fault and wait until it has stopped itself there."""
+    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "CUTPOINT_FAULT": fault + "=stop"})
+    deadline = time.monotonic() + 60
+    while _state(p.pid) != "T":
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "process did not reach its stop stage"
+        time.sleep(0.02)
+    return p
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def files(sub: str, pattern: str = "*") -> list[Path]:
+    d = vault_dir() / sub
+    return sorted(p for p in d.rglob(pattern) if p.is_file()) if d.exists() else []
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and mtime: 'nothing written' means this is unchanged."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file()}
+
+
+def encrypted_vault(monkeypatch, passphrase: str = "correct horse") -> None:
+    """Make the test's vault an encrypted one, its passphrase in the environment (as a scheduled backup has it).
+
+    Its key file is wrapped with a cheap scrypt cost (N=2^12 instead of 2^17): the cost is a parameter of each key
+    file, so every process that opens this vault runs the real KDF, only faster. test_encryption checks the default.
+    """
+    from cutpoint.vault import crypto
+
+    monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 12)
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", passphrase)
+    Vault.create(vault_dir(), encrypt=True)
+
+
+def chunk_of(point: str, disk: str, index: int, vm: str = "v") -> str:
+    v = open_vault()
+    try:
+        m = v.manifest(v.catalog.point(vm, point))
+        cid = next(d for d in m.disks if d.name == disk).chunks[index]
+        assert cid is not None
+        return cid
+    finally:
+        v.close()
+
+
+def chunk_path(cid: str) -> Path:
+    return vault_dir() / "chunks" / cid[:2] / cid
