@@ -10,10 +10,11 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+if TYPE_CHECKING:   # rich costs ~0.15 s to import: only a bar on a terminal pays for it
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 class ProgressLine:
@@ -29,6 +30,9 @@ class ProgressLine:
             return
         with self._lock:
             if self._bar is None:
+                from rich.console import Console
+                from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                           TransferSpeedColumn)
                 self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                      DownloadColumn(binary_units=True), TransferSpeedColumn(),
                                      TimeRemainingColumn(), console=self.console or Console(stderr=True))

@@ -19,8 +19,6 @@ from typing import Any
 
 from ..api import auth
 from ..errors import CutpointError, UsageError
-from ..service.daemon import Service
-from ..service.scheduler import RetryPolicy
 from .common import add_vault_arg, open_vault
 
 log = logging.getLogger("cutpoint.serve")
@@ -54,14 +52,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.retries < 1 or args.backoff < 0 or args.tick <= 0:
         raise UsageError("--retries must be at least 1, --backoff not negative")
+    import uvicorn  # the service stack is imported here: every other command starts faster without it
+
+    from ..api.app import create_app
+    from ..service.daemon import Service
+    from ..service.scheduler import RetryPolicy
+
     token = auth.load_or_create(vault.root)
     sock = _bind(args.host, args.port)
     logging.getLogger("cutpoint").setLevel(logging.INFO)
     svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
                   gc_grace=args.gc_grace, gc_interval=timedelta(hours=1))
-    import uvicorn  # imported here: every other command starts faster without it
-
-    from ..api.app import create_app
     server = uvicorn.Server(uvicorn.Config(create_app(svc, token), log_level="warning", access_log=False,
                                            lifespan="off"))
     web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cutpoint-api", daemon=True)
