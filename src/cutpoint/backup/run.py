@@ -24,6 +24,8 @@ from ..paths import work_home
 from ..reader.export import ExportReader
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
+from . import validation
+from .consistency import Consistency, Timeouts, requested_type
 from .chunker import Progress, read_disk
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 class BackupOptions:
     full: bool = False
     progress: Progress | None = None
+    consistency: str | None = None         # 'app' | 'crash'; None: the VM's setting, else crash
 
 
 @dataclass
@@ -58,6 +61,8 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         raise UsageError(f"VM {vm_name!r} is being instant-restored; run 'cutpoint instant finish {vm_name}' "
                          "before backing it up")
     driver = driver_for(vm)
+    cons = Consistency(requested_type(vm.settings, opts.consistency), vm.settings,
+                       Timeouts.from_settings(vm.settings))
     with vault.vm_lock(vm_name):
         started = time.monotonic()
         now = datetime.now(timezone.utc)
@@ -68,14 +73,22 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             swept = s.sweep(work_home())
             if swept:
                 log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
-            inv = s.inventory()
+            inv = validation.enforce(validation.check(s.inventory(), vm.settings, vm_name), vm_name)
             config = s.capture_config()
             plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable)
-            handle = s.cut(plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
+            cons.prepare(s)                                     # app: ping, pre-script (or fall back)
+            try:
+                handle = cons.cut(s, plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
+            except BaseException:
+                cons.finish()
+                raise
+        cons.finish()                                           # thaw confirmed, post-script
         success = False
         try:
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
+            cons.record(manifest)
+            manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
             manifest.vm_config = config
             if plan.full_reasons:
                 manifest.full_reason = _reason(plan.full_reasons, len(plan.disks))

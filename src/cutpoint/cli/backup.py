@@ -15,6 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("backup", help="back up a protected VM now")
     p.add_argument("name")
     p.add_argument("--full", action="store_true", help="read every disk in full, not only what changed")
+    p.add_argument("--consistency", choices=("app", "crash"), default=None,
+                   help="app: freeze the guest's filesystems through its guest agent for the cut (falls back to "
+                        "crash-consistent, saying why, if that fails); crash: the cut alone. Default: the VM's "
+                        "setting ('cutpoint vm set NAME --consistency'), else crash")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_vault_arg(p)
     p.set_defaults(func=cmd_backup)
@@ -24,7 +28,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     vault.catalog.vm(args.name)              # an unknown VM is an error, not a failed job
     with recorded(vault, "backup", args.name) as job:
-        res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json)))
+        res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json),
+                                                 consistency=args.consistency))
         job.done(nbytes=sum(d["read_bytes"] for d in res["disks"]), point=res["point"],
                  detail={"mode": res["mode"], "pause_ms": res["pause_ms"]})
     if args.json:
@@ -32,7 +37,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0
     print(f"point {res['point']} of VM {res['vm']}: {res['consistency']}-consistent, {res['mode']}"
           + (f" ({res['full_reason']})" if res["full_reason"] else "")
-          + f", guest I/O paused {res['pause_ms']:.1f} ms, {res['duration_s']:.1f} s")
+          + f", guest I/O paused {res['pause_ms']:.1f} ms"
+          + (f", filesystems frozen {res['frozen_ms']:.1f} ms" if res.get("frozen_ms") is not None else "")
+          + f", {res['duration_s']:.1f} s")
+    if res.get("fallback_reason"):
+        print(f"requested {res['requested']}-consistent, got {res['consistency']}-consistent: "
+              f"{res['fallback_reason']}")
     print(table(["disk", "size", "read", "stored"],
                 [[d["name"], human(d["size"]), human(d["read_bytes"]), human(d["stored_bytes"])]
                  for d in res["disks"]]))

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="blockdev: stable node names disk0, disk1...; drive: legacy -drive, generated node names")
     u.add_argument("--cdrom", action="store_true", help="add an empty CD-ROM (backups must skip it)")
     u.add_argument("--no-workload", action="store_true", help="boot without starting the workload")
+    u.add_argument("--agent", action="store_true",
+                   help="run qemu-guest-agent (virtio-serial, socket qga.sock in the VM's directory); the disks get "
+                        "ext4 filesystems, mounted in the guest, and the workload writes files through them")
     u.add_argument("--seed", type=int, help="workload seed (default: the previous one, else random)")
     u.add_argument("--slots", type=int, default=256, help="slots per disk (default 256)")
     u.add_argument("--rate", type=int, default=0, help="writes per second, 0 = as fast as possible")
@@ -73,7 +76,7 @@ def _dump(obj: object) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     vm = labvm.up(args.name, _specs(args), seed=args.seed, slots=args.slots, workload=not args.no_workload,
-                  cdrom=args.cdrom, memory_mb=args.memory, timeout=args.timeout, rate=args.rate)
+                  cdrom=args.cdrom, memory_mb=args.memory, timeout=args.timeout, rate=args.rate, agent=args.agent)
     _dump(vm.to_json())
     return 0
 

@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import CutpointError
 from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
 from . import files, instant, mount
+from . import report
 from . import jobs, policy, serve
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, files, mount, instant, policy, jobs,
-                  serve):
+                  serve, report):
         group.register(sub)
     return p
 

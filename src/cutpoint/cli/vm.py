@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..catalog.db import VmRecord
+from ..errors import UsageError
 from ..hypervisor.disks import discover
 from ..hypervisor.qmp import QmpSession
 from .common import add_vault_arg, open_vault, print_json, table
+from .consistency import add_consistency_args, disk_rows, set_consistency, verdicts
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_vault_arg(ls)
     ls.set_defaults(func=cmd_list)
 
-    st = vs.add_parser("set", help="change a protected VM's settings: its backup policy")
+    st = vs.add_parser("set", help="change a protected VM's settings: backup policy, consistency type, scripts, "
+                       "excluded disks")
     st.add_argument("name")
-    st.add_argument("--policy", required=True, help="policy name, or 'none' to stop scheduling the VM")
+    st.add_argument("--policy", help="policy name, or 'none' to stop scheduling the VM")
+    add_consistency_args(st)
     add_vault_arg(st)
     st.set_defaults(func=cmd_set)
 
@@ -49,14 +53,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         inv = discover(s)
     vault.catalog.add_vm(VmRecord(args.name, "qmp", str(qmp),
                                   datetime.now(timezone.utc).isoformat(timespec="seconds"), {}))
+    checked = verdicts(inv, args.name)
     if args.json:
         print_json({"vm": args.name, "qmp": str(qmp), "disks": [d.to_json() for d in inv.disks],
-                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped]})
+                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped],
+                    "verdicts": [v.to_json() for v in checked.verdicts]})
         return 0
     print(f"protecting VM {args.name!r} through {qmp}")
-    print(table(["disk", "node", "format", "size", "cache", "verdict"],
-                [[d.name, d.node, d.driver, d.size, _cache(d.cache), "backed up"] for d in inv.disks]
-                + [[k.name, "-", "-", "-", "-", f"skipped: {k.reason}"] for k in inv.skipped]))
+    print(disk_rows(inv, checked))
     return 0
 
 
@@ -86,6 +90,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_set(args: argparse.Namespace) -> int:
     from ..policy.store import PolicyStore, assign
     vault = open_vault(args)
+    if set_consistency(vault, args) and args.policy is None:
+        return 0
+    if args.policy is None:
+        raise UsageError("nothing to set: give --policy, --consistency, --pre-script, --post-script, "
+                         "--exclude-disk, --include-disk, --agent-socket or --freeze-timeout")
     policy = None if args.policy.lower() == "none" else args.policy
     assign(vault.catalog, PolicyStore(vault.catalog.path), args.name, policy)
     print(f"VM {args.name!r} " + (f"follows policy {policy!r}" if policy else "has no policy: not scheduled"))

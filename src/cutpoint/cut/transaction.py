@@ -16,10 +16,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CutpointError, HypervisorError
 from ..hypervisor.disks import BITMAP_PREFIX, Disk
 from ..hypervisor.qmp import QmpSession
+
+if TYPE_CHECKING:
+    from ..hypervisor.driver import Quiesce
 
 NODE_PREFIX = "cutpoint-fleece-"
 JOB_PREFIX = "cutpoint-job-"
@@ -76,8 +80,11 @@ def plan_cut(qmp: Path, workdir: Path, disks: list[Disk], point_id: str,
     return Cut(qmp=qmp, workdir=workdir, nbd_socket=workdir / "nbd.sock", disks=fleece)
 
 
-def take_cut(session: QmpSession, cut: Cut) -> None:
-    """Attach overlays, run the transaction, export the frozen state. Records progress on ``cut`` for cleanup."""
+def take_cut(session: QmpSession, cut: Cut, quiesce: "Quiesce | None" = None) -> None:
+    """Attach overlays, run the transaction, export the frozen state. Records progress on ``cut`` for cleanup.
+
+    ``quiesce`` (the guest-agent freeze) brackets the transaction alone, so the guest's filesystems stay frozen
+    only for that round trip, not for the overlay and export set-up."""
     for fd in cut.disks:
         _create_overlay(fd.overlay, fd.disk.size)
         session.cmd("blockdev-add", driver="qcow2", node_name=fd.node,
@@ -93,9 +100,15 @@ def take_cut(session: QmpSession, cut: Cut) -> None:
                 "node": fd.disk.node, "name": fd.prev_bitmap}})
         actions.append({"type": "blockdev-backup", "data": {
             "device": fd.disk.node, "target": fd.node, "sync": "none", "job-id": fd.job}})
-    t0 = time.perf_counter()
-    session.cmd("transaction", actions=actions)
-    cut.pause_ms = (time.perf_counter() - t0) * 1000.0
+    if quiesce is not None:
+        quiesce.freeze()
+    try:
+        t0 = time.perf_counter()
+        session.cmd("transaction", actions=actions)
+        cut.pause_ms = (time.perf_counter() - t0) * 1000.0
+    finally:
+        if quiesce is not None:
+            quiesce.thaw()
     cut.transaction_done = True
     cut.jobs = [fd.job for fd in cut.disks]
 

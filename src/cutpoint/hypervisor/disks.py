@@ -6,9 +6,12 @@ names such as ``#block125``; the drive id is the stable name). CD-ROMs and empty
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import HypervisorError
 from .qmp import QmpSession
 
 BITMAP_PREFIX = "cutpoint-"
@@ -28,6 +31,11 @@ class Disk:
     read_only: bool = False
     cache: dict[str, bool] = field(default_factory=dict)
     bitmaps: list[dict[str, Any]] = field(default_factory=list)
+    # Facts for the supported-scenario checks (backup/validation.py); drivers fill what they can tell.
+    share_rw: bool | None = None    # the device lets other writers share the image (share-rw=on); None: unknown
+    transient: bool = False         # writes go to a temporary overlay QEMU discards at exit (-drive snapshot=on)
+    protocol: str = ""              # driver of the node that holds the data: file, host_device, iscsi, nbd, ...
+    protocol_file: str = ""         # that node's filename (the overlay of a transient disk, the host device)
 
     @property
     def cutpoint_bitmaps(self) -> list[str]:
@@ -47,6 +55,7 @@ class Skipped:
 class Inventory:
     disks: list[Disk]
     skipped: list[Skipped]
+    warnings: list[str] = field(default_factory=list)     # recorded on the point (e.g. a cache mode that drops flushes)
 
 
 def discover(session: QmpSession) -> Inventory:
@@ -77,7 +86,46 @@ def discover(session: QmpSession) -> Inventory:
             cache=dict(inserted.get("cache", {})),
             bitmaps=list(inserted.get("dirty-bitmaps", [])),
         ))
+        disks[-1].transient = int(inserted.get("backing_file_depth", 0)) > 0   # confirmed by _support_facts
+    _support_facts(session, disks)
     return Inventory(disks, skipped)
+
+
+PROTOCOLS = {"file", "host_device", "host_cdrom", "iscsi", "nbd", "rbd", "ssh", "nfs", "gluster", "http", "https",
+             "ftp", "ftps", "null-co", "null-aio", "nvme", "vxhs", "blkio"}
+TEMP_OVERLAY = re.compile(r"vl\.[A-Za-z0-9]{6}")
+
+
+def _support_facts(session: QmpSession, disks: list[Disk]) -> None:
+    """Fill share_rw, protocol and transient from QMP.
+
+    The protocol node is the one below the top node with the same filename (or, for a ``json:`` filename, the
+    ``file`` child it spells out). ``snapshot=on`` shows as a top node with a backing image whose protocol file is
+    QEMU's temporary ``vl.XXXXXX`` (in $TMPDIR or /var/tmp). ``share-rw`` is a property of the guest device.
+    """
+    nodes = session.cmd("query-named-block-nodes", flat=True)
+    for d in disks:
+        top: dict[str, Any] = next((n for n in nodes if n.get("node-name") == d.node), {})
+        fname = str(top.get("file", d.filename))
+        proto, pfile = "", fname
+        if fname.startswith("json:"):
+            try:
+                child = json.loads(fname[5:]).get("file", {})
+                proto, pfile = str(child.get("driver", "")), str(child.get("filename", ""))
+            except (ValueError, AttributeError):
+                pass
+        elif top.get("drv") in PROTOCOLS:
+            proto = str(top["drv"])
+        else:
+            same = [n for n in nodes if n.get("file") == fname and n.get("node-name") != d.node]
+            proto = str(next((n["drv"] for n in same if n.get("drv") in PROTOCOLS), same[0]["drv"] if same else ""))
+        d.protocol, d.protocol_file = proto, pfile
+        d.transient = d.transient and bool(TEMP_OVERLAY.fullmatch(pfile.rsplit("/", 1)[-1]))
+        if d.qdev:
+            try:
+                d.share_rw = bool(session.cmd("qom-get", path=d.qdev, property="share-rw"))
+            except HypervisorError:
+                d.share_rw = None    # a device without the property (or gone meanwhile): unknown
 
 
 def _label(dev: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@ from typing import Any
 from ..cut import bitmaps
 from ..cut.cleanup import release_cut, sweep, sweep_workdirs
 from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
+from .agent import AgentError, GuestAgent, SocketAgent, find_channel
 from .disks import Disk, Inventory, discover
-from .driver import CutHandle, Driver, DriverSession, ReadTarget
+from .driver import CutHandle, Driver, DriverSession, Quiesce, ReadTarget
 from .qmp import QmpSession
 
 
@@ -28,17 +29,36 @@ class QmpDriverSession(DriverSession):
     def chain(self, disk: Disk, prev_point: str | None) -> str | None:
         return bitmaps.reconcile(self.s, disk, bitmap_name(prev_point) if prev_point else None)
 
-    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path) -> CutHandle:
+    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
+            quiesce: Quiesce | None = None) -> CutHandle:
         prev = {name: bitmap_name(p) if p else None for name, p in since.items()}
         cut = plan_cut(self.qmp, workdir, disks, point_id, prev)
         try:
-            take_cut(self.s, cut)
+            take_cut(self.s, cut, quiesce)
         except BaseException:
             self.close()                        # cleanup needs the monitor
             release_cut(cut, success=False)
             raise
         return CutHandle(cut.nbd_socket, [ReadTarget(fd.disk, fd.export, fd.prev_bitmap) for fd in cut.disks],
                          cut.pause_ms, state=cut)
+
+    def cut_quiesced(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
+                     quiesce: Quiesce) -> CutHandle:
+        return self.cut(disks, point_id, since, workdir, quiesce)     # frozen for the transaction only
+
+    def agent(self) -> GuestAgent | None:
+        ch = find_channel(self.s)
+        if ch is None:
+            return None
+        if ch.socket is None:
+            raise AgentError(f"the guest agent port's chardev {ch.label!r} is {ch.backend!r}, not a unix socket "
+                             "QEMU listens on; attach it with -chardev socket,path=PATH,server=on,wait=off or "
+                             "name a socket with 'cutpoint vm set NAME --agent-socket PATH'")
+        if not ch.guest_open:
+            raise AgentError(f"qemu-ga is not running in the guest: the guest has not opened the "
+                             f"org.qemu.guest_agent.0 port (chardev {ch.label!r}, socket {ch.socket})")
+        return SocketAgent(ch.socket, hint=f"another client is connected to {ch.socket}" if ch.client_connected
+                           else "")
 
     def capture_config(self) -> dict[str, Any] | None:
         from ..restore.config import capture   # restore/ depends on hypervisor/, not the other way at import time

@@ -1,8 +1,11 @@
 """Build the lab guest: the host's Debian kernel plus a busybox initramfs that runs the ordered-write workload.
 
 Nothing is downloaded: the kernel and its modules come from the host's linux-image package, busybox from
-busybox-static, and the workload is compiled from ``guest/workload.c`` with the host's gcc. The result is cached
-under ``cache_home()/guest/<hash of all inputs>/`` and built in a temporary directory renamed into place, so
+busybox-static, and the workload is compiled from ``guest/workload.c`` with the host's gcc. When the host has
+Debian's qemu-guest-agent, a second initramfs ``initrd-agent.img`` is the first one with ``qemu-ga``, the shared
+libraries ``ldd`` resolves for it (dynamic loader included) and the lab's fsfreeze hook appended as another cpio
+archive (the kernel unpacks concatenated archives in turn), so guests without an agent boot exactly as before.
+The result is cached under ``cache_home()/guest/<hash of all inputs>/`` and built in a temporary directory renamed into place, so
 concurrent builders (parallel tests) never see a half-written guest.
 """
 
@@ -25,8 +28,9 @@ from pathlib import Path
 from ..errors import CutpointError, NotFoundError
 from ..paths import cache_home
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 BUSYBOX = Path("/bin/busybox")
+QEMU_GA = Path("/usr/sbin/qemu-ga")
 # Loaded in dependency order (resolved from modules.dep). Virtio is needed; the rest serves filesystem-level lab
 # work (freeze tests, file-level restore) and is skipped if this kernel lacks it.
 REQUIRED_MODULES = ["virtio_pci", "virtio_blk", "virtio_console"]
@@ -41,6 +45,7 @@ class GuestImage:
     kernel_version: str
     dir: Path
     modules: tuple[str, ...]
+    agent_initrd: Path | None = None  # initrd with qemu-ga added, None when the host has no qemu-ga
 
 
 def guest_source(name: str) -> bytes:
@@ -127,9 +132,10 @@ def cache_key(kernel: Path, version: str) -> str:
     for part in (
         BUILDER_VERSION, version, _stamp(kernel), _stamp(Path("/lib/modules") / version / "modules.dep"),
         _stamp(BUSYBOX), ",".join(REQUIRED_MODULES + OPTIONAL_MODULES),
+        _stamp(QEMU_GA) if QEMU_GA.is_file() else "no-qemu-ga",
     ):
         h.update(part.encode() + b"\0")
-    h.update(guest_source("workload.c") + b"\0" + guest_source("init.sh"))
+    h.update(guest_source("workload.c") + b"\0" + guest_source("init.sh") + b"\0" + guest_source("fsfreeze-hook"))
     return h.hexdigest()[:16]
 
 
@@ -163,6 +169,42 @@ class _Cpio:
         self._add("TRAILER!!!", 0)
         data = b"".join(self.parts)
         return data + b"\0" * (-len(data) % 512)
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared objects ``binary`` loads, as ``ldd`` resolves them (the dynamic loader included)."""
+    r = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CutpointError(f"ldd {binary} failed: {r.stderr.strip()}")
+    libs = []
+    for line in r.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        if m:
+            libs.append(Path(m.group(1)))
+        elif "not found" in line:
+            raise CutpointError(f"{binary} needs a library the host lacks: {line.strip()}")
+    return libs
+
+
+def agent_archive() -> bytes:
+    """A gzip'd cpio archive adding qemu-ga, its libraries (under the paths the loader looks for) and the hook."""
+    cpio = _Cpio()
+    made: set[str] = set()
+
+    def parents(path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in made:
+                made.add(d)
+                cpio.dir(d)
+
+    for name, data, mode in [("usr/sbin/qemu-ga", QEMU_GA.read_bytes(), 0o755),
+                             ("etc/qemu/fsfreeze-hook", guest_source("fsfreeze-hook"), 0o755)] + [
+            (str(lib).lstrip("/"), lib.read_bytes(), 0o755) for lib in shared_libraries(QEMU_GA)]:
+        parents(name)
+        cpio.file(name, data, mode)
+    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
 def compile_workload(out: Path) -> Path:
@@ -226,7 +268,10 @@ def _build_into(d: Path, kernel: Path, version: str) -> tuple[str, ...]:
         names.append(m.name)
         cpio.file(f"lib/modules/{m.name}", m.read_bytes())
     cpio.file("etc/modules.order", ("\n".join(names) + "\n").encode())
-    (d / "initrd.img").write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
+    base = gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+    (d / "initrd.img").write_bytes(base)
+    if QEMU_GA.is_file():
+        (d / "initrd-agent.img").write_bytes(base + agent_archive())
     elf = extract_vmlinux(kernel, version)
     if elf is not None:
         (d / "vmlinux").write_bytes(elf)
@@ -275,4 +320,5 @@ def build(*, force: bool = False) -> GuestImage:
     return GuestImage(
         kernel=kfile, initrd=final / "initrd.img", workload=final / "workload",
         kernel_version=version, dir=final, modules=tuple(info["modules"]),
+        agent_initrd=final / "initrd-agent.img" if (final / "initrd-agent.img").is_file() else None,
     )

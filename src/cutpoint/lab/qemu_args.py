@@ -107,18 +107,30 @@ def cdrom_args() -> list[str]:
             "-device", "ide-cd,drive=cdrom0,bus=ide.2,id=cdrom0-dev"]
 
 
-def kernel_cmdline(*, seed: int, slots: int, ndisks: int, workload: bool, rate: int) -> str:
+def agent_args(sock: Path) -> list[str]:
+    """A virtio-serial port named org.qemu.guest_agent.0 whose host end is a listening unix socket ``sock``.
+
+    ``server=on,wait=off``: QEMU listens and the guest boots without anyone connected; cutpoint connects as the
+    (one) client when it needs the agent, and finds the socket again through QMP (``query-chardev``)."""
+    return ["-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=qga0,path={_q(sock)},server=on,wait=off",
+            "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=qga0-port"]
+
+
+def kernel_cmdline(*, seed: int, slots: int, ndisks: int, workload: bool, rate: int, agent: bool = False) -> str:
     # panic=0: hang on panic rather than reboot, so the wait sees the panic text instead of a boot loop.
     parts = ["console=ttyS0", "quiet", "panic=0", f"cutpoint.seed={seed}", f"cutpoint.slots={slots}",
              f"cutpoint.ndisks={ndisks}", f"cutpoint.rate={rate}"]
     if not workload:
         parts.append("cutpoint.workload=0")
+    if agent:
+        parts.append("cutpoint.agent=1")
     return " ".join(parts)
 
 
 def qemu_argv(
     *, name: str, dir: Path, accel: str, memory_mb: int, kernel: Path, initrd: Path, append: str,
-    disks: list[tuple[DiskSpec, Path]], cdrom: bool, extra_args: list[str],
+    disks: list[tuple[DiskSpec, Path]], cdrom: bool, extra_args: list[str], agent_socket: Path | None = None,
 ) -> list[str]:
     argv = [
         "qemu-system-x86_64", "-name", f"cutpoint-lab-{name}", "-machine", "q35", "-accel", accel,
@@ -131,4 +143,6 @@ def qemu_argv(
         argv += disk_args(i, spec, path)
     if cdrom:
         argv += cdrom_args()
+    if agent_socket is not None:
+        argv += agent_args(agent_socket)
     return argv + list(extra_args)

@@ -4,6 +4,10 @@ Each VM lives in ``lab_home()/NAME/`` (disk images, ``qmp.sock``, ``qemu.pid``, 
 QEMU runs daemonized, detached from the caller, so a VM outlives the CLI command that started it and ``down`` works
 from any process. Bringing up a stopped VM again reuses its disks: the workload resumes after the largest sequence
 number on them, so restored disks can be booted and checked to continue the same write order.
+
+With ``agent=True`` the guest is the application-consistency lab: its disks are created with an ext4 filesystem
+(made on the host), mounted in the guest, written through by the file workload, and qemu-ga answers on the
+virtio-serial port whose host end is ``qga.sock`` in the VM's directory.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class LabVM:
     workload: bool = True
     cdrom: bool = False
     memory_mb: int = 256
+    agent: bool = False
     boot_seconds: float | None = None
     started_at: float = 0.0
     argv: list[str] = field(default_factory=list)
@@ -60,6 +65,11 @@ class LabVM:
         return self.dir / "console.log"
 
     @property
+    def agent_socket(self) -> Path | None:
+        """The host end of the guest agent's virtio-serial port (None without ``agent``)."""
+        return self.dir / "qga.sock" if self.agent else None
+
+    @property
     def running(self) -> bool:
         return _alive(self.pid, self.qmp)
 
@@ -67,7 +77,8 @@ class LabVM:
         return {
             "name": self.name, "dir": str(self.dir), "qmp": str(self.qmp), "pid": self.pid, "accel": self.accel,
             "running": self.running, "disks": self.disks, "seed": self.seed, "slots": self.slots,
-            "workload": self.workload, "cdrom": self.cdrom, "memory_mb": self.memory_mb,
+            "workload": self.workload, "cdrom": self.cdrom, "memory_mb": self.memory_mb, "agent": self.agent,
+            "agent_socket": str(self.agent_socket) if self.agent_socket else None,
             "boot_seconds": self.boot_seconds, "started_at": self.started_at, "console": str(self.console),
             "argv": self.argv,
         }
@@ -216,11 +227,23 @@ def remove(name: str) -> None:
     down(name, remove=True)
 
 
-def _create_disk(path: Path, spec: DiskSpec) -> None:
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", spec.fmt, str(path), str(spec.size)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise CutpointError(f"qemu-img create {path} failed: {r.stderr.strip()}")
+def _create_disk(path: Path, spec: DiskSpec, *, mkfs: bool = False) -> None:
+    """A new image; with ``mkfs`` it holds an ext4 filesystem, made on a raw file (converted for qcow2) so that
+    the guest needs no mkfs of its own. Inode tables and journal are written now, not lazily in the guest."""
+    raw = path.with_name(path.name + ".mkfs.raw") if mkfs and spec.fmt != "raw" else path
+    steps = [["qemu-img", "create", "-q", "-f", "raw" if mkfs else spec.fmt, str(raw), str(spec.size)]]
+    if mkfs:
+        steps.append(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(raw)])
+        if raw != path:
+            steps.append(["qemu-img", "convert", "-q", "-f", "raw", "-O", spec.fmt, str(raw), str(path)])
+    try:
+        for cmd in steps:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CutpointError(f"{' '.join(cmd[:2])} {path} failed: {r.stderr.strip()}")
+    finally:
+        if raw != path:
+            raw.unlink(missing_ok=True)
 
 
 def _node_names(vm: LabVM) -> None:
@@ -252,7 +275,7 @@ def _prepare(d: Path, name: str) -> dict[str, Any]:
     qmp = d / "qmp.sock"
     if len(str(qmp)) > SUN_PATH_MAX:
         raise UsageError(f"{qmp} is longer than a unix socket path may be; set CUTPOINT_LAB to a shorter directory")
-    for stale in ("qmp.sock", "qemu.pid", "qemu.log"):
+    for stale in ("qmp.sock", "qga.sock", "qemu.pid", "qemu.log"):
         (d / stale).unlink(missing_ok=True)
     if (d / "console.log").exists():
         os.replace(d / "console.log", d / "console.log.prev")
@@ -262,9 +285,10 @@ def _prepare(d: Path, name: str) -> dict[str, Any]:
 def up(
     name: str, disks: list[DiskSpec], *, seed: int | None = None, slots: int = 256, workload: bool = True,
     cdrom: bool = False, memory_mb: int = 256, extra_args: Sequence[str] = (), wait: bool = True,
-    timeout: float = 60, rate: int = 0,
+    timeout: float = 60, rate: int = 0, agent: bool = False,
 ) -> LabVM:
-    """Create (or restart) lab VM ``name`` and, with ``wait``, return once its workload has made its first write.
+    """Create (or restart) lab VM ``name`` and, with ``wait``, return once its workload has made its first write
+    (and, with ``agent``, once qemu-ga has opened its port).
 
     Existing disk images of a stopped VM of the same name are reused, not recreated.
     """
@@ -285,6 +309,9 @@ def up(
             raise UsageError(f"lab VM {name} is being started or stopped by another process") from None
         prev = _prepare(d, name)
         guest = image.build()
+        if agent and guest.agent_initrd is None:
+            raise NotFoundError(f"lab VM {name}: --agent needs {image.QEMU_GA} on the host "
+                                "(apt-get install qemu-guest-agent)")
         accel = accel_mod.choose(guest.kernel)
         if seed is None:
             seed = int(prev.get("seed") or random.randrange(1, 1 << 63))
@@ -292,16 +319,19 @@ def up(
         for i, spec in enumerate(disks):
             path = d / f"disk{i}.{spec.fmt}"
             if not path.exists():
-                _create_disk(path, spec)
+                _create_disk(path, spec, mkfs=agent)
             paths.append(path)
         argv = qemu_argv(
-            name=name, dir=d, accel=accel, memory_mb=memory_mb, kernel=guest.kernel, initrd=guest.initrd,
-            append=kernel_cmdline(seed=seed, slots=slots, ndisks=len(disks), workload=workload, rate=rate),
+            name=name, dir=d, accel=accel, memory_mb=memory_mb, kernel=guest.kernel,
+            initrd=guest.agent_initrd if agent and guest.agent_initrd else guest.initrd,
+            append=kernel_cmdline(seed=seed, slots=slots, ndisks=len(disks), workload=workload, rate=rate,
+                                  agent=agent),
             disks=list(zip(disks, paths)), cdrom=cdrom, extra_args=list(extra_args),
+            agent_socket=d / "qga.sock" if agent else None,
         )
         vm = LabVM(
             name=name, dir=d, qmp=d / "qmp.sock", pid=0, accel=accel, seed=seed, slots=slots, workload=workload,
-            cdrom=cdrom, memory_mb=memory_mb, argv=argv,
+            cdrom=cdrom, memory_mb=memory_mb, argv=argv, agent=agent,
             disks=[{"name": f"disk{i}", "path": str(p), "size": s.size, "format": s.fmt, "attach": s.attach,
                     "node": f"disk{i}" if s.attach == "blockdev" else None, "device": None, "drive": None}
                    for i, (s, p) in enumerate(zip(disks, paths))],
@@ -324,6 +354,8 @@ def _launch(vm: LabVM, *, wait: bool, timeout: float) -> LabVM:
         _save(vm)
         if wait:
             vm.wait_for(STARTED if vm.workload else BOOTED, timeout=max(0.0, timeout - (time.monotonic() - t0)))
+            if vm.agent:
+                _wait_agent_port(vm, deadline=t0 + timeout)
             vm.boot_seconds = round(time.monotonic() - t0, 2)
             _save(vm)
         return vm
@@ -336,6 +368,19 @@ def _launch(vm: LabVM, *, wait: bool, timeout: float) -> LabVM:
         if isinstance(e, subprocess.TimeoutExpired):
             raise CutpointError(f"QEMU for lab VM {vm.name} did not daemonize within 60 s") from e
         raise
+
+
+def _wait_agent_port(vm: LabVM, deadline: float) -> None:
+    """Wait until qemu-ga has opened its port in the guest (QEMU reports the chardev's frontend as open)."""
+    vm.wait_for("CUTPOINT-AGENT-STARTED", timeout=max(0.0, deadline - time.monotonic()))
+    while True:
+        with QmpLite(vm.qmp, timeout=10.0) as q:
+            devs = {c["label"]: c for c in q.execute("query-chardev")}
+        if devs.get("qga0", {}).get("frontend-open"):
+            return
+        if time.monotonic() > deadline:
+            raise CutpointError(f"lab VM {vm.name}: qemu-ga did not open its virtio-serial port\n{_tail(vm)}")
+        time.sleep(0.1)
 
 
 def _read_pid(p: Path) -> int:

@@ -20,6 +20,11 @@
  * (read-only disks are skipped and take no index).
  * On the host, `workload --files F0 F1 ... [--seed N] [--slots N] [--count N] [--rate N]` runs the same workload on
  * regular files, which the tests use to make images the real program wrote.
+ *
+ * `workload --fs DIR0 DIR1 ...` is the filesystem variant for application-consistent lab guests: it writes through
+ * mounted filesystems instead of raw devices (so there are journals, metadata and dirty page cache for a
+ * guest-fsfreeze to flush): each step writes one 4096-byte record file with write+fsync, every 8th step by
+ * writing a temporary file and renaming it over the old one. Same STARTED/progress lines as the block mode.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -220,9 +225,51 @@ static uint64_t resume(unsigned char *buf, unsigned char *want) {
     return maxseq;
 }
 
+/* The filesystem workload (see the header): churns data and metadata on every directory in turn. */
+static int fs_workload(char **dirs, int n) {
+    char path[512], tmp[512];
+    unsigned char *b;
+    if (posix_memalign((void **)&b, BLK, BLK)) return 1;
+    double t0 = now(), last = t0;
+    for (uint64_t seq = 1; !count || seq <= count; seq++) {
+        const char *dir = dirs[seq % (uint64_t)n];
+        make_block(b, seed, seq, (uint32_t)(seq % (uint64_t)n), (uint32_t)(seq % 64));
+        snprintf(path, sizeof path, "%s/rec-%02u", dir, (unsigned)(seq % 64));
+        snprintf(tmp, sizeof tmp, "%s/.rec.tmp", dir);
+        int renamed = seq % 8 == 0;
+        int fd = open(renamed ? tmp : path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) die("open", renamed ? tmp : path);
+        if (write(fd, b, BLK) != BLK) die("write", path);
+        if (fsync(fd) < 0) die("fsync", path);
+        close(fd);
+        if (renamed && rename(tmp, path) < 0) die("rename", path);
+        if (seq == 1) printf("CUTPOINT-WORKLOAD-STARTED seq=1 seed=%" PRIu64 " ndirs=%d fs=1\n", seed, n);
+        double t = now();
+        if (progress && t - last >= (double)progress) {
+            printf("CUTPOINT-WORKLOAD seq=%" PRIu64 " rate=%.0f/s\n", seq, (double)seq / (t - t0));
+            last = t;
+        }
+        if (rate) {
+            double due = t0 + (double)seq / (double)rate;
+            if (due > t) usleep((useconds_t)((due - t) * 1e6));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int host = 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 2 && strcmp(argv[1], "--fs") == 0) {
+        char cmdline[4096] = "";
+        FILE *f = fopen("/proc/cmdline", "r");
+        if (f) { if (!fgets(cmdline, sizeof cmdline, f)) cmdline[0] = 0; fclose(f); }
+        seed = param(cmdline, "seed", seed);
+        rate = param(cmdline, "rate", 0);
+        count = param(cmdline, "count", 0);
+        progress = param(cmdline, "progress", 1);
+        return fs_workload(argv + 2, argc - 2);
+    }
     if (argc > 1 && strcmp(argv[1], "--files") == 0) {
         host = 1;
         for (int i = 2; i < argc; i++) {
