@@ -150,3 +150,21 @@ def test_mount(point, tmp_path: Path) -> None:
         cutpoint("umount", str(mnt2), check=True)
     _one_line_error(cutpoint("mount", "src", pid, str(mnt2), "--disk", "gpt"), 9, "cannot mount vfat",
                     "cutpoint files")
+
+
+def test_files_from_an_encrypted_vault(bare_qemu, tmp_path: Path) -> None:
+    """The NBD server is another process: it unlocks the vault with the passphrase file the command was given."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "secret.txt").write_text("only with the passphrase\n")
+    disk = tmp_path / "e.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(src), str(disk), "16M"], check=True)
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    cutpoint("vault", "init", "--encrypt", "--passphrase-file", str(pw), check=True)
+    vm = bare_qemu(blockdev_args(disk, "enc", "raw"))
+    cutpoint("vm", "add", "e", "--qmp", str(vm.qmp), "--passphrase-file", str(pw), check=True)
+    cutpoint("backup", "e", "--passphrase-file", str(pw), check=True)
+    out = tmp_path / "out"
+    cutpoint("files", "get", "e", "latest", "/secret.txt", "--to", str(out), "--passphrase-file", str(pw), check=True)
+    assert (out / "secret.txt").read_text() == "only with the passphrase\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..restore.browse import get_files, list_files
 from ..units import human
+from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json, table
 from .restore import point_of
 
@@ -56,6 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
+    export_passphrase(getattr(args, "passphrase_file", None))
     with point_of(vault, args) as m:
         res = list_files(vault, m, args.disk, args.path, args.part, getattr(args, "key_file", None))
     if args.json:
@@ -72,6 +74,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
+    export_passphrase(getattr(args, "passphrase_file", None))
     with point_of(vault, args) as m:
         res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None))
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..restore.browse import mount, umount
+from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json
 from .restore import point_of
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_mount(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
+    export_passphrase(getattr(args, "passphrase_file", None))
     with point_of(vault, args) as m:
         res = mount(vault, m, args.disk, args.mountpoint, args.part, getattr(args, "key_file", None))
     if args.json:

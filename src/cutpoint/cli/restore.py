@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..restore.images import FORMATS, restore_point
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
+from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
 
@@ -62,6 +63,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.replace and args.to:
         raise UsageError("--replace writes onto the VM's own disk files; --to does not apply")
     vault = open_vault(args, create=False)
+    export_passphrase(getattr(args, "passphrase_file", None))
     progress = ProgressLine(not args.json)
     key_file = getattr(args, "key_file", None)
     with point_of(vault, args) as m:

@@ -38,6 +38,16 @@ def _need(tool: str, package: str) -> str:
     return path
 
 
+def export_passphrase(passphrase_file: Path | None) -> None:
+    """Let the NBD server (a separate process) unlock an encrypted vault the way this command did.
+
+    ``--passphrase-file`` becomes ``$CUTPOINT_PASSPHRASE_FILE`` for the children; ``$CUTPOINT_PASSPHRASE(_FILE)``
+    are inherited anyway. A passphrase typed at a prompt cannot be handed on: the server then stops with the vault's
+    own message asking for a passphrase file."""
+    if passphrase_file is not None:
+        os.environ["CUTPOINT_PASSPHRASE_FILE"] = str(Path(passphrase_file).expanduser().resolve())
+
+
 def plugin_env() -> dict[str, str]:
     """nbdkit's embedded Python must import cutpoint and its dependencies exactly as this process does."""
     paths = [str(Path(cutpoint.__file__).resolve().parents[1])] + [p for p in sys.path if p and os.path.isdir(p)]
