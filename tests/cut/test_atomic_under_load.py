@@ -116,6 +116,6 @@ def test_vm_killed_mid_read_leaves_nothing(tmp_path: Path) -> None:
         backup(vault, "victim", BackupOptions(progress=kill_qemu))
     assert killed
     assert vault.catalog.points("victim") == []                      # no partial point visible
-    assert not any((vault.root / "points").rglob("*.json"))
+    assert not any((vault.root / "points").rglob("*.manifest"))
     work = work_home()
     assert not work.exists() or not [p for p in work.rglob("*") if not p.is_dir()]   # overlays, socket gone

@@ -30,7 +30,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print_json(res.to_json())
         return 0
     verb = "would free" if args.dry_run else "freed"
-    print(f"gc: {res.points} points reference {res.referenced_chunks} of {res.chunks_seen} chunks; "
+    print(f"gc: {res.points} points reference {res.referenced_chunks} chunks ({res.chunks_seen} chunk files); "
           f"{'would remove' if args.dry_run else 'removed'} {res.removed_chunks} chunks, {res.removed_manifests} "
           f"orphan manifests, {res.removed_temp + res.removed_bad} leftovers: {verb} {human(res.freed_bytes)}")
     if res.kept_young:

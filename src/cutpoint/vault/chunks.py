@@ -112,7 +112,7 @@ class ChunkStore:
             blob = path.read_bytes()
         except FileNotFoundError:
             if path.with_name(cid + BAD_SUFFIX).exists():
-                raise IntegrityError(f"chunk {cid} is damaged (verify moved it aside to {cid}{BAD_SUFFIX})") from None
+                raise IntegrityError(f"chunk {cid} is damaged (moved aside by an earlier verify)") from None
             raise NotFoundError(f"chunk {cid} is missing from the vault ({path})") from None
         except OSError as exc:
             raise IntegrityError(f"chunk {cid} cannot be read: {exc.strerror or exc}") from exc

@@ -172,6 +172,9 @@ def read_config(root: Path) -> dict[str, Any]:
         config = json.loads(cfg_path.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise NotFoundError(f"{root} is not a cutpoint vault (no config.json); create one with 'cutpoint vault init "
+                            f"--vault {root}'") from None
     except (OSError, ValueError) as exc:
         raise VaultError(f"cannot read vault config {cfg_path}: {exc}") from exc
     if config.get("format") != VAULT_FORMAT:
