@@ -53,6 +53,8 @@ def test_restart_after_crash_marks_bitmap_inconsistent(bare_qemu, tmp_path: Path
     _backup()
     vm.quit()                                 # the bitmap is stored in the qcow2 image ...
     vm = bare_qemu(args)                      # ... loaded again and flagged in use while QEMU runs ...
+    with QmpSession(vm.qmp) as s:             # (QMP answers once the images are open: no kill before that)
+        s.cmd("query-block")
     vm.proc.send_signal(signal.SIGKILL)       # ... and left flagged by a crash
     vm.proc.wait(10)
     vm = bare_qemu(args)

@@ -87,6 +87,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         try:
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
+            manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
             cons.record(manifest)
             manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
             manifest.vm_config = config

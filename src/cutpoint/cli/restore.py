@@ -67,7 +67,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     progress = ProgressLine(not args.json)
     key_file = getattr(args, "key_file", None)
     with point_of(vault, args) as m:
-        if args.new_vm:
+        if (args.new_vm or args.replace or args.instant) and (m.vm_config or {}).get("type") == "libvirt":
+            from ..restore.libvirt_restore import restore_cli   # a libvirt domain's point: libvirt_restore.py
+            res = restore_cli(vault, m, args, progress)
+        elif args.new_vm:
             from ..restore.new_vm import restore_new_vm
             res = restore_new_vm(vault, m, args.new_vm, to=args.to, fmt=args.format or "qcow2", start=args.start,
                                  progress=progress)
@@ -100,7 +103,10 @@ def _address(vault: Vault, name: str) -> str | None:
 
 def _print(res: dict[str, Any]) -> None:
     mode = res["mode"]
-    if mode == "images":
+    if mode in ("new-domain", "replace-domain"):
+        from ..restore.libvirt_restore import describe
+        print("\n".join(describe(res)))
+    elif mode == "images":
         for f in res["files"]:
             print(f"{f['disk']}: {f['path']} ({f['size']} bytes)")
     elif mode == "new-vm":

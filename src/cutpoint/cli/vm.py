@@ -1,4 +1,4 @@
-"""``cutpoint vm``: register running VMs by their QMP socket, list and remove them."""
+"""``cutpoint vm``: register VMs (by their QMP socket, or as libvirt domains), list and remove them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..catalog.db import VmRecord
+from ..errors import UsageError
 from ..errors import UsageError
 from ..hypervisor.disks import discover
 from ..hypervisor.qmp import QmpSession
@@ -19,9 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vs = p.add_subparsers(dest="vm_command", metavar="ACTION")
     vs.required = True
 
-    a = vs.add_parser("add", help="protect a running QEMU VM reached through its QMP socket")
+    a = vs.add_parser("add", help="protect a running QEMU VM (through its QMP socket) or a libvirt domain")
     a.add_argument("name")
-    a.add_argument("--qmp", required=True, type=Path, help="the VM's QMP unix socket")
+    how = a.add_mutually_exclusive_group(required=True)
+    how.add_argument("--qmp", type=Path, help="the VM's QMP unix socket")
+    how.add_argument("--libvirt", metavar="DOMAIN", help="a libvirt domain, backed up through libvirt's backup API")
+    a.add_argument("--connect", metavar="URI", help="libvirt connection URI (default qemu:///system)")
     a.add_argument("--json", action="store_true")
     add_vault_arg(a)
     a.set_defaults(func=cmd_add)
@@ -46,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if args.libvirt:
+        return _add_libvirt(args)
+    if args.connect:
+        raise UsageError("--connect goes with --libvirt DOMAIN")
     vault = open_vault(args)
     qmp = args.qmp.expanduser().resolve()
     with QmpSession(qmp) as s:
@@ -61,6 +69,28 @@ def cmd_add(args: argparse.Namespace) -> int:
         return 0
     print(f"protecting VM {args.name!r} through {qmp}")
     print(disk_rows(inv, checked))
+    return 0
+
+
+def _add_libvirt(args: argparse.Namespace) -> int:
+    from ..hypervisor.libvirt_driver import DEFAULT_URI, LibvirtDriverSession
+
+    uri = args.connect or DEFAULT_URI
+    vault = open_vault(args)
+    with LibvirtDriverSession(uri, args.libvirt, args.name, running=False) as s:
+        inv = s.inventory()
+    vault.catalog.add_vm(VmRecord(args.name, "libvirt", args.libvirt,
+                                  datetime.now(timezone.utc).isoformat(timespec="seconds"), {"connect": uri}))
+    if args.json:
+        print_json({"vm": args.name, "libvirt": args.libvirt, "connect": uri, "disks": [d.to_json() for d in inv.disks],
+                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped], "warnings": inv.warnings})
+        return 0
+    print(f"protecting libvirt domain {args.libvirt!r} at {uri} as VM {args.name!r}")
+    print(table(["disk", "source", "format", "size", "cache", "verdict"],
+                [[d.name, d.filename, d.driver, d.size, _cache(d.cache), "backed up"] for d in inv.disks]
+                + [[k.name, "-", "-", "-", "-", f"skipped: {k.reason}"] for k in inv.skipped]))
+    for w in inv.warnings:
+        print(f"warning: {w}")
     return 0
 
 
