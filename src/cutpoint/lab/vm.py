@@ -30,7 +30,7 @@ from ..paths import lab_home
 from . import accel as accel_mod
 from . import image
 from .qemu_args import DiskSpec, kernel_cmdline, qemu_argv
-from .qmp_lite import QmpLite
+from ..hypervisor.qmp import QmpSession
 
 __all__ = ["DiskSpec", "LabVM", "up", "down", "get", "list_vms", "remove"]
 
@@ -197,8 +197,8 @@ def _stop(pid: int, qmp: Path) -> None:
     if not _alive(pid, qmp):
         return
     try:
-        with QmpLite(qmp, timeout=2.0) as q:
-            q.execute("quit")
+        with QmpSession(qmp, connect_timeout=2.0, command_timeout=2.0) as q:
+            q.cmd("quit")
     except (HypervisorError, OSError):
         pass  # monitor busy (another client holds it) or already closing
     if _wait_gone(pid, qmp, 15):
@@ -248,8 +248,8 @@ def _create_disk(path: Path, spec: DiskSpec, *, mkfs: bool = False) -> None:
 
 def _node_names(vm: LabVM) -> None:
     """Fill in node names and device paths from query-block (-drive attachments get generated node names)."""
-    with QmpLite(vm.qmp, timeout=10.0) as q:
-        blocks = q.execute("query-block")
+    with QmpSession(vm.qmp, connect_timeout=10.0) as q:
+        blocks = q.cmd("query-block")
     by_file = {}
     for b in blocks:
         ins = b.get("inserted")
@@ -374,8 +374,8 @@ def _wait_agent_port(vm: LabVM, deadline: float) -> None:
     """Wait until qemu-ga has opened its port in the guest (QEMU reports the chardev's frontend as open)."""
     vm.wait_for("CUTPOINT-AGENT-STARTED", timeout=max(0.0, deadline - time.monotonic()))
     while True:
-        with QmpLite(vm.qmp, timeout=10.0) as q:
-            devs = {c["label"]: c for c in q.execute("query-chardev")}
+        with QmpSession(vm.qmp, connect_timeout=10.0) as q:
+            devs = {c["label"]: c for c in q.cmd("query-chardev")}
         if devs.get("qga0", {}).get("frontend-open"):
             return
         if time.monotonic() > deadline:
