@@ -26,7 +26,7 @@ from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import validation
 from .consistency import Consistency, Timeouts, requested_type
-from .chunker import Progress, read_disk
+from .chunker import WORKERS, Progress, read_disk
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         try:
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
-            manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
             cons.record(manifest)
             manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
             manifest.vm_config = config
@@ -141,7 +140,7 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
               opts: BackupOptions) -> Manifest:
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
     disks: list[DiskManifest] = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         for t in handle.targets:
             d = t.disk
             prev_chunks = prev_disks[d.name].chunks if t.bitmap else None
