@@ -14,9 +14,9 @@ import sys
 from .. import __version__
 from ..errors import CutpointError
 from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
+from . import jobs, policy, serve
 from . import files, instant, mount
 from . import report
-from . import jobs, policy, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, files, mount, instant, policy, jobs,
-                  serve, report):
+    for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
+                  files, mount, instant, report):
         group.register(sub)
     return p
 

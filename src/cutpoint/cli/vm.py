@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..catalog.db import VmRecord
 from ..errors import UsageError
-from ..errors import UsageError
 from ..hypervisor.disks import discover
 from ..hypervisor.qmp import QmpSession
 from .common import add_vault_arg, open_vault, print_json, table

@@ -56,7 +56,6 @@ class Inventory:
     disks: list[Disk]
     skipped: list[Skipped]
     warnings: list[str] = field(default_factory=list)     # recorded on the point (e.g. a cache mode that drops flushes)
-    warnings: list[str] = field(default_factory=list)     # recorded on the point (e.g. a cache mode that drops flushes)
 
 
 def discover(session: QmpSession) -> Inventory:
