@@ -37,6 +37,7 @@ def libvirtd() -> str:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run scripts/install-deps (libvirt-daemon-system, libvirt-clients)")
     if _libvirt_up() is None:
+        _remove_orphans()
         return URI
     if os.geteuid() != 0:
         pytest.fail(f"libvirtd does not answer on {URI} and only root can start it here: {_libvirt_up()}")
@@ -50,7 +51,29 @@ def libvirtd() -> str:
         if time.monotonic() > deadline:
             pytest.fail(f"libvirtd started but does not answer on {URI}: {why}")
         time.sleep(0.2)
+    _remove_orphans()
     return URI
+
+
+TAG = re.compile(r"cutpoint test domain, pytest pid (\d+)")
+
+
+def _remove_orphans() -> None:
+    """Domains of a test run that was killed (its finalizers never ran) are removed by the next run: each test
+    domain names the pid of the pytest that made it, and only domains whose pytest is gone are touched."""
+    import libvirt
+
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains(0):
+            try:
+                m = TAG.search(dom.metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None, 0) or "")
+            except libvirt.libvirtError:
+                continue                                    # no description: not a test domain
+            if m and dom.name().startswith("cpt-") and not Path(f"/proc/{m.group(1)}").exists():
+                remove_domain(URI, dom.name())
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -115,6 +138,7 @@ def domain_xml(name: str, d: Path, kernel: Path, initrd: Path, cmdline: str, dis
         f"<target dev='vd{chr(97 + i)}' bus='virtio'/></disk>" for i, (p, fmt) in enumerate(disks))
     return f"""<domain type='qemu'>
   <name>{name}</name>
+  <description>cutpoint test domain, pytest pid {os.getpid()}</description>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
@@ -135,11 +159,13 @@ def remove_domain(uri: str, name: str) -> None:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
         return
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError:
-        pass
+    for _ in range(3):                   # destroy can time out on a loaded host; undefining a running domain
+        try:                             # would only make it transient and leave it running
+            if dom.isActive():
+                dom.destroy()
+            break
+        except libvirt.libvirtError:
+            time.sleep(1)
     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
                       | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     conn.close()
