@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -57,7 +58,8 @@ def plugin_env() -> dict[str, str]:
 
 
 def nbdkit_argv(vault: Path, vm: str, point: str, *, disk: str | None = None, stats: Path | None = None,
-                key_file: Path | None = None, filters: list[str] = (), filter_args: list[str] = ()) -> list[str]:
+                key_file: Path | None = None, filters: Sequence[str] = (), filter_args: Sequence[str] = ()
+                ) -> list[str]:
     """The nbdkit arguments after the mode options: filters, the python plugin and its parameters."""
     _need("nbdkit", "nbdkit, nbdkit-plugin-python")
     argv = ["-r"] + [f"--filter={f}" for f in filters] + ["python", str(PLUGIN), f"vault={vault}", f"vm={vm}",
