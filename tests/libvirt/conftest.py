@@ -181,15 +181,18 @@ def lab_domain(libvirtd: str, isolated: Path) -> Iterator[Callable[..., LabDomai
     names: list[str] = []
 
     def make(formats: list[str], size: int = 32 << 20, extra_xml: str = "", start: bool = True,
-             tag: str = "lab") -> LabDomain:
+             tag: str = "lab", agent: bool = False) -> LabDomain:
+        """``agent``: ext4 on every disk, qemu-ga in the guest on a libvirt-managed channel (the consistency lab)."""
         import libvirt
 
         guest = image.build()
+        if agent and guest.agent_initrd is None:
+            pytest.fail("the agent lab guest needs /usr/sbin/qemu-ga on the host: apt-get install qemu-guest-agent")
         name = f"cpt-{tag}-{random.randrange(16**6):06x}"
         d = isolated / name
         d.mkdir(mode=0o755)
         kernel, initrd = d / guest.kernel.name, d / "initrd.img"
-        for src, dst in ((guest.kernel, kernel), (guest.initrd, initrd)):
+        for src, dst in ((guest.kernel, kernel), (guest.agent_initrd if agent else guest.initrd, initrd)):
             try:
                 os.link(src, dst)
             except OSError:
@@ -197,10 +200,21 @@ def lab_domain(libvirtd: str, isolated: Path) -> Iterator[Callable[..., LabDomai
         disks = []
         for i, fmt in enumerate(formats):
             p = d / f"disk{i}.{fmt}"
-            subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(p), str(size)], check=True)
+            if agent:          # as the lab's agent guests: ext4 made on the host, inode tables written now
+                raw = p.with_suffix(".mkfs")
+                subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), str(size)], check=True)
+                subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(raw)],
+                               check=True)
+                subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", fmt, str(raw), str(p)], check=True)
+                raw.unlink()
+            else:
+                subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(p), str(size)], check=True)
             disks.append((p, fmt))
         cmdline = kernel_cmdline(seed=random.randrange(1, 1 << 63), slots=256, ndisks=len(disks), workload=True,
-                                 rate=0)
+                                 rate=0, agent=agent)
+        if agent:
+            extra_xml += ("<channel type='unix'><source mode='bind'/>"
+                          "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
         conn = libvirt.open(libvirtd)
         dom = conn.defineXML(domain_xml(name, d, kernel, initrd, cmdline, disks, extra_xml))
         names.append(name)
@@ -208,6 +222,12 @@ def lab_domain(libvirtd: str, isolated: Path) -> Iterator[Callable[..., LabDomai
         if start:
             dom.create()
             lab.wait_for(r"CUTPOINT-WORKLOAD-STARTED")
+            if agent:
+                lab.wait_for(r"CUTPOINT-AGENT-STARTED")
+                deadline = time.monotonic() + 60
+                while "state='connected'" not in dom.XMLDesc(0):      # qemu-ga has opened its port
+                    assert time.monotonic() < deadline, f"qemu-ga did not connect in {name}\n{lab.text()[-2000:]}"
+                    time.sleep(0.1)
         conn.close()
         return lab
 

@@ -28,10 +28,12 @@ import libvirt
 from ..cut.cleanup import sweep_workdirs
 from ..errors import CutpointError, HypervisorError
 from . import libvirt_conn as lc
+from .agent import AgentError, GuestAgent
 from .disks import Disk, Inventory, Skipped
-from .driver import CutHandle, Driver, DriverSession, ReadTarget
-from .libvirt_xml import (CACHE_FLAGS, CHECKPOINT_PREFIX, EXPORT_PREFIX, BackupDisk, CheckpointInfo, DomainDisk,
-                          DomainInfo, backup_xml, cache_warning, checkpoint_xml, checkpoint_name, parse_backup,
+from .driver import CutHandle, Driver, DriverSession, Quiesce, ReadTarget
+from .libvirt_agent import LibvirtAgent
+from .libvirt_xml import (AGENT_PORT, CACHE_FLAGS, CHECKPOINT_PREFIX, EXPORT_PREFIX, BackupDisk, CheckpointInfo,
+                          DomainInfo, backup_xml, cache_warning, checkpoint_name, checkpoint_xml, parse_backup,
                           parse_checkpoint, parse_domain, verdict)
 
 DEFAULT_URI = "qemu:///system"
@@ -168,16 +170,31 @@ class LibvirtDriverSession(DriverSession):
 
     # -- the cut ---------------------------------------------------------------------------------------------------
 
-    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path) -> CutHandle:
+    def agent(self) -> GuestAgent | None:
+        state = self.info().agent
+        if state is None:
+            return None
+        if state == "disconnected":
+            raise AgentError(f"qemu-ga is not running in the guest: libvirt reports the {AGENT_PORT} channel of "
+                             f"domain {self.domain!r} disconnected")
+        return LibvirtAgent(self.uri, self.domain)
+
+    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
+            quiesce: Quiesce | None = None) -> CutHandle:
         cut = LibvirtCut(self.uri, self.domain, workdir, checkpoint_name(point_id))
         try:
-            return self._cut(cut, disks, since)
+            return self._cut(cut, disks, since, quiesce)
         except BaseException:
             self.close()
             release_cut(cut, success=False)
             raise
 
-    def _cut(self, cut: LibvirtCut, disks: list[Disk], since: dict[str, str | None]) -> CutHandle:
+    def cut_quiesced(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
+                     quiesce: Quiesce) -> CutHandle:
+        return self.cut(disks, point_id, since, workdir, quiesce)     # frozen around virDomainBackupBegin only
+
+    def _cut(self, cut: LibvirtCut, disks: list[Disk], since: dict[str, str | None],
+             quiesce: Quiesce | None) -> CutHandle:
         _prepare_workdir(cut.workdir, self.info().dac_owner)
         prev = {d.name: checkpoint_name(since[d.name]) if since.get(d.name) else None for d in disks}
         for d in disks:
@@ -193,9 +210,15 @@ class LibvirtDriverSession(DriverSession):
         tracked = [d.name for d in disks if d.driver == "qcow2"]
         cx = checkpoint_xml(cut.checkpoint, tracked, others + [n for n in chosen if n not in tracked]) \
             if tracked else None
-        t0 = time.perf_counter()
-        lc.call(f"starting the backup of domain {self.domain!r}", self.dom.backupBegin, bx, cx, 0)
-        pause_ms = (time.perf_counter() - t0) * 1000.0
+        if quiesce is not None:
+            quiesce.freeze()
+        try:
+            t0 = time.perf_counter()
+            lc.call(f"starting the backup of domain {self.domain!r}", self.dom.backupBegin, bx, cx, 0)
+            pause_ms = (time.perf_counter() - t0) * 1000.0
+        finally:
+            if quiesce is not None:
+                quiesce.thaw()
         cut.started = True
         job = parse_backup(lc.call("reading the backup job", self.dom.backupGetXMLDesc, 0))
         targets = []

@@ -16,6 +16,7 @@ from ..errors import HypervisorError
 
 CHECKPOINT_PREFIX = "cutpoint-"
 EXPORT_PREFIX = "cutpoint-"        # exports cutpoint adds itself (non-qcow2 disks), beside libvirt's own
+AGENT_PORT = "org.qemu.guest_agent.0"
 
 # libvirt cache mode -> the cache flags QMP's query-block reports, so both drivers describe a disk the same way.
 CACHE_FLAGS = {
@@ -61,6 +62,7 @@ class DomainInfo:
     uuid: str
     disks: list[DomainDisk]
     dac_owner: tuple[int, int] | None = None      # uid, gid QEMU runs as (from the live <seclabel model='dac'>)
+    agent: str | None = None      # the guest agent channel's state (connected, disconnected, ...); None: no channel
 
 
 def _parse(text: str, what: str) -> ET.Element:
@@ -87,7 +89,14 @@ def parse_domain(text: str) -> DomainInfo:
             readonly=el.find("readonly") is not None, shareable=el.find("shareable") is not None,
             transient=el.find("transient") is not None, alias=alias.get("name", "") if alias is not None else ""))
     return DomainInfo(name=root.findtext("name", ""), uuid=root.findtext("uuid", ""), disks=disks,
-                      dac_owner=_dac_owner(root))
+                      dac_owner=_dac_owner(root), agent=_agent_state(root))
+
+
+def _agent_state(root: ET.Element) -> str | None:
+    for tgt in root.findall("./devices/channel/target"):
+        if tgt.get("type") == "virtio" and tgt.get("name") == AGENT_PORT:
+            return tgt.get("state") or "unknown"
+    return None
 
 
 def _source(kind: str, src: ET.Element | None) -> str:

@@ -1,0 +1,86 @@
+"""The guest agent of a libvirt domain, reached through libvirtd (``virDomainQemuAgentCommand``).
+
+libvirtd owns the host end of a domain's ``org.qemu.guest_agent.0`` channel, so cutpoint cannot open the socket the
+way ``SocketAgent`` does; libvirt relays each command, synchronising with the agent first (``guest-sync``), which
+also drops replies to requests that timed out. Every call passes its own timeout (whole seconds, as libvirt takes
+them), so a hanging freeze costs exactly the consistency procedure's budget. The agent outlives the driver session
+(thaw confirmation and the post-script run after the cut), so it keeps its own connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from . import libvirt_conn as lc
+from .agent import AgentError, AgentTimeout, ExecResult, GuestAgent
+
+TIMEOUT_CODES = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_OPERATION_TIMEOUT}
+
+
+class LibvirtAgent(GuestAgent):
+    def __init__(self, uri: str, domain: str) -> None:
+        self.uri, self.domain = uri, domain
+        self._conn: libvirt.virConnect | None = None
+
+    def ping(self, timeout: float) -> None:
+        self._call("guest-ping", timeout=timeout)
+
+    def freeze(self, timeout: float) -> int:
+        return int(self._call("guest-fsfreeze-freeze", timeout=timeout))
+
+    def thaw(self, timeout: float) -> int:
+        return int(self._call("guest-fsfreeze-thaw", timeout=timeout))
+
+    def status(self, timeout: float) -> str:
+        return str(self._call("guest-fsfreeze-status", timeout=timeout))
+
+    def exec(self, path: str, args: list[str], timeout: float) -> ExecResult:
+        deadline = time.monotonic() + timeout
+        pid = self._call("guest-exec", {"path": path, "arg": args, "capture-output": True}, timeout=timeout)["pid"]
+        while True:
+            st = self._call("guest-exec-status", {"pid": pid}, timeout=max(1.0, deadline - time.monotonic()))
+            if st.get("exited"):
+                return ExecResult(st.get("exitcode"), st.get("signal"), _b64(st.get("out-data")),
+                                  _b64(st.get("err-data")))
+            if time.monotonic() > deadline:
+                raise AgentTimeout(f"{path} (guest pid {pid}) was still running after {timeout:g} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass  # libvirtd went away: nothing of ours to release
+        self._conn = None
+
+    def _call(self, command: str, args: dict[str, Any] | None = None, *, timeout: float) -> Any:
+        if self._conn is None:
+            self._conn = lc.connect(self.uri)
+        dom = lc.lookup(self._conn, self.domain, self.uri)
+        req = json.dumps({"execute": command, "arguments": args} if args else {"execute": command})
+        secs = max(1, math.ceil(timeout))
+        try:
+            reply = json.loads(libvirt_qemu.qemuAgentCommand(dom, req, secs, 0))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in TIMEOUT_CODES:
+                raise AgentTimeout(f"the guest agent did not answer {command} within {secs} s "
+                                   f"(libvirt: {lc.msg(exc)})") from exc
+            raise AgentError(f"guest agent {command} through libvirt failed: {lc.msg(exc)}") from exc
+        except ValueError as exc:
+            raise AgentError(f"the guest agent answered {command} with something that is not JSON") from exc
+        if "error" in reply:
+            err = reply["error"]
+            raise AgentError(f"guest agent refused {command}: {err.get('class')}: {err.get('desc')}")
+        return reply.get("return")
+
+
+def _b64(data: str | None) -> str:
+    return base64.b64decode(data).decode(errors="replace") if data else ""
