@@ -3,7 +3,6 @@ tools a user would pick instead, all on the same disks."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -7,7 +7,6 @@ asserted. ``--quick`` uses a small dataset and one run per case, to check the ha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

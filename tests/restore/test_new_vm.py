@@ -48,7 +48,7 @@ def test_new_vm_boots_and_its_workload_continues(tmp_path: Path, vms_home: Path)
     assert (d / "start.sh").stat().st_mode & 0o111
     started = _wait(d / "console.log", r"CUTPOINT-WORKLOAD-STARTED seq=(\d+)")
     assert int(started.group(1)) == k + 1          # resumed exactly after the cut's last write
-    _wait(d / "console.log", rf"CUTPOINT-WORKLOAD seq=(\d*[1-9]\d*)")
+    _wait(d / "console.log", r"CUTPOINT-WORKLOAD seq=(\d*[1-9]\d*)")
     assert src.running and lab.get("src").last_seq() is not None
 
     vms = {v["name"]: v for v in json.loads(cutpoint("vm", "list", "--json", check=True).out)}

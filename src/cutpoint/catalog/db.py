@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import faults
 from ..errors import NotFoundError, UsageError, VaultError
+from .sqlite import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -85,13 +86,7 @@ class VerifyRecord:
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise VaultError(f"cannot open catalog {path}: {exc}") from exc
+        self.db = connect(path, SCHEMA, "the catalog")
 
     def close(self) -> None:
         self.db.close()

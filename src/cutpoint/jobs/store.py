@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..catalog.sqlite import connect
 from ..errors import NotFoundError, UsageError, VaultError
 
 KINDS = ("backup", "restore", "prune", "verify", "gc")
@@ -82,13 +83,7 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise VaultError(f"cannot open the jobs table in {path}: {exc}") from exc
+        self.db = connect(path, SCHEMA, "the jobs table", threads=True)
 
     def close(self) -> None:
         self.db.close()

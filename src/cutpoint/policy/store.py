@@ -7,11 +7,11 @@ scheduled. Policies live next to the VMs and points so that one vault directory 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..catalog.sqlite import connect
 from ..catalog.db import Catalog
 from ..errors import NotFoundError, UsageError, VaultError
 from .model import Policy
@@ -31,12 +31,7 @@ class PolicyStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise VaultError(f"cannot open the policy table in {path}: {exc}") from exc
+        self.db = connect(path, SCHEMA, "the policy table", threads=True)
 
     def close(self) -> None:
         self.db.close()

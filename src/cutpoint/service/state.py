@@ -6,13 +6,12 @@ catch-up after downtime exactly one backup, and what lets a killed daemon's owed
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import VaultError
+from ..catalog.sqlite import connect
 from ..jobs.store import iso, parse_iso
 
 SCHEMA = """
@@ -40,12 +39,7 @@ class VmState:
 class StateStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise VaultError(f"cannot open the schedule state in {path}: {exc}") from exc
+        self.db = connect(path, SCHEMA, "the schedule state", threads=True)
 
     def close(self) -> None:
         self.db.close()
