@@ -9,11 +9,14 @@ nothing that looks like a finished image.
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backup.chunker import IN_FLIGHT, WORKERS
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
@@ -59,20 +62,7 @@ def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt
     try:
         with open(raw, "wb") as f:
             f.truncate(disk.size)
-            for i, cid in enumerate(disk.chunks):
-                if cid is not None:
-                    try:
-                        data = vault.chunks.get(cid)
-                    except (IntegrityError, NotFoundError) as exc:
-                        raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing "
-                                             "was written; run 'cutpoint verify --read-data' and restore another "
-                                             "point") from exc
-                    expect = min(m.chunk_size, disk.size - i * m.chunk_size)
-                    if len(data) != expect:
-                        raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")
-                    os.pwrite(f.fileno(), data, i * m.chunk_size)
-                if progress:
-                    progress(disk.name, min((i + 1) * m.chunk_size, disk.size), disk.size)
+            _write_chunks(vault, m, disk, f.fileno(), progress)
             f.flush()
             os.fsync(f.fileno())
         if fmt == "qcow2":
@@ -90,6 +80,38 @@ def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt
     finally:
         raw.unlink(missing_ok=True)
         path.with_name(f".{path.name}.convert").unlink(missing_ok=True)
+
+
+def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
+    """Fetch, check and write every non-zero chunk; worker threads overlap reading, decrypting, decompressing and
+    hashing (all release the GIL), with a bounded number of chunks in flight to keep memory flat."""
+
+    def one(i: int, cid: str) -> None:
+        try:
+            data = vault.chunks.get(cid)
+        except (IntegrityError, NotFoundError) as exc:
+            raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing was "
+                                 "written; run 'cutpoint verify --read-data' and restore another point") from exc
+        expect = min(m.chunk_size, disk.size - i * m.chunk_size)
+        if len(data) != expect:
+            raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")
+        os.pwrite(fd, data, i * m.chunk_size)
+
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        try:
+            for i, cid in enumerate(disk.chunks):
+                if cid is not None:
+                    pending.append(pool.submit(one, i, cid))
+                    while len(pending) > IN_FLIGHT:
+                        pending.popleft().result()
+                if progress:
+                    progress(disk.name, min((i + 1) * m.chunk_size, disk.size), disk.size)
+            while pending:
+                pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def _safe(name: str) -> str:

@@ -125,9 +125,9 @@ class ChunkStore:
         payload = self.sealer.unseal(MAGIC, blob, cid.encode(), f"chunk {cid}")
         if not payload:
             raise IntegrityError(f"chunk {cid} is damaged: empty payload")
-        codec, body = payload[0], payload[1:]
+        codec, body = payload[0], memoryview(payload)[1:]
         if codec == CODEC_STORED:
-            return body
+            return bytes(body)
         if codec == CODEC_ZSTD:
             try:
                 return zstandard.ZstdDecompressor().decompress(body)
