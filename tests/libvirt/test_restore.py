@@ -88,12 +88,14 @@ def test_vm_add_verdicts_and_errors(lab_domain, isolated: Path) -> None:
              f"<source file='{extra}/un.qcow2'/><target dev='vde' bus='virtio'/></disk>")
     lab = lab_domain(["qcow2", "raw"], extra_xml=disks, start=False, tag="verdicts")
     res = json.loads(cutpoint("vm", "add", "v", "--libvirt", lab.name, "--json", check=True).out)
-    assert [d["name"] for d in res["disks"]] == ["vda", "vdb", "vde"]
-    reasons = {k["name"]: k["reason"] for k in res["skipped"]}
-    assert set(reasons) == {"sda", "vdc", "vdd", "sdb"}
-    assert reasons["sda"].startswith("CD-ROM") and reasons["vdc"].startswith("read-only")
-    assert reasons["vdd"].startswith("shared disk") and reasons["sdb"].startswith("raw LUN")
-    assert any("cache='unsafe'" in w for w in res["warnings"])
+    got = {v["disk"]: v for v in res["verdicts"]}
+    assert {k: v["state"] for k, v in got.items()} == {
+        "vda": "backed up", "vdb": "backed up", "vde": "backed up", "sda": "skipped",
+        "vdc": "refused", "vdd": "refused", "sdb": "refused"}           # as for QMP VMs (backup/validation.py)
+    assert got["sda"]["reason"].startswith("CD-ROM") and "read-only" in got["vdc"]["reason"]
+    assert "share-rw" in got["vdd"]["reason"] and "raw pass-through" in got["sdb"]["reason"]
+    assert got["vde"]["cache"] == "unsafe" and any("cache=unsafe" in w for w in got["vde"]["warnings"])
+    assert got["vdb"]["cache"] == "writeback"
     down = cutpoint("backup", "v")
     assert down.code == 4 and "is not running" in down.err and len(down.err.strip().splitlines()) == 1
     missing = cutpoint("vm", "add", "w", "--libvirt", "no-such-domain-here")

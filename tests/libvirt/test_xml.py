@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from cutpoint.hypervisor.libvirt_xml import (BackupDisk, backup_xml, cache_warning, checkpoint_xml, parse_backup,
-                                             parse_checkpoint, parse_domain, verdict)
+from cutpoint.hypervisor.libvirt_xml import (BackupDisk, backup_xml, checkpoint_xml, parse_backup, parse_checkpoint,
+                                             parse_domain, support_facts, verdict)
 from cutpoint.restore.libvirt_restore import new_domain_xml
 
 DOMAIN = """<domain type='kvm'><name>web</name><uuid>0d1f7c1e-4b1a-4f43-9c55-0a6c7b2d7e11</uuid>
@@ -33,20 +33,19 @@ DOMAIN = """<domain type='kvm'><name>web</name><uuid>0d1f7c1e-4b1a-4f43-9c55-0a6
 <seclabel type='dynamic' model='dac' relabel='yes'><label>+64055:+64055</label></seclabel></domain>"""
 
 
-def test_verdicts_match_the_qmp_ones() -> None:
+def test_skips_and_support_facts_match_the_qmp_ones() -> None:
     info = parse_domain(DOMAIN)
     assert info.name == "web" and info.dac_owner == (64055, 64055)
-    got = {d.target: verdict(d) for d in info.disks}
-    assert got["vda"] is None and got["vdb"] is None and got["vdf"] is None
-    assert got["sda"].startswith("CD-ROM drive (empty)")
-    assert got["vdc"].startswith("shared disk")
-    assert got["vdd"].startswith("read-only disk")
-    assert got["sdb"].startswith("raw LUN pass-through")
-    assert got["vde"].startswith("transient disk")
+    skipped = {d.target: verdict(d) for d in info.disks if verdict(d)}
+    assert skipped == {"sda": "CD-ROM drive (empty)"}
+    facts = {d.target: support_facts(d) for d in info.disks}
+    assert facts["vdc"]["share_rw"] and facts["vdd"]["read_only"] and facts["vde"]["transient"]
+    assert facts["sdb"]["protocol"] == "host_device" and facts["sdb"]["protocol_file"] == "/dev/sdx"
+    for plain in ("vda", "vdb", "vdf"):          # an LVM volume as a virtio disk is not a pass-through
+        assert not any(facts[plain].values()), (plain, facts[plain])
     disks = {d.target: d for d in info.disks}
     assert disks["vdb"].source == "/dev/vg/data" and disks["vdf"].source == "rbd:pool/img"
-    assert cache_warning(disks["vdb"]) and cache_warning(disks["vda"]) is None
-    assert disks["vda"].has_bitmaps and not disks["vdb"].has_bitmaps
+    assert disks["vda"].has_bitmaps and not disks["vdb"].has_bitmaps and disks["vdb"].cache == "unsafe"
 
 
 def test_backup_and_checkpoint_requests() -> None:

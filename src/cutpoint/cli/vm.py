@@ -80,16 +80,14 @@ def _add_libvirt(args: argparse.Namespace) -> int:
         inv = s.inventory()
     vault.catalog.add_vm(VmRecord(args.name, "libvirt", args.libvirt,
                                   datetime.now(timezone.utc).isoformat(timespec="seconds"), {"connect": uri}))
+    checked = verdicts(inv, args.name)
     if args.json:
         print_json({"vm": args.name, "libvirt": args.libvirt, "connect": uri, "disks": [d.to_json() for d in inv.disks],
-                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped], "warnings": inv.warnings})
+                    "skipped": [{"name": k.name, "reason": k.reason} for k in inv.skipped],
+                    "verdicts": [v.to_json() for v in checked.verdicts]})
         return 0
     print(f"protecting libvirt domain {args.libvirt!r} at {uri} as VM {args.name!r}")
-    print(table(["disk", "source", "format", "size", "cache", "verdict"],
-                [[d.name, d.filename, d.driver, d.size, _cache(d.cache), "backed up"] for d in inv.disks]
-                + [[k.name, "-", "-", "-", "-", f"skipped: {k.reason}"] for k in inv.skipped]))
-    for w in inv.warnings:
-        print(f"warning: {w}")
+    print(disk_rows(inv, checked))
     return 0
 
 

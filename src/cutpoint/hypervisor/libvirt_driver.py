@@ -33,8 +33,8 @@ from .disks import Disk, Inventory, Skipped
 from .driver import CutHandle, Driver, DriverSession, Quiesce, ReadTarget
 from .libvirt_agent import LibvirtAgent
 from .libvirt_xml import (AGENT_PORT, CACHE_FLAGS, CHECKPOINT_PREFIX, EXPORT_PREFIX, BackupDisk, CheckpointInfo,
-                          DomainInfo, backup_xml, cache_warning, checkpoint_name, checkpoint_xml, parse_backup,
-                          parse_checkpoint, parse_domain, verdict)
+                          DomainInfo, backup_xml, checkpoint_name, checkpoint_xml, parse_backup, parse_checkpoint,
+                          parse_domain, support_facts, verdict)
 
 DEFAULT_URI = "qemu:///system"
 XFER_PREFIX = f"{CHECKPOINT_PREFIX}xfer-"
@@ -78,21 +78,24 @@ class LibvirtDriverSession(DriverSession):
         return self._info
 
     def inventory(self) -> Inventory:
+        """Disks by target name; the support checks (``backup/validation.py``) then refuse what cannot be cut."""
         disks: list[Disk] = []
         skipped: list[Skipped] = []
-        warnings: list[str] = []
         for d in self.info().disks:
             why = verdict(d)
             if why:
                 skipped.append(Skipped(d.target, why))
                 continue
-            size = lc.call(f"reading the size of disk {d.target}", self.dom.blockInfo, d.target, 0)[0]
-            disks.append(Disk(name=d.target, node=d.target, size=int(size), driver=d.fmt, filename=d.source,
-                              device=d.alias, qdev=d.alias, read_only=False, cache=dict(CACHE_FLAGS.get(d.cache, {}))))
-            w = cache_warning(d)
-            if w:
-                warnings.append(w)
-        return Inventory(disks, skipped, warnings)
+            facts = support_facts(d)
+            try:
+                size = int(self.dom.blockInfo(d.target, 0)[0])
+            except libvirt.libvirtError as exc:
+                if not any(facts.values()):       # a disk to back up must have a size; a refused one may not
+                    raise HypervisorError(f"libvirt: cannot read the size of disk {d.target}: {lc.msg(exc)}") from exc
+                size = 0
+            disks.append(Disk(name=d.target, node=d.target, size=size, driver=d.fmt, filename=d.source,
+                              device=d.alias, qdev=d.alias, cache=dict(CACHE_FLAGS.get(d.cache, {})), **facts))
+        return Inventory(disks, skipped)
 
     def capture_config(self) -> dict[str, Any] | None:
         xml = lc.call("reading the domain definition", self.dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)

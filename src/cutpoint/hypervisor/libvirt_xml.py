@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from ..errors import HypervisorError
@@ -119,30 +120,30 @@ def _dac_owner(root: ET.Element) -> tuple[int, int] | None:
 
 
 def verdict(d: DomainDisk) -> str | None:
-    """Why this disk is not backed up, or None when it is. Mirrors the verdicts for QMP VMs (docs/design.md)."""
+    """Why this disk is skipped (not a disk to protect at all), or None when it goes to the support checks.
+
+    Shared, read-only, transient and raw LUN disks are not skipped here: like QMP VMs' they are reported as disks with
+    those facts set (``support_facts``) so that ``backup/validation.py`` refuses them unless the user excludes them.
+    """
     if d.device in ("cdrom", "floppy"):
         return f"{'CD-ROM' if d.device == 'cdrom' else 'floppy'} drive" + ("" if d.source else " (empty)")
     if not d.source:
         return "empty drive (no medium)"
+    return None
+
+
+def support_facts(d: DomainDisk) -> dict[str, Any]:
+    """The ``Disk`` fields the supported-scenario checks read, from the domain XML.
+
+    ``<shareable/>`` is what makes libvirt attach the device with share-rw=on. A raw LUN (``device='lun'``) is SCSI
+    pass-through of a host block device or an iSCSI LUN. A block device attached as a plain disk (an LVM volume, say)
+    is not flagged: the guest sees a virtio/SCSI disk and every write goes through QEMU's block layer.
+    """
+    protocol = ""
     if d.device == "lun":
-        return ("raw LUN pass-through (device='lun'): the guest sends SCSI commands past QEMU's block layer, so no "
-                "cut can include them; back the LUN up on its storage")
-    if d.transient:
-        return ("transient disk (<transient/>): its writes go to an overlay that is discarded when the domain stops, "
-                "and libvirt runs no block jobs on it")
-    if d.shareable:
-        return ("shared disk (<shareable/>): other domains write to it too, so a cut of this domain cannot hold a "
-                "consistent state of it")
-    if d.readonly:
-        return "read-only disk (<readonly/>): the guest cannot change it"
-    return None
-
-
-def cache_warning(d: DomainDisk) -> str | None:
-    if d.cache == "unsafe":
-        return (f"disk {d.target} uses cache='unsafe': QEMU ignores the guest's flushes, so what the guest believes "
-                "durable may not be in the cut")
-    return None
+        protocol = "iscsi" if d.type == "network" else "host_device"
+    return {"share_rw": d.shareable, "read_only": d.readonly, "transient": d.transient, "protocol": protocol,
+            "protocol_file": d.source if d.device == "lun" else ""}
 
 
 @dataclass
