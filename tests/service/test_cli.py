@@ -34,6 +34,24 @@ def test_cli_backups_are_jobs(bare_qemu, tmp_path: Path) -> None:
     assert r.code == 3 and "no job 999" in r.err
 
 
+def test_cli_restore_prune_and_verify_are_jobs(bare_qemu, tmp_path: Path) -> None:
+    vm = bare_qemu(blockdev_args(make_image(tmp_path / "a.qcow2", "16M", writes=["write -P 1 0 1M"]), "sys"))
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), check=True)
+    first = json.loads(cutpoint("backup", "web", "--json", check=True).out)["point"]
+    cutpoint("backup", "web", check=True)
+    cutpoint("restore", "web", first, "--to", str(tmp_path / "out"), check=True)
+    assert cutpoint("restore", "web", "nosuch", "--to", str(tmp_path / "out2")).code == 3
+    cutpoint("verify", "--read-data", check=True)
+    cutpoint("prune", "web", "--keep-last", "1", check=True)
+    jobs = json.loads(cutpoint("jobs", "--json", check=True).out)
+    got = sorted((j["kind"], j["state"]) for j in jobs if j["kind"] != "backup")
+    assert got == [("prune", "succeeded"), ("restore", "failed"), ("restore", "succeeded"), ("verify", "succeeded")]
+    restore = next(j for j in jobs if j["kind"] == "restore" and j["state"] == "succeeded")
+    assert restore["point"] == first and restore["bytes"] == 16 << 20
+    prune = next(j for j in jobs if j["kind"] == "prune")
+    assert prune["detail"]["removed"] == [first]
+
+
 def test_token_commands_and_a_taken_port() -> None:
     t1 = cutpoint("serve", "--show-token", check=True).out.strip()
     assert cutpoint("serve", "--show-token", check=True).out.strip() == t1 and len(t1) >= 32

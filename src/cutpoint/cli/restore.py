@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..jobs.record import recorded
 from ..restore.images import FORMATS, restore_point
+from ..restore.nbdserve import export_passphrase
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
-from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
 
@@ -66,9 +67,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     export_passphrase(getattr(args, "passphrase_file", None))
     progress = ProgressLine(not args.json)
     key_file = getattr(args, "key_file", None)
-    with point_of(vault, args) as m:
+    with recorded(vault, "restore", args.name) as job, point_of(vault, args) as m:
         if (args.new_vm or args.replace or args.instant) and (m.vm_config or {}).get("type") == "libvirt":
-            from ..restore.libvirt_restore import restore_cli   # a libvirt domain's point: libvirt_restore.py
+            from ..restore.libvirt_restore import (
+                restore_cli,  # a libvirt domain's point: libvirt_restore.py
+            )
             res = restore_cli(vault, m, args, progress)
         elif args.new_vm:
             from ..restore.new_vm import restore_new_vm
@@ -86,6 +89,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             files = restore_point(vault, m, args.to, args.format or "raw", progress)
             res = {"mode": "images", "vm": m.vm, "point": m.point, "bytes": sum(f.size for f in files),
                    "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in files]}
+        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail={"mode": res["mode"]})
     if args.json:
         print_json(res)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import IntegrityError
+from ..jobs.record import recorded
 from ..units import human
 from ..vault.verify import VerifyReport, verify
 from .common import add_vault_arg, open_vault, print_json
@@ -21,17 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_verify(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
-    rep = verify(vault, args.target, read_data=args.read_data)
-    if args.json:
-        print_json(rep.to_json())
-    else:
-        _print(rep)
-    if not rep.ok:
-        failed = [p.point for p in rep.points if p.state != "ok"]
-        what = f"{len(failed)} of {len(rep.points)} points failed ({', '.join(failed[:4])}" \
-               f"{', ...' if len(failed) > 4 else ''})" if failed else "the catalog is damaged"
-        raise IntegrityError(f"verify: {what}; restore from a point that verifies and take a --full backup (the "
-                             "next backup of an affected VM is full by itself)")
+    with recorded(vault, "verify", None, detail={"target": args.target, "read_data": args.read_data}) as job:
+        rep = verify(vault, args.target, read_data=args.read_data)
+        if args.json:
+            print_json(rep.to_json())
+        else:
+            _print(rep)
+        if not rep.ok:
+            failed = [p.point for p in rep.points if p.state != "ok"]
+            what = f"{len(failed)} of {len(rep.points)} points failed ({', '.join(failed[:4])}" \
+                   f"{', ...' if len(failed) > 4 else ''})" if failed else "the catalog is damaged"
+            raise IntegrityError(f"verify: {what}; restore from a point that verifies and take a --full backup "
+                                 "(the next backup of an affected VM is full by itself)")
+        job.done(nbytes=rep.bytes_read, detail={"points": len(rep.points), "chunks": rep.chunks_checked})
     return 0
 
 
