@@ -33,4 +33,26 @@ def run_case(work: Path, cuts: int) -> dict[str, object]:
                            "accel": vm.accel}
         finally:
             labvm.remove(name)
+    out["app_2_disks"] = _app(work, env, cuts)
     return out
+
+
+def _app(work: Path, env: dict[str, str], cuts: int) -> dict[str, object]:
+    """App-consistent cuts of a 2-disk guest with qemu-ga and ext4 mounts: frozen_ms beside pause_ms."""
+    from cutpoint.lab import vm as labvm
+
+    shutil.rmtree(env["CUTPOINT_VAULT"], ignore_errors=True)
+    vm = labvm.up("pauseapp", [labvm.DiskSpec(64 * MiB) for _ in range(2)], agent=True)
+    try:
+        harness.cutpoint("vm", "add", "pauseapp", "--qmp", str(vm.qmp), env=env)
+        rows = []
+        for _ in range(cuts):
+            time.sleep(0.2)
+            res = json.loads(harness.cutpoint("backup", "pauseapp", "--consistency", "app", "--json", env=env).out)
+            rows.append(res)
+        got = [r["consistency"] for r in rows]
+        return {"consistency": got, "pause_ms": median([r["pause_ms"] for r in rows]),
+                "frozen_ms": median([r["frozen_ms"] for r in rows if r["frozen_ms"] is not None]),
+                "fallback_reasons": [r["fallback_reason"] for r in rows if r["fallback_reason"]]}
+    finally:
+        labvm.remove("pauseapp")

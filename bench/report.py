@@ -45,12 +45,22 @@ def table(r: dict[str, Any]) -> str:
     pz = r.get("pause", {})
     if pz and "error" not in pz:
         lines.append("")
+        disks = {n: v for n, v in pz.items() if n.isdigit()}
         lines.append("pause_ms (median / max): " + ", ".join(
-            f"{n} disk{'s' if n != '1' else ''}: {v['median_ms']:.1f} / {v['max_ms']:.1f}" for n, v in pz.items()))
+            f"{n} disk{'s' if n != '1' else ''}: {v['median_ms']:.1f} / {v['max_ms']:.1f}" for n, v in disks.items()))
+        app = pz.get("app_2_disks")
+        if app:
+            lines.append(f"app-consistent, 2 disks: pause {app['pause_ms']:.1f} ms, frozen {app['frozen_ms']:.0f} ms "
+                         f"(guest filesystems frozen), consistency {sorted(set(app['consistency']))}")
     rss = r.get("rss", {})
     if "1x" in rss:
         lines.append(f"peak RSS: {rss['1x']['rss_mib']:.0f} MiB for {rss['1x']['disk_bytes'] / MiB:.0f} MiB disk, "
                      f"{rss['4x']['rss_mib']:.0f} MiB for {rss['4x']['disk_bytes'] / MiB:.0f} MiB disk")
+    inst = r.get("instant")
+    if isinstance(inst, list):
+        lines.append("instant restore: " + ", ".join(
+            f"{i['disk_gib']} GiB disk: QEMU running {i['time_to_running_s']:.2f} s, workload resumed "
+            f"{i['time_to_workload_s']:.1f} s, finish {i['finish_s']:.1f} s" for i in inst))
     for k, v in r.items():
         if isinstance(v, dict) and "error" in v:
             lines.append(f"case {k} failed: {v['error']}")
@@ -78,9 +88,10 @@ def plots(r: dict[str, Any], out: Path, prefix: str) -> None:
     pz = r.get("pause", {})
     if pz and "error" not in pz:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ns = [int(n) for n in pz]
-        ax.plot(ns, [v["median_ms"] for v in pz.values()], "o-", label="median")
-        ax.plot(ns, [v["max_ms"] for v in pz.values()], "s--", label="max")
+        disks = {n: v for n, v in pz.items() if n.isdigit()}
+        ns = [int(n) for n in disks]
+        ax.plot(ns, [v["median_ms"] for v in disks.values()], "o-", label="median")
+        ax.plot(ns, [v["max_ms"] for v in disks.values()], "s--", label="max")
         ax.set_xlabel("disks in the cut")
         ax.set_ylabel("guest I/O pause (ms)")
         ax.set_xticks(ns)

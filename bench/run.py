@@ -21,6 +21,7 @@ import cases_pause  # noqa: E402
 import cases_throughput  # noqa: E402
 import dataset  # noqa: E402
 import harness  # noqa: E402
+import instant_restore  # noqa: E402
 import report  # noqa: E402
 from harness import MiB  # noqa: E402
 
@@ -47,24 +48,41 @@ def rss_vs_size(ds: dict[str, Path], work: Path) -> dict[str, object]:
     return out
 
 
+def instant(work: Path, sizes: list[int]) -> list[dict[str, object]]:
+    """Instant restore time-to-running for each disk size (GiB), in private vault/lab/VM directories."""
+    saved = {k: os.environ.get(k) for k in ("CUTPOINT_VAULT", "CUTPOINT_WORK", "CUTPOINT_LAB", "CUTPOINT_VMS")}
+    for k, sub in (("CUTPOINT_VAULT", "vault-instant"), ("CUTPOINT_WORK", "cw"), ("CUTPOINT_LAB", "lab"),
+                   ("CUTPOINT_VMS", "vms")):
+        os.environ[k] = str(work / sub)
+    try:
+        return [instant_restore.one(s) for s in sizes]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small dataset, one run: checks the harness")
-    ap.add_argument("--only", nargs="*", default=None, help="cases to run: throughput chain pause rss")
+    ap.add_argument("--only", nargs="*", default=None, help="cases to run: throughput chain pause rss instant")
     args = ap.parse_args()
     runs = 1 if args.quick else 3
     work = dataset.WORK / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ds = dataset.build(256 * MiB, 128 * MiB) if args.quick else dataset.build()
-    wanted = set(args.only or ["throughput", "chain", "pause", "rss"])
+    wanted = set(args.only or ["throughput", "chain", "pause", "rss", "instant"])
     results: dict[str, object] = {"machine": harness.machine(), "quick": args.quick,
                                   "dataset": {k: str(v) for k, v in ds.items()}}
     t0 = time.monotonic()
     steps = [("throughput", lambda: cases_throughput.run_case(ds, work, runs)),
              ("chain", lambda: cases_chain.run_case(ds, work, runs)),
              ("pause", lambda: cases_pause.run_case(work, 2 if args.quick else 5)),
-             ("rss", lambda: rss_vs_size(ds, work))]
+             ("rss", lambda: rss_vs_size(ds, work)),
+             ("instant", lambda: instant(work, [1] if args.quick else [1, 8]))]
     for name, fn in steps:
         if name not in wanted:
             continue
@@ -72,7 +90,7 @@ def main() -> int:
         s = time.monotonic()
         try:
             results[name] = fn()
-        except Exception as exc:  # a failed case is reported, the others still run
+        except (Exception, SystemExit) as exc:  # a failed case is reported, the others still run
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"   {time.monotonic() - s:.0f} s", flush=True)
     results["total_seconds"] = time.monotonic() - t0
