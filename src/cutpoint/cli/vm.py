@@ -91,17 +91,6 @@ def _add_libvirt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache(c: dict[str, bool]) -> str:
-    if not c:
-        return "?"
-    mode = "writeback" if c.get("writeback") else "writethrough"
-    if c.get("direct"):
-        mode = "none" if c.get("writeback") else "directsync"
-    if c.get("no-flush"):
-        mode = "unsafe"
-    return mode
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     vms = vault.catalog.vms()
