@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,17 +25,28 @@ def run_case(work: Path, cuts: int) -> dict[str, object]:
         vm = labvm.up(name, [labvm.DiskSpec(32 * MiB) for _ in range(n)])
         try:
             harness.cutpoint("vm", "add", name, "--qmp", str(vm.qmp), env=env)
+            time.sleep(2.5)                              # a few progress lines without any cut: the baseline
+            before = _latencies(vm.console)
             pauses = []
             for _ in range(cuts):
                 time.sleep(0.2)
                 res = json.loads(harness.cutpoint("backup", name, "--json", env=env).out)
                 pauses.append(res["pause_ms"])
-            out[str(n)] = {"median_ms": median(pauses), "max_ms": max(pauses), "runs": pauses,
-                           "accel": vm.accel}
+            time.sleep(1.2)                              # the progress line covering the last cut
+            during = _latencies(vm.console)[len(before):]
+            out[str(n)] = {"median_ms": median(pauses), "max_ms": max(pauses), "runs": pauses, "accel": vm.accel,
+                           "guest_max_write_ms_baseline": max(before, default=None),
+                           "guest_max_write_ms_during_cuts": max(during, default=None)}
         finally:
             labvm.remove(name)
     out["app_2_disks"] = _app(work, env, cuts)
     return out
+
+
+def _latencies(console: Path) -> list[float]:
+    """The workload's per-second largest single-write latency (ms), from its progress lines on the console."""
+    text = console.read_text(errors="replace") if console.exists() else ""
+    return [float(m) for m in re.findall(r"CUTPOINT-WORKLOAD seq=\d+ rate=\S+ max_ms=([\d.]+)", text)]
 
 
 def _app(work: Path, env: dict[str, str], cuts: int) -> dict[str, object]:

@@ -48,6 +48,9 @@ def table(r: dict[str, Any]) -> str:
         disks = {n: v for n, v in pz.items() if n.isdigit()}
         lines.append("pause_ms (median / max): " + ", ".join(
             f"{n} disk{'s' if n != '1' else ''}: {v['median_ms']:.1f} / {v['max_ms']:.1f}" for n, v in disks.items()))
+        lines.append("guest's largest single write, ms (no cut / during cuts): " + ", ".join(
+            f"{n} disk{'s' if n != '1' else ''}: {_fmt(v.get('guest_max_write_ms_baseline'))} / "
+            f"{_fmt(v.get('guest_max_write_ms_during_cuts'))}" for n, v in disks.items()))
         app = pz.get("app_2_disks")
         if app:
             lines.append(f"app-consistent, 2 disks: pause {app['pause_ms']:.1f} ms, frozen {app['frozen_ms']:.0f} ms "

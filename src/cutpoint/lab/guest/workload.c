@@ -15,7 +15,8 @@
  * then 507 u64 fill words: the splitmix64 stream from state seed ^ (seq * 0xD1B54A32D192ED03).
  *
  * In the guest, parameters come from /proc/cmdline: cutpoint.seed=, cutpoint.slots=, cutpoint.rate= (writes/s,
- * 0 = unlimited), cutpoint.ndisks= (disks to wait for), cutpoint.progress= (seconds between progress lines),
+ * 0 = unlimited), cutpoint.ndisks= (disks to wait for), cutpoint.progress= (seconds between progress lines,
+ * each with the largest single-write latency seen since the previous one: max_ms=),
  * cutpoint.count= (stop after that many writes, 0 = never).  Disks are /dev/vda, /dev/vdb, ... = index 0, 1, ...
  * (read-only disks are skipped and take no index).
  * On the host, `workload --files F0 F1 ... [--seed N] [--slots N] [--count N] [--rate N]` runs the same workload on
@@ -307,11 +308,12 @@ int main(int argc, char **argv) {
     unsigned char *buf, *want;
     if (posix_memalign((void **)&buf, BLK, BLK) || posix_memalign((void **)&want, BLK, BLK)) return 1;
     uint64_t first = resume(buf, want) + 1;
-    double t0 = now(), last_progress = t0;
+    double t0 = now(), last_progress = t0, max_lat = 0;
     for (uint64_t seq = first; !count || seq < first + count; seq++) {
         uint32_t d, s;
         schedule(seed, seq, &d, &s);
         make_block(buf, seed, seq, d, s);
+        double before = now();
         ssize_t n = pwrite(disks[d].fd, buf, BLK, (off_t)(s * disks[d].stride));
         if (n != BLK) {
             printf("CUTPOINT-WORKLOAD-ERROR pwrite seq=%" PRIu64 " %s: %s\n", seq, disks[d].path,
@@ -322,9 +324,12 @@ int main(int argc, char **argv) {
             printf("CUTPOINT-WORKLOAD-STARTED seq=%" PRIu64 " seed=%" PRIu64 " ndisks=%u slots=%u\n", seq, seed, ndisks,
                    nslots);
         double t = now();
+        if (t - before > max_lat) max_lat = t - before;   /* the guest's own view of an I/O pause */
         if (progress && t - last_progress >= (double)progress) {
-            printf("CUTPOINT-WORKLOAD seq=%" PRIu64 " rate=%.0f/s\n", seq, (double)(seq - first + 1) / (t - t0));
+            printf("CUTPOINT-WORKLOAD seq=%" PRIu64 " rate=%.0f/s max_ms=%.2f\n", seq,
+                   (double)(seq - first + 1) / (t - t0), max_lat * 1e3);
             last_progress = t;
+            max_lat = 0;
         }
         if (rate) {
             double due = t0 + (double)(seq - first + 1) / (double)rate;
