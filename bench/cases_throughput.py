@@ -86,7 +86,8 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
     record("qemu-img convert", secs, None, note="plain copy of the image files to raw files (sparse-aware)")
     res.update(_restic(files, work, runs, logical))
     res.update(_borg(files, work, runs, logical))
-    res["virtnbdbackup"] = {"not_run": "needs a libvirt domain; measured in the libvirt case when it can run"}
+    res["virtnbdbackup"] = {"not_run": "backs up libvirt domains only: measured in the libvirt case (the 'via libvirt' "
+                                       "block), against cutpoint on the same domain"}
     limit = res["raw NBD read"]["mib_s"]
     for v in res.values():
         if "mib_s" in v:
