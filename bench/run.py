@@ -7,6 +7,7 @@ asserted. ``--quick`` uses a small dataset and one run per case, to check the ha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -99,8 +100,12 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = "quick" if args.quick else "latest"
+    if args.only and (RESULTS / f"{name}.json").exists():   # a partial run updates its cases, keeps the others
+        merged = json.loads((RESULTS / f"{name}.json").read_text())
+        merged.update(results)
+        results = merged
     harness.write_json(RESULTS / f"{name}.json", results)
-    if not args.quick:
+    if not args.quick and not args.only:
         harness.write_json(RESULTS / f"run-{stamp}.json", results)
     print(report.table(results))
     report.plots(results, RESULTS, prefix=name)
