@@ -63,7 +63,7 @@ def _libvirt_up() -> str | None:
     for daemon in ("virtlogd", "libvirtd"):
         if shutil.which(daemon) is None:
             return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
-        if subprocess.run(["pgrep", "-x", daemon], check=False, capture_output=True).returncode != 0:
+        if not Path(f"/run/libvirt/{daemon.replace('libvirtd', 'libvirt')}-sock").exists():
             r = subprocess.run([daemon, "-d"], check=False, capture_output=True, text=True, timeout=30)
             if r.returncode != 0:
                 return f"cannot start {daemon}: {r.stderr.strip()}"

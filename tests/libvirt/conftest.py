@@ -30,6 +30,9 @@ def _libvirt_up() -> str | None:
     return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())
 
 
+SOCKETS = {"virtlogd": Path("/run/libvirt/virtlogd-sock"), "libvirtd": Path("/run/libvirt/libvirt-sock")}
+
+
 @pytest.fixture(scope="session")
 def libvirtd() -> str:
     """libvirtd and virtlogd running (started as root if needed); fails, never skips, with the reason."""
@@ -42,7 +45,7 @@ def libvirtd() -> str:
     if os.geteuid() != 0:
         pytest.fail(f"libvirtd does not answer on {URI} and only root can start it here: {_libvirt_up()}")
     for daemon in ("virtlogd", "libvirtd"):
-        if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode != 0:
+        if not SOCKETS[daemon].exists():      # its socket, not pgrep: a daemon of another root (chroot) is not ours
             r = subprocess.run([daemon, "-d"], capture_output=True, text=True, timeout=30)
             if r.returncode != 0:
                 pytest.fail(f"cannot start {daemon}: {r.stderr.strip()}")
