@@ -22,7 +22,6 @@ import itertools
 import json
 import socket
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,28 +49,44 @@ class ExecResult:
     err: str
 
 
-class GuestAgent(ABC):
-    """What the app-consistent procedure needs from a guest agent. Every call has a hard timeout."""
+class GuestAgent:
+    """What the app-consistent procedure needs from a guest agent. Every call has a hard timeout.
 
-    @abstractmethod
+    The commands are the same whatever carries them; a transport (a unix socket to qemu-ga, or libvirt's agent
+    relay) implements ``_call`` only."""
+
+    def _call(self, command: str, args: dict[str, Any] | None = None, *, timeout: float) -> Any:
+        """Send one qemu-ga command and return its ``return`` value; AgentError/AgentTimeout otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} has no transport for {command}")
+
     def ping(self, timeout: float) -> None:
         """Raise AgentError unless the agent answers within ``timeout`` seconds."""
+        self._call("guest-ping", timeout=timeout)
 
-    @abstractmethod
     def freeze(self, timeout: float) -> int:
         """Freeze the guest's filesystems; return how many were frozen."""
+        return int(self._call("guest-fsfreeze-freeze", timeout=timeout))
 
-    @abstractmethod
     def thaw(self, timeout: float) -> int:
         """Thaw the guest's filesystems; return how many were thawed (0 when none was frozen)."""
+        return int(self._call("guest-fsfreeze-thaw", timeout=timeout))
 
-    @abstractmethod
     def status(self, timeout: float) -> str:
         """``"thawed"`` or ``"frozen"``."""
+        return str(self._call("guest-fsfreeze-status", timeout=timeout))
 
-    @abstractmethod
     def exec(self, path: str, args: list[str], timeout: float) -> ExecResult:
         """Run ``path`` in the guest and wait for it; AgentTimeout if it is still running after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        pid = self._call("guest-exec", {"path": path, "arg": args, "capture-output": True}, timeout=timeout)["pid"]
+        while True:
+            st = self._call("guest-exec-status", {"pid": pid}, timeout=max(1.0, deadline - time.monotonic()))
+            if st.get("exited"):
+                return ExecResult(st.get("exitcode"), st.get("signal"), _b64(st.get("out-data")),
+                                  _b64(st.get("err-data")))
+            if time.monotonic() > deadline:
+                raise AgentTimeout(f"{path} (guest pid {pid}) was still running after {timeout:g} s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Let go of the channel (a socket agent serves one client at a time)."""
@@ -128,32 +143,6 @@ class SocketAgent(GuestAgent):
         self._sock: socket.socket | None = None
         self._buf = b""
         self._ids = itertools.count(int(time.time() * 1000) % 1_000_000_000)
-
-    # -- GuestAgent ----------------------------------------------------------------------------------------------
-
-    def ping(self, timeout: float) -> None:
-        self._call("guest-ping", timeout=timeout)
-
-    def freeze(self, timeout: float) -> int:
-        return int(self._call("guest-fsfreeze-freeze", timeout=timeout))
-
-    def thaw(self, timeout: float) -> int:
-        return int(self._call("guest-fsfreeze-thaw", timeout=timeout))
-
-    def status(self, timeout: float) -> str:
-        return str(self._call("guest-fsfreeze-status", timeout=timeout))
-
-    def exec(self, path: str, args: list[str], timeout: float) -> ExecResult:
-        deadline = time.monotonic() + timeout
-        pid = self._call("guest-exec", {"path": path, "arg": args, "capture-output": True}, timeout=timeout)["pid"]
-        while True:
-            st = self._call("guest-exec-status", {"pid": pid}, timeout=max(0.5, deadline - time.monotonic()))
-            if st.get("exited"):
-                return ExecResult(st.get("exitcode"), st.get("signal"), _b64(st.get("out-data")),
-                                  _b64(st.get("err-data")))
-            if time.monotonic() > deadline:
-                raise AgentTimeout(f"{path} (guest pid {pid}) was still running after {timeout:g} s")
-            time.sleep(0.05)
 
     def close(self) -> None:
         if self._sock is not None:

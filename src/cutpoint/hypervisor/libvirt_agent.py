@@ -9,17 +9,15 @@ them), so a hanging freeze costs exactly the consistency procedure's budget. The
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import time
 from typing import Any
 
 import libvirt
 import libvirt_qemu
 
 from . import libvirt_conn as lc
-from .agent import AgentError, AgentTimeout, ExecResult, GuestAgent
+from .agent import AgentError, AgentTimeout, GuestAgent
 
 TIMEOUT_CODES = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_OPERATION_TIMEOUT}
 
@@ -28,30 +26,6 @@ class LibvirtAgent(GuestAgent):
     def __init__(self, uri: str, domain: str) -> None:
         self.uri, self.domain = uri, domain
         self._conn: libvirt.virConnect | None = None
-
-    def ping(self, timeout: float) -> None:
-        self._call("guest-ping", timeout=timeout)
-
-    def freeze(self, timeout: float) -> int:
-        return int(self._call("guest-fsfreeze-freeze", timeout=timeout))
-
-    def thaw(self, timeout: float) -> int:
-        return int(self._call("guest-fsfreeze-thaw", timeout=timeout))
-
-    def status(self, timeout: float) -> str:
-        return str(self._call("guest-fsfreeze-status", timeout=timeout))
-
-    def exec(self, path: str, args: list[str], timeout: float) -> ExecResult:
-        deadline = time.monotonic() + timeout
-        pid = self._call("guest-exec", {"path": path, "arg": args, "capture-output": True}, timeout=timeout)["pid"]
-        while True:
-            st = self._call("guest-exec-status", {"pid": pid}, timeout=max(1.0, deadline - time.monotonic()))
-            if st.get("exited"):
-                return ExecResult(st.get("exitcode"), st.get("signal"), _b64(st.get("out-data")),
-                                  _b64(st.get("err-data")))
-            if time.monotonic() > deadline:
-                raise AgentTimeout(f"{path} (guest pid {pid}) was still running after {timeout:g} s")
-            time.sleep(0.05)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -80,7 +54,3 @@ class LibvirtAgent(GuestAgent):
             err = reply["error"]
             raise AgentError(f"guest agent refused {command}: {err.get('class')}: {err.get('desc')}")
         return reply.get("return")
-
-
-def _b64(data: str | None) -> str:
-    return base64.b64decode(data).decode(errors="replace") if data else ""

@@ -155,7 +155,7 @@ class BackupDisk:
 
 def backup_xml(socket: str, disks: list[BackupDisk], others: list[str]) -> str:
     """A pull-mode backup of ``disks`` over a unix socket; every other disk of the domain is left out explicitly."""
-    parts = [f"<domainbackup mode='pull'>", f"<server transport='unix' socket={quoteattr(socket)}/>", "<disks>"]
+    parts = ["<domainbackup mode='pull'>", f"<server transport='unix' socket={quoteattr(socket)}/>", "<disks>"]
     for d in disks:
         inc = f" backupmode='incremental' incremental={quoteattr(d.incremental)}" if d.incremental else ""
         parts.append(f"<disk name={quoteattr(d.target)} backup='yes' type='file'{inc}>"
