@@ -66,7 +66,7 @@ def qemu_state(qmp: Path) -> dict[str, object]:
             "jobs": [j["device"] for j in s.cmd("query-block-jobs")],
             "exports": [e["id"] for e in s.cmd("query-block-exports")],
             "fleece_nodes": [n["node-name"] for n in nodes if n["node-name"].startswith("cutpoint-")],
-            "bitmaps": {n["node-name"]: sorted(b["name"] for b in n.get("dirty-bitmaps") or [])
+            "bitmaps": {n["node-name"]: sorted(b.get("name", "<anonymous>") for b in n.get("dirty-bitmaps") or [])
                         for n in nodes if n.get("dirty-bitmaps")},
         }
 

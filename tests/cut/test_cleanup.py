@@ -79,3 +79,16 @@ def test_leftovers_of_a_dead_cutpoint_are_swept(bare_qemu, tmp_path: Path) -> No
         db_node = next(d.node for d in discover(s).disks if d.name == "db")
     p2 = res["point"]
     assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})
+
+
+def test_full_read_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None:
+    """A disk read in full although its bitmap was usable (--full) must not keep the bitmap it did not use."""
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    cutpoint("backup", "v", "--json", check=True)
+    res = json.loads(cutpoint("backup", "v", "--full", "--json", check=True).out)
+    assert res["mode"] == "full" and "--full" in res["full_reason"]
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    p2 = res["point"]
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})

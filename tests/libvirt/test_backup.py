@@ -39,7 +39,7 @@ def _backup(vm: str) -> dict:
 
 
 def _bitmaps(lab: LabDomain) -> list[list[str]]:
-    return [sorted(b["name"] for b in n["inserted"].get("dirty-bitmaps") or []) for n in lc.block_nodes(lab.dom)]
+    return [sorted(b.get("name", "<anonymous>") for b in n["inserted"].get("dirty-bitmaps") or []) for n in lc.block_nodes(lab.dom)]
 
 
 def _work_files() -> list[Path]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CutpointError, HypervisorError
+from ..hypervisor.disks import BITMAP_PREFIX
 from ..hypervisor.qmp import QmpSession
 from .transaction import EXPORT_PREFIX, JOB_PREFIX, NODE_PREFIX, Cut
 
@@ -63,8 +64,9 @@ def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, succes
     new bitmap collected are merged into the previous bitmap, which records again, and the new one goes.
     """
     if success:
-        if prev:
-            _ignore_missing(lambda: s.cmd("block-dirty-bitmap-remove", node=node, name=prev))
+        # the previous bitmap, and on a disk read in full (--full, resized, replaced) the one it did not use
+        for name in _cutpoint_bitmaps(s, node) - {new}:
+            _ignore_missing(lambda name=name: s.cmd("block-dirty-bitmap-remove", node=node, name=name))
         return
     if prev:
         s.cmd("transaction", actions=[
@@ -74,6 +76,13 @@ def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, succes
         ])
     else:
         _ignore_missing(lambda: s.cmd("block-dirty-bitmap-remove", node=node, name=new))
+
+
+def _cutpoint_bitmaps(s: QmpSession, node: str) -> set[str]:
+    for n in s.cmd("query-named-block-nodes", flat=True):
+        if n.get("node-name") == node:
+            return {b["name"] for b in n.get("dirty-bitmaps") or [] if b.get("name", "").startswith(BITMAP_PREFIX)}
+    return set()
 
 
 def sweep(s: QmpSession) -> list[str]:

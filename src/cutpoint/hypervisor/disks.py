@@ -84,7 +84,8 @@ def discover(session: QmpSession) -> Inventory:
             qdev=dev.get("qdev", ""),
             read_only=bool(inserted.get("ro")),
             cache=dict(inserted.get("cache", {})),
-            bitmaps=list(inserted.get("dirty-bitmaps", [])),
+            # named only: a running block job (ours or another tool's) shows an anonymous bitmap here
+            bitmaps=[b for b in inserted.get("dirty-bitmaps", []) if b.get("name")],
         ))
         disks[-1].transient = int(inserted.get("backing_file_depth", 0)) > 0   # confirmed by _support_facts
     _support_facts(session, disks)

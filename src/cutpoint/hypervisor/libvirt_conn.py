@@ -139,7 +139,7 @@ def remove_bitmaps(dom: libvirt.virDomain, match: Callable[[str], bool]) -> list
     for b in block_nodes(dom):
         node = b["inserted"]["node-name"]
         for bm in b["inserted"].get("dirty-bitmaps") or []:
-            if match(bm["name"]):
+            if match(bm.get("name", "")):       # a running block job's bitmap has no name
                 qmp(dom, "block-dirty-bitmap-remove", node=node, name=bm["name"])
                 removed.append(f"{node}/{bm['name']}")
     return removed

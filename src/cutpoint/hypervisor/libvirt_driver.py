@@ -168,7 +168,7 @@ class LibvirtDriverSession(DriverSession):
             ins = b["inserted"]
             qdev = [p for p in str(b.get("qdev", "")).split("/") if p]
             if (disk.device and disk.device in qdev) or (disk.filename and ins.get("file") == disk.filename):
-                return ins["node-name"], {bm["name"]: bm for bm in ins.get("dirty-bitmaps") or []}
+                return ins["node-name"], {bm["name"]: bm for bm in ins.get("dirty-bitmaps") or [] if bm.get("name")}
         raise HypervisorError(f"disk {disk.name} of domain {self.domain!r} is not among QEMU's block devices")
 
     # -- the cut ---------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def _drop_bitmaps(dom: libvirt.virDomain, node: str, keep: str | None) -> None:
     for b in lc.block_nodes(dom):
         if b["inserted"]["node-name"] == node:
             for bm in b["inserted"].get("dirty-bitmaps") or []:
-                if bm["name"].startswith(CHECKPOINT_PREFIX) and bm["name"] != keep:
+                if bm.get("name", "").startswith(CHECKPOINT_PREFIX) and bm["name"] != keep:
                     lc.qmp(dom, "block-dirty-bitmap-remove", node=node, name=bm["name"])
 
 
