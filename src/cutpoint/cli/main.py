@@ -1,7 +1,9 @@
 """The ``cutpoint`` command: one argparse tree, one file per command group, one error handler.
 
-Every ``CutpointError`` becomes one line on stderr naming the problem and the exit code of its class; anything else
-is a bug and keeps its traceback.
+Every ``CutpointError`` becomes one line on stderr naming the problem and the exit code of its class. An ``OSError``
+or SQLite error that escaped (a directory not writable, a disk full, a database locked) is the environment's, not a
+bug: one line too, naming the file. Anything else is a bug and keeps its traceback. SIGTERM is turned into an
+interruption, so a terminated backup still runs its cleanup (thaw, overlays, exports, bitmaps) before exiting.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import sqlite3
 import sys
+from types import FrameType
 
 from .. import __version__
 from ..errors import CutpointError
@@ -32,8 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` (cleanup, thaw) runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)      # 'serve' installs its own for a graceful stop
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="cutpoint: %(levelname)s: %(message)s")
     if not args.verbose:  # qemu.qmp logs every failed connect at ERROR; our own message says it better
@@ -43,12 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     except CutpointError as exc:
         print("cutpoint: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("cutpoint: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("cutpoint: terminated" if isinstance(exc, Terminated) else "cutpoint: interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"cutpoint: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 5
+    except sqlite3.Error as exc:
+        print(f"cutpoint: error: catalog database: {exc}", file=sys.stderr)
+        return 5
 
 
 if __name__ == "__main__":

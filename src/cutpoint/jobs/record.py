@@ -45,7 +45,7 @@ def recorded(vault: Vault, kind: str, vm: str | None, *, trigger: str = "manual"
     try:
         yield job
     except KeyboardInterrupt:
-        store.finish(job.id, "interrupted", now(), error="interrupted (Ctrl-C)")
+        store.finish(job.id, "interrupted", now(), error="interrupted (Ctrl-C or SIGTERM)")
         raise
     except CutpointError as exc:
         store.finish(job.id, "failed", now(), error=" ".join(str(exc).split()))
