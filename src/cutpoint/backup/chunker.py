@@ -3,7 +3,8 @@
 A chunk that ``base:allocation`` reports entirely zero is recorded as ``None`` without being read. On an incremental,
 a chunk no dirty extent touches keeps the previous point's id unread; a chunk partly dirty is rebuilt from the
 previous point's chunk (read from the vault) with only the dirty ranges read from the VM, so the bytes read from the
-VM follow the bitmap's granularity, not the chunk size. Hashing and compression run on worker threads (both release
+VM follow the bitmap's granularity, not the chunk size. A previous chunk that is no longer in the vault (moved aside
+by verify as damaged) is never inherited: that chunk is read whole from the VM, so the new point is complete. Hashing and compression run on worker threads (both release
 the GIL) while the next chunk is read, with a bounded number of chunks in flight to keep memory flat.
 """
 
@@ -87,13 +88,17 @@ def read_disk(reader: ExportReader, name: str, size: int, chunk_size: int, store
         for i in range(n):
             off = i * chunk_size
             length = min(chunk_size, size - off)
+            prev = prev_chunks[i] if prev_chunks is not None else None
+            lost = prev is not None and i not in zero and not store.has(prev)
+            if lost:
+                prev = None             # moved aside by verify (or lost): read the chunk whole, store it afresh
             if i in zero:
                 chunks[i] = None
-            elif dirty is not None and prev_chunks is not None and i not in dirty:
-                chunks[i] = prev_chunks[i]
+            elif dirty is not None and i not in dirty and not lost:
+                chunks[i] = prev
             else:
-                ranges = dirty[i] if dirty is not None and _partial(dirty[i], length) else None
-                prev = prev_chunks[i] if prev_chunks is not None else None
+                part = dirty.get(i) if dirty is not None and not lost else None
+                ranges = part if part and _partial(part, length) else None
                 pending.append((i, pool.submit(_chunk, store, reader, off, length, prev, ranges)))
                 drain(IN_FLIGHT)
             if progress:

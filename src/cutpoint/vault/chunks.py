@@ -114,8 +114,8 @@ class ChunkStore:
             if path.with_name(cid + BAD_SUFFIX).exists():
                 raise IntegrityError(f"chunk {cid} is damaged (moved aside by an earlier verify)") from None
             raise NotFoundError(f"chunk {cid} is missing from the vault ({path})") from None
-        except OSError as exc:
-            raise IntegrityError(f"chunk {cid} cannot be read: {exc.strerror or exc}") from exc
+        except OSError as exc:       # an I/O or permission error says nothing about the data: not moved aside
+            raise VaultError(f"chunk {cid} cannot be read: {exc.strerror or exc}") from exc
         data = self.decode(cid, blob)
         if self.chunk_id(data) != cid:
             raise IntegrityError(f"chunk {cid} is damaged: its content does not match its id")
