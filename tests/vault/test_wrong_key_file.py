@@ -3,6 +3,7 @@ nothing written; an exported copy of the right key brings the vault back, byte-i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cutpoint.vault.vault import Vault
@@ -39,6 +40,12 @@ def test_wrong_key_file(bare_qemu, tmp_path: Path, monkeypatch) -> None:
     one_line_error(cutpoint("vault", "key", "import", str(mine)), 10, "wrong passphrase")
     assert not key.exists()
     monkeypatch.setenv("CUTPOINT_PASSPHRASE", "same passphrase")
+    hostile = tmp_path / "hostile.key"                  # a key file asking scrypt for 128 GiB is refused unrun
+    doc = json.loads(mine.read_text())
+    doc["kdf"]["n"] = 1 << 30
+    hostile.write_text(json.dumps(doc))
+    one_line_error(cutpoint("vault", "key", "import", str(hostile)), 5, "damaged", "out of range")
+    assert not key.exists()
 
     one_line_error(cutpoint("backup", "v", "--key-file", str(theirs)), 10, "belongs to another vault")
     cutpoint("backup", "v", "--key-file", str(mine), check=True)       # a key kept outside the vault works

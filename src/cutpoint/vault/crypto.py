@@ -157,7 +157,10 @@ def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
     """The keys of a key file; a wrong passphrase raises ``AuthError``, a damaged file ``VaultError``."""
     kdf = doc["kdf"]
     try:
-        kek = _kdf(passphrase, base64.b64decode(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        if not (1 < n <= 1 << 20 and 0 < r <= 32 and 0 < p <= 16 and 128 * n * r <= 1 << 30):
+            raise ValueError(f"scrypt parameters n={n} r={r} p={p} are out of range (at most 1 GiB of memory)")
+        kek = _kdf(passphrase, base64.b64decode(kdf["salt"]), n, r, p)
         nonce, sealed = base64.b64decode(doc["nonce"]), base64.b64decode(doc["keys"])
     except (KeyError, ValueError, TypeError) as exc:
         raise VaultError(f"key file {where} is damaged: {exc}") from exc
