@@ -170,3 +170,9 @@ def test_report_weights_and_bytes(bare_qemu: Callable, tmp_path: Path) -> None:
     assert rep["vault_stored_bytes"] == vms["app-vm"]["unique_bytes"] + vms["crash-vm"]["stored_bytes"]
     text = cutpoint("report", check=True).out
     assert "protected instances: 1.5" in text and "app-vm" in text
+    # a policy's consistency type is what scheduled backups ask for, so it is what the VM is weighed as
+    cutpoint("policy", "create", "nightly-app", "--daily", "02:30", "--keep-daily", "7", "--consistency", "app",
+             check=True)
+    cutpoint("vm", "set", "crash-vm", "--policy", "nightly-app", check=True)
+    vms = {v["vm"]: v for v in json.loads(cutpoint("report", "--json", check=True).out)["vms"]}
+    assert (vms["crash-vm"]["consistency"], vms["crash-vm"]["weight"]) == ("app", 1.0)

@@ -1,7 +1,8 @@
 """``cutpoint report``: per protected VM, the billing weight of its consistency type and the vault bytes it uses.
 
 A protected instance counts 0.5 when its backups are crash-consistent and 1.0 when they are application-consistent
-(the weight follows the VM's configured type: that is what the user asks to be protected as). Bytes:
+(the weight follows the configured type, the one scheduled backups ask for: the VM's policy's, else the VM's own,
+else crash; that is what the user asks to be protected as). Bytes:
 
 * ``logical``: the sum of the disk sizes of all its points (what restoring every point would write);
 * ``stored``: the on-disk size of the distinct chunks its points reference (compressed, as stored);
@@ -15,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..errors import CutpointError
+from ..policy.store import PolicyStore
 from ..units import human
 from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json, table
@@ -59,8 +61,14 @@ def report(vault: Vault) -> dict[str, Any]:
     vms = []
     names = sorted({v.name for v in vault.catalog.vms()} | set(refs))
     settings = {v.name: v.settings for v in vault.catalog.vms()}
+    store = PolicyStore(vault.catalog.path)
+    try:
+        by_policy = {p.name: p.consistency for p in store.all()}
+    finally:
+        store.close()
     for name in names:
-        ctype = (settings.get(name) or {}).get("consistency") or "crash"
+        own = settings.get(name) or {}
+        ctype = by_policy.get(own.get("policy")) or own.get("consistency") or "crash"
         ids = refs.get(name, set())
         vms.append({
             "vm": name, "protected": name in settings, "consistency": ctype,
