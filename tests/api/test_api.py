@@ -124,6 +124,8 @@ def test_openapi_schema_is_served(api: Api) -> None:
     ("GET", "/jobs?state=sleeping", None, 422, "state"),
     ("GET", "/jobs/99999", None, 404, "no job 99999"),
     ("GET", "/jobs/abc", None, 422, "job_id"),
+    ("GET", "/jobs/99999999999999999999", None, 422, "job_id"),
+    ("GET", "/jobs?kind=bogus", None, 422, "kind"),
     ("GET", "/report?hours=0", None, 422, "hours"),
     ("PATCH", "/vms/web", None, 405, "Method Not Allowed"),
     ("GET", "/nope", None, 404, "Not Found"),

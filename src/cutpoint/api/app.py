@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import UsageError
-from ..jobs.store import STATES, iso
+from ..jobs.store import KINDS, STATES, iso
 from ..policy.model import Policy
 from ..policy.schedule import upcoming
 from ..policy.store import assign
@@ -178,11 +179,12 @@ def create_app(svc: Service, token: str) -> FastAPI:
 
     @app.get("/jobs", tags=["jobs"])
     def list_jobs(vm: str | None = None, state: Literal[STATES] | None = None,  # type: ignore[valid-type]
-                  kind: str | None = None, limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
+                  kind: Literal[KINDS] | None = None,  # type: ignore[valid-type]
+                  limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
         return [j.to_json() for j in svc.jobs.list(vm=vm, state=state, kind=kind, limit=limit)]
 
     @app.get("/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: int) -> dict[str, Any]:
+    def get_job(job_id: int = PathParam(ge=1, le=2**63 - 1)) -> dict[str, Any]:      # SQLite's INTEGER range
         return svc.jobs.get(job_id).to_json()
 
     @app.get("/report", tags=["service"])
