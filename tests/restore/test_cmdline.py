@@ -93,3 +93,29 @@ def test_capture_from_a_local_qemu_and_from_qmp_alone(bare_qemu, tmp_path: Path)
     finally:
         p.kill()
         p.wait()
+
+
+def test_rewrite_drops_excluded_disks(tmp_path: Path) -> None:
+    """A disk left out of the backup has no restored image: the new VM must not open the original's file."""
+    old = "/srv/web"
+    argv = ["qemu-system-x86_64", "-machine", "q35",
+            "-blockdev", f"driver=file,filename={old}/root.qcow2,node-name=root-file",
+            "-blockdev", "driver=qcow2,file=root-file,node-name=root",
+            "-device", "virtio-blk-pci,drive=root,id=root-dev",
+            "-blockdev", f"driver=file,filename={old}/scratch.raw,node-name=scratch-file",
+            "-blockdev", "driver=raw,file=scratch-file,node-name=scratch-fmt",
+            "-blockdev", "driver=throttle,file=scratch-fmt,node-name=scratch,throttle-group=tg0",
+            "-device", "virtio-blk-pci,drive=scratch,id=scratch-dev",
+            "-drive", f"file={old}/swap.img,format=raw,if=none,id=swap",
+            "-device", "virtio-blk-pci,drive=swap",
+            "-drive", f"file={old}/logs.img,format=raw,if=none,id=logs-drive",
+            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "logs-drive", "id": "logs"})]
+    new = tmp_path / "copy"
+    disks = [DiskTarget("root", "root", "", f"{old}/root.qcow2", new / "root.qcow2", "qcow2")]
+    rw = rewrite(argv, "/srv", name="copy", vmdir=new, disks=disks, excluded=["scratch", "swap", "logs"])
+    joined = " ".join(rw.argv)
+    assert old not in joined, joined
+    for gone in ("scratch", "swap", "logs"):
+        assert gone not in joined, (gone, joined)
+    assert f"filename={new}/root.qcow2" in joined and "drive=root,id=root-dev" in joined
+    assert any("logs, scratch, swap" in w for w in rw.warnings), rw.warnings

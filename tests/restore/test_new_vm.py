@@ -60,3 +60,27 @@ def test_new_vm_boots_and_its_workload_continues(tmp_path: Path, vms_home: Path)
     verdict = verify_dir(d)
     assert verdict.ok and verdict.k > k, verdict.summary()
     lab.down("src")
+
+
+def test_new_vm_leaves_out_excluded_disks(bare_qemu, tmp_path: Path, vms_home: Path) -> None:
+    """An excluded disk has no image in the point: the new VM starts without it and never opens the original's."""
+    from cutpoint.hypervisor.disks import discover
+    from cutpoint.hypervisor.qmp import QmpSession
+    from tests.helpers import blockdev_args, drive_args, make_image
+
+    root = make_image(tmp_path / "root.qcow2", "16M", writes=["write -P 0x5a 0 1M"])
+    scratch = make_image(tmp_path / "scratch.raw", "8M", "raw")
+    vm = bare_qemu(blockdev_args(root, "root") + drive_args(scratch, "scratch", "raw"))
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    cutpoint("vm", "set", "v", "--exclude-disk", "scratch", check=True)
+    point = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+
+    r = cutpoint("restore", "v", point, "--new-vm", "copy", "--start", "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    argv = " ".join(json.loads((Path(res["dir"]) / "vm.json").read_text())["argv"])
+    assert str(scratch) not in argv and "scratch" not in argv, argv
+    assert any("excluded" in w and "scratch" in w for w in res.get("warnings", [])), res
+    with QmpSession(Path(res["qmp"])) as s:
+        assert [d.name for d in discover(s).disks] == ["root"]
+    stop(Path(res["qmp"]), res["pid"])

@@ -10,6 +10,8 @@ What changes, and why:
 * files and endpoints: monitor/serial/chardev sockets and files, the pidfile and ``-D`` move into the new VM's
   directory; VNC listens on a unix socket there; host port forwards, ``-gdb``/``-s``, ``-incoming`` and ``-loadvm``
   are dropped (each with a warning), since they would clash with the original or do not apply to restored disks.
+* disks excluded from the backup have no restored image: their ``-drive``/``-blockdev`` chain and device are
+  dropped (with a warning), so the new VM never opens the original's disk.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ def new_mac() -> str:
 
 
 class _Rewriter:
-    def __init__(self, argv: list[str], cwd: str, name: str, vmdir: Path, disks: list[DiskTarget]) -> None:
+    def __init__(self, argv: list[str], cwd: str, name: str, vmdir: Path, disks: list[DiskTarget],
+                 excluded: list[str]) -> None:
         self.cwd = cwd
+        self.excluded = set(excluded)
         self.name = name
         self.dir = vmdir
         self.disks = disks
@@ -117,6 +121,35 @@ class _Rewriter:
                 return d
         return None
 
+    def drop_excluded(self) -> None:
+        """Remove excluded disks: their device, their -drive, and their -blockdev node with the nodes beneath it."""
+        if not self.excluded:
+            return
+        backends = set(self.excluded)            # a disk's name is its drive id, node name or device id
+        parsed = [(o, _parse(o.arg or "") if o.name in ("blockdev", "drive", "device") else None) for o in self.opts]
+        for o, data in parsed:
+            if o.name == "device" and _get(data, "id") in self.excluded and _get(data, "drive"):
+                backends.add(_get(data, "drive"))
+        nodes = {_get(d, "node-name"): d for o, d in parsed if o.name == "blockdev" and _get(d, "node-name")}
+        gone: set[str] = set()
+        stack = [b for b in backends if b in nodes]
+        while stack:
+            n = stack.pop()
+            if n not in gone:
+                gone.add(n)
+                stack += [c for c in (_get(nodes[n], "file"), _get(nodes[n], "backing")) if isinstance(c, str)
+                          and c in nodes]
+        keep = []
+        for o, data in parsed:
+            if (o.name == "drive" and _get(data, "id") in backends) or (o.name == "blockdev" and
+                                                                        _get(data, "node-name") in gone) \
+                    or (o.name == "device" and (_get(data, "drive") in backends or _get(data, "id") in self.excluded)):
+                continue
+            keep.append(o)
+        self.opts = keep
+        self.warnings.append(f"disk(s) {', '.join(sorted(self.excluded))} were excluded from the backup: the new VM "
+                             "does not have them")
+
     def rewrite_drive(self, items: Items) -> None:
         d = self.disk_for_drive(items)
         if d is None or d.name in self.found:
@@ -131,7 +164,7 @@ class _Rewriter:
         nodes: dict[str, tuple[int, Any]] = {}
         for i in idx:
             arg = self.opts[i].arg or ""
-            data: Any = json.loads(arg) if arg.lstrip().startswith("{") else parse_kv(arg)
+            data: Any = _parse(arg)
             nn = data.get("node-name") if isinstance(data, dict) else kv_get(data, "node-name")
             if nn:
                 nodes[nn] = (i, data)
@@ -218,6 +251,7 @@ class _Rewriter:
 
     def run(self, qmp_address: str) -> Rewritten:
         keep: list[Opt] = []
+        self.drop_excluded()
         has = {o.name for o in self.opts}
         blockdevs = [i for i, o in enumerate(self.opts) if o.name == "blockdev"]
         self.rewrite_blockdevs(blockdevs)
@@ -292,12 +326,17 @@ class _Rewriter:
 
 
 def rewrite(argv: list[str], cwd: str, *, name: str, vmdir: Path, disks: list[DiskTarget],
-            qmp_address: str = "") -> Rewritten:
-    """The command line of a new VM ``name`` living in ``vmdir`` whose disks are ``disks``' restored images."""
-    return _Rewriter(list(argv), cwd, name, vmdir, disks).run(qmp_address)
+            qmp_address: str = "", excluded: list[str] = ()) -> Rewritten:
+    """The command line of a new VM ``name`` living in ``vmdir`` whose disks are ``disks``' restored images, without
+    the disks named in ``excluded`` (left out of the backup)."""
+    return _Rewriter(list(argv), cwd, name, vmdir, disks, list(excluded)).run(qmp_address)
 
 
 # -- -blockdev in either syntax -----------------------------------------------------------------------------------
+
+def _parse(arg: str) -> Any:
+    return json.loads(arg) if arg.lstrip().startswith("{") else parse_kv(arg)
+
 
 def _get(data: Any, key: str) -> Any:
     if isinstance(data, dict):
