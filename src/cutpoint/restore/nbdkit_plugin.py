@@ -6,7 +6,8 @@
 # Export names are "d0", "d1", ... (disk index on the point, URI-safe whatever the disk's name) or the disk's name;
 # the default export is disk= (else d0). Nothing is written, ever: the plugin has no pwrite. stats=FILE gets one line
 # per chunk fetched from the vault, which is how tests and `cutpoint files` show that only the needed chunks are read.
-# The vault's shared points lock is held for the server's life, so prune/gc cannot remove chunks it still serves.
+# The point is pinned (locks/pin-<point>.lock, shared) for the server's life: prune keeps it, so its chunks stay
+# referenced and gc leaves them; other points of the vault can be pruned meanwhile.
 # Run by nbdkit's embedded interpreter: it finds `cutpoint` through PYTHONPATH, set by cutpoint.restore.nbdserve.
 from __future__ import annotations
 
@@ -51,11 +52,11 @@ def get_ready() -> None:
         vault = Vault.open(root, create=False, passphrase=pp.source(), key_file=key_file)  # type: ignore[call-arg]
     except (ImportError, TypeError):
         vault = Vault.open(root, create=False)
-    lock = getattr(vault, "points_lock", None)
-    if lock is not None:
-        _state["lock"] = lock(shared=True)
-        _state["lock"].__enter__()
-    manifest = vault.manifest(vault.catalog.point(_params["vm"], _params["point"]))
+    with vault.points_lock(shared=True):       # no prune deciding now; the pin then keeps the point for our life
+        rec = vault.catalog.point(_params["vm"], _params["point"])
+        _state["pin"] = vault.pin(rec.id)
+        _state["pin"].__enter__()
+    manifest = vault.manifest(rec)
     stats = _params.get("stats")
 
     def fetched(i: int) -> None:

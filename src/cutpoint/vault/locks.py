@@ -50,6 +50,22 @@ def hold(path: Path, what: str, *, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+def in_use(path: Path) -> str | None:
+    """Who holds a flock on ``path`` (shared or exclusive), or None when nobody does or the file does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holders(fd)
+        return None
+    finally:
+        os.close(fd)
+
+
 def holders(fd: int) -> str:
     """Live processes holding a flock on the file open as ``fd``, from /proc/locks; 'another process' if unknown."""
     st = os.fstat(fd)

@@ -3,18 +3,20 @@
 Order (docs/design.md): the catalog rows of all removed points go in one transaction (the commit point: after it
 the points are gone for every reader, before it nothing changed), then their manifest files are deleted. A crash in
 between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
-because only gc knows what other points and running backups still use.
+because only gc knows what other points and running backups still use. A point that is being served (mounted, or
+running an instant-restored VM) holds a pin and is kept, with that reason, until it is released.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from .. import faults
 from ..errors import UsageError
 from .fsutil import fsync_dir
+from .locks import in_use
 from .retention import Decision, Policy, decide
 from .vault import Vault
 
@@ -61,6 +63,7 @@ def prune(vault: Vault, vm: str, policy: Policy, *, dry_run: bool = False,
             faults.hit("after-prune-commit")
             dirs = set()
             for pid in gone:
+                vault.pin_path(pid).unlink(missing_ok=True)      # unpinned (checked under the exclusive lock)
                 path = vault.root / "points" / vm / f"{pid}.manifest"
                 if recs[pid].manifest == str(path.relative_to(vault.root)):
                     path.unlink(missing_ok=True)
@@ -78,4 +81,8 @@ def _plan(vault: Vault, vm: str, policy: Policy, dry_run: bool, tz: tzinfo = tim
         except (TypeError, ValueError):
             raise UsageError(f"catalog row of point {p.id} has no valid creation time ({p.created!r}); run "
                              "'cutpoint verify' and fix the catalog before pruning") from None
-    return PruneResult(vm, policy, dry_run, decide(pts, policy, tz))
+    decisions = []
+    for d in decide(pts, policy, tz):
+        user = None if d.keep else in_use(vault.pin_path(d.id))
+        decisions.append(replace(d, keep=True, reasons=(f"in use: served by {user}",)) if user else d)
+    return PruneResult(vm, policy, dry_run, decisions)

@@ -161,6 +161,15 @@ class Vault:
         """Exclusive for prune; shared for restore, verify and gc, which must not see points vanish mid-way."""
         return locks.hold(self.locks_dir / "prune.lock", "the vault's points", shared=shared)
 
+    def pin(self, point_id: str) -> Any:
+        """Held (shared) for as long as a point is served (mount, file view, instant restore): prune keeps a pinned
+        point, with the reason, instead of being refused for the whole vault while a VM runs from one of its points.
+        Take it while holding ``points_lock(shared=True)``, so that no prune is deciding at that moment."""
+        return locks.hold(self.pin_path(point_id), f"point {point_id}", shared=True)
+
+    def pin_path(self, point_id: str) -> Path:
+        return self.locks_dir / f"pin-{point_id}.lock"
+
     def gc_lock(self) -> Any:
         return locks.hold(self.locks_dir / "gc.lock", "garbage collection")
 
