@@ -127,3 +127,18 @@ def test_disk_replaced(bare_qemu, tmp_path: Path) -> None:
     res = _backup()
     assert res["mode"] == "full" and f"replaced ({a} -> {other})" in res["full_reason"]
     assert _restored(res["point"], tmp_path / "r") == {"da": raw_bytes(other), "db": raw_bytes(b)}
+
+
+def test_disk_removed(bare_qemu, tmp_path: Path) -> None:
+    """A disk gone since the previous point: the others stay incremental, the point says which disk it lacks."""
+    a, b, args = _two_disks(tmp_path)
+    vm = bare_qemu(args)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    p1 = _backup()["point"]
+    vm.quit()
+    vm = bare_qemu(blockdev_args(a, "da"))
+    guest_write(vm.qmp, "da-dev", "write -P 0x03 8M 1M")
+    res = _backup()
+    assert res["mode"] == "incremental" and [d["name"] for d in res["disks"]] == ["da"]
+    assert any("db" in w and p1 in w and "no longer attached" in w for w in res["warnings"]), res["warnings"]
+    assert _restored(res["point"], tmp_path / "r") == {"da": raw_bytes(a)}

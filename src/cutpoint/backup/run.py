@@ -43,6 +43,7 @@ class _Plan:
     disks: list[Disk]
     since: dict[str, str | None] = field(default_factory=dict)     # disk -> previous point to read changes from
     full_reasons: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)                  # recorded on the point as warnings
 
 
 def new_point_id(now: datetime) -> str:
@@ -88,7 +89,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
             cons.record(manifest)
-            manifest.warnings += [w for w in inv.warnings if w not in manifest.warnings]
+            manifest.warnings += [w for w in inv.warnings + plan.notes if w not in manifest.warnings]
             manifest.vm_config = config
             if plan.full_reasons:
                 manifest.full_reason = _reason(plan.full_reasons, len(plan.disks))
@@ -130,9 +131,10 @@ def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts
         else:
             plan.since[d.name] = prev.point if prev else None
     if prev:
-        gone = sorted(set(prev_disks) - {d.name for d in inv.disks})
+        gone = sorted(set(prev_disks) - {d.name for d in inv.disks} - {k.name for k in inv.skipped})
         if gone:
-            log.info("disks removed since point %s: %s", prev.point, ", ".join(gone))
+            plan.notes.append(f"disk(s) {', '.join(gone)} of point {prev.point} are no longer attached to the VM "
+                              "(removed); this point does not have them")
     return plan
 
 
