@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.consistency.support import features
 from tests.helpers import cutpoint
 
 pytestmark = pytest.mark.vm
@@ -22,9 +23,13 @@ def test_app_consistent_through_libvirts_agent(lab_domain, tmp_path: Path) -> No
     assert res["frozen_ms"] is not None and res["frozen_ms"] >= res["pause_ms"] * 0.5
     out = tmp_path / "app"
     cutpoint("restore", "app", res["point"], "--to", str(out), check=True)
-    for img in sorted(out.glob("*.raw")):
+    images = sorted(out.glob("*.raw"))
+    assert len(images) == 2, images
+    for img in images:
+        assert "needs_recovery" not in features(img), img
         fsck = subprocess.run(["e2fsck", "-n", "-f", str(img)], capture_output=True, text=True)
         assert fsck.returncode == 0, (img.name, fsck.stdout[-1000:])      # clean: no journal replay needed
+        assert "journal" not in (fsck.stdout + fsck.stderr).lower()       # no "skipping journal recovery"
     status = json.loads(__import__("libvirt_qemu").qemuAgentCommand(
         lab.dom, '{"execute": "guest-fsfreeze-status"}', 5, 0))["return"]
     assert status == "thawed"
