@@ -71,3 +71,22 @@ def test_old_formats_and_tampered_configs_are_refused(monkeypatch) -> None:
     cfg_path.write_text(json.dumps(cfg))
     (vault_dir() / "key.json").write_text("{}")              # a key file in a vault that claims to be plain
     one_line_error(cutpoint("points"), 6, "says the vault is unencrypted but it has a key file")
+
+
+def test_downgrade_to_plaintext_is_refused(monkeypatch) -> None:
+    """Deleting key.json and setting the config's encryption to null must not make later backups write plaintext."""
+    encrypted_vault(monkeypatch)
+    v = open_vault()
+    cid, _ = v.chunks.put(b"block " * 1000)
+    v.commit_point(Manifest(point="20240101T000000Z-abcd", vm="web", created="2024-01-01T00:00:00.000Z",
+                            chunk_size=v.chunk_size, disks=[DiskManifest("d", 6000, [cid])]), {})
+    v.close()
+    cfg_path = vault_dir() / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "encryption": None, "chunk_id": "sha256"}))
+    (vault_dir() / "key.json").unlink()
+    before = sorted(p for p in vault_dir().rglob("*") if p.is_file())
+    one_line_error(cutpoint("points"), 6, "says the vault is unencrypted but its points are encrypted")
+    with pytest.raises(IntegrityError, match="config.json was altered"):
+        Vault.open(vault_dir())
+    assert sorted(p for p in vault_dir().rglob("*") if p.is_file()) == before

@@ -60,6 +60,8 @@ class Vault:
             raise VaultError(f"vault directory {root} is not writable; fix its permissions or pass --vault DIR "
                              "(or set CUTPOINT_VAULT) to use another")
         keys = unlock(root, config, passphrase, key_file) if config.get("encryption") else None
+        if keys is None:
+            _refuse_downgrade(root)
         return cls(root, config, Sealer(keys))
 
     @staticmethod
@@ -198,6 +200,22 @@ def read_config(root: Path) -> dict[str, Any]:
         raise IntegrityError(f"{cfg_path} says the vault is unencrypted but it has a key file: config.json was "
                              "altered; restore it from a copy")
     return config
+
+
+def _refuse_downgrade(root: Path) -> None:
+    """An unencrypted config over encrypted manifests means config.json (and key.json) were altered: writing on
+    would store plaintext chunks beside encrypted ones. One manifest's header (magic, scheme byte) tells."""
+    for path in root.glob("points/*/*.manifest"):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(5)
+        except OSError:
+            continue
+        if len(head) == 5 and head[4] != 0:
+            raise IntegrityError(f"{root / 'config.json'} says the vault is unencrypted but its points are "
+                                 f"encrypted ({path.name}): config.json was altered; restore it and key.json from "
+                                 "a copy ('cutpoint vault key import FILE')")
+        return
 
 
 def key_file_path(root: Path, key_file: Path | None = None) -> Path:
