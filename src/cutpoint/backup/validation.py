@@ -31,8 +31,6 @@ from typing import Any
 from ..errors import UnsupportedError
 from ..hypervisor.disks import Disk, Inventory, Skipped
 
-PASSTHROUGH = {"host_device": "host block device", "host_cdrom": "host CD-ROM device", "iscsi": "iSCSI LUN"}
-
 
 @dataclass
 class Verdict:
@@ -81,11 +79,11 @@ def refusal(d: Disk, vm: str) -> str | None:
         return (f"disk {d.name} is transient (-drive snapshot=on): the guest writes to QEMU's temporary overlay "
                 f"{d.protocol_file}, deleted when QEMU exits, and its image never changes; {fix} or attach it "
                 "without snapshot=on")
-    if d.protocol in PASSTHROUGH:
-        where = d.protocol_file or d.filename
-        return (f"disk {d.name} is a raw pass-through {PASSTHROUGH[d.protocol]} ({d.protocol} {where}): it can be "
-                "written outside this QEMU and may keep acknowledged writes in its own "
-                f"volatile cache, which QEMU cannot see; back it up on its storage and {fix}")
+    if d.passthrough:
+        where = " ".join(x for x in (d.protocol, d.protocol_file or d.filename) if x)
+        return (f"disk {d.name} is a raw pass-through: a {d.passthrough} over {where}; the guest's SCSI commands "
+                "reach the device past QEMU's block layer, where the cut and the dirty bitmap are taken, and the "
+                f"device may keep acknowledged writes in its own volatile cache; back it up on its storage and {fix}")
     if d.read_only:
         return (f"disk {d.name} is read-only (read-only=on): the guest cannot change it, so there is nothing to "
                 f"protect continuously; {fix} and copy its image once")

@@ -36,6 +36,8 @@ class Disk:
     transient: bool = False         # writes go to a temporary overlay QEMU discards at exit (-drive snapshot=on)
     protocol: str = ""              # driver of the node that holds the data: file, host_device, iscsi, nbd, ...
     protocol_file: str = ""         # that node's filename (the overlay of a transient disk, the host device)
+    model: str = ""                 # the guest device's QOM type: virtio-blk-pci, scsi-hd, scsi-block, ...
+    passthrough: str = ""           # the guest reaches the device past QEMU's block layer (scsi-block, device='lun')
 
     @property
     def cutpoint_bitmaps(self) -> list[str]:
@@ -95,6 +97,11 @@ def discover(session: QmpSession) -> Inventory:
 PROTOCOLS = {"file", "host_device", "host_cdrom", "iscsi", "nbd", "rbd", "ssh", "nfs", "gluster", "http", "https",
              "ftp", "ftps", "null-co", "null-aio", "nvme", "vxhs", "blkio"}
 TEMP_OVERLAY = re.compile(r"vl\.[A-Za-z0-9]{6}")
+# SCSI pass-through devices: the guest's SCSI commands (writes included) go to the host device by SG_IO, past the
+# block layer where the cut, the dirty bitmap and copy-before-write live. A host block device (an LVM volume, an
+# iSCSI LUN through QEMU's iscsi driver) under an emulated disk (virtio-blk, scsi-hd, ide-hd) is not one of them.
+PASSTHROUGH_MODELS = {"scsi-block": "SCSI pass-through device (scsi-block)",
+                      "scsi-generic": "SCSI pass-through device (scsi-generic)"}
 
 
 def _support_facts(session: QmpSession, disks: list[Disk]) -> None:
@@ -127,6 +134,20 @@ def _support_facts(session: QmpSession, disks: list[Disk]) -> None:
                 d.share_rw = bool(session.cmd("qom-get", path=d.qdev, property="share-rw"))
             except HypervisorError:
                 d.share_rw = None    # a device without the property (or gone meanwhile): unknown
+            try:
+                d.model = str(session.cmd("qom-get", path=device_path(d.qdev), property="type"))
+            except HypervisorError:
+                d.model = ""
+            d.passthrough = PASSTHROUGH_MODELS.get(d.model, "")
+
+
+def device_path(qdev: str) -> str:
+    """The QOM path of a disk's device: ``.../virtio-backend`` is the virtio proxy's child, not the device."""
+    if not qdev:
+        return ""
+    if not qdev.startswith("/"):
+        return f"/machine/peripheral/{qdev}"
+    return qdev.removesuffix("/virtio-backend")
 
 
 def _label(dev: dict[str, Any]) -> str:

@@ -143,7 +143,8 @@ def support_facts(d: DomainDisk) -> dict[str, Any]:
     if d.device == "lun":
         protocol = "iscsi" if d.type == "network" else "host_device"
     return {"share_rw": d.shareable, "read_only": d.readonly, "transient": d.transient, "protocol": protocol,
-            "protocol_file": d.source if d.device == "lun" else ""}
+            "protocol_file": d.source if d.device == "lun" else "",
+            "passthrough": "raw LUN (device='lun', SCSI pass-through)" if d.device == "lun" else ""}
 
 
 @dataclass

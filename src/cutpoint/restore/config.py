@@ -76,24 +76,10 @@ def qmp_facts(s: QmpSession) -> dict[str, Any]:
     for d in discover(s).disks:
         entry = {"name": d.name, "node": d.node, "driver": d.driver, "filename": d.filename, "size": d.size,
                  "device": d.device, "qdev": d.qdev, "read_only": d.read_only, "model": ""}
-        dev_path = _device_path(d.qdev)
-        if dev_path:
-            try:
-                entry["model"] = str(s.cmd("qom-get", path=dev_path, property="type"))
-            except CutpointError:
-                pass
+        entry["model"] = d.model
         disks.append(entry)
     facts["disks"] = disks
     return facts
-
-
-def _device_path(qdev: str) -> str:
-    """The QOM path of a disk's device: ``.../virtio-backend`` is the virtio proxy's child, not the device."""
-    if not qdev:
-        return ""
-    if not qdev.startswith("/"):
-        return f"/machine/peripheral/{qdev}"
-    return qdev.removesuffix("/virtio-backend")
 
 
 def pid_by_socket(path: Path) -> int | None:
