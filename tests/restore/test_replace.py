@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from cutpoint.errors import UsageError
 from cutpoint.restore.launch import running_reason
+from cutpoint.restore.replace import _prepare
 from tests.helpers import blockdev_args, cutpoint, drive_args, guest_write, make_image, raw_bytes
 
 
@@ -65,3 +69,39 @@ def test_replace_refuses_a_vm_whose_disk_is_in_use(bare_qemu, tmp_path: Path) ->
     assert running_reason(str(vm.qmp), None, None, [a]) is None
     assert raw_bytes(a) == before
     _one_line_error(cutpoint("restore", "v", "nosuch", "--replace"), 3, "no restore point")
+
+
+def test_replace_onto_a_block_device(bare_qemu, tmp_path: Path) -> None:
+    """A raw disk on a host block device (an LVM volume; here a loop device): its size is read by seeking, the
+    point is written back onto it, and a size mismatch is a clear error, never a truncate of a device."""
+    backing = tmp_path / "lv.img"
+    backing.write_bytes(b"\x4c" * (4 << 20) + b"\0" * (12 << 20))
+    r = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no loop device here: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        vm = bare_qemu(["-blockdev", f"driver=host_device,filename={dev},node-name=lv-file,cache.direct=on",
+                        "-blockdev", "driver=raw,file=lv-file,node-name=lv",
+                        "-device", "virtio-blk-pci,drive=lv,id=lv-dev"])
+        cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+        point = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+        vm.quit()
+        with open(dev, "r+b") as f:                        # damage after the point
+            f.seek(9 << 20)
+            f.write(b"\x99" * (1 << 20))
+        res = json.loads(cutpoint("restore", "v", point, "--replace", "--json", check=True).out)
+        assert res["bytes_compared"] == 16 << 20 and res["bytes_written"] == 4 << 20, res
+        with open(dev, "rb") as f:
+            assert f.read() == b"\x4c" * (4 << 20) + b"\0" * (12 << 20)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    bigger = tmp_path / "bigger.img"                        # the same device node, now 24 MiB
+    bigger.write_bytes(b"\0" * (24 << 20))
+    r = subprocess.run(["losetup", "-f", "--show", str(bigger)], capture_output=True, text=True)
+    dev2 = r.stdout.strip()
+    try:
+        with pytest.raises(UsageError, match="block device of 25165824 bytes"):
+            _prepare(Path(dev2), "raw", 16 << 20)
+    finally:
+        subprocess.run(["losetup", "-d", dev2], check=False)

@@ -18,6 +18,7 @@ completes it, writing only what still differs.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -126,8 +127,12 @@ def _plan(m: Manifest) -> list[tuple[DiskManifest, Path, str]]:
 
 
 def _current_size(path: Path, fmt: str) -> int:
-    if fmt == "raw":
-        return path.stat().st_size
+    if fmt == "raw":            # seek, not stat: a block device (an LVM volume) has st_size 0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
     r = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)], capture_output=True, text=True)
     if r.returncode != 0:
         raise CutpointError(f"cannot read {path}: {r.stderr.strip()}")
@@ -146,6 +151,9 @@ def _prepare(path: Path, fmt: str, size: int) -> int | None:
     cur = _current_size(path, fmt)
     if cur == size:
         return None
+    if fmt == "raw" and stat.S_ISBLK(path.stat().st_mode):
+        raise UsageError(f"{path} is a block device of {cur} bytes and the point's disk has {size}: a block device "
+                         f"cannot be resized here; resize it to {size} bytes (e.g. lvresize -L {size}b), then retry")
     if fmt == "raw":
         os.truncate(path, size)
     else:
