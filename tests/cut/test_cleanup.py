@@ -92,3 +92,26 @@ def test_full_read_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None
         db_node = next(d.node for d in discover(s).disks if d.name == "db")
     p2 = res["point"]
     assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})
+
+
+def test_vm_cleanup_removes_a_dead_runs_leftovers_now(bare_qemu, tmp_path: Path) -> None:
+    """'cutpoint vm cleanup' does the next backup's sweep at once; the bitmaps stay for that backup to merge."""
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+    with QmpSession(vm.qmp) as s:
+        disks = discover(s).disks
+        dead = "20990101T000000Z-dead"
+        cut = plan_cut(vm.qmp, workdir_for(work_home(), "v", dead), disks, dead,
+                       {d.name: "cutpoint-" + p1 for d in disks})
+        take_cut(s, cut)
+    res = json.loads(cutpoint("vm", "cleanup", "v", "--json", check=True).out)
+    assert any(r.startswith("cutpoint-export-") for r in res["removed"]), res
+    assert any(r.startswith("cutpoint-job-") for r in res["removed"]), res
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    both = sorted(["cutpoint-" + p1, "cutpoint-" + dead])
+    assert_clean(vm.qmp, work_home(), {"da": sorted(both + ["other-tool"]), db_node: both})
+    assert "nothing left behind" in cutpoint("vm", "cleanup", "v", check=True).out
+    nxt = json.loads(cutpoint("backup", "v", "--json", check=True).out)
+    assert nxt["mode"] == "incremental" and nxt["parent"] == p1

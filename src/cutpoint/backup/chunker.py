@@ -4,8 +4,9 @@ A chunk that ``base:allocation`` reports entirely zero is recorded as ``None`` w
 a chunk no dirty extent touches keeps the previous point's id unread; a chunk partly dirty is rebuilt from the
 previous point's chunk (read from the vault) with only the dirty ranges read from the VM, so the bytes read from the
 VM follow the bitmap's granularity, not the chunk size. A previous chunk that is no longer in the vault (moved aside
-by verify as damaged) is never inherited: that chunk is read whole from the VM, so the new point is complete. Hashing and compression run on worker threads (both release
-the GIL) while the next chunk is read, with a bounded number of chunks in flight to keep memory flat.
+by verify as damaged) is never inherited: that chunk is read whole from the VM, so the new point is complete.
+Hashing and compression run on worker threads (both release the GIL) while the next chunk is read, with a bounded
+number of chunks in flight to keep memory flat.
 """
 
 from __future__ import annotations

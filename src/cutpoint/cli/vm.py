@@ -1,4 +1,4 @@
-"""``cutpoint vm``: register VMs (by their QMP socket, or as libvirt domains), list and remove them."""
+"""``cutpoint vm``: register VMs (by their QMP socket, or as libvirt domains), list, clean up after and remove them."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_consistency_args(st)
     add_vault_arg(st)
     st.set_defaults(func=cmd_set)
+
+    cl = vs.add_parser("cleanup", help="remove what an interrupted backup left in the VM now (NBD exports, block "
+                       "jobs, overlays, a libvirt backup job, work files); the next backup does it too")
+    cl.add_argument("name")
+    cl.add_argument("--json", action="store_true")
+    add_vault_arg(cl)
+    cl.set_defaults(func=cmd_cleanup)
 
     rm = vs.add_parser("remove", help="stop protecting a VM (its points stay in the vault)")
     rm.add_argument("name")
@@ -114,6 +121,23 @@ def cmd_set(args: argparse.Namespace) -> int:
     policy = None if args.policy.lower() == "none" else args.policy
     assign(vault.catalog, PolicyStore(vault.catalog.path), args.name, policy)
     print(f"VM {args.name!r} " + (f"follows policy {policy!r}" if policy else "has no policy: not scheduled"))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """The sweep every backup starts with, on demand: after a killed backup, without waiting for the next one.
+    Bitmaps stay: the next backup merges them, so the chain still covers everything since the last point."""
+    from ..hypervisor.registry import driver_for
+    from ..paths import work_home
+    vault = open_vault(args, create=False)
+    vm = vault.catalog.vm(args.name)
+    with vault.vm_lock(args.name, writer=False):         # never while a backup of this VM runs
+        with driver_for(vm).session() as s:
+            removed = s.sweep(work_home())
+    if args.json:
+        print_json({"vm": args.name, "removed": removed})
+    else:
+        print(f"VM {args.name!r}: " + (f"removed {', '.join(removed)}" if removed else "nothing left behind"))
     return 0
 
 
