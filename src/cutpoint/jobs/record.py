@@ -10,6 +10,7 @@ A process killed outright leaves its job ``running`` until the next reader reaps
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 from ..errors import CutpointError
 from ..vault.vault import Vault
 from .store import JobStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,15 +48,24 @@ def recorded(vault: Vault, kind: str, vm: str | None, *, trigger: str = "manual"
     try:
         yield job
     except KeyboardInterrupt:
-        store.finish(job.id, "interrupted", now(), error="interrupted (Ctrl-C or SIGTERM)")
+        _settle(store, job.id, "interrupted", error="interrupted (Ctrl-C or SIGTERM)")
         raise
     except CutpointError as exc:
-        store.finish(job.id, "failed", now(), error=" ".join(str(exc).split()))
+        _settle(store, job.id, "failed", error=" ".join(str(exc).split()))
         raise
     except BaseException as exc:
-        store.finish(job.id, "failed", now(), error=f"internal error: {type(exc).__name__}: {exc}")
+        _settle(store, job.id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         raise
     else:
-        store.finish(job.id, "succeeded", now(), nbytes=job.nbytes, point=job.point, detail=job.detail)
+        _settle(store, job.id, "succeeded", nbytes=job.nbytes, point=job.point, detail=job.detail)
     finally:
         store.close()
+
+
+def _settle(store: JobStore, job_id: int, state: str, **kw: Any) -> None:
+    """Record the outcome; a record that cannot be written (the disk that just filled up) is logged, never allowed
+    to replace the operation's own error or to fail an operation that succeeded."""
+    try:
+        store.finish(job_id, state, now(), **kw)
+    except (CutpointError, OSError) as exc:
+        log.warning("could not record job %d as %s: %s", job_id, state, exc)
