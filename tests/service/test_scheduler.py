@@ -216,3 +216,22 @@ def test_one_job_per_vm_at_a_time() -> None:
     assert {h.svc.jobs.get(first).state, h.svc.jobs.get(other).state} == {"succeeded"}
     assert h.svc.runner.submit("restore", "web", lambda ctx: Outcome(), trigger="api") > other
     assert h.svc.runner.wait(10)
+
+
+def test_unassigned_then_reassigned_owes_nothing() -> None:
+    """Days without a policy are not downtime: reassigning the policy does not trigger a catch-up backup."""
+    from cutpoint.policy.store import assign
+
+    h = harness(datetime(2024, 6, 1, 12, tzinfo=UTC))
+    h.add_vm("web", policy({"frequency": "daily", "time": "03:00"}, tz="UTC"))
+    h.svc.tick()
+    h.run_until(datetime(2024, 6, 2, 12, tzinfo=UTC), 10 * MIN)
+    assert len(h.backup.calls) == 1
+    assign(h.vault.catalog, h.svc.policies, "web", None)
+    h.run_until(datetime(2024, 6, 5, 12, tzinfo=UTC), 10 * MIN)
+    assert len(h.backup.calls) == 1                             # not scheduled while unassigned
+    assign(h.vault.catalog, h.svc.policies, "web", "p")
+    h.run_until(datetime(2024, 6, 6, 2, tzinfo=UTC), 10 * MIN)
+    assert len(h.backup.calls) == 1                             # no catch-up for the unassigned days
+    h.run_until(datetime(2024, 6, 6, 4, tzinfo=UTC), 10 * MIN)
+    assert h.backup.calls[1:] == [datetime(2024, 6, 6, 3, tzinfo=UTC)]

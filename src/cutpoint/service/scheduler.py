@@ -75,6 +75,8 @@ class Scheduler:
         for vm in self.vaults.get().catalog.vms():
             pname = vm.settings.get("policy")
             if not pname:
+                if self.state.get(vm.name) is not None:
+                    self.state.drop(vm.name)      # unassigned: a later assignment starts afresh, owes nothing
                 continue
             policy = policies.get(pname)
             if policy is None:
