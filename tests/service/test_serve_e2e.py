@@ -141,3 +141,6 @@ def test_serve_schedules_prunes_serves_and_stops_cleanly(bare_qemu, served, tmp_
     assert_clean(vm.qmp, work_home(), {"sys": ["cutpoint-" + last], "data": ["cutpoint-" + last]})
     nxt = json.loads(cutpoint("backup", "web", "--json", check=True).out)
     assert nxt["mode"] == "incremental" and nxt["parent"] == last
+    ver = cutpoint("verify", "--read-data", "--json")               # the vault is sound after the interruption
+    assert ver.code == 0, ver.err
+    assert all(p["state"] == "ok" for p in json.loads(ver.out)["points"])
