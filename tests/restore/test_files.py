@@ -94,6 +94,9 @@ def test_ls_get_and_bad_input(point, tmp_path: Path) -> None:
                               "--json", check=True).out)
     assert (out / "data.bin").read_bytes() == (src["ext"] / "dir" / "nested" / "data.bin").read_bytes()
     assert got["chunks_read"] < got["chunks_stored"], got         # the 16 MiB file's chunks were never read
+    job = json.loads(cutpoint("jobs", "--json", "--limit", "1", check=True).out)[0]   # a restore job, like any
+    assert (job["kind"], job["state"], job["point"], job["bytes"]) == ("restore", "succeeded", pid, got["bytes"])
+    assert job["detail"]["mode"] == "files" and job["detail"]["chunks_read"] == got["chunks_read"]
     json.loads(cutpoint("files", "get", "src", pid, "--disk", "exta", "/dir", "--to", str(out), "--json",
                         check=True).out)
     assert _tree(out / "dir") == _tree(src["ext"] / "dir")

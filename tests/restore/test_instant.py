@@ -56,6 +56,9 @@ def test_instant_restore_runs_at_once_and_finish_cuts_the_link(tmp_path: Path) -
 
     fin = json.loads(cutpoint("instant", "finish", "fast", "--json", check=True).out)
     assert fin["state"] == "finished" and fin["server_stopped"]
+    modes = [j["detail"].get("mode") for j in json.loads(cutpoint("jobs", "--json", check=True).out)
+             if j["kind"] == "restore" and j["state"] == "succeeded"]
+    assert modes[:2] == ["instant-finish", "instant"], modes                # both steps are jobs
     with QmpSession(res["qmp"]) as s:
         nodes = s.cmd("query-named-block-nodes", flat=True)
         assert s.cmd("query-status")["status"] == "running"

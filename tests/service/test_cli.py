@@ -48,6 +48,7 @@ def test_cli_restore_prune_and_verify_are_jobs(bare_qemu, tmp_path: Path) -> Non
     assert got == [("prune", "succeeded"), ("restore", "failed"), ("restore", "succeeded"), ("verify", "succeeded")]
     restore = next(j for j in jobs if j["kind"] == "restore" and j["state"] == "succeeded")
     assert restore["point"] == first and restore["bytes"] == 16 << 20
+    assert restore["detail"]["mode"] == "images" and [f["disk"] for f in restore["detail"]["files"]] == ["sys"]
     prune = next(j for j in jobs if j["kind"] == "prune")
     assert prune["detail"]["removed"] == [first]
 

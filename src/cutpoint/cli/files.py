@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..jobs.record import recorded
 from ..restore.browse import get_files, list_files
-from ..units import human
 from ..restore.nbdserve import export_passphrase
+from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
-from .restore import point_of
+from .restore import job_detail, point_of
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -75,8 +76,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
-    with point_of(vault, args) as m:
+    with recorded(vault, "restore", args.name) as job, point_of(vault, args) as m:
         res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None))
+        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail={"mode": "files", **job_detail(res)})
     if args.json:
         print_json(res)
     else:

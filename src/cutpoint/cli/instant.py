@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..jobs.record import recorded
 from ..restore.instant import finish, status
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
+from .restore import job_detail
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,8 +42,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
-    res = finish(open_vault(args, create=False), args.name, progress=ProgressLine(not args.json),
-                 timeout=args.timeout)
+    vault = open_vault(args, create=False)
+    with recorded(vault, "restore", args.name, detail={"mode": "instant-finish"}) as job:
+        res = finish(vault, args.name, progress=ProgressLine(not args.json), timeout=args.timeout)
+        job.done(nbytes=int(res.get("bytes") or 0), detail={"mode": "instant-finish", **job_detail(res)})
     if args.json:
         print_json(res)
     else:

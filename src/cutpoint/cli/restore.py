@@ -89,12 +89,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
             files = restore_point(vault, m, args.to, args.format or "raw", progress)
             res = {"mode": "images", "vm": m.vm, "point": m.point, "bytes": sum(f.size for f in files),
                    "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in files]}
-        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail={"mode": res["mode"]})
+        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail=job_detail(res))
     if args.json:
         print_json(res)
     else:
         _print(res)
     return 0
+
+
+def job_detail(res: dict[str, Any]) -> dict[str, Any]:
+    """What a restore job keeps of its JSON result: the scalars (mode, dir, bytes written, ...) and the per-disk or
+    per-file lists, not the command line or the QEMU config."""
+    return {k: v for k, v in res.items() if isinstance(v, (str, int, float, bool, type(None)))
+            or k in ("files", "disks")}
 
 
 def _address(vault: Vault, name: str) -> str | None:
