@@ -34,3 +34,24 @@ def test_sigterm_during_backup(bare_qemu, tmp_path: Path) -> None:
     p2 = backup()
     assert p2["mode"] == "incremental" and p2["parent"] == p1
     assert_sound({p1: at_p1, p2["point"]: snapshot(images)}, tmp_path)
+
+
+
+def test_sigterm_during_cleanup_waits_for_it(bare_qemu, tmp_path: Path) -> None:
+    """A SIGTERM that lands while the backup releases its cut is held until the release is complete."""
+    vm, images = two_disk_vm(bare_qemu, tmp_path)
+    p1 = backup()["point"]
+    at_p1 = snapshot(images)
+    change(vm, 0x61)
+    at_p2 = snapshot(images)
+    p = start_stopped("cleanup", "backup", "v")             # the point is committed; the cut not yet released
+    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "terminated" in err, (p.returncode, err)
+    first, p2 = points()
+    assert first == p1
+    with QmpSession(vm.qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2], db_node: ["cutpoint-" + p2]})   # released whole
+    assert_sound({p1: at_p1, p2: at_p2}, tmp_path)

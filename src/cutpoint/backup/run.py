@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import faults
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
 from ..hypervisor.disks import Disk, Inventory
 from ..hypervisor.driver import CutHandle, DriverSession
 from ..hypervisor.registry import driver_for
 from ..paths import work_home
+from ..signals import critical
 from ..reader.export import ExportReader
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
@@ -81,9 +83,11 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             try:
                 handle = cons.cut(s, plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
             except BaseException:
-                cons.finish()
+                with critical():
+                    cons.finish()
                 raise
-        cons.finish()                                           # thaw confirmed, post-script
+        with critical():                                        # a SIGTERM now waits for the thaw
+            cons.finish()                                       # thaw confirmed, post-script
         success = False
         try:
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
@@ -99,7 +103,9 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             vault.commit_point(manifest, summary)
             success = True
         finally:
-            problems = driver.release(handle, success)
+            with critical():                                    # cleanup is never cut short by a SIGTERM
+                faults.hit("cleanup")
+                problems = driver.release(handle, success)
         if problems:
             summary["warnings"] = list(summary["warnings"]) + [f"cleanup: {p}" for p in problems]
         return summary

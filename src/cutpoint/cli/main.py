@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sqlite3
 import sys
-from types import FrameType
 
-from .. import __version__
+from .. import __version__, signals
 from ..errors import CutpointError
 from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
 from . import jobs, policy, serve
@@ -37,17 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` (cleanup, thaw) runs."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)      # 'serve' installs its own for a graceful stop
+    signals.install()                  # SIGTERM interrupts like Ctrl-C; 'serve' installs its own for a graceful stop
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="cutpoint: %(levelname)s: %(message)s")
     if not args.verbose:  # qemu.qmp logs every failed connect at ERROR; our own message says it better
@@ -58,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print("cutpoint: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        print("cutpoint: terminated" if isinstance(exc, Terminated) else "cutpoint: interrupted", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        term = isinstance(exc, signals.Terminated)
+        print("cutpoint: terminated" if term else "cutpoint: interrupted", file=sys.stderr)
+        return 143 if term else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
