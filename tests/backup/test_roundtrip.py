@@ -42,7 +42,7 @@ def test_backup_json_contract_and_byte_identical_restore(bare_qemu, tmp_path: Pa
         assert files["point"] == res["point"]
         assert {f["disk"] for f in files["files"]} == {"sys", "data", "logs"}
         for f in files["files"]:
-            assert Path(f["path"]).name == f"{f['disk']}.{fmt}"
+            assert Path(f["path"]).name == f"{f['disk']}.{fmt}" and f["size"] == disks[f["disk"]]["size"]
             assert raw_bytes(Path(f["path"])) == raw_bytes(images[f["disk"]]), f["disk"]
     # raw restores are sparse where the source read as zero
     st = os.stat(tmp_path / "restored-raw" / "sys.raw")

@@ -90,3 +90,12 @@ def test_downgrade_to_plaintext_is_refused(monkeypatch) -> None:
     with pytest.raises(IntegrityError, match="config.json was altered"):
         Vault.open(vault_dir())
     assert sorted(p for p in vault_dir().rglob("*") if p.is_file()) == before
+
+
+def test_init_takes_the_directory_as_an_argument(tmp_path) -> None:
+    d = tmp_path / "v2"
+    cfg = json.loads(cutpoint("vault", "init", str(d), "--json", check=True).out)
+    assert cfg["vault"] == str(d) and (d / "config.json").exists() and cfg["encryption"] is None
+    one_line_error(cutpoint("vault", "init", str(tmp_path / "a"), "--vault", str(tmp_path / "b")), 2,
+                   "two vault directories")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from ..paths import default_vault
 from ..units import parse_size
 from ..vault import passphrase
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vs.required = True
 
     i = vs.add_parser("init", help="create a vault (with --encrypt: AES-256-GCM, key protected by a passphrase)")
+    i.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="where (same as --vault DIR)")
     i.add_argument("--encrypt", action="store_true", help="encrypt chunks and manifests")
     i.add_argument("--chunk-size", default=None, help=f"chunk size (default {DEFAULT_CHUNK_SIZE >> 20}M)")
     i.add_argument("--json", action="store_true")
@@ -47,6 +49,10 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.dir is not None:
+        if args.vault is not None and args.vault != args.dir:
+            raise UsageError(f"two vault directories given ({args.dir} and --vault {args.vault}); give one")
+        args.vault = args.dir
     root = _root(args)
     size = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK_SIZE
     Vault.create(root, chunk_size=size, encrypt=args.encrypt, passphrase=passphrase.source(args.passphrase_file))
