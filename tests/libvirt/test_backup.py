@@ -39,7 +39,8 @@ def _backup(vm: str) -> dict:
 
 
 def _bitmaps(lab: LabDomain) -> list[list[str]]:
-    return [sorted(b.get("name", "<anonymous>") for b in n["inserted"].get("dirty-bitmaps") or []) for n in lc.block_nodes(lab.dom)]
+    return [sorted(b.get("name", "<anonymous>") for b in n["inserted"].get("dirty-bitmaps") or [])
+            for n in lc.block_nodes(lab.dom)]
 
 
 def _work_files() -> list[Path]:
@@ -153,3 +154,42 @@ def test_raw_disk_incrementals_then_full_after_restart(lab_domain, tmp_path: Pat
     assert res["full_reason"].startswith("vdb: dirty bitmap") and "does not survive a restart" in res["full_reason"]
     assert_clean(lab, res["point"])
     _verify("raw", res["point"], tmp_path / "restarted", 2)
+
+
+def test_vm_cleanup_after_a_killed_backup(lab_domain, tmp_path: Path) -> None:
+    """'cutpoint vm cleanup' ends the dead run's libvirt backup job and removes its scratch files at once; the
+    checkpoints stay, so the next backup is still an incremental that covers the gap."""
+    lab = lab_domain(["qcow2"], tag="cleanup")
+    cutpoint("vm", "add", "cl", "--libvirt", lab.name, check=True)
+    _backup("cl")
+    p = multiprocessing.get_context("fork").Process(target=_die_mid_read, args=("cl",))
+    p.start()
+    p.join(120)
+    assert p.exitcode == -signal.SIGKILL and lc.backup_job(lab.dom) is not None and _work_files()
+    res = json.loads(cutpoint("vm", "cleanup", "cl", "--json", check=True).out)
+    assert any("libvirt backup job" in r for r in res["removed"]), res
+    assert lc.backup_job(lab.dom) is None and _work_files() == [] and len(lab.checkpoints()) == 2
+    nxt = _backup("cl")
+    assert nxt["mode"] == "incremental", nxt["full_reason"]
+    assert_clean(lab, nxt["point"])
+    _verify("cl", nxt["point"], tmp_path / "next", 1)
+
+
+def test_refused_disk_on_a_running_domain(lab_domain, isolated: Path, tmp_path: Path) -> None:
+    """A shareable disk on a running domain: the backup is refused before libvirt is asked for anything, and once
+    the disk is excluded the same domain backs up, the exclusion recorded on the point."""
+    shared = isolated / "shared.img"
+    shared.write_bytes(b"\0" * MiB)
+    extra = (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{shared}'/>"
+             f"<target dev='vdz' bus='virtio'/><shareable/></disk>")
+    lab = lab_domain(["qcow2"], extra_xml=extra, tag="shared")
+    cutpoint("vm", "add", "sh", "--libvirt", lab.name, check=True)
+    r = cutpoint("backup", "sh", "--json")
+    assert r.code == 9 and "share-rw" in r.err and "--exclude-disk vdz" in r.err, (r.code, r.err)
+    assert len(r.err.strip().splitlines()) == 1
+    assert_clean(lab, None)
+    cutpoint("vm", "set", "sh", "--exclude-disk", "vdz", check=True)
+    res = _backup("sh")
+    assert [d["name"] for d in res["disks"]] == ["vda"] and [k["name"] for k in res["skipped"]] == ["vdz"]
+    assert lab.checkpoints() == [f"cutpoint-{res['point']}"] and lc.backup_job(lab.dom) is None
+    assert _bitmaps(lab) == [[f"cutpoint-{res['point']}"], []] and _work_files() == []   # vdz untouched
