@@ -8,12 +8,14 @@ cleanup must not abort it half-way (a guest left frozen, a bitmap not merged bac
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+log = logging.getLogger(__name__)
 _held = 0
 _pending = False
 
@@ -31,12 +33,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if threading.current_thread() is threading.main_thread():     # signal.signal works there only
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @contextmanager
-def critical() -> Iterator[None]:
-    """Hold SIGTERM for the duration (main thread only; elsewhere signals never arrive anyway)."""
+def critical(*, deliver: bool = True) -> Iterator[None]:
+    """Hold SIGTERM for the duration (main thread only; elsewhere signals never arrive anyway). A SIGTERM held here
+    is raised at the end, unless ``deliver`` is false: the work it would interrupt is already done (a backup whose
+    point is committed), so it is only logged."""
     global _held, _pending
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -48,4 +53,6 @@ def critical() -> Iterator[None]:
         _held -= 1
         if not _held and _pending:
             _pending = False
-            raise Terminated()
+            if deliver:
+                raise Terminated()
+            log.warning("SIGTERM came after the work was done and committed; finishing normally")

@@ -123,6 +123,7 @@ class Consistency:
     _freeze_sent: float | None = None
     _thaw_confirmed: bool = True
     _post_due: bool = False
+    _finished: bool = False
 
     @property
     def consistency(self) -> str:
@@ -210,9 +211,11 @@ class Consistency:
     # -- after the cut (the driver session is closed) --------------------------------------------------------------
 
     def finish(self) -> None:
-        """Confirm the guest is thawed (thawing again if needed), run the post-script, let go of the agent."""
-        if self.agent is None:
+        """Confirm the guest is thawed (thawing again if needed), run the post-script, let go of the agent.
+        Idempotent: the backup calls it on every path, and only the first call does anything."""
+        if self.agent is None or self._finished:
             return
+        self._finished = True
         try:
             if not self._thaw_confirmed:
                 self._confirm_thawed()

@@ -22,8 +22,8 @@ from ..hypervisor.disks import Disk, Inventory
 from ..hypervisor.driver import CutHandle, DriverSession
 from ..hypervisor.registry import driver_for
 from ..paths import work_home
-from ..signals import critical
 from ..reader.export import ExportReader
+from ..signals import critical
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import validation
@@ -72,24 +72,23 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
         point_id = new_point_id(now)
         prev = vault.catalog.points(vm_name)
         prev_manifest, unusable = vault.parent_for(prev[-1]) if prev else (None, None)   # None: failed verify
-        with driver.session() as s:
-            swept = s.sweep(work_home())
-            if swept:
-                log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
-            inv = validation.enforce(validation.check(s.inventory(), vm.settings, vm_name), vm_name)
-            config = s.capture_config()
-            plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable)
-            cons.prepare(s)                                     # app: ping, pre-script (or fall back)
-            try:
-                handle = cons.cut(s, plan.disks, point_id, plan.since, workdir_for(work_home(), vm_name, point_id))
-            except BaseException:
-                with critical():
-                    cons.finish()
-                raise
-        with critical():                                        # a SIGTERM now waits for the thaw
-            cons.finish()                                       # thaw confirmed, post-script
+        handle: CutHandle | None = None
         success = False
+        problems: list[str] = []
         try:
+            with driver.session() as s:
+                swept = s.sweep(work_home())
+                if swept:
+                    log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
+                inv = validation.enforce(validation.check(s.inventory(), vm.settings, vm_name), vm_name)
+                config = s.capture_config()
+                plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable)
+                cons.prepare(s)                                 # app: ping, pre-script (or fall back)
+                with critical():                                # a cut that exists reaches the release below
+                    handle = cons.cut(s, plan.disks, point_id, plan.since,
+                                      workdir_for(work_home(), vm_name, point_id))
+            with critical():                                    # a SIGTERM waits for the thaw
+                cons.finish()                                   # thaw confirmed, post-script
             manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
             cons.record(manifest)
@@ -103,9 +102,13 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             vault.commit_point(manifest, summary)
             success = True
         finally:
-            with critical():                                    # cleanup is never cut short by a SIGTERM
-                faults.hit("cleanup")
-                problems = driver.release(handle, success)
+            with critical():                                    # on a failed cut, the monitor is free again
+                cons.finish()
+            if handle is not None:
+                # cleanup is never cut short by a SIGTERM; one that comes after the commit does not undo success
+                with critical(deliver=not success):
+                    faults.hit("cleanup")
+                    problems = driver.release(handle, success)
         if problems:
             summary["warnings"] = list(summary["warnings"]) + [f"cleanup: {p}" for p in problems]
         return summary

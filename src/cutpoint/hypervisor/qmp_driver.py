@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from ..cut import bitmaps
-from ..signals import critical
 from ..cut.cleanup import release_cut, sweep, sweep_workdirs
 from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
 from .agent import AgentError, GuestAgent, SocketAgent, find_channel
@@ -37,9 +36,8 @@ class QmpDriverSession(DriverSession):
         try:
             take_cut(self.s, cut, quiesce)
         except BaseException:
-            with critical():
-                self.close()                    # cleanup needs the monitor
-                release_cut(cut, success=False)
+            self.close()                        # cleanup needs the monitor
+            release_cut(cut, success=False)
             raise
         return CutHandle(cut.nbd_socket, [ReadTarget(fd.disk, fd.export, fd.prev_bitmap) for fd in cut.disks],
                          cut.pause_ms, state=cut)
