@@ -10,6 +10,7 @@ from pathlib import Path
 import nbd
 
 from cutpoint.restore.nbdserve import PointServer, nbdkit_argv, stop_server
+from cutpoint.vault.prune import SERVED
 from tests.helpers import cutpoint
 from tests.vault.util import backup, change, gc, points, snapshot, two_disk_vm, vault_dir
 
@@ -32,7 +33,7 @@ def test_prune_while_served(bare_qemu, tmp_path: Path) -> None:
         res = json.loads(r.out)
         kept = {k["point"]: k["reasons"] for k in res["keep"]}
         assert set(kept) == {p1, p3} and [x["point"] for x in res["remove"]] == [p2]
-        assert kept[p1][0].startswith("in use: served by pid") and kept[p3] == ["last 1"]
+        assert kept[p1] == [SERVED] and kept[p3] == ["last 1"]
         assert points() == [p1, p3]
         gc()
         h = nbd.NBD()

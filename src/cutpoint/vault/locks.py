@@ -50,41 +50,50 @@ def hold(path: Path, what: str, *, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def in_use(path: Path) -> str | None:
-    """Who holds a flock on ``path`` (shared or exclusive), or None when nobody does or the file does not exist."""
+def in_use(path: Path) -> bool:
+    """Whether any process holds a flock (shared or exclusive) on ``path``. Read from /proc/locks, not by trying a
+    lock: an exclusive try, however short, would make a shared locker that comes at that moment fail."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        st = os.stat(path)
     except FileNotFoundError:
-        return None
+        return False
+    pids = _flock_pids(st)
+    if pids is not None:
+        return bool(pids)
+    fd = os.open(path, os.O_RDONLY)         # no /proc/locks: fall back to trying
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return holders(fd)
-        return None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)
 
 
-def holders(fd: int) -> str:
-    """Live processes holding a flock on the file open as ``fd``, from /proc/locks; 'another process' if unknown."""
-    st = os.fstat(fd)
-    pids: list[int] = []
+def _flock_pids(st: os.stat_result) -> list[int] | None:
+    """The pids /proc/locks names for flocks on the file ``st`` describes (the process that took each lock, which
+    may have exited while a child it forked still holds it); None when /proc/locks cannot be read."""
     try:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
-        lines = []
+        return None
+    pids: list[int] = []
     for line in lines:
         f = line.split()
         if len(f) < 6 or f[1] == "->" or f[1] != "FLOCK":
             continue
         try:
             maj, mnr, ino = f[5].split(":")
-            pid = int(f[4])
-            if int(ino) == st.st_ino and os.makedev(int(maj, 16), int(mnr, 16)) == st.st_dev and pid != os.getpid():
-                pids.append(pid)
+            if int(ino) == st.st_ino and os.makedev(int(maj, 16), int(mnr, 16)) == st.st_dev:
+                pids.append(int(f[4]))
         except ValueError:
             continue
+    return pids
+
+
+def holders(fd: int) -> str:
+    """Live processes holding a flock on the file open as ``fd``, from /proc/locks; 'another process' if unknown."""
+    pids = [p for p in _flock_pids(os.fstat(fd)) or [] if p != os.getpid()]
     if not pids:
         return "another process"
     return ", ".join(f"pid {p} ({describe(p)})" for p in sorted(set(pids))[:3])

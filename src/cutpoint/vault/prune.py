@@ -21,6 +21,9 @@ from .retention import Decision, Policy, decide
 from .vault import Vault
 
 
+SERVED = "in use: being served (a mount, a file view or an instant-restored VM)"
+
+
 @dataclass
 class PruneResult:
     vm: str
@@ -83,6 +86,6 @@ def _plan(vault: Vault, vm: str, policy: Policy, dry_run: bool, tz: tzinfo = tim
                              "'cutpoint verify' and fix the catalog before pruning") from None
     decisions = []
     for d in decide(pts, policy, tz):
-        user = None if d.keep else in_use(vault.pin_path(d.id))
-        decisions.append(replace(d, keep=True, reasons=(f"in use: served by {user}",)) if user else d)
+        served = not d.keep and in_use(vault.pin_path(d.id))
+        decisions.append(replace(d, keep=True, reasons=(SERVED,)) if served else d)
     return PruneResult(vm, policy, dry_run, decisions)
