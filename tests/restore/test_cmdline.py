@@ -6,6 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from cutpoint.errors import UsageError
 from cutpoint.hypervisor.qmp import QmpSession
 from cutpoint.restore.cmdline import DiskTarget, rewrite
 from cutpoint.restore.config import capture, synthesize_argv
@@ -109,13 +112,20 @@ def test_rewrite_drops_excluded_disks(tmp_path: Path) -> None:
             "-drive", f"file={old}/swap.img,format=raw,if=none,id=swap",
             "-device", "virtio-blk-pci,drive=swap",
             "-drive", f"file={old}/logs.img,format=raw,if=none,id=logs-drive",
-            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "logs-drive", "id": "logs"})]
+            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "logs-drive", "id": "logs"}),
+            "-drive", f"file={old}/anon.img,format=raw,if=virtio"]
     new = tmp_path / "copy"
     disks = [DiskTarget("root", "root", "", f"{old}/root.qcow2", new / "root.qcow2", "qcow2")]
-    rw = rewrite(argv, "/srv", name="copy", vmdir=new, disks=disks, excluded=["scratch", "swap", "logs"])
+    rw = rewrite(argv, "/srv", name="copy", vmdir=new, disks=disks,
+                 excluded={"scratch": "", "swap": "", "logs": "", "virtio0": f"{old}/anon.img"})
     joined = " ".join(rw.argv)
     assert old not in joined, joined
-    for gone in ("scratch", "swap", "logs"):
+    for gone in ("scratch", "swap", "logs", "anon"):
         assert gone not in joined, (gone, joined)
     assert f"filename={new}/root.qcow2" in joined and "drive=root,id=root-dev" in joined
-    assert any("logs, scratch, swap" in w for w in rw.warnings), rw.warnings
+    assert any("logs, scratch, swap, virtio0" in w for w in rw.warnings), rw.warnings
+    # a disk it cannot find by name or file is an error, not a VM that opens the original's image
+    with pytest.raises(UsageError, match="still opens /srv/web/odd.img"):
+        rewrite(["qemu-system-x86_64", "-blockdev", f"driver=file,filename={old}/odd.img,node-name=f1",
+                 "-blockdev", "driver=raw,file=f1,node-name=other-name"], "/srv", name="copy", vmdir=new,
+                disks=[], excluded={"odd": f"{old}/odd.img"})

@@ -21,6 +21,7 @@ import os
 import secrets
 import shlex
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,9 @@ def new_mac() -> str:
 
 class _Rewriter:
     def __init__(self, argv: list[str], cwd: str, name: str, vmdir: Path, disks: list[DiskTarget],
-                 excluded: list[str]) -> None:
+                 excluded: dict[str, str]) -> None:
         self.cwd = cwd
-        self.excluded = set(excluded)
+        self.excluded = excluded              # name -> image file ('' when unknown) of disks left out of the point
         self.name = name
         self.dir = vmdir
         self.disks = disks
@@ -122,14 +123,19 @@ class _Rewriter:
         return None
 
     def drop_excluded(self) -> None:
-        """Remove excluded disks: their device, their -drive, and their -blockdev node with the nodes beneath it."""
+        """Remove excluded disks: their device, their -drive (or -hda ...), and their -blockdev node with the nodes
+        beneath it. A disk is found by its name (drive id, node name, device id) or its image file; one that stays
+        on the command line is an error, never a new VM that opens the original's disk."""
         if not self.excluded:
             return
-        backends = set(self.excluded)            # a disk's name is its drive id, node name or device id
+        files = {self.abs(f) for f in self.excluded.values() if f}
+        backends = set(self.excluded)
         parsed = [(o, _parse(o.arg or "") if o.name in ("blockdev", "drive", "device") else None) for o in self.opts]
         for o, data in parsed:
             if o.name == "device" and _get(data, "id") in self.excluded and _get(data, "drive"):
                 backends.add(_get(data, "drive"))
+            elif o.name == "drive" and self.abs(str(_get(data, "file") or "")) in files and _get(data, "id"):
+                backends.add(_get(data, "id"))
         nodes = {_get(d, "node-name"): d for o, d in parsed if o.name == "blockdev" and _get(d, "node-name")}
         gone: set[str] = set()
         stack = [b for b in backends if b in nodes]
@@ -137,18 +143,28 @@ class _Rewriter:
             n = stack.pop()
             if n not in gone:
                 gone.add(n)
-                stack += [c for c in (_get(nodes[n], "file"), _get(nodes[n], "backing")) if isinstance(c, str)
-                          and c in nodes]
-        keep = []
-        for o, data in parsed:
-            if (o.name == "drive" and _get(data, "id") in backends) or (o.name == "blockdev" and
-                                                                        _get(data, "node-name") in gone) \
-                    or (o.name == "device" and (_get(data, "drive") in backends or _get(data, "id") in self.excluded)):
-                continue
-            keep.append(o)
+                stack += [c for c in (_get(nodes[n], "file"), _get(nodes[n], "backing"))
+                          if isinstance(c, str) and c in nodes]
+
+        def excluded(o: Opt, data: Any) -> bool:
+            if o.name == "drive":
+                return _get(data, "id") in backends or self.abs(str(_get(data, "file") or "")) in files
+            if o.name == "blockdev":
+                return _get(data, "node-name") in gone
+            if o.name == "device":
+                return _get(data, "drive") in backends or _get(data, "id") in self.excluded
+            return (o.name in HD_OPTS or o.name == "") and self.abs(o.arg or "") in files
+
+        keep = [o for o, data in parsed if not excluded(o, data)]
+        if len(keep) < len(self.opts):
+            self.warnings.append(f"disk(s) {', '.join(sorted(self.excluded))} were excluded from the backup: the "
+                                 "new VM does not have them")
         self.opts = keep
-        self.warnings.append(f"disk(s) {', '.join(sorted(self.excluded))} were excluded from the backup: the new VM "
-                             "does not have them")
+        left = sorted(f for f in files if any(f in (o.arg or "") for o in keep))
+        if left:
+            raise UsageError(f"the captured command line still opens {', '.join(left)}, a disk excluded from the "
+                             "backup, and cutpoint cannot tell how to leave it out; restore the disks with --to DIR "
+                             "and start the VM yourself")
 
     def rewrite_drive(self, items: Items) -> None:
         d = self.disk_for_drive(items)
@@ -326,10 +342,10 @@ class _Rewriter:
 
 
 def rewrite(argv: list[str], cwd: str, *, name: str, vmdir: Path, disks: list[DiskTarget],
-            qmp_address: str = "", excluded: list[str] = ()) -> Rewritten:
+            qmp_address: str = "", excluded: Mapping[str, str] | None = None) -> Rewritten:
     """The command line of a new VM ``name`` living in ``vmdir`` whose disks are ``disks``' restored images, without
-    the disks named in ``excluded`` (left out of the backup)."""
-    return _Rewriter(list(argv), cwd, name, vmdir, disks, list(excluded)).run(qmp_address)
+    the disks in ``excluded`` (name -> image file: left out of the backup)."""
+    return _Rewriter(list(argv), cwd, name, vmdir, disks, dict(excluded or {})).run(qmp_address)
 
 
 # -- -blockdev in either syntax -----------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def command_line(m: Manifest, cfg: dict[str, Any], name: str, vmdir: Path, disks
         argv, cwd = list(cfg["argv"]), str(cfg.get("cwd") or vmdir)
     else:
         argv, cwd = synthesize_argv(cfg.get("qmp", {})), str(vmdir)
-    excluded = [k["name"] for k in m.skipped if str(k.get("reason", "")).startswith("excluded")]
+    files = {d["name"]: d.get("filename", "") for d in cfg.get("qmp", {}).get("disks", [])}
+    excluded = {k["name"]: files.get(k["name"], "") for k in m.skipped
+                if str(k.get("reason", "")).startswith("excluded")}
     rw = rewrite(argv, cwd, name=name, vmdir=vmdir, disks=disks, qmp_address=str(cfg.get("qmp_address", "")),
                  excluded=excluded)
     rw.warnings = list(cfg.get("warnings", [])) + rw.warnings
