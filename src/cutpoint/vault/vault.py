@@ -6,6 +6,7 @@ opened or written: a wrong passphrase or key file stops a command with nothing c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import uuid
@@ -23,6 +24,7 @@ from . import passphrase as pp
 from .chunks import ChunkStore
 from .crypto import Keys, Sealer, check_key_file, unwrap_keys, wrap_keys
 from .fsutil import fsync_dir, write_atomic
+from .manifest import MAGIC as MANIFEST_MAGIC
 from .manifest import Manifest, manifest_path
 
 VAULT_FORMAT = "cutpoint-vault"
@@ -204,18 +206,18 @@ def read_config(root: Path) -> dict[str, Any]:
 
 def _refuse_downgrade(root: Path) -> None:
     """An unencrypted config over encrypted manifests means config.json (and key.json) were altered: writing on
-    would store plaintext chunks beside encrypted ones. One manifest's header (magic, scheme byte) tells."""
-    for path in root.glob("points/*/*.manifest"):
+    would store plaintext chunks beside encrypted ones. A few manifests' headers tell: magic, scheme 1 (AES-GCM) and
+    a key fingerprint. One damaged byte is not mistaken for it (verify reports that), so all three must agree."""
+    for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
         try:
             with open(path, "rb") as f:
-                head = f.read(5)
+                head = f.read(21)
         except OSError:
             continue
-        if len(head) == 5 and head[4] != 0:
+        if len(head) == 21 and head[:4] == MANIFEST_MAGIC and head[4] == 1 and any(head[5:]):
             raise IntegrityError(f"{root / 'config.json'} says the vault is unencrypted but its points are "
-                                 f"encrypted ({path.name}): config.json was altered; restore it and key.json from "
-                                 "a copy ('cutpoint vault key import FILE')")
-        return
+                                 f"encrypted ({path.name}): config.json was altered; restore config.json from a "
+                                 "copy, then the key (key.json, or 'cutpoint vault key import FILE')")
 
 
 def key_file_path(root: Path, key_file: Path | None = None) -> Path:
