@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cutpoint.backup.validation import refusal
-from cutpoint.hypervisor.disks import PASSTHROUGH_MODELS, Disk, discover
+from cutpoint.hypervisor.disks import Disk, _support_facts, discover
 from cutpoint.hypervisor.qmp import QmpSession
 from tests.consistency.support import cli as cutpoint
 from tests.helpers import assert_clean, blockdev_args, drive_args, make_image, qemu_state
@@ -104,16 +104,38 @@ def test_host_block_device_is_backed_up(bare_qemu: Callable, tmp_path: Path, blo
         assert Path(out["files"][0]["path"]).read_bytes() == f.read(16 << 20)
 
 
-def test_scsi_passthrough_is_refused() -> None:
-    """scsi-block/scsi-generic send the guest's SCSI commands to the device by SG_IO, past the block layer. QEMU
-    starts them only on a real SCSI device (none here), so this checks the verdict on discovery's facts."""
-    for model, what in PASSTHROUGH_MODELS.items():
-        d = Disk("lun", "#block1", 1 << 30, "raw", "/dev/sdx", device="lun", protocol="host_device",
-                 protocol_file="/dev/sdx", model=model, passthrough=what)
-        why = refusal(d, "v")
+class _FakeMonitor:
+    """What QMP answers about one SCSI disk on a host device; QEMU starts scsi-block/scsi-generic only on a real
+    SCSI device, which these machines lack, so discovery's part is checked against QEMU's answers as recorded."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.asked: list[str] = []
+
+    def cmd(self, name: str, **args: object) -> object:
+        if name == "query-named-block-nodes":
+            return [{"node-name": "#block1", "drv": "raw", "file": "/dev/sdx"},
+                    {"node-name": "#block0", "drv": "host_device", "file": "/dev/sdx"}]
+        assert name == "qom-get", name
+        self.asked.append(f"{args['path']}.{args['property']}")
+        return False if args["property"] == "share-rw" else self.model
+
+
+@pytest.mark.parametrize("model", ["scsi-block", "scsi-generic", "scsi-hd"])
+def test_scsi_passthrough_is_refused(model: str) -> None:
+    """scsi-block/scsi-generic send the guest's SCSI commands to the device by SG_IO, past the block layer: refused.
+    scsi-hd on the same host device is an emulated disk: backed up."""
+    d = Disk("lun", "#block1", 1 << 30, "raw", "/dev/sdx", device="lun",
+             qdev="/machine/peripheral-anon/device[0]")
+    mon = _FakeMonitor(model)
+    _support_facts(mon, [d])  # type: ignore[arg-type]
+    assert mon.asked == ["/machine/peripheral-anon/device[0].share-rw", "/machine/peripheral-anon/device[0].type"]
+    assert (d.protocol, d.model) == ("host_device", model)
+    why = refusal(d, "v")
+    if model == "scsi-hd":
+        assert why is None and d.passthrough == ""
+    else:
         assert why and "is a raw pass-through" in why and model in why and "--exclude-disk lun" in why
-    plain = Disk("lv", "lv", 1 << 30, "raw", "/dev/vg/lv", protocol="host_device", model="scsi-hd")
-    assert refusal(plain, "v") is None
 
 
 def test_cache_modes_recorded_unsafe_noted_cdrom_skipped(bare_qemu: Callable, tmp_path: Path) -> None:

@@ -96,9 +96,10 @@ def test_replace_onto_a_block_device(bare_qemu, tmp_path: Path) -> None:
             assert f.read() == b"\x4c" * (4 << 20) + b"\0" * (12 << 20)
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
-    bigger = tmp_path / "bigger.img"                        # the same device node, now 24 MiB
+    bigger = tmp_path / "bigger.img"                        # a device larger than the point's disk
     bigger.write_bytes(b"\0" * (24 << 20))
     r = subprocess.run(["losetup", "-f", "--show", str(bigger)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     dev2 = r.stdout.strip()
     try:
         with pytest.raises(UsageError, match="block device of 25165824 bytes"):

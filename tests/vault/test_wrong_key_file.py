@@ -40,7 +40,7 @@ def test_wrong_key_file(bare_qemu, tmp_path: Path, monkeypatch) -> None:
     one_line_error(cutpoint("vault", "key", "import", str(mine)), 10, "wrong passphrase")
     assert not key.exists()
     monkeypatch.setenv("CUTPOINT_PASSPHRASE", "same passphrase")
-    hostile = tmp_path / "hostile.key"                  # a key file asking scrypt for 128 GiB is refused unrun
+    hostile = tmp_path / "hostile.key"                  # a key file asking scrypt for 1 TiB is refused unrun
     doc = json.loads(mine.read_text())
     doc["kdf"]["n"] = 1 << 30
     hostile.write_text(json.dumps(doc))

@@ -11,9 +11,10 @@ point):
   continuously, and QEMU will not put change tracking on it;
 * **transient** (``-drive snapshot=on``): the guest's writes go to QEMU's temporary overlay, deleted when QEMU
   exits; the VM's image never changes, so a point would hold state the VM itself will lose;
-* **raw pass-through** (``host_device``, ``host_cdrom``, ``iscsi`` protocol nodes): the device is reachable and
-  writable outside this QEMU (the host, other initiators) and may keep acknowledged writes in its own volatile
-  cache, which QEMU cannot see; back it up on its storage.
+* **raw pass-through** (a ``scsi-block``/``scsi-generic`` guest device; libvirt's ``device='lun'``): the guest's
+  SCSI commands reach the device by SG_IO, past the block layer where the cut and the dirty bitmap are taken, and
+  the device may keep acknowledged writes in its own volatile cache; back it up on its storage. A host block device
+  (an LVM volume) under an emulated disk is not refused: its writes all go through QEMU's block layer.
 
 CD-ROMs are skipped by discovery. Host caching is recorded per disk on the point, and warned about only where it
 matters (see ../shared notes on host caching, measured with the lab verifier): the cut is a QMP ``transaction``

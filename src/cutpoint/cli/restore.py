@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_restore)
 
 
-def _points_lock(vault: Vault) -> Any:
-    lock = getattr(vault, "points_lock", None)
-    return lock(shared=True) if lock else nullcontext()
-
-
 @contextmanager
 def point_of(vault: Vault, args: argparse.Namespace) -> Iterator[Manifest]:
     """The manifest of ``args.name``/``args.point``, with the vault's points held (no prune) while it is used."""
     if not vault.catalog.points(args.name):
         vault.catalog.vm(args.name)        # unknown VM: says so; known VM: falls through to "no such point"
     rec = vault.catalog.point(args.name, args.point)
-    with _points_lock(vault):
+    with vault.points_lock(shared=True):
         yield vault.manifest(rec)
 
 

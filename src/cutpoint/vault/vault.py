@@ -207,7 +207,7 @@ def read_config(root: Path) -> dict[str, Any]:
 def _refuse_downgrade(root: Path) -> None:
     """An unencrypted config over encrypted manifests means config.json (and key.json) were altered: writing on
     would store plaintext chunks beside encrypted ones. A few manifests' headers tell: magic, scheme 1 (AES-GCM) and
-    a key fingerprint. One damaged byte is not mistaken for it (verify reports that), so all three must agree."""
+    a key fingerprint, all three: one damaged byte is not mistaken for it (verify reports that)."""
     for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
         try:
             with open(path, "rb") as f:
