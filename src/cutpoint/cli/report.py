@@ -68,7 +68,7 @@ def report(vault: Vault) -> dict[str, Any]:
         store.close()
     for name in names:
         own = settings.get(name) or {}
-        ctype = by_policy.get(own.get("policy")) or own.get("consistency") or "crash"
+        ctype = by_policy.get(str(own.get("policy") or "")) or own.get("consistency") or "crash"
         ids = refs.get(name, set())
         vms.append({
             "vm": name, "protected": name in settings, "consistency": ctype,
