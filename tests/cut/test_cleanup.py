@@ -30,6 +30,24 @@ def _two_disk_vm(bare_qemu, tmp_path: Path):
     return vm
 
 
+def _dead_cut(qmp: Path, prev: str) -> str:
+    """What a cutpoint process that died right after its cut leaves: overlays, jobs, exports, NBD server, new
+    bitmaps, and the previous point's bitmap disabled. Returns the dead run's point id."""
+    dead = "20990101T000000Z-dead"
+    with QmpSession(qmp) as s:
+        disks = discover(s).disks
+        take_cut(s, plan_cut(qmp, workdir_for(work_home(), "v", dead), disks, dead,
+                             {d.name: "cutpoint-" + prev for d in disks}))
+    return dead
+
+
+def _assert_only_bitmap(qmp: Path, point: str) -> None:
+    """Nothing left in QEMU but ``point``'s bitmap on each disk (and the other tool's, untouched)."""
+    with QmpSession(qmp) as s:
+        db_node = next(d.node for d in discover(s).disks if d.name == "db")
+    assert_clean(qmp, work_home(), {"da": ["cutpoint-" + point, "other-tool"], db_node: ["cutpoint-" + point]})
+
+
 def test_success_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None:
     vm = _two_disk_vm(bare_qemu, tmp_path)
     cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
@@ -66,19 +84,10 @@ def test_leftovers_of_a_dead_cutpoint_are_swept(bare_qemu, tmp_path: Path) -> No
     vm = _two_disk_vm(bare_qemu, tmp_path)
     cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
     p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
-    # a cutpoint process that died right after its cut: overlays, jobs, exports, NBD server, new bitmaps, p1's
-    # bitmap disabled
-    with QmpSession(vm.qmp) as s:
-        disks = discover(s).disks
-        cut = plan_cut(vm.qmp, workdir_for(work_home(), "v", "20990101T000000Z-dead"), disks, "20990101T000000Z-dead",
-                       {d.name: "cutpoint-" + p1 for d in disks})
-        take_cut(s, cut)
+    _dead_cut(vm.qmp, p1)
     res = json.loads(cutpoint("backup", "v", "--json", check=True).out)
     assert res["mode"] == "incremental", res["full_reason"]
-    with QmpSession(vm.qmp) as s:
-        db_node = next(d.node for d in discover(s).disks if d.name == "db")
-    p2 = res["point"]
-    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})
+    _assert_only_bitmap(vm.qmp, res["point"])
 
 
 def test_full_read_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None:
@@ -88,10 +97,7 @@ def test_full_read_leaves_only_the_new_bitmap(bare_qemu, tmp_path: Path) -> None
     cutpoint("backup", "v", "--json", check=True)
     res = json.loads(cutpoint("backup", "v", "--full", "--json", check=True).out)
     assert res["mode"] == "full" and "--full" in res["full_reason"]
-    with QmpSession(vm.qmp) as s:
-        db_node = next(d.node for d in discover(s).disks if d.name == "db")
-    p2 = res["point"]
-    assert_clean(vm.qmp, work_home(), {"da": ["cutpoint-" + p2, "other-tool"], db_node: ["cutpoint-" + p2]})
+    _assert_only_bitmap(vm.qmp, res["point"])
 
 
 def test_vm_cleanup_removes_a_dead_runs_leftovers_now(bare_qemu, tmp_path: Path) -> None:
@@ -99,12 +105,7 @@ def test_vm_cleanup_removes_a_dead_runs_leftovers_now(bare_qemu, tmp_path: Path)
     vm = _two_disk_vm(bare_qemu, tmp_path)
     cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
     p1 = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
-    with QmpSession(vm.qmp) as s:
-        disks = discover(s).disks
-        dead = "20990101T000000Z-dead"
-        cut = plan_cut(vm.qmp, workdir_for(work_home(), "v", dead), disks, dead,
-                       {d.name: "cutpoint-" + p1 for d in disks})
-        take_cut(s, cut)
+    dead = _dead_cut(vm.qmp, p1)
     res = json.loads(cutpoint("vm", "cleanup", "v", "--json", check=True).out)
     assert any(r.startswith("cutpoint-export-") for r in res["removed"]), res
     assert any(r.startswith("cutpoint-job-") for r in res["removed"]), res
