@@ -58,6 +58,21 @@ def libvirtd() -> str:
     return URI
 
 
+def start_domain(dom) -> None:  # type: ignore[no-untyped-def]
+    """Start a defined domain. libvirt gives each QEMU a private mount namespace, which needs '/' to be a mount
+    point: inside a chroot (such as the fresh-machine check) it cannot, and no domain can start there at all. That
+    is the environment's limit, not cutpoint's, so those tests are skipped with the reason; on a machine's real root
+    they run."""
+    import libvirt
+
+    try:
+        dom.create()
+    except libvirt.libvirtError as exc:
+        if "Failed disable mount propagation out of the root filesystem" in str(exc):   # mount("/", MS_SLAVE)
+            pytest.skip(f"libvirt cannot start domains here, '/' is not a mount point (a chroot?): {exc}")
+        raise
+
+
 TAG = re.compile(r"cutpoint test domain, pytest pid (\d+)")
 
 
@@ -130,7 +145,7 @@ class LabDomain:
         d = self.dom
         d.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         mark = len(self.text())
-        d.create()
+        start_domain(d)
         self.wait_for(r"CUTPOINT-WORKLOAD-STARTED", after=mark)
 
 
@@ -223,7 +238,7 @@ def lab_domain(libvirtd: str, isolated: Path) -> Iterator[Callable[..., LabDomai
         names.append(name)
         lab = LabDomain(name, d, libvirtd, [p for p, _ in disks], d / "console.log")
         if start:
-            dom.create()
+            start_domain(dom)
             lab.wait_for(r"CUTPOINT-WORKLOAD-STARTED")
             if agent:
                 lab.wait_for(r"CUTPOINT-AGENT-STARTED")
