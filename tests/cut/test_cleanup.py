@@ -116,3 +116,16 @@ def test_vm_cleanup_removes_a_dead_runs_leftovers_now(bare_qemu, tmp_path: Path)
     assert "nothing left behind" in cutpoint("vm", "cleanup", "v", check=True).out
     nxt = json.loads(cutpoint("backup", "v", "--json", check=True).out)
     assert nxt["mode"] == "incremental" and nxt["parent"] == p1
+
+
+def test_nbd_server_of_a_run_killed_before_its_first_export(bare_qemu, tmp_path: Path) -> None:
+    """A cutpoint killed between nbd-server-start and its first block-export-add leaves an NBD server with no
+    export; its socket in that run's work directory still answers, which tells that it is cutpoint's to stop."""
+    vm = _two_disk_vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    wd = workdir_for(work_home(), "v", "20990101T000000Z-dead")
+    wd.mkdir(parents=True)
+    with QmpSession(vm.qmp) as s:
+        s.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": str(wd / "nbd.sock")}})
+    res = json.loads(cutpoint("backup", "v", "--json", check=True).out)
+    _assert_only_bitmap(vm.qmp, res["point"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,22 @@ def _step(problems: list[str], fn: Callable[[], object]) -> None:
 
 def workdir_for(base: Path, vm: str, point_id: str) -> Path:
     return base / vm / point_id
+
+
+def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
+    """Stop the NBD server of a cutpoint killed between ``nbd-server-start`` and its first export (``sweep`` finds
+    none to go by). QEMU's 7.2 QMP cannot say where its server listens, but that run's socket lies in its own work
+    directory: if it still accepts a connection, the server is cutpoint's. Call before ``sweep_workdirs``."""
+    for sock in sorted((base / vm).glob("*/nbd.sock")) if (base / vm).is_dir() else []:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(2.0)
+            try:
+                c.connect(str(sock))
+            except OSError:
+                continue                    # stale: its QEMU, or its server, is gone
+        _ignore_missing(lambda: s.cmd("nbd-server-stop"))
+        return [f"NBD server on {sock}"]
+    return []
 
 
 def sweep_workdirs(base: Path, vm: str) -> list[str]:

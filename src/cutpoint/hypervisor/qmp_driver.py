@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cut import bitmaps
-from ..cut.cleanup import release_cut, sweep, sweep_workdirs
+from ..cut.cleanup import release_cut, stop_orphan_nbd_server, sweep, sweep_workdirs
 from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
 from .agent import AgentError, GuestAgent, SocketAgent, find_channel
 from .disks import Disk, Inventory, discover
@@ -21,7 +21,7 @@ class QmpDriverSession(DriverSession):
         self.s = QmpSession(qmp).open()
 
     def sweep(self, workdirs: Path) -> list[str]:
-        return sweep(self.s) + sweep_workdirs(workdirs, self.vm)
+        return sweep(self.s) + stop_orphan_nbd_server(self.s, workdirs, self.vm) + sweep_workdirs(workdirs, self.vm)
 
     def inventory(self) -> Inventory:
         return discover(self.s)
