@@ -28,8 +28,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def point(bare_qemu, tmp_path: Path):
-    """A bare VM with three disks, backed up once: ext4 on the whole disk (qcow2), a GPT disk with vfat and ext4
-    partitions (raw), and a swap disk (raw); returns (source trees, point id)."""
+    """A bare VM with four disks, backed up once: ext4 on the whole disk (qcow2), a GPT disk with vfat and ext4
+    partitions (raw), a swap disk (raw) and vfat on the whole disk (raw); returns (source trees, point id)."""
     rnd = os.urandom
     ext_src = tmp_path / "ext-src"
     (ext_src / "dir" / "nested").mkdir(parents=True)
@@ -64,12 +64,14 @@ def point(bare_qemu, tmp_path: Path):
     for img, sector in ((fat, 2048), (part2, 51200)):
         subprocess.run(["dd", f"if={img}", f"of={disk_b}", "bs=512", f"seek={sector}", "conv=notrunc,sparse",
                         "status=none"], check=True)
+    disk_d = tmp_path / "d.raw"                 # the same vfat on a whole disk, no partition table
+    disk_d.write_bytes(fat.read_bytes())
     disk_c = tmp_path / "c.raw"
     subprocess.run(["truncate", "-s", "8M", str(disk_c)], check=True)
     subprocess.run(["mkswap", str(disk_c)], check=True, capture_output=True)
 
     vm = bare_qemu(blockdev_args(disk_a, "exta") + blockdev_args(disk_b, "gpt", "raw")
-                   + blockdev_args(disk_c, "swap", "raw"))
+                   + blockdev_args(disk_c, "swap", "raw") + blockdev_args(disk_d, "fatd", "raw"))
     cutpoint("vm", "add", "src", "--qmp", str(vm.qmp), check=True)
     res = json.loads(cutpoint("backup", "src", "--json", check=True).out)
     return {"ext": ext_src, "fat": fat_src, "ext2": ext2_src}, res["point"]
@@ -79,7 +81,8 @@ def test_ls_get_and_bad_input(point, tmp_path: Path) -> None:
     src, pid = point
     over = json.loads(cutpoint("files", "ls", "src", pid, "--json", check=True).out)
     kinds = {d["disk"]: [(v["partition"], v["fstype"]) for v in d["volumes"]] for d in over["disks"]}
-    assert kinds == {"exta": [(0, "ext4")], "gpt": [(1, "vfat"), (2, "ext4")], "swap": [(0, "swap")]}
+    assert kinds == {"exta": [(0, "ext4")], "gpt": [(1, "vfat"), (2, "ext4")], "swap": [(0, "swap")],
+                     "fatd": [(0, "vfat")]}
 
     root = json.loads(cutpoint("files", "ls", "src", pid, "--disk", "exta", "--json", check=True).out)
     names = {e["name"]: e for e in root["entries"]}
@@ -111,6 +114,11 @@ def test_ls_get_and_bad_input(point, tmp_path: Path) -> None:
     cutpoint("files", "get", "src", pid, "--disk", "gpt", "--part", "2", "/in-part2.txt", "--to", str(out),
              check=True)
     assert (out / "in-part2.txt").read_text() == "second partition\n"
+    whole = tmp_path / "out-whole-vfat"                  # vfat on a disk without a partition table
+    listed = json.loads(cutpoint("files", "ls", "src", pid, "--disk", "fatd", "/docs", "--json", check=True).out)
+    assert listed["volume"]["fstype"] == "vfat" and [e["name"] for e in listed["entries"]] == ["readme.txt"]
+    cutpoint("files", "get", "src", pid, "--disk", "fatd", "/Long File Name.txt", "--to", str(whole), check=True)
+    assert (whole / "Long File Name.txt").read_bytes() == (src["fat"] / "Long File Name.txt").read_bytes()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
     # bad input: one clear line, non-zero exit, nothing half-written
