@@ -4,11 +4,15 @@ filesystems around ``virDomainBackupBegin``; without an agent the same backup fa
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from cutpoint.hypervisor.agent import AgentError
+from cutpoint.hypervisor.libvirt_agent import LibvirtAgent
 from tests.consistency.support import features
 from tests.helpers import cutpoint
 
@@ -41,3 +45,39 @@ def test_no_agent_falls_back_to_crash(lab_domain) -> None:
     res = json.loads(cutpoint("backup", "noagent", "--consistency", "app", "--json", check=True).out)
     assert res["consistency"] == "crash" and res["requested"] == "app"
     assert "no guest agent channel" in res["fallback_reason"], res["fallback_reason"]
+
+
+def _last_seq(lab) -> int:  # type: ignore[no-untyped-def]
+    seqs = re.findall(r"CUTPOINT-WORKLOAD seq=(\d+)", lab.text())
+    return int(seqs[-1]) if seqs else 0
+
+
+def test_agent_hanging_in_freeze_falls_back_and_the_guest_is_thawed(lab_domain) -> None:
+    """qemu-ga hangs inside guest-fsfreeze-freeze (its hook sleeps 6 s before freezing) behind libvirt's relay: the
+    backup goes on crash-consistent with the reason, and the guest ends thawed and writing."""
+    lab = lab_domain(["qcow2", "qcow2"], tag="hang", agent=True)
+    cutpoint("vm", "add", "hang", "--libvirt", lab.name, check=True)
+    cutpoint("vm", "set", "hang", "--consistency", "app", "--freeze-timeout", "2", check=True)
+    agent = LibvirtAgent(lab.uri, lab.name)
+    try:
+        assert agent.exec("/bin/sh", ["-c", "echo 6 > /run/cutpoint-freeze-delay"], 10).exitcode == 0
+        t0 = time.monotonic()
+        res = json.loads(cutpoint("backup", "hang", "--json", check=True).out)
+        assert (res["consistency"], res["requested"], res["frozen_ms"]) == ("crash", "app", None), res
+        assert "did not answer" in res["fallback_reason"] and "2 s" in res["fallback_reason"], res
+        assert time.monotonic() - t0 < 30
+        deadline = time.monotonic() + 20               # the agent may still be busy with the late freeze
+        while True:
+            try:
+                state = agent.status(2)
+                break
+            except AgentError:
+                assert time.monotonic() < deadline, "the agent never answered after the backup"
+                time.sleep(0.5)
+        assert state == "thawed", (state, res["warnings"])
+        before, deadline = _last_seq(lab), time.monotonic() + 30
+        while _last_seq(lab) <= before:                 # the guest writes on
+            assert time.monotonic() < deadline, f"the guest stopped writing at seq {before}"
+            time.sleep(0.5)
+    finally:
+        agent.close()
