@@ -43,36 +43,9 @@ def apparent(path: Path) -> int:
 
 def _libvirt_up() -> str | None:
     """None when libvirtd answers on URI (started here if it is not and we are root), else why not."""
-    try:
-        import libvirt
-    except ImportError:
-        return "python3-libvirt is not installed (apt-get install python3-libvirt)"
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)   # errors are raised; do not also print them
+    from cutpoint.lab import libvirtd
 
-    def answer() -> str | None:
-        try:
-            libvirt.open(URI).close()
-            return None
-        except libvirt.libvirtError as exc:
-            return str(exc)
-
-    if answer() is None:
-        return None
-    if os.geteuid() != 0:
-        return f"libvirtd does not answer on {URI} and only root can start it here: {answer()}"
-    for daemon in ("virtlogd", "libvirtd"):
-        if shutil.which(daemon) is None:
-            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
-        if not Path(f"/run/libvirt/{daemon.replace('libvirtd', 'libvirt')}-sock").exists():
-            r = subprocess.run([daemon, "-d"], check=False, capture_output=True, text=True, timeout=30)
-            if r.returncode != 0:
-                return f"cannot start {daemon}: {r.stderr.strip()}"
-    deadline = time.monotonic() + 20
-    while (why := answer()) is not None:
-        if time.monotonic() > deadline:
-            return f"libvirtd started but does not answer on {URI}: {why}"
-        time.sleep(0.2)
-    return None
+    return libvirtd.ensure(URI)
 
 
 def _domain_xml(name: str, disks: list[Path]) -> str:

@@ -20,17 +20,9 @@ from pathlib import Path
 
 import pytest
 
-URI = "qemu:///system"
-DAEMON_WAIT = 20.0
+from cutpoint.lab import libvirtd as lab_libvirtd
 
-
-def _libvirt_up() -> str | None:
-    """None when libvirtd answers on URI, else why not."""
-    r = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, text=True, timeout=30)
-    return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip())
-
-
-SOCKETS = {"virtlogd": Path("/run/libvirt/virtlogd-sock"), "libvirtd": Path("/run/libvirt/libvirt-sock")}
+URI = lab_libvirtd.URI
 
 
 @pytest.fixture(scope="session")
@@ -39,21 +31,9 @@ def libvirtd() -> str:
     for tool in ("virsh", "libvirtd", "virtlogd"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run scripts/install-deps (libvirt-daemon-system, libvirt-clients)")
-    if _libvirt_up() is None:
-        _remove_orphans()
-        return URI
-    if os.geteuid() != 0:
-        pytest.fail(f"libvirtd does not answer on {URI} and only root can start it here: {_libvirt_up()}")
-    for daemon in ("virtlogd", "libvirtd"):
-        if not SOCKETS[daemon].exists():      # its socket, not pgrep: a daemon of another root (chroot) is not ours
-            r = subprocess.run([daemon, "-d"], capture_output=True, text=True, timeout=30)
-            if r.returncode != 0:
-                pytest.fail(f"cannot start {daemon}: {r.stderr.strip()}")
-    deadline = time.monotonic() + DAEMON_WAIT
-    while (why := _libvirt_up()) is not None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"libvirtd started but does not answer on {URI}: {why}")
-        time.sleep(0.2)
+    why = lab_libvirtd.ensure(URI)
+    if why is not None:
+        pytest.fail(why)
     _remove_orphans()
     return URI
 
