@@ -76,9 +76,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
-    with recorded(vault, "restore", args.name) as job, point_of(vault, args) as m:
+    with recorded(vault, "restore", args.name, detail={"mode": "files"}) as job, point_of(vault, args) as m:
         res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None))
-        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail={"mode": "files", **job_detail(res)})
+        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail=job_detail(res))
     if args.json:
         print_json(res)
     else:

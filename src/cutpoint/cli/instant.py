@@ -45,7 +45,7 @@ def cmd_finish(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
     with recorded(vault, "restore", args.name, detail={"mode": "instant-finish"}) as job:
         res = finish(vault, args.name, progress=ProgressLine(not args.json), timeout=args.timeout)
-        job.done(nbytes=int(res.get("bytes") or 0), detail={"mode": "instant-finish", **job_detail(res)})
+        job.done(nbytes=int(res.get("bytes") or 0), detail=job_detail(res))
     if args.json:
         print_json(res)
     else:

@@ -53,12 +53,16 @@ def _release_in_qemu(s: QmpSession, cut: Cut, success: bool) -> list[str]:
     for node in cut.attached:
         _step(problems, lambda node=node: _ignore_missing(lambda: s.cmd("blockdev-del", node_name=node)))
     if cut.transaction_done:
+        ours: dict[str, set[str]] = {}
+        if success:
+            _step(problems, lambda: ours.update(_cutpoint_bitmaps(s)))     # one query for all disks
         for fd in cut.disks:
-            _step(problems, lambda fd=fd: _settle_bitmaps(s, fd.disk.node, fd.new_bitmap, fd.prev_bitmap, success))
+            _step(problems, lambda fd=fd: _settle_bitmaps(s, fd.disk.node, fd.new_bitmap, fd.prev_bitmap, success,
+                                                          ours.get(fd.disk.node, set())))
     return problems
 
 
-def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, success: bool) -> None:
+def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, success: bool, ours: set[str]) -> None:
     """On success the previous bitmap is done with; on failure the new one is folded back into it.
 
     After a failed backup the next one must still cover everything since the last *good* point, so the changes the
@@ -66,7 +70,7 @@ def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, succes
     """
     if success:
         # the previous bitmap, and on a disk read in full (--full, resized, replaced) the one it did not use
-        for name in _cutpoint_bitmaps(s, node) - {new}:
+        for name in ours - {new}:
             _ignore_missing(lambda name=name: s.cmd("block-dirty-bitmap-remove", node=node, name=name))
         return
     if prev:
@@ -79,11 +83,11 @@ def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, succes
         _ignore_missing(lambda: s.cmd("block-dirty-bitmap-remove", node=node, name=new))
 
 
-def _cutpoint_bitmaps(s: QmpSession, node: str) -> set[str]:
-    for n in s.cmd("query-named-block-nodes", flat=True):
-        if n.get("node-name") == node:
-            return {b["name"] for b in n.get("dirty-bitmaps") or [] if b.get("name", "").startswith(BITMAP_PREFIX)}
-    return set()
+def _cutpoint_bitmaps(s: QmpSession) -> dict[str, set[str]]:
+    """Node name -> the cutpoint bitmaps on it (anonymous bitmaps of running block jobs have no name)."""
+    return {n["node-name"]: {b["name"] for b in n.get("dirty-bitmaps") or []
+                             if b.get("name", "").startswith(BITMAP_PREFIX)}
+            for n in s.cmd("query-named-block-nodes", flat=True) if n.get("node-name")}
 
 
 def sweep(s: QmpSession) -> list[str]:

@@ -75,8 +75,7 @@ def qmp_facts(s: QmpSession) -> dict[str, Any]:
     disks = []
     for d in discover(s).disks:
         entry = {"name": d.name, "node": d.node, "driver": d.driver, "filename": d.filename, "size": d.size,
-                 "device": d.device, "qdev": d.qdev, "read_only": d.read_only, "model": ""}
-        entry["model"] = d.model
+                 "device": d.device, "qdev": d.qdev, "read_only": d.read_only, "model": d.model}
         disks.append(entry)
     facts["disks"] = disks
     return facts
