@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from ..paths import work_home
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import files as fsmod
+from .names import terminal_safe
 from .nbdserve import FileView, nbdkit_argv, unmount
 
 
@@ -83,21 +84,28 @@ def list_files(vault: Vault, m: Manifest, disk: str | None, path: str, part: int
         vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
         entry, children = fsmod.Fs(v.image, vol).ls(path)
         res = _result(m, v, vol, t0)
-    res.update(path=path, type=entry.type,
-               entries=[vars(e) for e in (children if entry.type == "dir" else [entry])])
+    res.update(path=terminal_safe(path), type=entry.type,
+               entries=[e.to_json() for e in (children if entry.type == "dir" else [entry])])
     return res
 
 
 def get_files(vault: Vault, m: Manifest, disk: str | None, path: str, to: Path, part: int | None,
-              key_file: Path | None = None) -> dict[str, Any]:
+              key_file: Path | None = None, *, max_bytes: int | None = None,
+              warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Copy ``path`` (escaped guest form accepted) into directory ``to`` through ``extract`` (hostile guest safe).
+
+    ``max_bytes`` bounds what may be written; ``warn`` gets each skipped entry's message (already escaped) as it
+    happens. Paths in the result are escaped for output; ``files`` lists regular files with their guest sizes."""
     t0 = time.monotonic()
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
         vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
-        final, files = fsmod.Fs(v.image, vol).get(path, to)
+        rep = fsmod.Fs(v.image, vol).extract(path, to, max_bytes=max_bytes, warn=warn)
         res = _result(m, v, vol, t0)
-    total = sum(s for _, s in files)
-    res.update(path=path, to=str(final), files=[{"path": p, "size": s} for p, s in files], bytes=total,
+    total = rep.bytes
+    res.update(path=terminal_safe(path), to=rep.shown, files=[{"path": p, "size": s} for p, s in rep.files],
+               links=[{"path": p, "target": t} for p, t in rep.links], skipped=rep.skipped,
+               warnings=rep.warnings, bytes=total, bytes_written=rep.written,
                rate_bytes_s=round(total / max(res["duration_s"], 1e-6)))
     return res
 
