@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from ..vault.vault import Vault
 from . import files as fsmod
 from .names import terminal_safe
 from .nbdserve import FileView, nbdkit_argv, unmount
+from .sandbox import Sandbox
 
 
 @dataclass
@@ -30,6 +32,7 @@ class View:
     disk: DiskManifest
     image: Path
     stats: Path
+    sandbox: Sandbox                 # where the filesystem tools run (confined: see restore/sandbox.py)
 
     def chunks_read(self) -> int:
         try:
@@ -56,11 +59,13 @@ def disk_view(vault: Vault, m: Manifest, disk: DiskManifest, key_file: Path | No
     stats = base / f"stats-{os.getpid()}-{time.monotonic_ns()}"
     stats.touch()
     args = nbdkit_argv(vault.root, m.vm, m.point, disk=disk.name, stats=stats, key_file=key_file)
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-", dir=base))
     try:
         with FileView(args, base) as fv:
-            yield View(disk, fv.path, stats)
+            yield View(disk, fv.path, stats, Sandbox(fv.mnt, scratch))
     finally:
         stats.unlink(missing_ok=True)
+        scratch.rmdir()
 
 
 def _result(m: Manifest, view: View, vol: fsmod.Volume | None, t0: float) -> dict[str, Any]:
@@ -77,12 +82,13 @@ def list_files(vault: Vault, m: Manifest, disk: str | None, path: str, part: int
         out = []
         for d in m.disks:
             with disk_view(vault, m, d, key_file) as v:
-                out.append({"disk": d.name, "size": d.size, "volumes": [x.to_json() for x in fsmod.volumes(v.image)]})
+                vols = fsmod.volumes(v.image, v.sandbox)
+                out.append({"disk": d.name, "size": d.size, "volumes": [x.to_json() for x in vols]})
         return {"vm": m.vm, "point": m.point, "disks": out, "duration_s": round(time.monotonic() - t0, 3)}
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
-        entry, children = fsmod.Fs(v.image, vol).ls(path)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
+        entry, children = fsmod.Fs(v.image, vol, v.sandbox).ls(path)
         res = _result(m, v, vol, t0)
     res.update(path=terminal_safe(path), type=entry.type,
                entries=[e.to_json() for e in (children if entry.type == "dir" else [entry])])
@@ -99,8 +105,8 @@ def get_files(vault: Vault, m: Manifest, disk: str | None, path: str, to: Path, 
     t0 = time.monotonic()
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
-        rep = fsmod.Fs(v.image, vol).extract(path, to, max_bytes=max_bytes, warn=warn)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
+        rep = fsmod.Fs(v.image, vol, v.sandbox).extract(path, to, max_bytes=max_bytes, warn=warn)
         res = _result(m, v, vol, t0)
     total = rep.bytes
     res.update(path=terminal_safe(path), to=rep.shown, files=[{"path": p, "size": s} for p, s in rep.files],
@@ -135,7 +141,7 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
     if os.path.ismount(mountpoint) or any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not an empty, unmounted directory")
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
     if vol.fstype not in fsmod.EXT:
         raise UnsupportedError(f"cannot mount {vol.fstype} here: there is no FUSE {vol.fstype} driver and a kernel "
                                f"mount needs a loop device; use 'cutpoint files ls/get {m.vm} {m.point} --disk "

@@ -23,6 +23,7 @@ from typing import IO, Any
 from ..errors import CutpointError, NotFoundError, UnsupportedError, UsageError
 from .extract import Node, Report, extract
 from .names import escape, split_path, terminal_safe
+from .sandbox import Sandbox
 
 EXT = ("ext2", "ext3", "ext4")
 FAT = ("vfat", "msdos")
@@ -50,33 +51,43 @@ class Volume:
         return asdict(self)
 
 
-def volumes(image: Path) -> list[Volume]:
+def run_tool(sb: Sandbox | None, argv: list[str | bytes], **kw: Any) -> subprocess.CompletedProcess[Any]:
+    """A filesystem tool, confined by ``sb`` (``restore.sandbox``) when given; stdin is closed unless input is."""
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
+    if sb is None:
+        return subprocess.run(argv, **kw)
+    return subprocess.run(sb.argv(argv), preexec_fn=sb.preexec(), **kw)
+
+
+def volumes(image: Path, sb: Sandbox | None = None) -> list[Volume]:
     """The disk's filesystems: the whole disk if it holds one, else each partition of its MBR/GPT table."""
     size = image.stat().st_size
-    whole = _blkid(image, 0)
+    whole = _blkid(image, 0, sb)
     if whole.get("TYPE"):
         return [Volume(0, 0, size, whole["TYPE"], whole.get("LABEL", ""))]
     if not whole.get("PTTYPE"):
         return []
-    r = subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, errors="replace")
+    name = sb.path(image) if sb else str(image)
+    r = run_tool(sb, ["sfdisk", "-J", name], capture_output=True, text=True, errors="replace")
     if r.returncode != 0:
         raise CutpointError(f"cannot read the partition table: {r.stderr.strip()}")
     table = json.loads(r.stdout)["partitiontable"]
     sector = int(table.get("sectorsize", 512))
     out = []
     for i, p in enumerate(table.get("partitions", []), 1):
-        suffix = str(p.get("node", ""))[len(str(image)):].lstrip("p")      # sfdisk names them <file>N
+        suffix = str(p.get("node", ""))[len(name):].lstrip("p")      # sfdisk names them <file>N
         num = int(suffix) if suffix.isdigit() else i
         off = int(p["start"]) * sector
-        info = _blkid(image, off)
+        info = _blkid(image, off, sb)
         out.append(Volume(num, off, int(p["size"]) * sector, info.get("TYPE", ""), info.get("LABEL", "")))
     return out
 
 
-def _blkid(image: Path, offset: int) -> dict[str, str]:
+def _blkid(image: Path, offset: int, sb: Sandbox | None) -> dict[str, str]:
     """blkid's view of the filesystem at ``offset``; values (a guest-chosen LABEL) escaped for output."""
-    r = subprocess.run(["blkid", "-p", "-o", "export", "--offset", str(offset), str(image)],
-                       capture_output=True)
+    r = run_tool(sb, ["blkid", "-p", "-o", "export", "--offset", str(offset), sb.path(image) if sb else str(image)],
+                 capture_output=True)
     text = r.stdout.decode("utf-8", "surrogateescape")
     return {k: terminal_safe(v) for k, v in (line.split("=", 1) for line in text.splitlines() if "=" in line)}
 
@@ -109,8 +120,9 @@ class Fs:
     ``ls -l`` is parsed because it escapes every byte below 32, from 127 and ``\\`` (``ls -p`` prints names raw, so a
     name holding a newline could forge entries). vfat entries are addressed by their path for mtools."""
 
-    def __init__(self, image: Path, vol: Volume) -> None:
+    def __init__(self, image: Path, vol: Volume, sb: Sandbox | None = None) -> None:
         self.image = image
+        self.sb = sb
         self.vol = vol
         self.ext = vol.fstype in EXT
 
@@ -208,7 +220,7 @@ class Fs:
         if not self.ext or not nodes:
             return {}
         script = b"".join(b"stat " + n.ref + b"\n" for n in nodes)
-        r = subprocess.run(["debugfs", "-c", "-f", "-", self._target()], input=script, capture_output=True)
+        r = run_tool(self.sb, ["debugfs", "-c", "-f", "-", self._target()], input=script, capture_output=True)
         out: dict[bytes, int] = {}
         for m in STAT_SECTION.finditer(r.stdout):
             out.setdefault(m["ref"], int(m["blocks"]) * 512)
@@ -239,7 +251,12 @@ class Fs:
             argv = ["mcopy", "-n", "-i", self._target(), node.ref, "-"]
             env = _mtools_env()
         with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env)
+            if self.sb is not None:
+                argv, pre = self.sb.argv(argv), self.sb.preexec()
+            else:
+                pre = None
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env,
+                                    preexec_fn=pre)
             assert proc.stdout is not None
             ok = False
             try:
@@ -276,17 +293,16 @@ class Fs:
     # -- tools ---------------------------------------------------------------------------------------------------
 
     def _target(self) -> str:
+        image = self.sb.path(self.image) if self.sb else str(self.image)
         if self.ext:
-            return f"{self.image}?offset={self.vol.offset}" if self.vol.offset else str(self.image)
-        return f"{self.image}@@{self.vol.offset}" if self.vol.offset else str(self.image)
+            return f"{image}?offset={self.vol.offset}" if self.vol.offset else image
+        return f"{image}@@{self.vol.offset}" if self.vol.offset else image
 
     def _debugfs(self, cmd: bytes) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["debugfs", "-c", "-R", cmd, self._target()], capture_output=True,
-                              stdin=subprocess.DEVNULL)
+        return run_tool(self.sb, ["debugfs", "-c", "-R", cmd, self._target()], capture_output=True)
 
     def _mtools(self, tool: str, *args: bytes | str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([tool, "-i", self._target(), *args], capture_output=True, env=_mtools_env(),
-                              stdin=subprocess.DEVNULL)
+        return run_tool(self.sb, [tool, "-i", self._target(), *args], capture_output=True, env=_mtools_env())
 
 
 def _mtools_env() -> dict[str, str]:
