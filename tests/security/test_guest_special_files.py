@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import cutpoint
 from tests.security.guestfs import Ext2, backup
@@ -31,3 +34,26 @@ def test_guest_devices_fifos_and_setuid(bare_qemu, tmp_path: Path) -> None:
     r = cutpoint("files", "get", "guest", pid, "/dir/mem", "--to", str(tmp_path / "one"))
     assert r.code == 2 and "character device" in r.err and len(r.err.splitlines()) == 1, r.err
     assert not (tmp_path / "one" / "mem").exists()
+
+
+def test_guest_devices_and_setuid_are_inert_when_mounted(bare_qemu, tmp_path: Path) -> None:
+    """``cutpoint mount``: the guest's /dev/mem twin cannot be opened and its set-uid bit gives nothing."""
+    payload = tmp_path / "payload"
+    payload.write_text("#!/bin/sh\nid\n")
+    fs = Ext2(tmp_path / "g.img")
+    fs.run("mknod mem c 1 1", f"write {payload} suid", "sif suid mode 0104755")
+    pid = backup(bare_qemu, fs.finish())
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = cutpoint("mount", "guest", pid, str(mnt))
+    if r.code == 9:
+        pytest.skip(f"host cannot mount through FUSE: {r.err}")
+    assert r.code == 0, r.err
+    try:
+        opts = subprocess.run(["findmnt", "-no", "OPTIONS", str(mnt)], capture_output=True, text=True).stdout
+        assert {"nosuid", "nodev"} <= set(opts.strip().split(",")), opts
+        assert stat.S_ISCHR(os.lstat(mnt / "mem").st_mode)
+        with pytest.raises(OSError):
+            os.open(mnt / "mem", os.O_RDONLY)
+    finally:
+        cutpoint("umount", str(mnt), check=True)

@@ -132,6 +132,9 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
 
     The view is served with nbdkit's partition filter, so fuse2fs (which takes no offset) sees the partition alone.
     vfat has no FUSE driver here and a kernel mount would need a loop device: those are refused with the way out.
+    ``nosuid,nodev``: a guest's set-uid binaries and device nodes are inert on the host (the kernel also forces
+    both on FUSE mounts). fuse2fs itself is not confined: it must mount in the host's namespace, and as libfuse2 it
+    cannot take a mount made for it (see docs/design.md).
     """
     t0 = time.monotonic()
     d = choose_disk(m, disk)
@@ -152,7 +155,7 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
     args = nbdkit_argv(vault.root, m.vm, m.point, disk=d.name, key_file=key_file, filters=filters, filter_args=fargs)
     fv = FileView(args, _mounts_dir(), keep=True).open()
     try:
-        r = subprocess.run(["fuse2fs", "-o", "ro,fakeroot", str(fv.path), str(mountpoint)],
+        r = subprocess.run(["fuse2fs", "-o", "ro,fakeroot,nosuid,nodev", str(fv.path), str(mountpoint)],
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0 or not os.path.ismount(mountpoint):
             raise UnsupportedError(f"fuse2fs could not mount the filesystem: {(r.stderr or r.stdout).strip()}")
