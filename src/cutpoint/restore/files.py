@@ -1,10 +1,11 @@
 """File-level recovery: list and fetch files from a point's ext2/3/4 or vfat filesystems without restoring a disk.
 
 The point's disk is served by nbdkit (our plugin) and shown as a file by nbdfuse (``nbdserve.FileView``); well-kept
-tools then do all the filesystem work on that file: ``blkid``/``sfdisk`` find partitions (MBR or GPT) and filesystem
-types, e2fsprogs' ``debugfs`` (catastrophic mode: no bitmaps read) lists and dumps ext2/3/4, mtools' ``mdir``/
-``mcopy`` do vfat. Partitions are addressed by byte offset (``file?offset=N`` for debugfs, ``file@@N`` for mtools),
-so nothing is copied. Every read of the view fetches only the chunks it overlaps, counted in ``chunks_read``.
+tools then parse the filesystem, confined by ``sandbox``: ``blkid``/``sfdisk`` find partitions (MBR or GPT) and
+filesystem types, e2fsprogs' ``debugfs`` (catastrophic mode: no bitmaps read) lists (``ls -l <inode>``) and streams
+(``cat <inode>``) ext2/3/4, mtools' ``mdir``/``mcopy ... -`` do vfat. Partitions are addressed by byte offset
+(``file?offset=N`` for debugfs, ``file@@N`` for mtools), so nothing is copied. Every name is the guest's raw bytes;
+what reaches the host is written by ``extract`` alone (a guest filesystem is hostile input: see docs/design.md).
 """
 
 from __future__ import annotations
