@@ -42,4 +42,4 @@ def test_guest_path_traversal_name_creates_nothing_outside_target(bare_qemu, tmp
     bad = next(n for n in names if n.startswith(".."))
     r = cutpoint("files", "get", "guest", pid, f"/dir/{bad}", "--to", str(tmp_path / "out2"))
     assert r.code == 2 and r.err.startswith("cutpoint: error: cannot restore") and len(r.err.splitlines()) == 1
-    assert not outside.exists() and not (tmp_path / "out2").exists() or not os.listdir(tmp_path / "out2")
+    assert not outside.exists() and not (tmp_path / "out2").exists()

@@ -181,8 +181,10 @@ def extract(src: Source, root: Node, to: Path, *, max_bytes: int | None = None,
     alloc = src.allocated(plan.files) if plan.files else {}
     need = sum(min(alloc.get(n.ref, n.size), n.size) for n in plan.files)
 
+    created = [d for d in (to, *to.parents) if not os.path.lexists(d)]      # removed again if the copy fails
     to.mkdir(parents=True, exist_ok=True)
     tfd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    ok = False
     try:
         final = to / os.fsdecode(root.raw)
         shown = f"{terminal_safe(str(to))}/{root.name}"
@@ -211,9 +213,15 @@ def extract(src: Source, root: Node, to: Path, *, max_bytes: int | None = None,
                 os.close(sfd)
         finally:
             shutil.rmtree(staging, dir_fd=tfd, ignore_errors=True)
+        ok = True
         return report
     finally:
         os.close(tfd)
+        for d in [] if ok else created:
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
 
 def _exists(name: bytes, dfd: int) -> bool:
