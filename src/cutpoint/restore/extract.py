@@ -205,7 +205,7 @@ def extract(src: Source, root: Node, to: Path, *, max_bytes: int | None = None,
             sfd = os.open(staging, _DIR_FLAGS, dir_fd=tfd)
             try:
                 report = Report(final, shown, skipped=plan.skipped, warnings=warnings)
-                _Writer(src, report, budget, str(to), plan.skip).make(top, sfd)
+                _Writer(src, report, budget, str(to), plan.skip, top).make(top, sfd)
                 if not _exists(root.raw, sfd):
                     raise UsageError(f"cannot restore {shown}: {warnings[-1] if warnings else 'not created'}")
                 _rename_noreplace(sfd, root.raw, tfd, root.raw, shown)
@@ -233,12 +233,19 @@ def _exists(name: bytes, dfd: int) -> bool:
 
 
 class _Writer:
-    def __init__(self, src: Source, report: Report, budget: int, to: str, skip: Callable[[str, str], None]) -> None:
+    def __init__(self, src: Source, report: Report, budget: int, to: str, skip: Callable[[str, str], None],
+                 top: _Item) -> None:
         self.src = src
+        self.top = top
         self.skip = skip
         self.report = report
         self.budget = budget
         self.to = terminal_safe(to)
+
+    def _refuse(self, item: _Item, why: str) -> None:
+        if item is self.top:
+            raise UsageError(f"cannot restore {self.to}/{item.shown}: {terminal_safe(why)}")
+        self.skip(item.shown, why)
 
     def make(self, item: _Item, dfd: int) -> None:
         """Create ``item`` in ``dfd``. A name the target refuses (too long, taken by a case-insensitive twin, not
@@ -250,7 +257,7 @@ class _Writer:
                 target = self.src.readlink(node)
                 os.symlink(target, node.raw, dir_fd=dfd)
             except (OSError, CutpointError) as exc:
-                self.skip(item.shown, f"cannot make the symlink: {getattr(exc, 'strerror', None) or exc}")
+                self._refuse(item, f"cannot make the symlink: {getattr(exc, 'strerror', None) or exc}")
                 return
             self.report.links.append((shown, escape(target, path=True)))
             return
@@ -261,11 +268,20 @@ class _Writer:
                 os.mkdir(node.raw, 0o700, dir_fd=dfd)
                 fd = os.open(node.raw, _DIR_FLAGS, dir_fd=dfd)
         except OSError as exc:
-            self.skip(item.shown, f"the target refuses the name: {exc.strerror}")
+            self._refuse(item, f"the target refuses the name: {exc.strerror}")
             return
         try:
             if node.type == "file":
-                self._fill(node, fd, item.shown)
+                try:
+                    self._fill(node, fd, item.shown)
+                except SpaceError:
+                    raise
+                except CutpointError as exc:                   # this file unreadable: the others still come back
+                    os.unlink(node.raw, dir_fd=dfd)
+                    if item is self.top:
+                        raise
+                    self.skip(item.shown, f"cannot read it: {exc}")
+                    return
                 self.report.files.append((shown, node.size))
             else:
                 for child in item.children:

@@ -32,6 +32,7 @@ SUPPORTED = EXT + FAT
 MDIR_LINE = re.compile(rb"^(\S+)(?:\s+(\S{1,3}))?\s+(<DIR>|\d+)\s+(\S+)\s+(\S+)\s?(.*)$")
 LS_LINE = re.compile(rb"^.\s*(?P<ino>\d+).\s+(?P<mode>[0-7]+)\s+\(\d+\)\s+-?\d+\s+-?\d+\s+(?P<size>\d+)\s+"
                      rb"\d+-\w{3}-\d+ \d\d:\d\d (?P<name>.*)$")
+FAT_GLOB = re.compile(rb"[*?\[]")
 DEBUGFS_ESC = re.compile(rb"\\x([0-9a-fA-F]{2})")
 STAT_SECTION = re.compile(rb"^debugfs: stat (?P<ref><\d+>)\n(?:(?!debugfs: ).*\n)*?.*Blockcount: (?P<blocks>\d+)",
                           re.M)
@@ -209,7 +210,9 @@ class Fs:
             short, ext, size, _, _, long = m.groups()
             raw = long.strip() or (short + (b"." + ext if ext else b""))
             is_dir = size == b"<DIR>"
-            ref = node.ref.rstrip(b"/") + b"/" + raw
+            short_name = short + (b"." + ext if ext else b"")
+            use = short_name if FAT_GLOB.search(raw) and not FAT_GLOB.search(short_name) else raw
+            ref = node.ref.rstrip(b"/") + b"/" + use              # mtools globs '*?[' in names
             out.append(Node(raw, "dir" if is_dir else "file", 0 if is_dir else int(size),
                             0o040755 if is_dir else 0o100644, ref, show_mode=False))
         return out
