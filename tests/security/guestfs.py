@@ -30,9 +30,9 @@ class Ext2:
         return self
 
     def placeholder(self, name: bytes) -> bytes:
-        """A unique plain name to create now; it becomes ``name`` (same length) when the image is finished."""
-        token = secrets.token_hex(max(4, len(name)))[:len(name)].encode()
-        assert len(token) == len(name) >= 8, "hostile names need at least 8 bytes to be patched uniquely"
+        """A unique plain name to create now; it becomes ``name`` when the image is finished (a shorter name, such
+        as ``..``, by also rewriting the entry's name_len byte)."""
+        token = secrets.token_hex(max(4, len(name)))[:max(8, len(name))].encode()
         self.patches[token] = name
         return token
 
@@ -44,7 +44,10 @@ class Ext2:
         for token, name in self.patches.items():
             assert data.count(token) == 1, (token, data.count(token))
             at = data.index(token)
-            data[at:at + len(token)] = name
+            if len(name) < len(token):
+                assert data[at - 2] == len(token)                # ext2 dirent: inode, rec_len, name_len, type, name
+                data[at - 2] = len(name)
+            data[at:at + len(name)] = name
         self.path.write_bytes(bytes(data))
         return self.path
 

@@ -19,7 +19,9 @@ def test_guest_path_traversal_name_creates_nothing_outside_target(bare_qemu, tmp
     nul = b"nul\0name.txt"
     fs.run("mkdir dir", f"write {ok} dir/ok.txt", "cd dir",
            b"write " + str(ok).encode() + b" " + fs.placeholder(evil),
-           b"write " + str(ok).encode() + b" " + fs.placeholder(nul))
+           b"write " + str(ok).encode() + b" " + fs.placeholder(nul),
+           b"write " + str(ok).encode() + b" " + fs.placeholder(b".."),      # a second '..', a file
+           b"write " + str(ok).encode() + b" " + fs.placeholder(b"."))
     pid = backup(bare_qemu, fs.finish())
 
     listed = json.loads(cutpoint("files", "ls", "guest", pid, "/dir", "--json", check=True).out)
@@ -34,8 +36,9 @@ def test_guest_path_traversal_name_creates_nothing_outside_target(bare_qemu, tmp
     res = json.loads(r.out)
     assert sorted(os.listdir(out / "dir")) == ["ok.txt"]
     assert (out / "dir" / "ok.txt").read_text() == "kept\n"
-    assert len(res["skipped"]) == 2 and all("skipped" in w for w in res["warnings"])
-    assert r.err.count("cutpoint: warning: skipped") == 2 and "holds '/'" in r.err and "NUL" in r.err
+    assert len(res["skipped"]) == 4 and all("skipped" in w for w in res["warnings"])
+    assert r.err.count("cutpoint: warning: skipped") == 4 and "holds '/'" in r.err and "NUL" in r.err
+    assert "skipped /dir/..: its name is '..'" in r.err and "skipped /dir/.: its name is '.'" in r.err
     assert sorted(os.listdir(out)) == ["dir"]                   # no staging directory left
 
     # asked for by name, the hostile entry is refused with one line and nothing is written
