@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from ..errors import CutpointError, UsageError
+from ..errors import CutpointError, UnsupportedError, UsageError
 from .names import escape, terminal_safe, unsafe_reason
 
 MAX_DEPTH = 256
@@ -162,9 +162,12 @@ def extract(src: Source, root: Node, to: Path, *, max_bytes: int | None = None,
     """Copy ``root`` (a file, directory or symlink of the guest) into directory ``to`` as ``to/<root name>``.
 
     ``guest_parent`` (escaped, e.g. ``/etc``) only names skipped entries by their guest path in warnings."""
-    why = unsafe_reason(root.raw) or _type_reason(root)
+    why = unsafe_reason(root.raw)
     if why:
         raise UsageError(f"cannot restore {terminal_safe(root.name)}: {why}")
+    why = _type_reason(root)
+    if why:                                     # exit 9, as for 'not a file or directory' before
+        raise UnsupportedError(f"cannot restore {terminal_safe(root.name)}: {why}")
     warnings: list[str] = []
 
     def _warn(msg: str) -> None:
