@@ -60,6 +60,9 @@ def test_targets_outside_the_restore_root_are_refused(point, client, tmp_path: P
     for to in (outside / "direct", root / ".." / "outside" / "up", root / "link", root / "link" / "below",
                root / "real" / ".." / ".." / "outside"):
         _refused(c.post("/vms/v/restore", json={"point": p, "to": str(to)}), root)
+    (root / "loop").symlink_to(root / "loop")
+    for to in (f"{root}/nul\u0000byte", str(root / "loop" / "x")):          # unusable paths: a 4xx, not a 500
+        _refused(c.post("/vms/v/restore", json={"point": p, "to": to}), root)
     assert list(outside.iterdir()) == [] and not (tmp_path / "up").exists()
     assert svc.jobs.list(kind="restore") == []                   # refused before any job was queued
 

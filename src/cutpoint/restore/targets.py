@@ -77,8 +77,18 @@ def confine(to: Path, root: Path) -> Path:
     if not to.is_absolute():
         raise UsageError(f"restore target {str(to)!r} must be an absolute directory on the server, under the "
                          f"restore root {root}")
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(to))
+    try:
+        real_root = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(to))
+    except (ValueError, OSError) as exc:           # a NUL byte, a symlink loop
+        raise UsageError(f"restore target {str(to)!r} is not a usable path ({exc}); choose a directory under the "
+                         f"restore root {root}") from exc
+    missing = real
+    while not missing.exists() and missing != missing.parent:     # what restore will create must not exist at all
+        if os.path.lexists(missing):                              # a symlink that resolves nowhere (a loop)
+            raise UsageError(f"restore target {to}: {missing} is a symlink that does not resolve; choose a "
+                             f"directory under the restore root {root}")
+        missing = missing.parent
     if real != real_root and real_root not in real.parents:
         via = "" if real == Path(os.path.normpath(to)) else f" (it resolves to {real})"
         raise UsageError(f"restore target {to} is outside the restore root {root}{via}; restore under {root} "
