@@ -8,11 +8,14 @@ from pathlib import Path
 
 from ..errors import CutpointError
 from ..jobs.record import recorded
-from ..restore.browse import get_files, list_files
+from ..restore.browse import list_files
 from ..restore.nbdserve import export_passphrase
+from ..restore.orchestrator import restore
+from ..restore.results import job_detail
+from ..restore.targets import Files
 from ..units import human, parse_size
 from .common import add_vault_arg, open_vault, print_json, table
-from .restore import job_detail, point_of
+from .restore import point_of
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -87,10 +90,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
-    with recorded(vault, "restore", args.name, detail={"mode": "files"}) as job, point_of(vault, args) as m:
-        res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None),
-                        max_bytes=args.max_bytes, warn=lambda w: print(f"cutpoint: warning: {w}", file=sys.stderr))
-        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail=job_detail(res))
+    target = Files(args.path, args.to, disk=args.disk, part=args.part, key_file=getattr(args, "key_file", None),
+                   max_bytes=args.max_bytes, warn=lambda w: print(f"cutpoint: warning: {w}", file=sys.stderr))
+    with recorded(vault, "restore", args.name, detail={"mode": "files"}) as job:
+        got = restore(vault, args.name, args.point, target)
+        res = got.to_json()
+        job.done(nbytes=got.nbytes, point=got.point, detail=job_detail(res))
     if args.json:
         print_json(res)
     else:

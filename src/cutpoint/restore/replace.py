@@ -9,10 +9,11 @@ socket and libnbd, so QEMU's own format driver does the writing (allocation, zer
 size changed since the point is resized first (``truncate`` for raw, ``qemu-img resize`` otherwise); a missing disk
 file is created.
 
-The VM must be stopped (``launch.running_reason``): writing under a running guest would corrupt it. Before the first
-write every chunk the point needs is checked to be in the vault, so a damaged vault stops the replace with the disks
-untouched. A replace that fails midway (disk full, I/O error) leaves a mix of old and new chunks; running it again
-completes it, writing only what still differs.
+The VM must be stopped, which the restore driver checks (QMP: ``launch.running_reason``; libvirt: the domain is shut
+off): writing under a running guest would corrupt it. Before the first write every chunk the point needs is checked
+to be in the vault, so a damaged vault stops the replace with the disks untouched. A replace that fails midway
+(disk full, I/O error) leaves a mix of old and new chunks; running it again completes it, writing only what still
+differs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from ..paths import work_home
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from .images import Progress
-from .launch import running_reason
 
 
 class _Raw:
@@ -164,18 +164,11 @@ def _prepare(path: Path, fmt: str, size: int) -> int | None:
     return cur
 
 
-def replace_disks(vault: Vault, m: Manifest, *, qmp: str | None = None, progress: Progress | None = None
-                  ) -> dict[str, Any]:
-    """Make the VM's disk files byte-identical to point ``m``; the VM must be stopped."""
-    t0 = time.monotonic()
-    plan = _plan(m)
-    cfg = getattr(m, "vm_config", None) or {}
-    why = running_reason(qmp or cfg.get("qmp_address"), cfg.get("pid"), cfg.get("start_time"),
-                         [p for _, p, _ in plan])
-    if why:
-        where = qmp or cfg.get("qmp_address") or "its QMP socket"
-        raise UsageError(f"VM {m.vm!r} is running ({why}); stop it first (shut the guest down, or send the QMP "
-                         f"command 'quit' to {where}), then retry --replace")
+def replace_planned(vault: Vault, m: Manifest, plan: list[tuple[DiskManifest, Path, str]],
+                    progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Make each planned disk file (path, format) byte-identical to its disk of point ``m``, writing only what
+    differs. Nothing is written unless the vault holds every chunk the point needs. The caller (a restore driver)
+    has made sure no VM uses the files."""
     missing = sorted({c for d in m.disks for c in d.chunks if c and not vault.chunks.has(c)})
     if missing:
         raise IntegrityError(f"point {m.point} needs {len(missing)} chunk(s) missing from the vault (first: "
@@ -183,11 +176,7 @@ def replace_disks(vault: Vault, m: Manifest, *, qmp: str | None = None, progress
     disks = []
     for d, path, fmt in plan:
         disks.append(_replace_one(vault, m, d, path, fmt, progress))
-    compared = sum(x["bytes_compared"] for x in disks)
-    written = sum(x["bytes_written"] for x in disks)
-    dt = time.monotonic() - t0
-    return {"mode": "replace", "vm": m.vm, "point": m.point, "disks": disks, "bytes_compared": compared,
-            "bytes_written": written, "duration_s": round(dt, 3), "rate_bytes_s": round(compared / max(dt, 1e-6))}
+    return disks
 
 
 def _replace_one(vault: Vault, m: Manifest, d: DiskManifest, path: Path, fmt: str,
