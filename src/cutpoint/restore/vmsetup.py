@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog.db import VmRecord
-from ..errors import CutpointError, NotFoundError, UnsupportedError, UsageError
+from ..errors import NotFoundError, UnsupportedError, UsageError
 from ..paths import vms_home
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
+from . import private
 from .cmdline import DiskTarget, Rewritten, rewrite
 from .config import synthesize_argv
 
@@ -57,10 +58,7 @@ def make_dir(to: Path | None, name: str) -> Path:
     d = (to or vms_home() / name).expanduser().absolute()
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise UsageError(f"{d} already exists and is not an empty directory; choose another --to")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CutpointError(f"cannot create {d}: {exc.strerror or exc}") from exc
+    private.make_private_dir(d)        # 0700: it holds the VM's disks and its command line
     return d
 
 
@@ -94,10 +92,9 @@ def command_line(m: Manifest, cfg: dict[str, Any], name: str, vmdir: Path, disks
 def write_spec(vmdir: Path, rw: Rewritten, extra: dict[str, Any]) -> tuple[Path, Path]:
     """``vm.json`` (what cutpoint knows about the VM) and ``start.sh`` (runnable) next to the disks."""
     spec = vmdir / "vm.json"
-    spec.write_text(json.dumps(dict(rw.to_json(), **extra), indent=1) + "\n")
+    private.write(spec, (json.dumps(dict(rw.to_json(), **extra), indent=1) + "\n").encode())
     script = vmdir / "start.sh"
-    script.write_text(rw.script())
-    script.chmod(0o755)
+    private.write(script, rw.script().encode(), 0o700)
     return spec, script
 
 
