@@ -19,6 +19,7 @@ it starts, with the instant state in its catalog settings: a backup refuses such
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..paths import work_home
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
-from . import launch, vmsetup
+from . import launch, private, vmsetup
 from .cmdline import SUN_PATH_MAX
 from .config import process_alive
 from .images import Progress, _safe
@@ -47,14 +48,16 @@ def _socket_path(vmdir: Path, name: str) -> Path:
     if len(str(sock)) <= SUN_PATH_MAX:
         return sock
     d = work_home() / "instant" / name
-    d.mkdir(parents=True, exist_ok=True)
+    private.make_private_dir(d)
     return d / "nbd.sock"
 
 
 def _create_overlay(path: Path, backing: str, size: int) -> None:
     import subprocess
+    private.refuse_planted(path)
+    os.close(private.create(path))             # ours and 0600 before qemu-img writes the overlay into it
     r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", "raw", str(path),
-                        str(size)], capture_output=True, text=True)
+                        str(size)], capture_output=True, text=True, env=private.child_env(), umask=private.UMASK)
     if r.returncode != 0:
         raise CutpointError(f"cannot create overlay {path}: {r.stderr.strip()}")
 
@@ -71,13 +74,13 @@ def instant_restore(vault: Vault, m: Manifest, cfg: QmpVmConfig, t: Instant) -> 
     registered = False
     rw = None
     try:
+        paths = {d.name: vmdir / f"{_safe(d.name)}.qcow2" for d in m.disks}
+        # the saved configuration is checked before any process starts (argcheck, through the rewrite)
+        rw = vmsetup.command_line(m, cfg, new_name, vmdir, vmsetup.targets(m, cfg, paths, "qcow2"))
         server = PointServer(sock, vmdir / "nbd.pid", vmdir / "nbd.log")
         server_pid = server.start(nbdkit_argv(vault.root, m.vm, m.point, key_file=t.key_file))
-        paths = {}
         for i, d in enumerate(m.disks):
-            paths[d.name] = vmdir / f"{_safe(d.name)}.qcow2"
             _create_overlay(paths[d.name], f"nbd+unix:///d{i}?socket={sock}", d.size)
-        rw = vmsetup.command_line(m, cfg, new_name, vmdir, vmsetup.targets(m, cfg, paths, "qcow2"))
         state = {"server_pid": server_pid, "socket": str(sock), "started": _now(),
                  "overlays": {k: str(v) for k, v in paths.items()}}
         disks = [NewDisk(d.name, paths[d.name], d.size, "qcow2") for d in m.disks]

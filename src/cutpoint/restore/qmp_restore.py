@@ -36,13 +36,18 @@ class QmpRestoreDriver(RestoreDriver):
         plan = replace._plan(m)
         cfg = self.cfg
         qmp = self.address or (cfg.qmp_address if cfg else None)
-        why = launch.running_reason(qmp, cfg.pid if cfg else None, cfg.start_time if cfg else None,
-                                    [p for _, p, _ in plan])
-        if why:
-            where = qmp or "its QMP socket"
-            raise UsageError(f"VM {m.vm!r} is running ({why}); stop it first (shut the guest down, or send the QMP "
-                             f"command 'quit' to {where}), then retry --replace")
-        disks = [ReplacedDisk.from_engine(r) for r in replace.replace_planned(vault, m, plan, progress)]
+
+        def stopped() -> None:
+            why = launch.running_reason(qmp, cfg.pid if cfg else None, cfg.start_time if cfg else None,
+                                        [p for _, p, _ in plan])
+            if why:
+                where = qmp or "its QMP socket"
+                raise UsageError(f"VM {m.vm!r} is running ({why}); stop it first (shut the guest down, or send the "
+                                 f"QMP command 'quit' to {where}), then retry --replace")
+
+        stopped()
+        disks = [ReplacedDisk.from_engine(r)
+                 for r in replace.replace_planned(vault, m, plan, progress, before_write=stopped)]
         dt = time.monotonic() - t0
         compared = sum(d.bytes_compared for d in disks)
         return ReplaceResult(vm=m.vm, point=m.point, disks=disks, duration_s=round(dt, 3),

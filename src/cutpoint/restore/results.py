@@ -32,7 +32,7 @@ class NewDisk:
 
 @dataclass(frozen=True)
 class ReplacedDisk:
-    """One disk file put back to the point in place (``replace._replace_one``'s account of it)."""
+    """One disk file put back to the point in place (the replace engine's account of it)."""
 
     disk: str
     path: Path

@@ -9,6 +9,7 @@ lives in one directory, so a failure removes exactly that.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from datetime import datetime, timezone
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog.db import VmRecord
-from ..errors import CutpointError, NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 from ..paths import vms_home
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
+from . import private
 from .cmdline import DiskTarget, Rewritten, rewrite
 from .config import synthesize_argv
 from .driver import Registration
@@ -60,12 +62,10 @@ def dir_for(to: Path | None, name: str) -> Path:
 
 
 def make_dir(d: Path) -> bool:
-    """Create the (checked) directory; True when it did not exist. ``remove_dir`` undoes it."""
-    created = not d.exists()
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CutpointError(f"cannot create {d}: {exc.strerror or exc}") from exc
+    """Create the (checked) directory 0700 (it holds the VM's disks and its command line); True when it did not
+    exist. ``remove_dir`` undoes it."""
+    created = not os.path.lexists(d)
+    private.make_private_dir(d)
     return created
 
 
@@ -106,10 +106,9 @@ def command_line(m: Manifest, cfg: QmpVmConfig, name: str, vmdir: Path, disks: l
 def write_spec(vmdir: Path, rw: Rewritten, extra: dict[str, Any]) -> tuple[Path, Path]:
     """``vm.json`` (what cutpoint knows about the VM) and ``start.sh`` (runnable) next to the disks."""
     spec = vmdir / "vm.json"
-    spec.write_text(json.dumps(dict(rw.to_json(), **extra), indent=1) + "\n")
+    private.write(spec, (json.dumps(dict(rw.to_json(), **extra), indent=1) + "\n").encode())
     script = vmdir / "start.sh"
-    script.write_text(rw.script())
-    script.chmod(0o755)
+    private.write(script, rw.script().encode(), 0o700)
     return spec, script
 
 
