@@ -78,11 +78,13 @@ class Harness:
 
 
 def harness(start: datetime, *, fail: Callable[[datetime], bool] = lambda t: False,
-            retry: RetryPolicy = RetryPolicy()) -> Harness:
+            retry: RetryPolicy = RetryPolicy(), backup: Any = None, **service: Any) -> Harness:
+    """``backup``: a callable like ``FakeBackup`` given the clock (default ``FakeBackup``); ``service``: more
+    ``Service`` options."""
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
     clock = FakeClock(start)
-    fb = FakeBackup(clock, fail)
-    svc = Service(vault, clock=clock, inline=True, backup_fn=fb, retry=retry)
+    fb = (backup or FakeBackup)(clock, fail)
+    svc = Service(vault, clock=clock, inline=service.pop("inline", True), backup_fn=fb, retry=retry, **service)
     svc.recover()
     return Harness(svc, clock, fb, vault)
 

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--retries", type=int, default=3, help="attempts per scheduled backup (default 3)")
     p.add_argument("--backoff", type=float, default=60.0,
                    help="seconds before the first retry, doubling after each (default 60)")
+    p.add_argument("--job-timeout", type=float, default=6 * 3600, metavar="SECONDS",
+                   help="stop a job running longer than this and record it failed (default 21600: 6 h)")
     p.add_argument("--show-token", action="store_true", help="print the API token (creating it) and exit")
     p.add_argument("--rotate-token", action="store_true", help="replace the API token, print it and exit")
     p.add_argument("--role", choices=auth.ROLES, default=auth.OPERATOR,
@@ -56,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.retries < 1 or args.backoff < 0 or args.tick <= 0:
         raise UsageError("--retries must be at least 1, --backoff not negative")
+    if not 60 <= args.job_timeout <= 366 * 86400:
+        raise UsageError(f"--job-timeout {args.job_timeout:g} is out of range: give seconds, 60 to 31622400")
     import uvicorn  # the service stack is imported here: every other command starts faster without it
 
     from ..api.app import create_app
@@ -66,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)
     logging.getLogger("cutpoint").setLevel(logging.INFO)
     svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
-                  gc_grace=args.gc_grace, gc_interval=timedelta(hours=1))
+                  gc_grace=args.gc_grace, gc_interval=timedelta(hours=1),
+                  job_timeout=timedelta(seconds=args.job_timeout))
     server = uvicorn.Server(uvicorn.Config(create_app(svc, tokens), log_level="warning", access_log=False,
                                            lifespan="off"))
     web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cutpoint-api", daemon=True)

@@ -72,6 +72,7 @@ class Scheduler:
 
     def tick(self) -> list[int]:
         """One pass over all VMs; returns the ids of the jobs it started."""
+        self.runner.enforce_timeouts()
         now = self.clock.now()
         policies = {p.name: p for p in self.policies.all()}
         started = []
@@ -170,7 +171,7 @@ class Scheduler:
             if pruned.state == "succeeded" and pruned.detail.get("removed"):
                 self.gc_wanted = True
             return
-        final = attempt >= self.retry.attempts
+        final = attempt >= self.retry.attempts or bool(job.detail.get("timed_out"))   # a hung VM: the next slot
         if final:
             if st.handled is None or slot > st.handled:
                 st.handled = slot
