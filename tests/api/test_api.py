@@ -69,7 +69,7 @@ def _is_error(r, status: int, *needles: str) -> None:
 
 
 def test_token_is_required_everywhere_but_health(api: Api) -> None:
-    assert (Path(os.environ["CUTPOINT_VAULT"]) / "api-token").stat().st_mode & 0o777 == 0o600
+    assert auth.token_path(api.svc.vaults.root).stat().st_mode & 0o777 == 0o600
     assert api.c.get("/health").json()["status"] == "ok"
     paths = {r.path for r in api.c.app.routes} | {"/openapi.json", "/docs", "/no/such/route"}
     methods = ("GET", "POST", "PUT", "DELETE")

@@ -12,6 +12,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+from ..backup.result import BackupResult
 from ..backup.run import BackupOptions, backup
 from ..policy.model import Policy, Retention
 from ..restore.orchestrator import restore
@@ -23,7 +24,7 @@ from ..vault import retention
 from ..vault.vault import Vault
 from .runner import JobContext, JobFn, Outcome
 
-BackupFn = Callable[[Vault, str, BackupOptions], dict[str, Any]]
+BackupFn = Callable[[Vault, str, BackupOptions], BackupResult]
 
 
 def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
@@ -35,17 +36,14 @@ def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
         opts = BackupOptions(full=full, progress=ctx.progress,
                              consistency=policy.consistency if policy is not None else None)
         res = fn(ctx.vault, vm, opts)
-        disks = res.get("disks", [])
-        detail = {"mode": res.get("mode"), "full_reason": res.get("full_reason"),
-                  "consistency": res.get("consistency"), "requested": res.get("requested"),
-                  "fallback_reason": res.get("fallback_reason"), "pause_ms": res.get("pause_ms"),
-                  "logical_bytes": sum(d["size"] for d in disks),
-                  "read_bytes": sum(d["read_bytes"] for d in disks),
-                  "stored_bytes": sum(d["stored_bytes"] for d in disks),
-                  "warnings": res.get("warnings", [])}
+        detail: dict[str, Any] = {
+            "mode": res.mode, "full_reason": res.full_reason, "consistency": res.consistency,
+            "requested": res.requested, "fallback_reason": res.fallback_reason, "pause_ms": res.pause_ms,
+            "logical_bytes": res.logical_bytes, "read_bytes": res.read_bytes, "stored_bytes": res.stored_bytes,
+            "warnings": res.warnings}
         if policy is not None:
             detail["policy"] = policy.name
-        return Outcome(bytes=detail["read_bytes"], point=res["point"], detail=detail)
+        return Outcome(bytes=res.read_bytes, point=res.point, detail=detail)
     return run
 
 
