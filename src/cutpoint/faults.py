@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 ENV = "CUTPOINT_FAULT"
 _counts: dict[str, int] = {}
@@ -42,3 +43,7 @@ def hit(stage: str) -> None:
         if n != int(nth or 1):
             continue
         os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+        if action == "stop":
+            # The stop is process-wide and asynchronous: without a wait in the kernel this thread runs on for a
+            # moment, past the stage (into a catalog write, whose lock the stopped process would then hold).
+            time.sleep(0.2)

@@ -13,6 +13,10 @@ with that reason.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import re
 import stat
 import time
 from pathlib import Path
@@ -110,6 +114,8 @@ class _DomainMachine(NewMachine):
 
     def define(self, vmdir: Path, images: list[RestoredFile], fmt: str) -> None:
         assert self.conn is not None
+        if self.uri.startswith("qemu:///system"):
+            _hand_to_qemu(vmdir, images)
         self.disks = [NewDisk.of(f, fmt) for f in images]
         xml, self.dropped = new_domain_xml(self.cfg.xml, self.name, {f.disk: str(f.path) for f in images}, fmt,
                                            vmdir, f"restored by cutpoint from VM {self.m.vm!r}, point {self.m.point}")
@@ -143,6 +149,44 @@ class _DomainMachine(NewMachine):
         return NewDomainResult(vm=self.m.vm, point=self.m.point, domain=self.name, connect=self.uri, dir=done.dir,
                                disks=self.disks, dropped=self.dropped, started=done.started,
                                registered=done.registered, duration_s=round(done.duration_s, 3))
+
+
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def _qemu_ids() -> tuple[int, int]:
+    """The uid and gid libvirt's system QEMU runs as: ``user``/``group`` of qemu.conf, else Debian's
+    ``libvirt-qemu``; root (0, 0) when neither names an account here."""
+    names = {"user": "libvirt-qemu", "group": "libvirt-qemu"}
+    try:
+        for line in QEMU_CONF.read_text(errors="replace").splitlines():
+            if m := re.match(r'\s*(user|group)\s*=\s*"([^"]+)"', line):
+                names[m.group(1)] = m.group(2)
+    except OSError:
+        pass                                    # no readable qemu.conf: libvirt's defaults
+    try:
+        uid = int(names["user"]) if names["user"].isdigit() else pwd.getpwnam(names["user"]).pw_uid
+        gid = int(names["group"]) if names["group"].isdigit() else grp.getgrnam(names["group"]).gr_gid
+    except KeyError:
+        return 0, 0
+    return uid, gid
+
+
+def _hand_to_qemu(vmdir: Path, images: list[RestoredFile]) -> None:
+    """libvirt's system QEMU runs as its own user and probes each image as that user before it starts the domain,
+    so the private restore (files 0600, directory 0700, root's) is handed to it as libvirt itself would at start:
+    the images become the QEMU user's (still 0600) and the directory enterable by its group only (0710)."""
+    uid, gid = _qemu_ids()
+    if uid == 0:
+        return
+    for f in images:
+        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+    os.chown(vmdir, 0, gid, follow_symlinks=False)
+    os.chmod(vmdir, 0o710)
 
 
 def _check_reachable(to: Path) -> None:
