@@ -23,6 +23,9 @@ _FULL_DAYS = {"monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday":
               "saturday": "sat", "sunday": "sun"}
 CONSISTENCY = ("app", "crash")      # as `cutpoint backup --consistency`; unset: the VM's setting
 RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")
+DEFAULT_RPO_GRACE_MINUTES = 60
+"""How long past its policy's interval a VM may go without a successful backup before the RPO alert fires."""
+MAX_RPO_GRACE_MINUTES = 7 * 24 * 60
 TEST_SCHEDULES_ENV = "CUTPOINT_TEST_SCHEDULES"
 """Set to 1 to allow ``frequency: seconds`` (a schedule every few seconds), which only tests need."""
 
@@ -82,6 +85,11 @@ class Policy:
     retention: Retention = field(default_factory=lambda: Retention(last=7))
     consistency: str | None = None       # None: each VM's own setting (cutpoint vm set --consistency), else crash
     timezone: str = "UTC"
+    rpo_grace_minutes: int | None = None  # None: DEFAULT_RPO_GRACE_MINUTES
+
+    @property
+    def rpo_grace(self) -> int:
+        return DEFAULT_RPO_GRACE_MINUTES if self.rpo_grace_minutes is None else self.rpo_grace_minutes
 
     @property
     def tz(self) -> ZoneInfo:
@@ -91,6 +99,8 @@ class Policy:
         d: dict[str, Any] = {"name": self.name, "timezone": self.timezone}
         if self.consistency is not None:
             d["consistency"] = self.consistency
+        if self.rpo_grace_minutes is not None:
+            d["rpo_grace_minutes"] = self.rpo_grace_minutes
         return {**d, "schedule": self.schedule.to_dict(), "retention": self.retention.to_dict()}
 
     def schedule_key(self) -> str:
@@ -107,7 +117,7 @@ class Policy:
         if not isinstance(pname, str) or not _NAME.match(pname):
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
-        _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention"))
+        _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention", "rpo_grace_minutes"))
         tz = data.get("timezone", "UTC")
         if not isinstance(tz, str) or not tz:
             raise PolicyError(pname, "timezone", f"{tz!r} is not a time zone name such as Europe/Berlin")
@@ -125,7 +135,10 @@ class Policy:
             raise PolicyError(pname, "schedule", "missing; e.g. {frequency: daily, time: '02:00'}")
         schedule = _schedule(pname, data["schedule"])
         retention = _retention(pname, data.get("retention", {"last": 7}))
-        return cls(pname, schedule, retention, consistency, tz)
+        grace = data.get("rpo_grace_minutes")
+        if grace is not None:
+            grace = _int(pname, "rpo_grace_minutes", grace, 0, MAX_RPO_GRACE_MINUTES)
+        return cls(pname, schedule, retention, consistency, tz, grace)
 
 
 def _unknown(name: str, prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> None:

@@ -14,6 +14,8 @@ Rules (docs/design.md, "Service and policies"):
 * An interrupted job (shutdown) leaves its slot owed: after a restart it runs as catch-up.
 * After a successful scheduled backup the VM's retention runs (prune), in the same thread while the VM is held; when
   prune removed points, gc runs on a later pass once no job is running, at most every ``gc_interval``.
+* A VM with a policy that has had no successful backup within the policy's interval plus its ``rpo_grace_minutes``
+  raises one RPO alert per breach, cleared by the next success (``rpo.py``).
 * A VM whose catalog row is damaged is skipped with one failed job and alert per damage (per process); the other
   VMs are scheduled as usual.
 """
@@ -31,6 +33,7 @@ from ..policy.model import Policy
 from ..policy.schedule import latest_slot, next_slot, slots_between
 from ..policy.store import PolicyStore
 from .clock import Clock
+from .rpo import RpoWatch
 from .runner import JobContext, Outcome, Runner
 from .state import StateStore, VmState
 from .vaults import VaultSource
@@ -51,15 +54,16 @@ class RetryPolicy:
 
 class Scheduler:
     def __init__(self, vaults: VaultSource, runner: Runner, state: StateStore, policies: PolicyStore, clock: Clock,
-                 alerter: Alerter, *, retry: RetryPolicy = RetryPolicy(), backup_fn: BackupFn | None = None,
-                 gc_interval: timedelta = timedelta(hours=1), gc_grace: float | None = None,
-                 late: timedelta = timedelta(minutes=5)) -> None:
+                 alerter: Alerter, rpo: RpoWatch, *, retry: RetryPolicy = RetryPolicy(),
+                 backup_fn: BackupFn | None = None, gc_interval: timedelta = timedelta(hours=1),
+                 gc_grace: float | None = None, late: timedelta = timedelta(minutes=5)) -> None:
         self.vaults = vaults
         self.runner = runner
         self.state = state
         self.policies = policies
         self.clock = clock
         self.alerter = alerter
+        self.rpo = rpo
         self.retry = retry
         self.backup_fn = backup_fn
         self.gc_interval = gc_interval
@@ -76,7 +80,8 @@ class Scheduler:
         now = self.clock.now()
         policies = {p.name: p for p in self.policies.all()}
         started = []
-        for vm in self.vaults.get().catalog.vm_rows():
+        catalog = self.vaults.get().catalog
+        for vm in catalog.vm_rows():
             if vm.damaged is not None:
                 job = self._damaged_row(vm.name, vm.damaged)
                 if job is not None:
@@ -87,6 +92,7 @@ class Scheduler:
             if not pname:
                 if self.state.get(vm.name) is not None:
                     self.state.drop(vm.name)      # unassigned: a later assignment starts afresh, owes nothing
+                    self.rpo.drop(vm.name)
                 continue
             policy = policies.get(pname)
             if policy is None:
@@ -97,8 +103,18 @@ class Scheduler:
             job = self._consider(vm.name, policy, now)
             if job is not None:
                 started.append(job)
+            self.rpo.check(catalog, vm.name, policy, now, backing_up=self._backing_up(vm.name))
         gc = self._maybe_gc(now)
         return started + ([gc] if gc is not None else [])
+
+    def _backing_up(self, vm: str) -> bool:
+        job = self.runner.busy(vm)
+        if job is None:
+            return False
+        try:
+            return self.runner.store.get(job).kind == "backup"
+        except CutpointError:
+            return False
 
     def _damaged_row(self, vm: str, damage: str) -> int | None:
         """Skip a VM whose catalog row is damaged, with one failed job (and its alert) per damage, not per pass."""
