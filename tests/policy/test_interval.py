@@ -23,5 +23,5 @@ def test_interval_follows_the_gap_the_time_falls_in() -> None:
     assert interval_at(window, datetime(2025, 1, 1, 9, tzinfo=UTC)) == 4 * H
     assert interval_at(window, datetime(2025, 1, 1, 20, tzinfo=UTC)) == 16 * H      # 16:00 -> 08:00 next day
     daily = _p({"frequency": "daily", "time": "01:30"}, tz="Europe/Berlin")
-    assert interval_at(daily, datetime(2024, 3, 30, 12, tzinfo=UTC)) == 23 * H      # spring forward
+    assert interval_at(daily, datetime(2024, 3, 31, 12, tzinfo=UTC)) == 23 * H      # 31 Mar -> 1 Apr (CEST)
     assert interval_at(daily, datetime(2024, 6, 1, 12, tzinfo=UTC)) == 24 * H
