@@ -136,10 +136,6 @@ class Runner:
         with self._lock:
             return self._busy.get(vm)
 
-    def running(self) -> set[int]:
-        with self._lock:
-            return set(self._busy.values())
-
     def idle(self) -> bool:
         with self._lock:
             return not self._busy
