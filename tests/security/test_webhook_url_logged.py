@@ -78,7 +78,26 @@ def test_failing_webhook_logs_only_scheme_and_host(receiver: str, failing_receiv
     _no_secret(json.dumps([j.to_json() for j in h.svc.jobs.list(limit=1000)]))
 
 
-def test_refused_webhook_url_is_not_echoed() -> None:
-    r = cutpoint("serve", "--webhook", "ftp://hookuser:hookpass@example.com/T0KENPATH?token=qsecret")
+def test_refused_webhook_url_is_not_echoed(tmp_path) -> None:
+    bad = "ftp://hookuser:hookpass@example.com/T0KENPATH?token=qsecret"
+    r = cutpoint("serve", "--webhook", bad)
     assert r.code == 2 and "webhook" in r.err and "ftp://example.com" in r.err, r.err
     _no_secret(r.err + r.out)
+    f = tmp_path / "hook"                              # off the command line, where other users can read it
+    f.write_text(bad + "\n")
+    r = cutpoint("serve", "--webhook-file", str(f))
+    assert r.code == 2 and "ftp://example.com" in r.err, r.err
+    _no_secret(r.err + r.out)
+    r = cutpoint("serve", "--webhook-file", str(tmp_path / "missing"))
+    assert r.code == 2 and "--webhook-file" in r.err, r.err
+
+
+def test_webhook_file_supplies_the_url(tmp_path) -> None:
+    import argparse
+
+    from cutpoint.cli.serve import _webhook
+    f = tmp_path / "hook"
+    f.write_text(" https://hooks.example.com/services/T0KENPATH \n")
+    assert _webhook(argparse.Namespace(webhook=None, webhook_file=f)) == "https://hooks.example.com/services/T0KENPATH"
+    assert _webhook(argparse.Namespace(webhook="https://a.example/x", webhook_file=None)) == "https://a.example/x"
+    assert _webhook(argparse.Namespace(webhook=None, webhook_file=None)) is None

@@ -28,8 +28,8 @@ TIMEOUT = 10.0
 
 class Alerter:
     def __init__(self, webhook: str | None = None) -> None:
-        if webhook and not webhook.startswith(("http://", "https://")):
-            raise UsageError(f"webhook {redact(webhook)} is not an http:// or https:// URL")
+        if webhook:
+            check_url(webhook)
         self.webhook = webhook
         self.threads: list[threading.Thread] = []
 
@@ -65,6 +65,16 @@ class Alerter:
                 resp.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
             log.warning("alert webhook %s failed: %s", redact(url), _reason(exc, url))
+
+
+def check_url(url: str) -> None:
+    """Refuse anything but an http(s) URL with a host, naming it redacted."""
+    try:
+        ok = url.startswith(("http://", "https://")) and bool(urllib.parse.urlsplit(url).hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"webhook {redact(url)} is not an http:// or https:// URL with a host")
 
 
 def redact(url: str) -> str:
