@@ -51,6 +51,7 @@ def report(svc: Service, hours: int = 24) -> dict[str, Any]:
             "last_success": ok[0].ended if ok else _last_point_time(pts),
             "stored_bytes": sum(p.stored_bytes for p in pts),
             "protected": bool(v["policy"]) and bool(pts),
+            "rpo_breach": svc.rpo.open_breach(vm.name) if v["policy"] else None,
         })
         rows.append(v)
     jobs = svc.jobs.list(since=since, limit=100000)

@@ -52,6 +52,13 @@ class RpoWatch:
         with self._lock:
             self.db.execute("DELETE FROM rpo_state WHERE vm=?", (vm,))
 
+    def open_breach(self, vm: str) -> str | None:
+        """The deadline of the VM's open (alerted, not yet recovered) breach, or None."""
+        with self._lock:
+            row = self.db.execute("SELECT deadline FROM rpo_state WHERE vm=? AND breach IS NOT NULL",
+                                  (vm,)).fetchone()
+        return str(row[0]) if row is not None else None
+
     def check(self, catalog: Catalog, vm: str, policy: Policy, now: datetime, *, backing_up: bool) -> str | None:
         """One pass for ``vm``: returns the event sent (``rpo.breach``/``rpo.recovered``) or None."""
         key = policy.schedule_key()
