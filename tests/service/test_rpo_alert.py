@@ -92,3 +92,23 @@ def test_rpo_grace_is_validated() -> None:
         policy({"frequency": "daily", "time": "03:00"}, rpo_grace_minutes=-5)
     assert policy({"frequency": "daily", "time": "03:00"}, rpo_grace_minutes=30).to_dict()["rpo_grace_minutes"] == 30
     assert "rpo_grace_minutes" not in policy({"frequency": "daily", "time": "03:00"}).to_dict()
+
+
+def test_a_point_dated_in_the_future_does_not_silence_the_alert() -> None:
+    """Whoever can write the vault can plant a catalog row dated next year; the watch must not take it as fresh."""
+    from cutpoint.backup.run import BackupOptions
+
+    h = harness(_day(1, 12), fail=lambda t: t >= _day(2, 12))
+    sent: list[dict] = []
+    h.svc.alerter.send = sent.append                   # type: ignore[method-assign]
+    h.add_vm("web", policy({"frequency": "daily", "time": "03:00"}))
+    h.svc.tick()
+    h.run_until(_day(2, 4), MIN)                     # a real success on 2 Jun 03:00
+    h.clock.set(datetime(2025, 6, 1, tzinfo=UTC))
+    h.backup.fail = lambda t: False
+    h.backup(h.vault, "web", BackupOptions())        # a point "cut" a year ahead
+    h.backup.fail = lambda t: True
+    h.clock.set(_day(2, 4))
+    h.run_until(_day(3, 4, 1), MIN)
+    rpo = [a for a in sent if a["event"] == "rpo.breach"]
+    assert len(rpo) == 1 and rpo[0]["last_success"] == "2024-06-02T03:00:00.000Z"

@@ -26,6 +26,8 @@ from ..policy.model import Policy
 from ..policy.schedule import interval_at
 
 log = logging.getLogger(__name__)
+SKEW = timedelta(minutes=5)
+"""A point dated further than this after now is not taken as a recent success (a planted or skewed row)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rpo_state (
@@ -70,7 +72,7 @@ class RpoWatch:
                 self.db.execute("INSERT OR REPLACE INTO rpo_state VALUES (?,?,?,NULL,NULL)", (vm, key, iso(now)))
             return None
         armed, breach = parse_iso(row[1]), row[2]
-        last = newest_success(catalog, vm)
+        last = newest_success(catalog, vm, now)
         reference = max(last, armed) if last is not None else armed
         grace = timedelta(minutes=policy.rpo_grace)
         deadline = reference + interval_at(policy, reference) + grace
@@ -102,8 +104,10 @@ class RpoWatch:
                            "grace_minutes": policy.rpo_grace, "message": message})
 
 
-def newest_success(catalog: Catalog, vm: str) -> datetime | None:
-    """When the VM's newest committed point was cut (rows that are damaged or unreadable do not count)."""
+def newest_success(catalog: Catalog, vm: str, now: datetime) -> datetime | None:
+    """When the VM's newest committed point was cut. Rows that are damaged, unreadable or dated after ``now`` (plus
+    a little clock skew) do not count: the catalog sits in the vault, which whoever can write its storage can edit,
+    and a row dated next year must not silence the alert."""
     best: datetime | None = None
     for p in catalog.points(vm):
         if p.damaged is not None:
@@ -112,7 +116,7 @@ def newest_success(catalog: Catalog, vm: str) -> datetime | None:
             t = parse_iso(p.created)
         except (TypeError, ValueError):
             continue
-        if t.tzinfo is not None and (best is None or t > best):
+        if t.tzinfo is not None and t <= now + SKEW and (best is None or t > best):
             best = t
     return best
 
