@@ -43,3 +43,16 @@ def vms_home() -> Path:
     ``~/.local/share/cutpoint/vms``."""
     env = os.environ.get("CUTPOINT_VMS")
     return Path(env) if env else data_home() / "vms"
+
+
+def host_state() -> Path:
+    """What this host remembers about the vaults it uses (docs/design.md, 2: known vaults, authentication keys):
+    ``$CUTPOINT_STATE``, else ``/var/lib/cutpoint`` for root, else ``$XDG_STATE_HOME/cutpoint``. Kept outside every
+    vault, so that whoever can write a vault cannot rewrite what the host remembers about it."""
+    env = os.environ.get("CUTPOINT_STATE")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/cutpoint")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cutpoint"

@@ -19,6 +19,8 @@ from ..lab import vm as labvm
 from ..lab.verify import verify_dir
 from ..restore.images import restore_point
 from ..units import human, parse_size
+from ..paths import default_vault
+from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, table
 
 DEMO_VM = "cutpoint-demo"
@@ -35,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    root = (args.vault or default_vault()).expanduser()
+    if not (root / "config.json").exists():     # the demo is the one other way in: through what 'vault init' does
+        Vault.create(root)
+        print(f"created vault {root} (not encrypted, for the demo; real vaults: 'cutpoint vault init')")
     vault = open_vault(args)
     size = parse_size(args.size)
     print(f"vault: {vault.root}")
