@@ -1,4 +1,7 @@
-"""Helpers of the attack tests: a vault of format v2 made the way cutpoint made them before format v3."""
+"""What the attack tests share: a vault of format v2 made the way cutpoint made them before format v3; a backed-up
+bare VM; and a manifest re-sealed with the vault's own sealer (for an unencrypted v2 vault anyone who can write it
+can do that, the checksum is not a secret; for v3 it needs the vault's or this host's authentication key, so the
+restore tests that use it test what a forged but validly sealed configuration can do)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,13 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from cutpoint.vault.fsutil import write_atomic
+from tests.helpers import blockdev_args, cutpoint, make_image
+from tests.vault.util import open_vault
 
 FIXTURES = Path(__file__).resolve().parent.parent / "vault" / "fixtures"
 
@@ -31,3 +40,26 @@ def copy_fixture(name: str, to: Path) -> Path:
     shutil.copytree(FIXTURES / name, to)
     (to / "locks").mkdir(exist_ok=True)
     return to
+
+
+def backed_up_vm(bare_qemu, tmp_path: Path, extra: list[str] | None = None) -> tuple[Any, str]:
+    """A paused VM ``v`` with one qcow2 disk, registered and backed up once; (vm, point)."""
+    a = make_image(tmp_path / "a.qcow2", "16M", writes=["write -P 0xab 0 1M"])
+    vm = bare_qemu(blockdev_args(a, "da") + (extra or []))
+    cutpoint("vm", "add", "v", "--qmp", str(vm.qmp), check=True)
+    point = json.loads(cutpoint("backup", "v", "--json", check=True).out)["point"]
+    return vm, point
+
+
+def forge_vm_config(point: str, mutate: Callable[[dict[str, Any]], None], vm: str = "v") -> None:
+    """Rewrite the saved VM configuration of ``point`` and re-seal its manifest with the vault's own sealer."""
+    v = open_vault()
+    try:
+        rec = v.catalog.point(vm, point)
+        m = v.manifest(rec)
+        assert m.vm_config is not None
+        mutate(m.vm_config)
+        write_atomic(v.root / rec.manifest, m.seal(v.sealer))
+        assert v.manifest(rec).vm_config == m.vm_config          # it opens as a genuine manifest would
+    finally:
+        v.close()
