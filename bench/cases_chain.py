@@ -51,6 +51,7 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
     sizes = {n: p.stat().st_size for n, p in disks.items()}
     logical = sum(sizes.values())
     with harness.bare_qemu(disks) as vm:
+        harness.cutpoint("vault", "init", "--no-encrypt", env=env)
         harness.cutpoint("vm", "add", "vm1", "--qmp", str(vm.qmp), env=env)
         full = harness.cutpoint("backup", "vm1", "--json", env=env)
         fres = json.loads(full.out)

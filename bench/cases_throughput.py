@@ -62,12 +62,12 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
                 shutil.rmtree(vault, ignore_errors=True)
                 env = {"CUTPOINT_VAULT": str(vault), "CUTPOINT_WORK": str(work / "cw"),
                        "CUTPOINT_PASSPHRASE": "bench-passphrase"}
-                if encrypt:
-                    init = subprocess.run([*harness.CUTPOINT, "vault", "init", "--encrypt"], env={**os.environ, **env},
-                                          capture_output=True, text=True)
-                    if init.returncode != 0:
-                        res[label] = {"not_run": f"'cutpoint vault init --encrypt' failed: {init.stderr.strip()}"}
-                        break
+                flag = "--encrypt" if encrypt else "--no-encrypt"
+                init = subprocess.run([*harness.CUTPOINT, "vault", "init", flag], env={**os.environ, **env},
+                                      capture_output=True, text=True)
+                if init.returncode != 0:
+                    res[label] = {"not_run": f"'cutpoint vault init {flag}' failed: {init.stderr.strip()}"}
+                    break
                 harness.cutpoint("vm", "add", "bench", "--qmp", str(vm.qmp), env=env)
                 t = harness.cutpoint("backup", "bench", "--json", env=env)
                 secs.append(t.seconds)

@@ -32,16 +32,25 @@ def shared_cache() -> Iterator[Path]:
     yield d
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "no_vault: the test's CUTPOINT_VAULT does not exist yet (tests of init)")
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Iterator[Path]:
-    """Every test gets its own vault, lab and work directories (short paths: unix sockets max 107 bytes)."""
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path,
+             request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Every test gets its own vault (created unencrypted, as 'cutpoint vault init --no-encrypt' does; no command
+    creates one implicitly), host state, lab and work directories (short paths: unix sockets max 107 bytes)."""
     short = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
     monkeypatch.setenv("CUTPOINT_VAULT", str(tmp_path / "vault"))
-    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-state"))
     monkeypatch.setenv("CUTPOINT_WORK", str(short / "work"))
     monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
     monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
     monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
+    if request.node.get_closest_marker("no_vault") is None:
+        from cutpoint.vault.vault import Vault
+        Vault.create(tmp_path / "vault")
     yield short
     _stop_lab_vms(short / "lab")
     shutil.rmtree(short, ignore_errors=True)

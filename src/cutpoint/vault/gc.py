@@ -51,6 +51,8 @@ class GcResult:
 
 
 def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcResult:
+    if not dry_run:             # a swapped or rolled-back vault: what is "unreferenced" there is not ours to judge
+        vault.require_trusted("gc")
     with vault.gc_lock(), vault.points_lock(shared=True):
         start = _fs_now(vault.locks_dir / "gc.lock")
         writers = locks.running_writers(vault.locks_dir)
