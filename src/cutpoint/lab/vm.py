@@ -30,7 +30,7 @@ from ..paths import lab_home
 from . import accel as accel_mod
 from . import image
 from .qemu_args import DiskSpec, kernel_cmdline, qemu_argv
-from ..hypervisor.qmp import QmpSession
+from ..drivers.qmp.qmp import QmpSession
 
 __all__ = ["DiskSpec", "LabVM", "up", "down", "get", "list_vms", "remove"]
 

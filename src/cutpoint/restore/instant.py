@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CutpointError, HypervisorError, UsageError
-from ..hypervisor.qmp import QmpSession
+from ..drivers.qmp.qmp import QmpSession
 from ..paths import work_home
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import CutpointError, HypervisorError, MonitorBusyError
-from ..hypervisor.qmp import QmpSession
+from ..drivers.qmp.qmp import QmpSession
 from .cmdline import Rewritten
 from .config import process_alive
 

@@ -27,9 +27,10 @@ from typing import Any
 import libvirt
 
 from ..catalog.db import VmRecord
+from ..cut.naming import BITMAP_PREFIX as CHECKPOINT_PREFIX
+from ..drivers.libvirt import conn as lc
+from ..drivers.libvirt.xml import parse_domain
 from ..errors import CutpointError, NotFoundError, UnsupportedError, UsageError
-from ..hypervisor import libvirt_conn as lc
-from ..hypervisor.libvirt_xml import CHECKPOINT_PREFIX, parse_domain
 from ..paths import vms_home
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
