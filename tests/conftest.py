@@ -40,6 +40,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
     monkeypatch.setenv("CUTPOINT_WORK", str(short / "work"))
     monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
     monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
+    monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
     yield short
     _stop_lab_vms(short / "lab")
     shutil.rmtree(short, ignore_errors=True)

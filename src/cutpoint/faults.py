@@ -13,7 +13,8 @@ Never set it in production: it exists to prove the crash guarantees in docs/desi
 Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
 ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before
 COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone, manifests not yet
-deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut).
+deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut),
+``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``).
 """
 
 from __future__ import annotations

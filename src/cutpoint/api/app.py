@@ -24,6 +24,7 @@ from ..policy.model import Policy
 from ..policy.schedule import upcoming
 from ..policy.store import assign
 from ..restore.images import FORMATS
+from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
 from ..service.work import backup_job, restore_job
 from . import auth, errors
@@ -42,7 +43,8 @@ class BackupRequest(BaseModel):
 class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     point: str = Field(..., min_length=1, description="point id, a unique prefix, or 'latest'")
-    to: str = Field(..., min_length=1, description="absolute directory on the server for the images")
+    to: str = Field(..., min_length=1, description="absolute directory on the server for the images, under its "
+                    "restore root (cutpoint serve --restore-root)")
     format: Literal["raw", "qcow2"] = "raw"
 
 
@@ -51,7 +53,10 @@ class AssignRequest(BaseModel):
     policy: str | None = Field(..., description="policy name, or null to stop scheduling the VM")
 
 
-def create_app(svc: Service, token: str) -> FastAPI:
+def create_app(svc: Service, token: str, *, restore_root: Path | None = None) -> FastAPI:
+    """``restore_root``: the only directory tree API restores may write into (``cutpoint serve --restore-root``,
+    default ``targets.default_restore_root()``)."""
+    root = (restore_root or default_restore_root()).absolute()
     app = FastAPI(title="cutpoint", version=__version__, docs_url=None, redoc_url=None,
                   description="Crash-consistent multi-disk backups of QEMU VMs: policies, jobs, points.")
     errors.install(app)
@@ -132,15 +137,11 @@ def create_app(svc: Service, token: str) -> FastAPI:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
         rec = catalog.point(name, req.point)
-        to = Path(req.to)
-        if not to.is_absolute():
-            raise UsageError(f"restore target {req.to!r} must be an absolute directory on the server")
-        if to.exists() and not to.is_dir():
-            raise UsageError(f"restore target {req.to} exists and is not a directory")
         if req.format not in FORMATS:
             raise UsageError(f"unknown format {req.format!r}")
-        job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format), trigger="api",
-                                detail={"point": rec.id})
+        to = confine(Path(req.to), root)          # the job checks again when it runs
+        job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format, within=root),
+                                trigger="api", detail={"point": rec.id})
         return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
 
     # -- policies ------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Binds 127.0.0.1 by default. SIGTERM or SIGINT stops it cleanly: no new jobs, running ones interrupted and cleaned up
 (no partial point, the job recorded ``interrupted``), then the API closes and the process exits 0. The API token is
-kept in the vault (``api-token``, mode 0600); ``--show-token`` prints it and exits.
+kept in the vault (``api-token``, mode 0600); ``--show-token`` prints it and exits. API restores write only under
+``--restore-root``, so a token cannot place files in any directory the service can reach.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import socket
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from ..api import auth
 from ..errors import CutpointError, UsageError
+from ..restore.targets import DEFAULT_RESTORE_ROOT, default_restore_root, make_root
 from .common import add_vault_arg, open_vault
 
 log = logging.getLogger("cutpoint.serve")
@@ -36,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--retries", type=int, default=3, help="attempts per scheduled backup (default 3)")
     p.add_argument("--backoff", type=float, default=60.0,
                    help="seconds before the first retry, doubling after each (default 60)")
+    p.add_argument("--restore-root", type=Path, default=None, metavar="DIR",
+                   help=f"API restores write only under DIR (default {DEFAULT_RESTORE_ROOT}; created mode 0700)")
     p.add_argument("--show-token", action="store_true", help="print the API token (creating it) and exit")
     p.add_argument("--rotate-token", action="store_true", help="replace the API token, print it and exit")
     p.add_argument("--tick", type=float, default=5.0, help=argparse.SUPPRESS)       # seconds between passes
@@ -59,12 +64,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..service.scheduler import RetryPolicy
 
     token = auth.load_or_create(vault.root)
+    restore_root = make_root(args.restore_root or default_restore_root())
     sock = _bind(args.host, args.port)
     logging.getLogger("cutpoint").setLevel(logging.INFO)
     svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
                   gc_grace=args.gc_grace, gc_interval=timedelta(hours=1))
-    server = uvicorn.Server(uvicorn.Config(create_app(svc, token), log_level="warning", access_log=False,
-                                           lifespan="off"))
+    app = create_app(svc, token, restore_root=restore_root)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cutpoint-api", daemon=True)
     stop = threading.Event()
 

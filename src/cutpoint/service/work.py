@@ -1,7 +1,7 @@
 """The job functions the service and the API run: backup, restore, prune (retention) and gc.
 
 Each is a thin adapter from a job context to the function that does the work, owned elsewhere: ``backup.run.backup``,
-``restore.images.restore_point``, and the vault's ``prune``/``gc``. Retention decisions are the vault's pure
+``restore.orchestrator.restore``, and the vault's ``prune``/``gc``. Retention decisions are the vault's pure
 ``retention.decide`` (restic's semantics), applied in the policy's time zone so that "daily" means the policy's days.
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 
 from ..backup.run import BackupOptions, backup
 from ..policy.model import Policy, Retention
-from ..restore.images import restore_point
+from ..restore.orchestrator import restore
+from ..restore.results import ImagesResult
+from ..restore.targets import Images
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
 from ..vault import retention
@@ -47,13 +49,15 @@ def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
     return run
 
 
-def restore_job(vm: str, point: str, to: Path, fmt: str) -> JobFn:
+def restore_job(vm: str, point: str, to: Path, fmt: str, *, within: Path | None = None) -> JobFn:
+    """Images of ``point`` into ``to`` through the restore orchestrator (its locks: no prune meanwhile); ``within``
+    confines ``to`` to a directory (the API's restore root), checked again as the job starts."""
     def run(ctx: JobContext) -> Outcome:
-        rec = ctx.vault.catalog.point(vm, point)
-        files = restore_point(ctx.vault, ctx.vault.manifest(rec), to, fmt, ctx.progress)
-        return Outcome(bytes=sum(f.size for f in files), point=rec.id,
+        res = restore(ctx.vault, vm, point, Images(to, fmt, within=within), progress=ctx.progress)
+        assert isinstance(res, ImagesResult)
+        return Outcome(bytes=res.nbytes, point=res.point,
                        detail={"to": str(to), "format": fmt,
-                               "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in files]})
+                               "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in res.files]})
     return run
 
 
