@@ -12,13 +12,13 @@ The overlays are then exported read-only over QEMU's NBD server for the reader, 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from ...cut.plan import Cut
 from ...cut.quiesce import Quiesce, atomic
-from ...errors import CutpointError, HypervisorError, QmpCommandError
+from ... import qemuimg
+from ...errors import HypervisorError, QmpCommandError
 from .qmp import QmpSession
 
 
@@ -74,8 +74,4 @@ def _start_nbd(session: QmpSession, cut: Cut) -> None:
 
 
 def _create_overlay(path: Path, size: int) -> None:
-    try:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)],
-                       check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        raise CutpointError(f"cannot create fleecing overlay {path}: {exc.stderr.strip()}") from exc
+    qemuimg.create(path, "qcow2", size, what=f"cannot create fleecing overlay {path}")
