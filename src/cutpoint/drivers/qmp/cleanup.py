@@ -46,8 +46,8 @@ def release_cut(cut: Cut, success: bool) -> list[str]:
 
 def _release_in_qemu(s: QmpSession, cut: Cut, success: bool, steps: Steps) -> None:
     steps.run(lambda: _del_exports(s, set(cut.exports)))
-    if cut.started_nbd:
-        steps.run(lambda: s.cmd("nbd-server-stop"))     # ours, and it runs: we started it and QEMU is up
+    if cut.started_nbd and nbd_server_answers(cut.nbd_socket):     # ours, on our socket, and still running
+        steps.run(lambda: s.cmd("nbd-server-stop"))
     steps.run(lambda: _cancel_jobs(s, set(cut.jobs)))
     steps.run(lambda: _del_nodes(s, set(cut.attached)))
     if not cut.transaction_done:
@@ -144,12 +144,19 @@ def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
     none to go by). QEMU's 7.2 QMP cannot say where its server listens, but that run's socket lies in its own work
     directory: if it still accepts a connection, the server is cutpoint's. Call before ``sweep_workdirs``."""
     for sock in sorted((base / vm).glob("*/nbd.sock")) if (base / vm).is_dir() else []:
-        with socket.socket(socket.AF_UNIX) as c:
-            c.settimeout(2.0)
-            try:
-                c.connect(str(sock))
-            except OSError:
-                continue                    # stale: its QEMU, or its server, is gone
-        s.cmd("nbd-server-stop")            # it answered, so it runs
-        return [f"NBD server on {sock}"]
+        if nbd_server_answers(sock):        # else stale: its QEMU, or its server, is gone
+            s.cmd("nbd-server-stop")
+            return [f"NBD server on {sock}"]
     return []
+
+
+def nbd_server_answers(sock: Path) -> bool:
+    """Does an NBD server listen on ``sock``? QEMU 7.2 cannot be asked whether its server runs (and answers a stop
+    of none with GenericError, like nearly every failure), so the socket itself is asked."""
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(2.0)
+        try:
+            c.connect(str(sock))
+        except OSError:
+            return False
+    return True
