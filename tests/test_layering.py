@@ -11,7 +11,7 @@ from pathlib import Path
 import cutpoint
 
 ROOT = Path(cutpoint.__file__).parent
-BASE = {"", "errors", "units", "paths", "signals", "faults", "vmconfig"}   # plain modules, importable by all
+BASE = {"", "errors", "units", "paths", "signals", "faults", "vmconfig", "qemuimg"}   # plain modules, for all
 
 # Data-path order, lowest first. Equal ranks may import each other only if that makes no cycle.
 RANK = {
