@@ -39,14 +39,21 @@ def release_cut(cut: Cut, success: bool) -> list[str]:
         with QmpSession(cut.qmp) as s:
             _release_in_qemu(s, cut, success, steps)
     except HypervisorError as exc:
-        # The VM is gone or unreachable: its in-memory nodes, jobs and exports went with it.
-        log.info("cleanup could not reach QEMU (%s); removing files only", exc)
+        if socket_answers(cut.qmp):
+            # QEMU runs but could not be reached (another client holds the monitor, ...): what the cut put into it
+            # is still there, which the backup must say rather than report a clean finish.
+            vm = cut.workdir.parent.name
+            steps.problems.append(f"could not reach QEMU to take the cut out ({exc}); its NBD exports, jobs and "
+                                  f"overlay nodes may still be in QEMU: 'cutpoint vm cleanup {vm}' removes them")
+        else:
+            # The VM is gone: its in-memory nodes, jobs and exports went with it.
+            log.info("cleanup could not reach QEMU (%s); removing files only", exc)
     return steps.problems + remove_workdir(cut.workdir)
 
 
 def _release_in_qemu(s: QmpSession, cut: Cut, success: bool, steps: Steps) -> None:
     steps.run(lambda: _del_exports(s, set(cut.exports)))
-    if cut.started_nbd and nbd_server_answers(cut.nbd_socket):     # ours, on our socket, and still running
+    if cut.started_nbd and socket_answers(cut.nbd_socket):     # ours, on our socket, and still running
         steps.run(lambda: s.cmd("nbd-server-stop"))
     steps.run(lambda: _cancel_jobs(s, set(cut.jobs)))
     steps.run(lambda: _del_nodes(s, set(cut.attached)))
@@ -144,15 +151,16 @@ def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
     none to go by). QEMU's 7.2 QMP cannot say where its server listens, but that run's socket lies in its own work
     directory: if it still accepts a connection, the server is cutpoint's. Call before ``sweep_workdirs``."""
     for sock in sorted((base / vm).glob("*/nbd.sock")) if (base / vm).is_dir() else []:
-        if nbd_server_answers(sock):        # else stale: its QEMU, or its server, is gone
+        if socket_answers(sock):        # else stale: its QEMU, or its server, is gone
             s.cmd("nbd-server-stop")
             return [f"NBD server on {sock}"]
     return []
 
 
-def nbd_server_answers(sock: Path) -> bool:
-    """Does an NBD server listen on ``sock``? QEMU 7.2 cannot be asked whether its server runs (and answers a stop
-    of none with GenericError, like nearly every failure), so the socket itself is asked."""
+def socket_answers(sock: Path) -> bool:
+    """Does a process listen on unix socket ``sock``? Asked of the NBD socket because QEMU 7.2 cannot be asked
+    whether its NBD server runs (and answers a stop of none with GenericError, like nearly every failure), and of
+    the QMP socket to tell a QEMU that is gone from one that could not be reached."""
     with socket.socket(socket.AF_UNIX) as c:
         c.settimeout(2.0)
         try:
