@@ -21,7 +21,7 @@ def _write_fraction(qmp: Path, disks: dict[str, int], fraction: float, seed: int
     block layer (as a guest would: dirty bitmaps see it). ``run`` = 64 KiB scatters the change over the disk (the
     worst case for chunked storage); 1 MiB runs are closer to how filesystems and databases write. Returns bytes
     written."""
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.drivers.qmp.qmp import QmpSession
 
     rnd = random.Random(seed)
     total = 0

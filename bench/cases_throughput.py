@@ -15,10 +15,11 @@ from harness import MiB, median
 
 def raw_nbd_read(qmp: Path, work: Path) -> float:
     """Seconds to read every byte of every disk from a fleecing export with libnbd, discarding the data."""
-    from cutpoint.cut.cleanup import release_cut
-    from cutpoint.cut.transaction import plan_cut, take_cut
-    from cutpoint.hypervisor.disks import discover
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.cut.plan import plan_cut
+    from cutpoint.drivers.qmp.cleanup import release_cut
+    from cutpoint.drivers.qmp.cut import take_cut
+    from cutpoint.drivers.qmp.disks import discover
+    from cutpoint.drivers.qmp.qmp import QmpSession
     from cutpoint.reader.export import ExportReader
 
     with QmpSession(qmp) as s:

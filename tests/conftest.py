@@ -73,7 +73,7 @@ class BareVM:
     def quit(self) -> None:
         """Clean shutdown over QMP (persistent bitmaps are written to qcow2 images)."""
         from cutpoint.errors import HypervisorError
-        from cutpoint.hypervisor.qmp import QmpSession
+        from cutpoint.drivers.qmp.qmp import QmpSession
 
         try:
             with QmpSession(self.qmp) as s:

@@ -7,7 +7,7 @@ import json
 import signal
 from pathlib import Path
 
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from tests.helpers import blockdev_args, cutpoint, drive_args, guest_write, make_image, raw_bytes
 
 

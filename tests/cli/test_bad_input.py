@@ -8,7 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from tests.helpers import blockdev_args, cutpoint, make_image
 
 

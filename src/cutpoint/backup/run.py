@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from .. import faults
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
-from ..hypervisor.disks import Disk, Inventory
-from ..hypervisor.driver import CutHandle, DriverSession
-from ..hypervisor.registry import driver_for
+from ..cut.disks import Disk, Inventory
+from ..cut.driver import CutHandle, DriverSession
+from ..drivers.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
 from ..signals import critical
@@ -165,7 +165,7 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
                     raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
                 res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks, prev_chunks=prev_chunks,
                                 progress=opts.progress, pool=pool)
-            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.node, driver=d.driver,
+            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.address, driver=d.driver,
                                       filename=d.filename, cache=d.cache, read_bytes=res.read_bytes,
                                       stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes))
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,

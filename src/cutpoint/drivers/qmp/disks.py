@@ -8,56 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import HypervisorError
+from ...cut.disks import Disk, Inventory, Skipped
+from ...errors import QmpCommandError
 from .qmp import QmpSession
-
-BITMAP_PREFIX = "cutpoint-"
-
-
-@dataclass
-class Disk:
-    """A disk of a running VM as QMP describes it at one moment."""
-
-    name: str               # stable, user-facing: drive id, else user node name, else device id
-    node: str               # the top block node; the cut is taken here
-    size: int
-    driver: str             # format driver of the top node: qcow2, raw, ...
-    filename: str
-    device: str = ""        # legacy drive id ('' for -blockdev)
-    qdev: str = ""
-    read_only: bool = False
-    cache: dict[str, bool] = field(default_factory=dict)
-    bitmaps: list[dict[str, Any]] = field(default_factory=list)
-    # Facts for the supported-scenario checks (backup/validation.py); drivers fill what they can tell.
-    share_rw: bool | None = None    # the device lets other writers share the image (share-rw=on); None: unknown
-    transient: bool = False         # writes go to a temporary overlay QEMU discards at exit (-drive snapshot=on)
-    protocol: str = ""              # driver of the node that holds the data: file, host_device, iscsi, nbd, ...
-    protocol_file: str = ""         # that node's filename (the overlay of a transient disk, the host device)
-    model: str = ""                 # the guest device's QOM type: virtio-blk-pci, scsi-hd, scsi-block, ...
-    passthrough: str = ""           # the guest reaches the device past QEMU's block layer (scsi-block, device='lun')
-
-    @property
-    def cutpoint_bitmaps(self) -> list[str]:
-        return [b["name"] for b in self.bitmaps if b["name"].startswith(BITMAP_PREFIX)]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Skipped:
-    name: str
-    reason: str
-
-
-@dataclass
-class Inventory:
-    disks: list[Disk]
-    skipped: list[Skipped]
-    warnings: list[str] = field(default_factory=list)     # recorded on the point (e.g. a cache mode that drops flushes)
 
 
 def discover(session: QmpSession) -> Inventory:
@@ -132,11 +87,11 @@ def _support_facts(session: QmpSession, disks: list[Disk]) -> None:
         if d.qdev:
             try:
                 d.share_rw = bool(session.cmd("qom-get", path=d.qdev, property="share-rw"))
-            except HypervisorError:
-                d.share_rw = None    # a device without the property (or gone meanwhile): unknown
+            except QmpCommandError:
+                d.share_rw = None    # QEMU's answer: a device without the property (or gone meanwhile): unknown
             try:
                 d.model = str(session.cmd("qom-get", path=device_path(d.qdev), property="type"))
-            except HypervisorError:
+            except QmpCommandError:
                 d.model = ""
             d.passthrough = PASSTHROUGH_MODELS.get(d.model, "")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cutpoint.hypervisor.disks import discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.disks import discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from tests.helpers import blockdev_args, drive_args, make_image
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from . import libvirt_conn as lc
-from .agent import AgentError, AgentTimeout, GuestAgent
+from ...cut.agent import AgentError, AgentTimeout, GuestAgent
+from . import conn as lc
 
 TIMEOUT_CODES = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_OPERATION_TIMEOUT}
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..cut import bitmaps
-from ..cut.cleanup import release_cut, stop_orphan_nbd_server, sweep, sweep_workdirs
-from ..cut.transaction import Cut, bitmap_name, plan_cut, take_cut
-from .agent import AgentError, GuestAgent, SocketAgent, find_channel
-from .disks import Disk, Inventory, discover
-from .driver import CutHandle, Driver, DriverSession, Quiesce, ReadTarget
+from ...cut.agent import AgentError, GuestAgent
+from ...cut.cleanup import sweep_workdirs
+from ...cut.disks import Disk, Inventory
+from ...cut.driver import CutHandle, Driver, DriverSession, ReadTarget
+from ...cut.naming import bitmap_name
+from ...cut.plan import Cut, plan_cut
+from ...cut.quiesce import Quiesce
+from . import bitmaps
+from .agent import SocketAgent, find_channel
+from .cleanup import release_cut, stop_orphan_nbd_server, sweep
+from .config import capture
+from .cut import take_cut
+from .disks import discover
 from .qmp import QmpSession
 
 
@@ -42,10 +49,6 @@ class QmpDriverSession(DriverSession):
         return CutHandle(cut.nbd_socket, [ReadTarget(fd.disk, fd.export, fd.prev_bitmap) for fd in cut.disks],
                          cut.pause_ms, state=cut)
 
-    def cut_quiesced(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
-                     quiesce: Quiesce) -> CutHandle:
-        return self.cut(disks, point_id, since, workdir, quiesce)     # frozen for the transaction only
-
     def agent(self) -> GuestAgent | None:
         ch = find_channel(self.s)
         if ch is None:
@@ -61,7 +64,6 @@ class QmpDriverSession(DriverSession):
                            else "")
 
     def capture_config(self) -> dict[str, Any] | None:
-        from ..restore.config import capture   # restore/ depends on hypervisor/, not the other way at import time
         return capture(self.s)
 
     def close(self) -> None:
@@ -77,6 +79,10 @@ class QmpDriver(Driver):
 
     def session(self) -> QmpDriverSession:
         return QmpDriverSession(self.qmp, self.vm)
+
+    def describe(self) -> Inventory:
+        with self.session() as s:
+            return s.inventory()
 
     def release(self, handle: CutHandle, success: bool) -> list[str]:
         assert isinstance(handle.state, Cut)

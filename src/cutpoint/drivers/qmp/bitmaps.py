@@ -9,11 +9,39 @@ the caller reads it in full with the returned reason. Bitmaps of other tools are
 
 from __future__ import annotations
 
-from ..hypervisor.disks import Disk
-from ..hypervisor.qmp import QmpSession
+from collections.abc import Callable, Collection
+from typing import Any
+
+from ...cut.disks import Disk
+from ...cut.naming import is_ours
+from .qmp import Monitor
 
 
-def reconcile(s: QmpSession, disk: Disk, keep: str | None) -> str | None:
+def bitmaps_by_node(s: Monitor) -> dict[str, dict[str, dict[str, Any]]]:
+    """Node name -> its named dirty bitmaps, by name, for every named node (one query for the whole VM)."""
+    return {n["node-name"]: {b["name"]: b for b in n.get("dirty-bitmaps") or [] if b.get("name")}
+            for n in s.cmd("query-named-block-nodes", flat=True) if n.get("node-name")}
+
+
+def ours_except(keep: str | None) -> Callable[[str], bool]:
+    """Matches cutpoint's bitmaps other than ``keep``."""
+    return lambda name: is_ours(name) and name != keep
+
+
+def remove_bitmaps(s: Monitor, match: Callable[[str], bool], nodes: Collection[str] | None = None) -> list[str]:
+    """Remove every bitmap ``match`` accepts, on ``nodes`` (every node when None); returns ``node/bitmap`` removed.
+    The one removal by name for both drivers (libvirt's reaches QEMU through its monitor pass-through)."""
+    removed = []
+    for node, bitmaps in bitmaps_by_node(s).items():
+        if nodes is not None and node not in nodes:
+            continue
+        for name in sorted(filter(match, bitmaps)):
+            s.cmd("block-dirty-bitmap-remove", node=node, name=name)
+            removed.append(f"{node}/{name}")
+    return removed
+
+
+def reconcile(s: Monitor, disk: Disk, keep: str | None) -> str | None:
     """Make ``keep`` the only cutpoint bitmap on ``disk``; returns why it cannot be used, or None if it can."""
     ours = {b["name"]: b for b in disk.bitmaps if b["name"] in disk.cutpoint_bitmaps}
     kept = ours.pop(keep, None) if keep else None

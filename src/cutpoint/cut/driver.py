@@ -12,24 +12,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
+from .agent import GuestAgent
 from .disks import Disk, Inventory
-
-if TYPE_CHECKING:
-    from .agent import GuestAgent
-
-
-class Quiesce(Protocol):
-    """Brackets the atomic step of a cut (the guest-agent freeze of an app-consistent backup).
-
-    ``freeze`` is called immediately before the step and ``thaw`` immediately after it, in every path once
-    ``freeze`` was called. Neither raises: a failed freeze is recorded by the caller and the cut goes on
-    crash-consistent, which is why a driver never has to handle it."""
-
-    def freeze(self) -> None: ...
-
-    def thaw(self) -> None: ...
+from .quiesce import Quiesce
 
 
 @dataclass
@@ -68,22 +55,14 @@ class DriverSession(ABC):
         """Make the disk's change tracking since ``prev_point`` usable; return why it cannot be, or None."""
 
     @abstractmethod
-    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path) -> CutHandle:
+    def cut(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
+            quiesce: Quiesce | None = None) -> CutHandle:
         """Cut all ``disks`` atomically; ``since[disk]`` is the previous point to read changes from, or None.
 
-        On failure everything created so far has been released before the exception propagates."""
+        ``quiesce`` (the guest-agent freeze) brackets the atomic step alone (``cut.quiesce.atomic``). On failure
+        everything created so far has been released before the exception propagates."""
 
-    def cut_quiesced(self, disks: list[Disk], point_id: str, since: dict[str, str | None], workdir: Path,
-                     quiesce: Quiesce) -> CutHandle:
-        """``cut`` with ``quiesce`` around its atomic step. This default brackets the whole ``cut``; a driver that
-        can bracket just the atomic step (keeping the guest frozen for less time) overrides it."""
-        quiesce.freeze()
-        try:
-            return self.cut(disks, point_id, since, workdir)
-        finally:
-            quiesce.thaw()
-
-    def agent(self) -> "GuestAgent | None":
+    def agent(self) -> GuestAgent | None:
         """The VM's guest agent, or None when the VM has none (the backup then falls back to crash-consistent).
         Raises ``AgentError`` with the reason when a channel exists but cannot be used."""
         return None
@@ -107,6 +86,10 @@ class Driver(ABC):
 
     @abstractmethod
     def session(self) -> DriverSession: ...
+
+    @abstractmethod
+    def describe(self) -> Inventory:
+        """The VM's disks and skipped devices, for registering it (``vm add``); a libvirt domain may be shut off."""
 
     @abstractmethod
     def release(self, handle: CutHandle, success: bool) -> list[str]:

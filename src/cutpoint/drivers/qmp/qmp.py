@@ -15,16 +15,38 @@ import stat
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
-from ..errors import HypervisorError, MonitorBusyError, QmpCommandError
+from ...errors import HypervisorError, MonitorBusyError, QmpCommandError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
+
+
+class Monitor(Protocol):
+    """A QEMU monitor to send QMP commands to: a ``QmpSession``, or libvirt's pass-through to a domain's monitor
+    (``drivers/libvirt/conn.py``). Both raise ``QmpCommandError`` (with QEMU's ``error_class``) for QEMU's errors."""
+
+    def cmd(self, name: str, /, _timeout: float | None = None, **args: Any) -> Any: ...
+
+
+def qmp_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    """QMP argument names with dashes are passed to ``cmd`` with underscores (``node_name`` for ``node-name``)."""
+    return {k.replace("_", "-"): v for k, v in args.items()}
+
+
+def reply_value(command: str, reply: Any) -> Any:
+    """The ``return`` of a raw QMP reply; an ``error`` reply becomes ``QmpCommandError`` with its class."""
+    if not isinstance(reply, dict):
+        raise HypervisorError(f"QEMU answered {command!r} with something that is not a QMP reply")
+    if "error" in reply:
+        err = reply["error"] if isinstance(reply["error"], dict) else {}
+        raise QmpCommandError(command, str(err.get("class", "")), str(err.get("desc", reply["error"])))
+    return reply.get("return")
 
 
 class QmpSession:
@@ -82,7 +104,7 @@ class QmpSession:
 
         QMP argument names with dashes are passed with underscores (``node_name`` for ``node-name``).
         """
-        args = {k.replace("_", "-"): v for k, v in args.items()}
+        args = qmp_arguments(args)
         timeout = _timeout
         if self._client is None:
             raise HypervisorError(f"QMP session to {self.path} is not open")

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from ..errors import HypervisorError
+from ...errors import HypervisorError
 
-CHECKPOINT_PREFIX = "cutpoint-"
-EXPORT_PREFIX = "cutpoint-"        # exports cutpoint adds itself (non-qcow2 disks), beside libvirt's own
 AGENT_PORT = "org.qemu.guest_agent.0"
 
 # libvirt cache mode -> the cache flags QMP's query-block reports, so both drivers describe a disk the same way.
@@ -29,11 +27,6 @@ CACHE_FLAGS = {
     "directsync": {"writeback": False, "direct": True, "no-flush": False},
     "unsafe": {"writeback": True, "direct": False, "no-flush": True},
 }
-
-
-def checkpoint_name(point_id: str) -> str:
-    """The libvirt checkpoint (and the bitmap in every disk) that records changes since the cut of ``point_id``."""
-    return f"{CHECKPOINT_PREFIX}{point_id}"
 
 
 @dataclass

@@ -20,7 +20,9 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from ..errors import HypervisorError, NotFoundError
+from ...errors import HypervisorError, NotFoundError
+from ..qmp.bitmaps import remove_bitmaps
+from ..qmp.qmp import qmp_arguments, reply_value
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +66,25 @@ def call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         raise HypervisorError(f"libvirt: {what} failed: {msg(exc)}") from exc
 
 
-def qmp(dom: libvirt.virDomain, command: str, **args: Any) -> Any:
-    """One QMP command through libvirt (the domain's monitor belongs to libvirtd)."""
-    req = json.dumps({"execute": command, "arguments": args} if args else {"execute": command})
-    try:
-        reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, req, 0))
-    except libvirt.libvirtError as exc:
-        raise HypervisorError(f"libvirt: QMP {command} on domain {dom.name()!r} failed: {msg(exc)}") from exc
-    if "error" in reply:
-        raise HypervisorError(f"QMP command {command!r} on domain {dom.name()!r} failed: "
-                              f"{reply['error'].get('desc', reply['error'])}")
-    return reply.get("return")
+class DomainMonitor:
+    """QMP through libvirt (the domain's monitor belongs to libvirtd): the same ``Monitor`` as a ``QmpSession``, so
+    QEMU's errors are the same ``QmpCommandError`` with QEMU's ``error_class``."""
+
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self.dom = dom
+
+    def cmd(self, name: str, /, _timeout: float | None = None, **args: Any) -> Any:
+        args = qmp_arguments(args)
+        req = json.dumps({"execute": name, "arguments": args} if args else {"execute": name})
+        try:
+            raw = libvirt_qemu.qemuMonitorCommand(self.dom, req, 0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"libvirt: QMP {name} on domain {self.dom.name()!r} failed: {msg(exc)}") from exc
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:
+            raise HypervisorError(f"libvirt relayed a QMP reply to {name} that is not JSON") from exc
+        return reply_value(name, reply)
 
 
 def backup_job(dom: libvirt.virDomain) -> str | None:
@@ -125,21 +135,9 @@ def delete_checkpoint(dom: libvirt.virDomain, cp: libvirt.virDomainCheckpoint) -
     call(f"deleting the metadata of checkpoint {name}", cp.delete,
          libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
     if dom.isActive():
-        remove_bitmaps(dom, lambda b: b == name)
+        remove_bitmaps(DomainMonitor(dom), lambda b: b == name)
 
 
 def block_nodes(dom: libvirt.virDomain) -> list[dict[str, Any]]:
     """QMP ``query-block`` of the domain: per device its qdev path, top node name and dirty bitmaps."""
-    return [b for b in qmp(dom, "query-block") if b.get("inserted")]
-
-
-def remove_bitmaps(dom: libvirt.virDomain, match: Callable[[str], bool]) -> list[str]:
-    """Remove every bitmap whose name ``match`` accepts, on every disk node; returns ``node/bitmap`` removed."""
-    removed = []
-    for b in block_nodes(dom):
-        node = b["inserted"]["node-name"]
-        for bm in b["inserted"].get("dirty-bitmaps") or []:
-            if match(bm.get("name", "")):       # a running block job's bitmap has no name
-                qmp(dom, "block-dirty-bitmap-remove", node=node, name=bm["name"])
-                removed.append(f"{node}/{bm['name']}")
-    return removed
+    return [b for b in DomainMonitor(dom).cmd("query-block") if b.get("inserted")]

@@ -1,8 +1,6 @@
-"""The QEMU guest agent (qemu-ga), as far as a backup needs it: ping, freeze, thaw, freeze status, and running a
-program in the guest (pre/post scripts).
+"""The QEMU guest agent (qemu-ga) over its own socket, for VMs reached by QMP.
 
-``GuestAgent`` is the small interface the consistency procedure uses; a driver hands one out
-(``DriverSession.agent()``). ``SocketAgent`` speaks qemu-ga's protocol directly over the host end of the VM's
+``SocketAgent`` speaks qemu-ga's protocol directly over the host end of the VM's
 virtio-serial channel, a unix socket QEMU listens on (``-chardev socket,server=on``). ``find_channel`` finds that
 socket over QMP: the ``virtserialport`` device named ``org.qemu.guest_agent.0`` names its chardev, and
 ``query-chardev`` gives the chardev's socket path and whether qemu-ga has the port open in the guest.
@@ -17,7 +15,6 @@ late thaw work: qemu-ga handles requests one by one, so a thaw sent after a hang
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import socket
@@ -26,70 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import HypervisorError
+from ...cut.agent import AgentError, AgentTimeout, GuestAgent
 from .qmp import QmpSession
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 SYNC_TIMEOUT = 2.0
-
-
-class AgentError(HypervisorError):
-    """The guest agent is missing, did not answer, or answered with an error."""
-
-
-class AgentTimeout(AgentError):
-    """The guest agent did not answer in time (the request may still run in the guest)."""
-
-
-@dataclass
-class ExecResult:
-    exitcode: int | None          # None: killed by a signal
-    signal: int | None
-    out: str
-    err: str
-
-
-class GuestAgent:
-    """What the app-consistent procedure needs from a guest agent. Every call has a hard timeout.
-
-    The commands are the same whatever carries them; a transport (a unix socket to qemu-ga, or libvirt's agent
-    relay) implements ``_call`` only."""
-
-    def _call(self, command: str, args: dict[str, Any] | None = None, *, timeout: float) -> Any:
-        """Send one qemu-ga command and return its ``return`` value; AgentError/AgentTimeout otherwise."""
-        raise NotImplementedError(f"{type(self).__name__} has no transport for {command}")
-
-    def ping(self, timeout: float) -> None:
-        """Raise AgentError unless the agent answers within ``timeout`` seconds."""
-        self._call("guest-ping", timeout=timeout)
-
-    def freeze(self, timeout: float) -> int:
-        """Freeze the guest's filesystems; return how many were frozen."""
-        return int(self._call("guest-fsfreeze-freeze", timeout=timeout))
-
-    def thaw(self, timeout: float) -> int:
-        """Thaw the guest's filesystems; return how many were thawed (0 when none was frozen)."""
-        return int(self._call("guest-fsfreeze-thaw", timeout=timeout))
-
-    def status(self, timeout: float) -> str:
-        """``"thawed"`` or ``"frozen"``."""
-        return str(self._call("guest-fsfreeze-status", timeout=timeout))
-
-    def exec(self, path: str, args: list[str], timeout: float) -> ExecResult:
-        """Run ``path`` in the guest and wait for it; AgentTimeout if it is still running after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        pid = self._call("guest-exec", {"path": path, "arg": args, "capture-output": True}, timeout=timeout)["pid"]
-        while True:
-            st = self._call("guest-exec-status", {"pid": pid}, timeout=max(1.0, deadline - time.monotonic()))
-            if st.get("exited"):
-                return ExecResult(st.get("exitcode"), st.get("signal"), _b64(st.get("out-data")),
-                                  _b64(st.get("err-data")))
-            if time.monotonic() > deadline:
-                raise AgentTimeout(f"{path} (guest pid {pid}) was still running after {timeout:g} s")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        """Let go of the channel (a socket agent serves one client at a time)."""
 
 
 @dataclass
@@ -263,6 +201,3 @@ def _request(command: str, args: dict[str, Any] | None = None, rid: int | None =
         req["id"] = rid
     return json.dumps(req).encode() + b"\n"
 
-
-def _b64(data: str | None) -> str:
-    return base64.b64decode(data).decode(errors="replace") if data else ""
