@@ -5,7 +5,6 @@ garbage; the backup then commits and its point restores byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import time
@@ -27,8 +26,8 @@ def test_gc_during_backup(bare_qemu, tmp_path: Path) -> None:
     backup()                                            # p2: X and G replaced
     v = open_vault()
     prune(v, "v", Policy(last=1))                       # p1 gone: X and G referenced by nothing
+    x, g, new = (v.chunks.chunk_id(bytes([b]) * (4 * MiB)) for b in (0x11, 0x22, 0x44))    # keyed ids (v3)
     v.close()
-    x, g, new = (hashlib.sha256(bytes([b]) * (4 * MiB)).hexdigest() for b in (0x11, 0x22, 0x44))
     old = time.time() - 3600
     for c in (x, g):
         os.utime(chunk_path(c), (old, old))             # and old: what gc deletes
