@@ -1,4 +1,5 @@
-"""Policies: when a VM is backed up, how long its points are kept, and in which time zone both are read.
+"""Policies: when a VM is backed up, how long its points are kept, and in which time zone both are read; optionally
+when its points are verified (``verify``) and how late a backup may be before the RPO alert (``rpo_grace_minutes``).
 
 A policy is plain data (a dict that round-trips through YAML and JSON files and the API) validated in one place,
 :func:`Policy.from_dict`, so the CLI, files and the REST API refuse the same things with the same message, naming
