@@ -92,15 +92,24 @@ class _Nbd:
         self.proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", fmt, *mode, str(path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=private.child_env())
         deadline = time.monotonic() + 20
-        while not sock.exists():
+        while True:
+            # The socket file appears at bind(), before qemu-nbd listens: until then a connect is refused.
+            if sock.exists():
+                h = nbd.NBD()
+                try:
+                    h.connect_unix(str(sock))
+                    break
+                except nbd.Error as exc:
+                    if exc.errnum not in (errno.ECONNREFUSED, errno.ENOENT):
+                        self._stop()
+                        raise CutpointError(f"cannot reach qemu-nbd serving {path}: {exc}") from exc
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode().strip() if self.proc.poll() is not None and self.proc.stderr \
                     else "timeout"
                 self._stop()
                 raise CutpointError(f"qemu-nbd could not open {path}: {err}")
             time.sleep(0.02)
-        self.h = nbd.NBD()
-        self.h.connect_unix(str(sock))
+        self.h = h
 
     def pread(self, n: int, off: int) -> bytes:
         return bytes(self._io(self.h.pread, n, off))

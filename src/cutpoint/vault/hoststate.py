@@ -167,9 +167,9 @@ def committed(root: Path, vm: str, point: str) -> None:
     with _locked() as doc:
         rec = doc["vaults"].get(_key(root))
         if rec is not None:
-            pts = rec.setdefault("points", {})
-            if point > pts.get(vm, ""):
-                pts[vm] = point
+            # The newest by commit order (the VM lock orders a VM's commits), not by id: two points of one second
+            # sort by their random suffix, and keeping the "larger" one would hide the loss of the newer.
+            rec.setdefault("points", {})[vm] = point
 
 
 def forgotten(root: Path, vm: str, gone: list[str], newest: str | None) -> None:
