@@ -46,7 +46,7 @@ def vms_home() -> Path:
 
 
 def state_home() -> Path:
-    """What this host keeps outside every vault (docs/design.md, 2: known vaults, authentication keys; API tokens):
+    """What this host keeps outside every vault (docs/format.md §8: known vaults, authentication keys; API tokens):
     ``$CUTPOINT_STATE``, else ``/var/lib/cutpoint`` for root, else ``$XDG_STATE_HOME/cutpoint``; root-owned and
     0700. Outside the vault, so that whoever can write a vault cannot rewrite what the host remembers about it, and a
     copy of a vault carries no credential."""

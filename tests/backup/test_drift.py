@@ -110,7 +110,7 @@ def test_newest_point_deleted(bare_qemu, tmp_path: Path) -> None:
     vault.catalog.remove_point(second["point"])     # what forgetting the newest point does to the catalog
     vault.close()
     guest_write(vm.qmp, "da-dev", "write -P 0x05 2M 1M")
-    # this host committed that point: its absence is a rollback until accepted deliberately (docs/design.md, 2)
+    # this host committed that point: its absence is a rollback until accepted deliberately (docs/format.md §8)
     r = cutpoint("backup", "v")
     assert r.code == 6 and "rolled back" in r.err and "vault trust" in r.err, r.err
     cutpoint("vault", "trust", check=True)

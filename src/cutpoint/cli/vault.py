@@ -80,7 +80,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def not_protected(cfg: dict[str, Any]) -> list[str]:
-    """What this vault does not protect against, plainly (``vault info``; docs/design.md, 2)."""
+    """What this vault does not protect against, plainly (``vault info``; docs/threat-model.md)."""
     out = []
     if not cfg.get("encryption"):
         out.append("confidentiality: chunks and manifests are not encrypted; anyone who can read the vault "

@@ -4,11 +4,11 @@ A chunk file is a sealed blob (``vault/crypto.py``, magic ``CPC2``) whose payloa
 and the data; its id is the SHA-256 of the data, or an HMAC-SHA256 under the vault's id key when encrypted. A chunk
 is written to a temporary name, fsynced and only then renamed into place, so a file under its final name is always
 whole: that is what lets a later backup trust ``exists`` for deduplication. Directory fsyncs are batched and done
-before the manifest that references the chunks is written (docs/design.md, write order), for the directories of
+before the manifest that references the chunks is written (docs/format.md §12, write order), for the directories of
 chunks found already present too: another backup may have renamed such a chunk in and not yet fsynced its directory.
 A chunk's zstd frame is untrusted: it is decompressed with the vault's chunk size as a bound (``codec.py``).
 
-Garbage collection runs while backups write (docs/design.md, GC). Two things make that safe here: a backup that finds
+Garbage collection runs while backups write (docs/format.md §15). Two things make that safe here: a backup that finds
 a chunk already present *touches* it (``utime``), so a chunk a running backup relies on is young and gc leaves it;
 and the check-and-touch (or rename into place) happens under a shared ``flock`` on the chunk's directory, which gc
 holds exclusively while it decides on and deletes files in that directory. A chunk can therefore never be deleted

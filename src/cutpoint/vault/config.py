@@ -3,7 +3,7 @@
 Format v3 authenticates it: ``mac`` is an HMAC of the config's canonical form (sorted keys, no ``mac`` field) under a
 key derived from the vault key (encrypted) or the authentication key (unencrypted), checked at every open. Format v2
 configs carry no MAC; they keep opening (restore, verify, backups), with their parameters bounds-checked like v3's,
-and the chunk-size guards of the manifests and of backups (docs/design.md, 2) keep an edited one from producing
+and the chunk-size guards of the manifests and of backups (docs/format.md §7) keep an edited one from producing
 wrong data.
 """
 

@@ -7,7 +7,7 @@ passphrase never touches data directly, so it can be changed or a key file expor
 The *fingerprint* names the key without revealing it; it is in ``config.json``, the key file, and the header of
 every chunk and manifest, so a blob written with another key is recognised as such, not as garbage.
 
-A sealed blob (format in docs/design.md, section 2)::
+A sealed blob (format in docs/format.md §4)::
 
     magic(4) scheme(1) fingerprint(16) body
     scheme 0 (plain, format v2 only): sha256(header, aad, payload)(32) payload

@@ -1,6 +1,6 @@
 """Garbage collection: mark every chunk a visible point references, sweep the rest that is old enough.
 
-Safe while backups run (the argument is in docs/design.md, "GC"). In short, a chunk is deleted only if
+Safe while backups run (the argument is in docs/format.md §15). In short, a chunk is deleted only if
 
 * no point visible when gc reads the catalog references it, and
 * its mtime is older than the *cutoff*: min(gc's start, the start of the oldest running backup) minus a grace.

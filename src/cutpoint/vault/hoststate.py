@@ -5,7 +5,7 @@ owned by the user cutpoint runs as, root in production):
   point this host committed (or saw at first use) per VM;
 - ``keys/<fingerprint>.json``: the authentication keys of the unencrypted vaults this host created or imported.
 
-At every open the vault is compared with the record (docs/design.md, 2, "Host memory"): another id at the same path
+At every open the vault is compared with the record (docs/format.md §8): another id at the same path
 is *swapped*; a key gone or changed, or encrypted turned unencrypted, is *downgraded*; a recorded point missing
 from the catalog is *rolled back*. A first open records the vault as it is (trust on first use). Writes into a
 vault with any finding are refused, reads warn, except a downgrade, which is refused for reads too (nothing read

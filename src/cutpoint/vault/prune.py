@@ -1,6 +1,6 @@
 """Prune: forget the points of one VM that a retention policy does not keep.
 
-Order (docs/design.md): the catalog rows of all removed points go in one transaction (the commit point: after it
+Order (docs/format.md §14): the catalog rows of all removed points go in one transaction (the commit point: after it
 the points are gone for every reader, before it nothing changed), then their manifest files are deleted. A crash in
 between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
 because only gc knows what other points and running backups still use. A point that is being served (mounted, or

@@ -1,4 +1,4 @@
-"""The vault: one directory holding chunks, manifests, the catalog, the key file and locks (docs/design.md, 2).
+"""The vault: one directory holding chunks, manifests, the catalog, the key file and locks (docs/format.md).
 
 Opening a vault checks its format version and, when it is encrypted, unlocks its key *before* anything else is
 opened or written: a wrong passphrase or key file stops a command with nothing changed on disk.
@@ -140,7 +140,7 @@ class Vault:
     # -- points ------------------------------------------------------------------------------------------------------
 
     def commit_point(self, manifest: Manifest, summary: dict[str, object]) -> PointRecord:
-        """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/design.md)."""
+        """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/format.md §12)."""
         self.require_trusted(f"committing point {manifest.point}")
         self.chunks.flush()
         faults.hit("after-chunks")
@@ -193,7 +193,7 @@ class Vault:
         except IntegrityError as exc:
             return None, f"previous point is unreadable ({exc})"
 
-    # -- locks (table in docs/design.md) -----------------------------------------------------------------------------
+    # -- locks (table in docs/format.md §16) -----------------------------------------------------------------------------
 
     @contextmanager
     def vm_lock(self, vm: str, *, writer: bool = True) -> Iterator[None]:
