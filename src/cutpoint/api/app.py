@@ -28,9 +28,10 @@ from ..policy.store import assign
 from ..restore.images import FORMATS
 from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
+from ..service.report import status
 from ..service.work import backup_job, restore_job
 from . import auth, errors
-from .views import point_json, report, vm_json
+from .views import point_json, vm_json
 
 PUBLIC = {"/health"}
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -201,6 +202,6 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
 
     @app.get("/report", tags=["service"])
     def get_report(hours: int = Query(24, ge=1, le=24 * 366)) -> dict[str, Any]:
-        return report(svc, hours)
+        return status(svc, hours).to_json()
 
     return app
