@@ -1,8 +1,10 @@
 """The API's ``/report`` keeps its document exactly (other tools read it): every key, in order, at every level, and
-every value, over a window that holds a success, a failure, an interruption, and a VM whose last success is older."""
+every value, over a window that holds a success, a failure, an interruption, and a VM whose last success is older.
+``/report/usage`` is the CLI's ``cutpoint report --json``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import datetime, timedelta, timezone
@@ -21,7 +23,9 @@ from cutpoint.errors import HypervisorError
 from cutpoint.service.clock import FakeClock
 from cutpoint.service.daemon import Service
 from cutpoint.vault.vault import Vault
+from tests.helpers import cutpoint
 from tests.service.fakes import FakeBackup
+from tests.service.test_report import SHAPE, build_vault, shape
 
 START = datetime(2024, 6, 1, 12, tzinfo=timezone.utc)
 JOB_KEYS = ["id", "kind", "vm", "state", "trigger", "slot", "attempt", "started", "ended", "duration_s", "bytes",
@@ -106,3 +110,12 @@ def test_api_report_document_is_unchanged(client) -> None:
     assert list(doc["jobs"]) == ["interrupted", "failed", "succeeded"]
     assert all(list(v["last_backup"]) == JOB_KEYS for v in doc["vms"]) and list(doc["failures"][0]) == JOB_KEYS
     assert c.get("/report?hours=48").json()["jobs"] == {"interrupted": 1, "failed": 1, "succeeded": 3}
+
+
+def test_usage_report_is_the_clis_document(client) -> None:
+    """``GET /report/usage`` shows what ``cutpoint report --json`` shows, from the same computation."""
+    c, svc, clock = client
+    build_vault()[0].close()
+    doc = c.get("/report/usage").json()
+    assert doc == json.loads(cutpoint("report", "--json", check=True).out)
+    assert shape(doc)[1:] == SHAPE[1:] and len(doc["vms"]) == 9 and len(doc["problems"]) == 1
