@@ -93,8 +93,3 @@ def assign(catalog: Catalog, store: PolicyStore, vm: str, policy: str | None) ->
         store.get(policy)
         settings["policy"] = policy
     catalog.update_vm(vm, settings=settings)
-
-
-def policy_of(catalog: Catalog, store: PolicyStore, vm: str) -> Policy | None:
-    name = catalog.vm(vm).settings.get("policy")
-    return store.get(name) if name else None
