@@ -107,7 +107,7 @@ def test_newest_point_deleted(bare_qemu, tmp_path: Path) -> None:
     _backup()
     second = _backup()
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
-    vault.catalog.remove_point(second["point"])     # what forgetting the newest point does to the catalog
+    vault.catalog.remove_points([second["point"]])     # what forgetting the newest point does to the catalog
     vault.close()
     guest_write(vm.qmp, "da-dev", "write -P 0x05 2M 1M")
     # this host committed that point: its absence is a rollback until accepted deliberately (docs/format.md §8)

@@ -45,7 +45,7 @@ def test_skips_and_support_facts_match_the_qmp_ones() -> None:
         assert not any(facts[plain].values()), (plain, facts[plain])
     disks = {d.target: d for d in info.disks}
     assert disks["vdb"].source == "/dev/vg/data" and disks["vdf"].source == "rbd:pool/img"
-    assert disks["vda"].has_bitmaps and not disks["vdb"].has_bitmaps and disks["vdb"].cache == "unsafe"
+    assert (disks["vda"].fmt, disks["vdb"].fmt, disks["vdb"].cache) == ("qcow2", "raw", "unsafe")
 
 
 def test_backup_and_checkpoint_requests() -> None:

@@ -1,4 +1,4 @@
-"""The REST API (FastAPI): VMs, policies, points, jobs, on-demand backup and restore, a report, and ``/health``.
+"""The REST API (FastAPI): VMs, policies, points, jobs, on-demand backup and restore, reports, and ``/health``.
 
 Every route but ``/health`` needs ``Authorization: Bearer <token>`` (see ``auth.py``); the check is a middleware so
 that it also covers the OpenAPI schema and unknown paths (an anonymous caller learns nothing, not even which routes
@@ -28,9 +28,10 @@ from ..policy.store import assign
 from ..restore.images import FORMATS
 from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
+from ..service.report import status, usage
 from ..service.work import backup_job, restore_job
 from . import auth, errors
-from .views import point_json, report, vm_json
+from .views import point_json, vm_json
 
 PUBLIC = {"/health"}
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -201,6 +202,11 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
 
     @app.get("/report", tags=["service"])
     def get_report(hours: int = Query(24, ge=1, le=24 * 366)) -> dict[str, Any]:
-        return report(svc, hours)
+        return status(svc, hours).to_json()
+
+    @app.get("/report/usage", tags=["service"])
+    def get_usage() -> dict[str, Any]:
+        """Per VM: protected-instance weight and vault bytes, as ``cutpoint report --json``."""
+        return usage(svc.vaults.get()).to_json()
 
     return app

@@ -154,9 +154,6 @@ class Catalog:
         except sqlite3.Error as exc:
             raise VaultError(f"cannot record point {p.id} in catalog {self.path}: {exc}") from exc
 
-    def remove_point(self, point_id: str) -> None:
-        self.remove_points([point_id])
-
     def remove_points(self, ids: list[str]) -> None:
         """Forget points in one transaction: either all of them disappear or none (prune's commit point)."""
         try:

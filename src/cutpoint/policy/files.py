@@ -58,10 +58,3 @@ def dumps(policy: Policy, fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(data, indent=1) + "\n"
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-
-
-def save(policy: Policy, path: Path) -> None:
-    try:
-        path.write_text(dumps(policy, "json" if path.suffix == ".json" else "yaml"))
-    except OSError as exc:
-        raise UsageError(f"cannot write policy file {path}: {exc.strerror or exc}") from exc

@@ -93,4 +93,3 @@ def assign(catalog: Catalog, store: PolicyStore, vm: str, policy: str | None) ->
         store.get(policy)
         settings["policy"] = policy
     catalog.update_vm(vm, settings=settings)
-

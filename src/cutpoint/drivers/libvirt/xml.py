@@ -44,11 +44,6 @@ class DomainDisk:
     transient: bool = False
     alias: str = ""
 
-    @property
-    def has_bitmaps(self) -> bool:
-        """libvirt checkpoints (persistent bitmaps) exist only for qcow2 images."""
-        return self.fmt == "qcow2"
-
 
 @dataclass
 class DomainInfo:
