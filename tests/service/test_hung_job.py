@@ -69,7 +69,9 @@ def test_a_hung_job_is_interrupted_failed_alerted_and_later_slots_run() -> None:
     job = h.svc.jobs.get(hung.id)
     assert job.state == "failed" and "timed out" in job.error and "1 h" in job.error, job
     assert h.backup.released == [True] and h.vault.catalog.points("web") == []   # unwound: no point
-    assert [(a["event"], a["job"]["id"], a["final"]) for a in sent] == [("job.failed", hung.id, True)]
+    # (an RPO breach may also be due by now: 08:00 is past 02:59 + 4 h + 1 h; it is not what this test is about)
+    assert [(a["event"], a["job"]["id"], a["final"]) for a in sent if a["event"] == "job.failed"] == \
+        [("job.failed", hung.id, True)]
     h.svc.tick()                                       # the owed 08:00 slot runs now
     _settle(h)
     h.clock.set(datetime(2024, 6, 1, 12, 0, 5, tzinfo=UTC))
@@ -88,7 +90,7 @@ def test_a_job_stuck_without_progress_is_abandoned_and_frees_its_vm() -> None:
     job = h.svc.jobs.get(hung.id)
     assert job.state == "failed" and "timed out" in job.error and "did not stop" in job.error, job
     assert h.svc.runner.busy("web") != hung.id
-    assert [(a["event"], a["job"]["id"]) for a in sent] == [("job.failed", hung.id)]
+    assert [(a["event"], a["job"]["id"]) for a in sent if a["event"] == "job.failed"] == [("job.failed", hung.id)]
     h.svc.tick()
     _settle(h, 2)
     h.backup.unstick.set()                             # the stuck call finally returns: its result is not taken

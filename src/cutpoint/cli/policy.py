@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..policy import files
-from ..policy.model import Policy, RETENTION_KEYS
+from ..policy.model import Policy, RETENTION_KEYS, Schedule
 from ..policy.schedule import upcoming
 from ..policy.store import PolicyStore
 from .common import add_vault_arg, open_vault, print_json, table
@@ -42,6 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--consistency", choices=("app", "crash"),
                    help="consistency of scheduled backups (default: each VM's own setting, else crash)")
     c.add_argument("--timezone", help="IANA time zone of the schedule and of retention days (default UTC)")
+    c.add_argument("--rpo-grace", type=int, metavar="MINUTES",
+                   help="alert when a VM has had no successful backup for the schedule's interval plus this "
+                        "(default 60)")
+    v = c.add_mutually_exclusive_group()
+    v.add_argument("--verify-daily", metavar="HH:MM", help="verify the VMs' points every day at this time")
+    v.add_argument("--verify-weekly", metavar="DAYS", help="verify the VMs' points on these days at --verify-at")
+    c.add_argument("--verify-at", metavar="HH:MM", help="time of day of a weekly verify")
+    c.add_argument("--verify-structure", action="store_true",
+                   help="scheduled verify checks structure only (default: --read-data, every chunk read)")
     c.add_argument("--json", action="store_true")
     add_vault_arg(c)
     c.set_defaults(func=cmd_create)
@@ -97,14 +106,35 @@ def _from_flags(args: argparse.Namespace) -> dict[str, Any]:
         data["consistency"] = args.consistency
     if args.timezone:
         data["timezone"] = args.timezone
+    if args.rpo_grace is not None:
+        data["rpo_grace_minutes"] = args.rpo_grace
+    verify = _verify_flags(args)
+    if verify is not None:
+        data["verify"] = verify
     return data
+
+
+def _verify_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.verify_at and not args.verify_weekly:
+        raise UsageError("--verify-at goes with --verify-weekly; a daily verify is --verify-daily HH:MM")
+    if args.verify_daily:
+        v: dict[str, Any] = {"frequency": "daily", "time": args.verify_daily}
+    elif args.verify_weekly:
+        v = {"frequency": "weekly", "days": args.verify_weekly, "time": args.verify_at}
+    elif args.verify_structure:
+        raise UsageError("--verify-structure needs a verify schedule: --verify-daily HH:MM or --verify-weekly DAYS "
+                         "--verify-at HH:MM")
+    else:
+        return None
+    return {**v, "read_data": not args.verify_structure}
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     if args.file:
         flags = [f for f in ("daily", "weekly", "hourly", "every_seconds", "at", "window_start", "window_hours",
-                             "consistency", "timezone", *(f"keep_{k}" for k in RETENTION_KEYS))
-                 if getattr(args, f) is not None]
+                             "consistency", "timezone", "rpo_grace", "verify_daily", "verify_weekly", "verify_at",
+                             *(f"keep_{k}" for k in RETENTION_KEYS))
+                 if getattr(args, f) is not None] + (["verify_structure"] if args.verify_structure else [])
         if flags:
             raise UsageError(f"--file and --{flags[0].replace('_', '-')} do not mix: put everything in the file")
         policy = files.load(args.file, args.name)
@@ -162,7 +192,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _sched(p: Policy) -> str:
-    s = p.schedule
+    return _sched_text(p.schedule)
+
+
+def _sched_text(s: Schedule) -> str:
     if s.frequency == "daily":
         return f"daily at {s.time}"
     if s.frequency == "weekly":
@@ -179,4 +212,9 @@ def _keep(p: Policy) -> str:
 
 def describe(p: Policy) -> str:
     cons = f"{p.consistency}-consistent" if p.consistency else "consistency as set per VM"
-    return f"{_sched(p)} ({p.timezone}), keep {_keep(p)}, {cons}"
+    extra = ""
+    if p.verify is not None:
+        extra += f", verify {_sched_text(p.verify.schedule)} ({'read data' if p.verify.read_data else 'structure'})"
+    if p.rpo_grace_minutes is not None:
+        extra += f", RPO grace {p.rpo_grace_minutes} min"
+    return f"{_sched(p)} ({p.timezone}), keep {_keep(p)}, {cons}{extra}"

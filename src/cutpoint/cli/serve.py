@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
     p.add_argument("--webhook", default=os.environ.get("CUTPOINT_WEBHOOK"),
-                   help="POST a JSON alert here when a job fails (default $CUTPOINT_WEBHOOK)")
+                   help="POST a JSON alert here when a job fails or a VM misses its RPO (default "
+                        "$CUTPOINT_WEBHOOK; a URL on the command line is visible to other local users: prefer "
+                        "--webhook-file)")
+    p.add_argument("--webhook-file", type=Path, metavar="FILE",
+                   help="read the webhook URL from FILE (keep it 0600); only its scheme and host are ever logged")
     p.add_argument("--retries", type=int, default=3, help="attempts per scheduled backup (default 3)")
     p.add_argument("--backoff", type=float, default=60.0,
                    help="seconds before the first retry, doubling after each (default 60)")
@@ -61,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.show_token or args.rotate_token:
         print(auth.load_or_create(vault.root, role=args.role, rotate=args.rotate_token))
         return 0
+    webhook = _webhook(args)
     if args.retries < 1 or args.backoff < 0 or args.tick <= 0:
         raise UsageError("--retries must be at least 1, --backoff not negative")
     if not 60 <= args.job_timeout <= 366 * 86400:
@@ -75,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     restore_root = make_root(args.restore_root or default_restore_root())
     sock = _bind(args.host, args.port)
     logging.getLogger("cutpoint").setLevel(logging.INFO)
-    svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
+    svc = Service(vault, tick=args.tick, webhook=webhook, retry=RetryPolicy(args.retries, args.backoff),
                   gc_grace=args.gc_grace, gc_interval=timedelta(hours=1),
                   job_timeout=timedelta(seconds=args.job_timeout))
     server = uvicorn.Server(uvicorn.Config(create_app(svc, tokens, restore_root=restore_root), log_level="warning",
@@ -108,6 +113,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         log.info("stopped%s", "" if clean else " (some jobs had to be marked interrupted)")
     return 0
+
+
+def _webhook(args: argparse.Namespace) -> str | None:
+    """The webhook URL, checked before anything starts (a bad one is named redacted: it may be a secret)."""
+    from ..jobs.alerts import check_url
+
+    if args.webhook_file is None:
+        if args.webhook:
+            check_url(args.webhook)
+            return str(args.webhook)
+        return None
+    try:
+        url = args.webhook_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --webhook-file {args.webhook_file}: {getattr(exc, 'strerror', None) or exc}"
+                         ) from exc
+    if not url:
+        raise UsageError(f"--webhook-file {args.webhook_file} is empty; put the webhook URL in it")
+    check_url(url)
+    return url
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,4 +1,5 @@
-"""Policies: when a VM is backed up, how long its points are kept, and in which time zone both are read.
+"""Policies: when a VM is backed up, how long its points are kept, and in which time zone both are read; optionally
+when its points are verified (``verify``) and how late a backup may be before the RPO alert (``rpo_grace_minutes``).
 
 A policy is plain data (a dict that round-trips through YAML and JSON files and the API) validated in one place,
 :func:`Policy.from_dict`, so the CLI, files and the REST API refuse the same things with the same message, naming
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +24,9 @@ _FULL_DAYS = {"monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday":
               "saturday": "sat", "sunday": "sun"}
 CONSISTENCY = ("app", "crash")      # as `cutpoint backup --consistency`; unset: the VM's setting
 RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")
+DEFAULT_RPO_GRACE_MINUTES = 60
+"""How long past its policy's interval a VM may go without a successful backup before the RPO alert fires."""
+MAX_RPO_GRACE_MINUTES = 7 * 24 * 60
 TEST_SCHEDULES_ENV = "CUTPOINT_TEST_SCHEDULES"
 """Set to 1 to allow ``frequency: seconds`` (a schedule every few seconds), which only tests need."""
 
@@ -76,12 +80,29 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class VerifySchedule:
+    """When the points of a policy's VMs are verified (``cutpoint verify [--read-data]`` as a scheduled job)."""
+
+    schedule: Schedule
+    read_data: bool = True               # read, authenticate and hash every chunk (PBS's verify); else structure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.schedule.to_dict(), "read_data": self.read_data}
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     schedule: Schedule
     retention: Retention = field(default_factory=lambda: Retention(last=7))
     consistency: str | None = None       # None: each VM's own setting (cutpoint vm set --consistency), else crash
     timezone: str = "UTC"
+    rpo_grace_minutes: int | None = None  # None: DEFAULT_RPO_GRACE_MINUTES
+    verify: VerifySchedule | None = None  # scheduled verify of its VMs' points; None: none
+
+    @property
+    def rpo_grace(self) -> int:
+        return DEFAULT_RPO_GRACE_MINUTES if self.rpo_grace_minutes is None else self.rpo_grace_minutes
 
     @property
     def tz(self) -> ZoneInfo:
@@ -91,7 +112,16 @@ class Policy:
         d: dict[str, Any] = {"name": self.name, "timezone": self.timezone}
         if self.consistency is not None:
             d["consistency"] = self.consistency
-        return {**d, "schedule": self.schedule.to_dict(), "retention": self.retention.to_dict()}
+        if self.rpo_grace_minutes is not None:
+            d["rpo_grace_minutes"] = self.rpo_grace_minutes
+        out = {**d, "schedule": self.schedule.to_dict(), "retention": self.retention.to_dict()}
+        if self.verify is not None:
+            out["verify"] = self.verify.to_dict()
+        return out
+
+    def verify_policy(self) -> "Policy | None":
+        """This policy with its verify schedule as *the* schedule: what the slot functions compute verify runs of."""
+        return replace(self, schedule=self.verify.schedule, verify=None) if self.verify is not None else None
 
     def schedule_key(self) -> str:
         """Identifies what decides the run times: a change of it restarts the VM's schedule from now."""
@@ -107,7 +137,8 @@ class Policy:
         if not isinstance(pname, str) or not _NAME.match(pname):
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
-        _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention"))
+        _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention", "rpo_grace_minutes",
+                                     "verify"))
         tz = data.get("timezone", "UTC")
         if not isinstance(tz, str) or not tz:
             raise PolicyError(pname, "timezone", f"{tz!r} is not a time zone name such as Europe/Berlin")
@@ -125,7 +156,11 @@ class Policy:
             raise PolicyError(pname, "schedule", "missing; e.g. {frequency: daily, time: '02:00'}")
         schedule = _schedule(pname, data["schedule"])
         retention = _retention(pname, data.get("retention", {"last": 7}))
-        return cls(pname, schedule, retention, consistency, tz)
+        grace = data.get("rpo_grace_minutes")
+        if grace is not None:
+            grace = _int(pname, "rpo_grace_minutes", grace, 0, MAX_RPO_GRACE_MINUTES)
+        verify = _verify(pname, data["verify"]) if data.get("verify") is not None else None
+        return cls(pname, schedule, retention, consistency, tz, grace, verify)
 
 
 def _unknown(name: str, prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -149,42 +184,53 @@ def _hhmm(name: str, fld: str, v: Any) -> str:
     return f"{int(m.group(1)):02d}:{m.group(2)}"
 
 
-def _schedule(name: str, s: Any) -> Schedule:
+def _schedule(name: str, s: Any, prefix: str = "schedule") -> Schedule:
     if not isinstance(s, dict):
-        raise PolicyError(name, "schedule", "must be a mapping such as {frequency: daily, time: '02:00'}")
+        raise PolicyError(name, prefix, "must be a mapping such as {frequency: daily, time: '02:00'}")
     freq = s.get("frequency")
     allowed = FREQUENCIES + (("seconds",) if os.environ.get(TEST_SCHEDULES_ENV) == "1" else ())
     if freq not in allowed:
-        raise PolicyError(name, "schedule.frequency", f"{freq!r} is not one of {', '.join(FREQUENCIES)}")
+        raise PolicyError(name, f"{prefix}.frequency", f"{freq!r} is not one of {', '.join(FREQUENCIES)}")
     if freq == "daily":
-        _unknown(name, "schedule.", s, ("frequency", "time"))
-        return Schedule("daily", time=_hhmm(name, "schedule.time", s.get("time")))
+        _unknown(name, f"{prefix}.", s, ("frequency", "time"))
+        return Schedule("daily", time=_hhmm(name, f"{prefix}.time", s.get("time")))
     if freq == "weekly":
-        _unknown(name, "schedule.", s, ("frequency", "time", "days"))
+        _unknown(name, f"{prefix}.", s, ("frequency", "time", "days"))
         days = s.get("days")
         if isinstance(days, str):
             days = [d for d in re.split(r"[,\s]+", days) if d]
         if not isinstance(days, list) or not days:
-            raise PolicyError(name, "schedule.days", "a weekly schedule needs at least one day, e.g. [sun, wed]")
+            raise PolicyError(name, f"{prefix}.days", "a weekly schedule needs at least one day, e.g. [sun, wed]")
         norm = []
         for d in days:
             key = _FULL_DAYS.get(str(d).strip().lower(), str(d).strip().lower())
             if key not in DAYS:
-                raise PolicyError(name, "schedule.days", f"{d!r} is not a day of the week ({', '.join(DAYS)})")
+                raise PolicyError(name, f"{prefix}.days", f"{d!r} is not a day of the week ({', '.join(DAYS)})")
             norm.append(key)
         ordered = tuple(d for d in DAYS if d in norm)
-        return Schedule("weekly", time=_hhmm(name, "schedule.time", s.get("time")), days=ordered)
+        return Schedule("weekly", time=_hhmm(name, f"{prefix}.time", s.get("time")), days=ordered)
     if freq == "hourly":
-        _unknown(name, "schedule.", s, ("frequency", "every", "window_start", "window_hours"))
+        _unknown(name, f"{prefix}.", s, ("frequency", "every", "window_start", "window_hours"))
         every = s.get("every")
         if every not in HOURLY_EVERY or isinstance(every, bool):
-            raise PolicyError(name, "schedule.every", f"{every!r} is not one of {', '.join(map(str, HOURLY_EVERY))}"
+            raise PolicyError(name, f"{prefix}.every", f"{every!r} is not one of {', '.join(map(str, HOURLY_EVERY))}"
                               " (hours between backups)")
-        start = _hhmm(name, "schedule.window_start", s.get("window_start", "00:00"))
-        hours = _int(name, "schedule.window_hours", s.get("window_hours", 24), 1, 24)
+        start = _hhmm(name, f"{prefix}.window_start", s.get("window_start", "00:00"))
+        hours = _int(name, f"{prefix}.window_hours", s.get("window_hours", 24), 1, 24)
         return Schedule("hourly", every=every, window_start=start, window_hours=hours)
-    _unknown(name, "schedule.", s, ("frequency", "every"))
-    return Schedule("seconds", every=_int(name, "schedule.every", s.get("every"), 1, 3600))
+    _unknown(name, f"{prefix}.", s, ("frequency", "every"))
+    return Schedule("seconds", every=_int(name, f"{prefix}.every", s.get("every"), 1, 3600))
+
+
+def _verify(name: str, v: Any) -> "VerifySchedule":
+    if not isinstance(v, dict):
+        raise PolicyError(name, "verify", "must be a schedule mapping such as {frequency: weekly, days: [sun], "
+                          "time: '04:00', read_data: true}")
+    read_data = v.get("read_data", True)
+    if not isinstance(read_data, bool):
+        raise PolicyError(name, "verify.read_data", f"{read_data!r} is not true or false")
+    sched = _schedule(name, {k: x for k, x in v.items() if k != "read_data"}, "verify")
+    return VerifySchedule(sched, read_data)
 
 
 def _retention(name: str, r: Any) -> Retention:

@@ -85,6 +85,15 @@ def next_slot(policy: Policy, after: datetime) -> datetime | None:
     return found[0] if found else None
 
 
+def interval_at(policy: Policy, t: datetime) -> timedelta:
+    """The gap between the slot at or before ``t`` and the next one: the policy's interval at ``t`` (24 h for daily
+    but 23 or 25 on DST days; for weekly or windowed schedules the gap that ``t`` falls in)."""
+    before, after = latest_slot(policy, t), next_slot(policy, t)
+    if before is None or after is None:
+        return _horizon(policy)
+    return after - before
+
+
 def upcoming(policy: Policy, after: datetime, count: int) -> list[datetime]:
     """The next ``count`` slots after ``after`` (what ``cutpoint policy next`` and the API show)."""
     out: list[datetime] = []

@@ -18,6 +18,7 @@ from ..jobs.store import JobStore
 from ..policy.store import PolicyStore
 from ..vault.vault import Vault
 from .clock import Clock, SystemClock
+from .rpo import RpoWatch
 from .runner import DEFAULT_ABANDON, DEFAULT_TIMEOUT, Runner
 from .scheduler import RetryPolicy, Scheduler
 from .state import StateStore
@@ -38,12 +39,15 @@ class Service:
         path = self.vaults.catalog_path
         self.jobs = JobStore(path)
         self.state = StateStore(path)
+        self.verify_state = StateStore(path, "verify_state")
         self.policies = PolicyStore(path)
         self.alerter = Alerter(webhook)
+        self.rpo = RpoWatch(path, self.alerter)
         self.runner = Runner(self.vaults, self.jobs, self.clock, self.alerter, inline=inline, timeout=job_timeout,
                              abandon=job_abandon)
         self.scheduler = Scheduler(self.vaults, self.runner, self.state, self.policies, self.clock, self.alerter,
-                                   retry=retry, backup_fn=backup_fn, gc_interval=gc_interval, gc_grace=gc_grace)
+                                   self.rpo, self.verify_state, retry=retry, backup_fn=backup_fn,
+                                   gc_interval=gc_interval, gc_grace=gc_grace)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.running = False
@@ -91,5 +95,5 @@ class Service:
         return clean and not left
 
     def close(self) -> None:
-        for store in (self.jobs, self.state, self.policies):
+        for store in (self.jobs, self.state, self.verify_state, self.policies, self.rpo):
             store.close()

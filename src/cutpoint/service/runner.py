@@ -42,6 +42,14 @@ class JobTimedOut(CutpointError):
     """The job ran past the job timeout; it stopped at its next progress step and cleaned up (a failure)."""
 
 
+class JobFailed(CutpointError):
+    """A job's own verdict of failure (a verify that found damage), with what to keep on the job's record."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 DEFAULT_TIMEOUT = timedelta(hours=6)
 DEFAULT_ABANDON = timedelta(minutes=10)
 
@@ -127,10 +135,6 @@ class Runner:
     def busy(self, vm: str) -> int | None:
         with self._lock:
             return self._busy.get(vm)
-
-    def running(self) -> set[int]:
-        with self._lock:
-            return set(self._busy.values())
 
     def idle(self) -> bool:
         with self._lock:
@@ -251,7 +255,8 @@ class Runner:
             if self._abandoned(job_id):
                 return None
             job = self.store.finish(job_id, "failed", self.clock.now(), error=" ".join(str(exc).split()),
-                                    detail={"timed_out": True} if isinstance(exc, JobTimedOut) else None)
+                                    detail={"timed_out": True} if isinstance(exc, JobTimedOut)
+                                    else exc.detail if isinstance(exc, JobFailed) else None)
         except Exception as exc:  # noqa: BLE001 - a bug in one job is that job's failure, not the daemon's
             if self._abandoned(job_id):
                 return None

@@ -14,6 +14,10 @@ Rules (docs/design.md, "Service and policies"):
 * An interrupted job (shutdown) leaves its slot owed: after a restart it runs as catch-up.
 * After a successful scheduled backup the VM's retention runs (prune), in the same thread while the VM is held; when
   prune removed points, gc runs on a later pass once no job is running, at most every ``gc_interval``.
+* A VM with a policy that has had no successful backup within the policy's interval plus its ``rpo_grace_minutes``
+  raises one RPO alert per breach, cleared by the next success (``rpo.py``).
+* A policy's ``verify`` schedule runs a ``verify`` job of each of its VMs (baselined like backups, one per owed
+  slot, waiting while the VM has another job, never retried); a failure (damage found) alerts.
 * A VM whose catalog row is damaged is skipped with one failed job and alert per damage (per process); the other
   VMs are scheduled as usual.
 """
@@ -31,10 +35,11 @@ from ..policy.model import Policy
 from ..policy.schedule import latest_slot, next_slot, slots_between
 from ..policy.store import PolicyStore
 from .clock import Clock
+from .rpo import RpoWatch
 from .runner import JobContext, Outcome, Runner
 from .state import StateStore, VmState
 from .vaults import VaultSource
-from .work import BackupFn, backup_job, gc_job, prune_job
+from .work import BackupFn, backup_job, gc_job, prune_job, verify_job
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +56,17 @@ class RetryPolicy:
 
 class Scheduler:
     def __init__(self, vaults: VaultSource, runner: Runner, state: StateStore, policies: PolicyStore, clock: Clock,
-                 alerter: Alerter, *, retry: RetryPolicy = RetryPolicy(), backup_fn: BackupFn | None = None,
-                 gc_interval: timedelta = timedelta(hours=1), gc_grace: float | None = None,
-                 late: timedelta = timedelta(minutes=5)) -> None:
+                 alerter: Alerter, rpo: RpoWatch, verify_state: StateStore, *, retry: RetryPolicy = RetryPolicy(),
+                 backup_fn: BackupFn | None = None, gc_interval: timedelta = timedelta(hours=1),
+                 gc_grace: float | None = None, late: timedelta = timedelta(minutes=5)) -> None:
         self.vaults = vaults
         self.runner = runner
         self.state = state
         self.policies = policies
         self.clock = clock
         self.alerter = alerter
+        self.rpo = rpo
+        self.verify_state = verify_state
         self.retry = retry
         self.backup_fn = backup_fn
         self.gc_interval = gc_interval
@@ -76,7 +83,8 @@ class Scheduler:
         now = self.clock.now()
         policies = {p.name: p for p in self.policies.all()}
         started = []
-        for vm in self.vaults.get().catalog.vm_rows():
+        catalog = self.vaults.get().catalog
+        for vm in catalog.vm_rows():
             if vm.damaged is not None:
                 job = self._damaged_row(vm.name, vm.damaged)
                 if job is not None:
@@ -87,6 +95,9 @@ class Scheduler:
             if not pname:
                 if self.state.get(vm.name) is not None:
                     self.state.drop(vm.name)      # unassigned: a later assignment starts afresh, owes nothing
+                    self.rpo.drop(vm.name)
+                if self.verify_state.get(vm.name) is not None:
+                    self.verify_state.drop(vm.name)
                 continue
             policy = policies.get(pname)
             if policy is None:
@@ -97,8 +108,21 @@ class Scheduler:
             job = self._consider(vm.name, policy, now)
             if job is not None:
                 started.append(job)
+            self.rpo.check(catalog, vm.name, policy, now, backing_up=self._backing_up(vm.name))
+            job = self._consider_verify(vm.name, policy, now)
+            if job is not None:
+                started.append(job)
         gc = self._maybe_gc(now)
         return started + ([gc] if gc is not None else [])
+
+    def _backing_up(self, vm: str) -> bool:
+        job = self.runner.busy(vm)
+        if job is None:
+            return False
+        try:
+            return self.runner.store.get(job).kind == "backup"
+        except CutpointError:
+            return False
 
     def _damaged_row(self, vm: str, damage: str) -> int | None:
         """Skip a VM whose catalog row is damaged, with one failed job (and its alert) per damage, not per pass."""
@@ -180,6 +204,40 @@ class Scheduler:
             st.pending, st.attempts, st.retry_at = slot, attempt, self.clock.now() + self.retry.delay(attempt)
         self.state.put(st)
         self.alerter.job_failed(job, final=final)
+
+    def _consider_verify(self, vm: str, policy: Policy, now: datetime) -> int | None:
+        """Scheduled verify: baselined like backups; the latest owed slot runs once, never retried (damage does not
+        heal by trying again; its failure alerts); an interrupted one stays owed."""
+        vp = policy.verify_policy()
+        st = self.verify_state.get(vm)
+        if vp is None or policy.verify is None:
+            if st is not None:
+                self.verify_state.drop(vm)
+            return None
+        latest = latest_slot(vp, now)
+        if st is None or st.schedule != vp.schedule_key():
+            self.verify_state.put(VmState(vm, vp.schedule_key(), handled=latest))
+            return None
+        if latest is None or (st.handled is not None and latest <= st.handled) or self.runner.busy(vm) is not None:
+            return None
+        late = (st.handled is not None and len(slots_between(vp, st.handled, latest)) > 1) or now - latest > self.late
+        read_data = policy.verify.read_data
+        try:
+            return self.runner.submit(
+                "verify", vm, verify_job(vm, read_data=read_data, policy=policy.name),
+                trigger="catch-up" if late else "schedule", slot=iso(latest),
+                detail={"policy": policy.name, "read_data": read_data},
+                on_done=lambda job: self._verify_done(vm, vp, latest, job))
+        except LockedError:
+            return None
+
+    def _verify_done(self, vm: str, vp: Policy, slot: datetime, job: Job) -> None:
+        st = self.verify_state.get(vm)
+        if st is None or st.schedule != vp.schedule_key() or job.state == "interrupted":
+            return
+        if st.handled is None or slot > st.handled:
+            st.handled = slot
+            self.verify_state.put(st)
 
     def _maybe_gc(self, now: datetime) -> int | None:
         if not self.gc_wanted or not self.runner.idle():

@@ -1,7 +1,7 @@
-"""The job functions the service and the API run: backup, restore, prune (retention) and gc.
+"""The job functions the service and the API run: backup, restore, prune (retention), verify and gc.
 
 Each is a thin adapter from a job context to the function that does the work, owned elsewhere: ``backup.run.backup``,
-``restore.orchestrator.restore``, and the vault's ``prune``/``gc``. Retention decisions are the vault's pure
+``restore.orchestrator.restore``, and the vault's ``prune``/``verify``/``gc``. Retention decisions are the vault's pure
 ``retention.decide`` (restic's semantics), applied in the policy's time zone so that "daily" means the policy's days.
 """
 
@@ -21,8 +21,9 @@ from ..restore.targets import Images
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
 from ..vault import retention
+from ..vault import verify as vault_verify
 from ..vault.vault import Vault
-from .runner import JobContext, JobFn, Outcome
+from .runner import JobContext, JobFailed, JobFn, Outcome
 
 BackupFn = Callable[[Vault, str, BackupOptions], BackupResult]
 
@@ -75,6 +76,26 @@ def prune_job(vm: str, policy: Policy) -> JobFn:
 def prune_vm(vault: Vault, vm: str, r: Retention, tz: tzinfo) -> dict[str, Any]:
     """Prune ``vm`` by ``r`` with day/week/month/year buckets in ``tz``."""
     return vault_prune.prune(vault, vm, vault_retention(r), tz=tz).to_json()
+
+
+def verify_job(vm: str, *, read_data: bool, policy: str | None = None) -> JobFn:
+    """``verify [--read-data]`` of one VM's points; damage fails the job with the report's essentials kept on it
+    (failed points, damaged chunks), which the runner's failure alert carries."""
+    def run(ctx: JobContext) -> Outcome:
+        rep = vault_verify.verify(ctx.vault, vm, read_data=read_data)
+        failed = [p.point for p in rep.points if p.state != "ok"]
+        detail: dict[str, Any] = {
+            "policy": policy, "read_data": read_data, "points": len(rep.points), "chunks": rep.chunks_checked,
+            "failed_points": failed, "catalog_problems": rep.catalog_problems[:20],
+            "damaged_chunks": [{"id": c.id, "problem": c.problem, "moved_aside": c.moved_aside}
+                               for c in rep.damaged_chunks[:100]]}
+        if not rep.ok:
+            what = (f"{len(failed)} of {len(rep.points)} points failed ({', '.join(failed[:4])}"
+                    f"{', ...' if len(failed) > 4 else ''})" if failed else "the catalog is damaged")
+            raise JobFailed(f"verify of VM {vm}: {what}; restore from a point that verifies (the next backup of "
+                            "the VM is full by itself)", detail)
+        return Outcome(bytes=rep.bytes_read, detail=detail)
+    return run
 
 
 def gc_job(grace: float | None = None) -> JobFn:
