@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import UsageError
+from ..vault.retention import Retention
 
 FREQUENCIES = ("hourly", "daily", "weekly")
 HOURLY_EVERY = (4, 6, 8, 12)
@@ -61,18 +62,6 @@ class Schedule:
             d["window_start"] = self.window_start
             d["window_hours"] = self.window_hours
         return d
-
-
-@dataclass(frozen=True)
-class Retention:
-    last: int = 0
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
-    yearly: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..backup.run import BackupOptions, backup
-from ..policy.model import Policy, Retention
+from ..policy.model import Policy
 from ..restore.images import restore_point
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
-from ..vault import retention
+from ..vault.retention import Retention
 from ..vault.vault import Vault
 from .runner import JobContext, JobFn, Outcome
 
@@ -57,10 +57,6 @@ def restore_job(vm: str, point: str, to: Path, fmt: str) -> JobFn:
     return run
 
 
-def vault_retention(r: Retention) -> retention.Policy:
-    return retention.Policy(last=r.last, daily=r.daily, weekly=r.weekly, monthly=r.monthly, yearly=r.yearly)
-
-
 def prune_job(vm: str, policy: Policy) -> JobFn:
     """Apply the policy's retention to one VM's points through the vault's prune (which owns deleting)."""
     def run(ctx: JobContext) -> Outcome:
@@ -72,7 +68,7 @@ def prune_job(vm: str, policy: Policy) -> JobFn:
 
 def prune_vm(vault: Vault, vm: str, r: Retention, tz: tzinfo) -> dict[str, Any]:
     """Prune ``vm`` by ``r`` with day/week/month/year buckets in ``tz``."""
-    return vault_prune.prune(vault, vm, vault_retention(r), tz=tz).to_json()
+    return vault_prune.prune(vault, vm, r, tz=tz).to_json()
 
 
 def gc_job(grace: float | None = None) -> JobFn:
