@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..catalog.db import VmRecord
 from ..errors import UsageError
+from ..names import check_vm_name
 from ..hypervisor.disks import discover
 from ..hypervisor.qmp import QmpSession
 from .common import add_vault_arg, open_vault, print_json, table
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    check_vm_name(args.name)            # before anything is asked of QEMU or libvirt
     if args.libvirt:
         return _add_libvirt(args)
     if args.connect:

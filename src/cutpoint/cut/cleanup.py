@@ -9,12 +9,12 @@ other tools' jobs, nodes, exports and bitmaps are never touched.
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import workdir
 from ..errors import CutpointError, HypervisorError
 from ..hypervisor.disks import BITMAP_PREFIX
 from ..hypervisor.qmp import QmpSession
@@ -34,13 +34,7 @@ def release_cut(cut: Cut, success: bool) -> list[str]:
     except HypervisorError as exc:
         # The VM is gone or unreachable: its in-memory nodes, jobs and exports went with it.
         log.info("cleanup could not reach QEMU (%s); removing files only", exc)
-    shutil.rmtree(cut.workdir, ignore_errors=True)
-    try:
-        cut.workdir.parent.rmdir()      # the VM's work folder, when no other backup of it is under way
-    except OSError:
-        pass
-    if cut.workdir.exists():
-        problems.append(f"could not delete work directory {cut.workdir}")
+    problems += workdir.remove_workdir(cut.workdir)     # and the VM's folder when no other backup of it runs
     return problems
 
 
@@ -159,14 +153,14 @@ def _step(problems: list[str], fn: Callable[[], object]) -> None:
 
 
 def workdir_for(base: Path, vm: str, point_id: str) -> Path:
-    return base / vm / point_id
+    return workdir.point_path(vm, point_id, base)
 
 
 def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
     """Stop the NBD server of a cutpoint killed between ``nbd-server-start`` and its first export (``sweep`` finds
     none to go by). QEMU's 7.2 QMP cannot say where its server listens, but that run's socket lies in its own work
     directory: if it still accepts a connection, the server is cutpoint's. Call before ``sweep_workdirs``."""
-    for sock in sorted((base / vm).glob("*/nbd.sock")) if (base / vm).is_dir() else []:
+    for sock in [d / "nbd.sock" for d in workdir.point_dirs(vm, base)]:
         with socket.socket(socket.AF_UNIX) as c:
             c.settimeout(2.0)
             try:
@@ -180,7 +174,4 @@ def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
 
 def sweep_workdirs(base: Path, vm: str) -> list[str]:
     """Delete work directories of earlier, interrupted backups of ``vm`` (caller holds the VM's lock)."""
-    stale = sorted(p for p in (base / vm).glob("*") if p.is_dir()) if (base / vm).is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return [str(p) for p in stale]
+    return workdir.sweep(vm, base)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..workdir import make_point_dir
 from ..errors import CutpointError, HypervisorError
 from ..hypervisor.disks import BITMAP_PREFIX, Disk
 from ..hypervisor.qmp import QmpSession
@@ -74,7 +75,7 @@ class Cut:
 
 def plan_cut(qmp: Path, workdir: Path, disks: list[Disk], point_id: str,
              prev_bitmaps: dict[str, str | None]) -> Cut:
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_point_dir(workdir)                 # private, every component checked (workdir.py)
     fleece = [FleeceDisk(d, i, workdir / f"fleece-{i}.qcow2", bitmap_name(point_id), prev_bitmaps.get(d.name))
               for i, d in enumerate(disks)]
     return Cut(qmp=qmp, workdir=workdir, nbd_socket=workdir / "nbd.sock", disks=fleece)

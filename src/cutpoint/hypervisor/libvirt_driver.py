@@ -16,8 +16,6 @@ the next backup records as the reason for a full read.
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import libvirt
 
+from .. import workdir as wd
 from ..cut.cleanup import sweep_workdirs
 from ..errors import CutpointError, HypervisorError
 from . import libvirt_conn as lc
@@ -108,7 +107,7 @@ class LibvirtDriverSession(DriverSession):
         job = lc.backup_job(self.dom)
         if job is not None:
             socket = parse_backup(job).socket
-            if not socket.startswith(str(workdirs / self.vm) + os.sep):
+            if not socket.startswith(str(wd.vm_path(self.vm, workdirs)) + os.sep):
                 raise HypervisorError(
                     f"domain {self.domain!r} runs a backup job of another tool (NBD socket {socket or 'TCP'}); "
                     f"libvirt allows one backup job per domain: wait for it, or end it (virsh domjobabort "
@@ -198,7 +197,7 @@ class LibvirtDriverSession(DriverSession):
 
     def _cut(self, cut: LibvirtCut, disks: list[Disk], since: dict[str, str | None],
              quiesce: Quiesce | None) -> CutHandle:
-        _prepare_workdir(cut.workdir, self.info().dac_owner)
+        cut.workdir = _prepare_workdir(cut.workdir, self.info().dac_owner)
         prev = {d.name: checkpoint_name(since[d.name]) if since.get(d.name) else None for d in disks}
         for d in disks:
             if d.driver != "qcow2":
@@ -263,23 +262,17 @@ class LibvirtDriverSession(DriverSession):
             pass  # the daemon went away: nothing of ours is held by a connection
 
 
-def _prepare_workdir(workdir: Path, owner: tuple[int, int] | None) -> None:
-    """The work directory must be QEMU's to write: libvirt's QEMU creates the scratch files and the NBD socket."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def _prepare_workdir(workdir: Path, owner: tuple[int, int] | None) -> Path:
+    """The directory libvirt's QEMU writes the scratch files and the NBD socket in: the point's own, or, when QEMU
+    runs as another user, a subdirectory handed to it (``workdir.share_with``). Returns it."""
+    wd.make_point_dir(workdir)
     if owner is None or owner[0] == os.geteuid():
-        return
-    uid, gid = owner
-    for p in workdir.parents:
-        st = p.stat()
-        if not (st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR)
-                or (st.st_gid == gid and st.st_mode & stat.S_IXGRP)):
-            raise HypervisorError(f"the domain's QEMU (uid {uid}) cannot reach the work directory {workdir}: {p} is "
-                                  "not searchable for it; chmod o+x it, or set CUTPOINT_WORK elsewhere")
+        return workdir
     try:
-        os.chown(workdir, uid, gid)
+        return wd.share_with(workdir, *owner)
     except PermissionError as exc:
-        raise HypervisorError(f"cannot give the work directory {workdir} to the domain's QEMU user (uid {uid}): run "
-                              "cutpoint as root for qemu:///system domains") from exc
+        raise HypervisorError(f"cannot give the work directory {workdir} to the domain's QEMU user (uid {owner[0]}): "
+                              "run cutpoint as root for qemu:///system domains") from exc
 
 
 def release_cut(cut: LibvirtCut, success: bool) -> list[str]:
@@ -309,13 +302,7 @@ def release_cut(cut: LibvirtCut, success: bool) -> list[str]:
             problems.append(str(exc))
         finally:
             conn.close()
-    shutil.rmtree(cut.workdir, ignore_errors=True)
-    try:
-        cut.workdir.parent.rmdir()
-    except OSError:
-        pass
-    if cut.workdir.exists():
-        problems.append(f"could not delete work directory {cut.workdir}")
+    problems += wd.remove_workdir(cut.workdir)
     return problems
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .. import names
 from ..errors import UsageError
 from ..vault.retention import Retention
 
@@ -27,7 +28,6 @@ RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")
 TEST_SCHEDULES_ENV = "CUTPOINT_TEST_SCHEDULES"
 """Set to 1 to allow ``frequency: seconds`` (a schedule every few seconds), which only tests need."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -93,7 +93,7 @@ class Policy:
         if not isinstance(data, dict):
             raise PolicyError(name, "(top level)", f"must be a mapping, got {type(data).__name__}")
         pname = name if name is not None else data.get("name")
-        if not isinstance(pname, str) or not _NAME.match(pname):
+        if not isinstance(pname, str) or not names.is_valid(pname):
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
         _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention"))

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import CutpointError, HypervisorError, UsageError
 from ..hypervisor.qmp import QmpSession
-from ..paths import work_home
+from ..workdir import private_dir
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from . import launch, vmsetup
@@ -42,7 +42,7 @@ def _socket_path(vmdir: Path, name: str) -> Path:
     sock = vmdir / "nbd.sock"
     if len(str(sock)) <= SUN_PATH_MAX:
         return sock
-    d = work_home() / "instant" / name
+    d = private_dir("instant") / name
     d.mkdir(parents=True, exist_ok=True)
     return d / "nbd.sock"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CutpointError, IntegrityError, NotFoundError, UnsupportedError, UsageError
-from ..paths import work_home
+from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from .images import Progress
@@ -110,7 +110,7 @@ class _Nbd:
 
 
 def _work() -> Path:
-    d = work_home() / "replace"
+    d = private_dir("replace")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
