@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: deps $(STAMP)
 
 test: venv
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 demo: venv

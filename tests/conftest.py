@@ -37,9 +37,11 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
     """Every test gets its own vault, lab and work directories (short paths: unix sockets max 107 bytes)."""
     short = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
     monkeypatch.setenv("CUTPOINT_VAULT", str(tmp_path / "vault"))
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("CUTPOINT_WORK", str(short / "work"))
     monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
     monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
+    monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
     yield short
     _stop_lab_vms(short / "lab")
     shutil.rmtree(short, ignore_errors=True)

@@ -13,7 +13,8 @@ Never set it in production: it exists to prove the crash guarantees in docs/desi
 Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
 ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before
 COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone, manifests not yet
-deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut).
+deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut),
+``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 ENV = "CUTPOINT_FAULT"
 _counts: dict[str, int] = {}
@@ -41,3 +43,7 @@ def hit(stage: str) -> None:
         if n != int(nth or 1):
             continue
         os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+        if action == "stop":
+            # The stop is process-wide and asynchronous: without a wait in the kernel this thread runs on for a
+            # moment, past the stage (into a catalog write, whose lock the stopped process would then hold).
+            time.sleep(0.2)

@@ -44,3 +44,10 @@ def vms_home() -> Path:
     ``~/.local/share/cutpoint/vms``."""
     env = os.environ.get("CUTPOINT_VMS")
     return Path(env) if env else data_home() / "vms"
+
+
+def state_home() -> Path:
+    """Host state that must not travel with a vault (API tokens): ``$CUTPOINT_STATE`` or ``/var/lib/cutpoint``;
+    kept root-owned and 0700 (``api/auth.py``)."""
+    env = os.environ.get("CUTPOINT_STATE")
+    return Path(env) if env else Path("/var/lib/cutpoint")

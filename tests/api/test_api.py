@@ -47,14 +47,14 @@ class Api:
 
 
 @pytest.fixture
-def api():
+def api(tmp_path: Path):
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
     clock = FakeClock(datetime(2024, 6, 1, 12, tzinfo=timezone.utc))
     fb = FakeBackup(clock)
     svc = Service(vault, clock=clock, backup_fn=fb)
     vault.catalog.add_vm(VmRecord("web", "qmp", "/nonexistent.sock", "2024-06-01T00:00:00Z", {}))
     token = auth.load_or_create(vault.root)
-    with TestClient(create_app(svc, token)) as client:
+    with TestClient(create_app(svc, token, restore_root=tmp_path)) as client:     # restores go under tmp_path
         yield Api(client, token, svc, fb)
     svc.runner.wait(10)
     svc.close()
@@ -69,7 +69,7 @@ def _is_error(r, status: int, *needles: str) -> None:
 
 
 def test_token_is_required_everywhere_but_health(api: Api) -> None:
-    assert (Path(os.environ["CUTPOINT_VAULT"]) / "api-token").stat().st_mode & 0o777 == 0o600
+    assert auth.token_path(api.svc.vaults.root).stat().st_mode & 0o777 == 0o600
     assert api.c.get("/health").json()["status"] == "ok"
     paths = {r.path for r in api.c.app.routes} | {"/openapi.json", "/docs", "/no/such/route"}
     methods = ("GET", "POST", "PUT", "DELETE")

@@ -25,8 +25,10 @@ def test_backup_json_contract_and_byte_identical_restore(bare_qemu, tmp_path: Pa
     cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), check=True)
     r = cutpoint("backup", "web", "--json", check=True)
     res = json.loads(r.out)
-    for key in ("point", "vm", "consistency", "pause_ms", "created", "disks"):
-        assert key in res
+    assert list(res) == ["point", "vm", "created", "consistency", "requested", "fallback_reason", "pause_ms",
+                         "frozen_ms", "mode", "full_reason", "parent", "duration_s", "warnings", "skipped", "disks"]
+    assert all(list(d) == ["name", "size", "read_bytes", "stored_bytes", "dirty_bytes", "mode", "cache"]
+               for d in res["disks"])
     assert res["vm"] == "web" and res["consistency"] == "crash" and res["mode"] == "full"
     assert res["created"].endswith("Z") and 0 < res["pause_ms"] < 5000
     disks = {d["name"]: d for d in res["disks"]}

@@ -62,7 +62,7 @@ def test_failed_start_leaves_nothing(bare_qemu, tmp_path: Path, vms_home: Path, 
     fake = bin_dir / "qemu-system-x86_64"
     fake.write_text("#!/bin/sh\necho 'qemu-system-x86_64: -device virtio-net-pci: no such device' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("CUTPOINT_QEMU_DIR", str(bin_dir))          # the trusted emulator directory
     _one_line_error(cutpoint("restore", "v", point, "--new-vm", "n4", "--start"), 1, "QEMU exited", "no such device")
     _one_line_error(cutpoint("restore", "v", point, "--instant", "n5"), 1, "QEMU exited")
     assert not (vms_home / "n4").exists() and not (vms_home / "n5").exists()

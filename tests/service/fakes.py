@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cutpoint.backup.result import BackupResult
 from cutpoint.backup.run import BackupOptions, iso, new_point_id
 from cutpoint.catalog.db import VmRecord
 from cutpoint.errors import HypervisorError
@@ -33,7 +34,7 @@ class FakeBackup:
     calls: list[datetime] = field(default_factory=list)
     consistency: list[str | None] = field(default_factory=list)
 
-    def __call__(self, vault: Vault, vm: str, opts: BackupOptions) -> dict[str, Any]:
+    def __call__(self, vault: Vault, vm: str, opts: BackupOptions) -> BackupResult:
         now = self.clock.now()
         self.calls.append(now)
         self.consistency.append(opts.consistency)
@@ -42,8 +43,11 @@ class FakeBackup:
         if opts.progress:
             opts.progress("d", 1, 1)
         m = Manifest(point=new_point_id(now), vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=[])
-        vault.commit_point(m, {"point": m.point, "vm": vm, "created": m.created, "disks": []})
-        return {"point": m.point, "vm": vm, "mode": "full", "consistency": "crash", "disks": [], "warnings": []}
+        res = BackupResult(point=m.point, vm=vm, created=m.created, consistency="crash", requested="crash",
+                           fallback_reason=None, pause_ms=0.0, frozen_ms=None, mode="full", full_reason="first backup",
+                           parent=None, duration_s=0.0)
+        vault.commit_point(m, res.to_json())
+        return res
 
 
 @dataclass
@@ -74,11 +78,13 @@ class Harness:
 
 
 def harness(start: datetime, *, fail: Callable[[datetime], bool] = lambda t: False,
-            retry: RetryPolicy = RetryPolicy()) -> Harness:
+            retry: RetryPolicy = RetryPolicy(), backup: Any = None, **service: Any) -> Harness:
+    """``backup``: a callable like ``FakeBackup`` given the clock (default ``FakeBackup``); ``service``: more
+    ``Service`` options."""
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
     clock = FakeClock(start)
-    fb = FakeBackup(clock, fail)
-    svc = Service(vault, clock=clock, inline=True, backup_fn=fb, retry=retry)
+    fb = (backup or FakeBackup)(clock, fail)
+    svc = Service(vault, clock=clock, inline=service.pop("inline", True), backup_fn=fb, retry=retry, **service)
     svc.recover()
     return Harness(svc, clock, fb, vault)
 

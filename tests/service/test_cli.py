@@ -56,7 +56,8 @@ def test_cli_restore_prune_and_verify_are_jobs(bare_qemu, tmp_path: Path) -> Non
 def test_token_commands_and_a_taken_port() -> None:
     t1 = cutpoint("serve", "--show-token", check=True).out.strip()
     assert cutpoint("serve", "--show-token", check=True).out.strip() == t1 and len(t1) >= 32
-    path = Path(os.environ["CUTPOINT_VAULT"]) / "api-token"
+    from cutpoint.api.auth import token_path
+    path = token_path(Path(os.environ["CUTPOINT_VAULT"]))
     assert path.stat().st_mode & 0o777 == 0o600
     t2 = cutpoint("serve", "--rotate-token", check=True).out.strip()
     assert t2 != t1 and path.read_text().strip() == t2

@@ -64,7 +64,7 @@ def backup(vm: str = "v", full: bool = False, **kw: Any) -> dict:
     from cutpoint.backup.run import BackupOptions
     v = open_vault(**kw)
     try:
-        return run_backup(v, vm, BackupOptions(full=full))
+        return run_backup(v, vm, BackupOptions(full=full)).to_json()
     finally:
         v.close()
 

@@ -2,13 +2,15 @@
 
 Every route but ``/health`` needs ``Authorization: Bearer <token>`` (see ``auth.py``); the check is a middleware so
 that it also covers the OpenAPI schema and unknown paths (an anonymous caller learns nothing, not even which routes
-exist). Requests are served on a thread pool; each thread uses its own vault connection (``service.vaults``), and
+exist). A read-only token may only GET: any other method is a 403 before a route runs, so a new route cannot forget
+the check. Requests are served on a thread pool; each thread uses its own vault connection (``service.vaults``), and
 backups and restores run as jobs on the service's runner, so the one-job-per-VM rule holds across the API, the
 scheduler and the CLI (the VM lock).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,12 +26,14 @@ from ..policy.model import Policy
 from ..policy.schedule import upcoming
 from ..policy.store import assign
 from ..restore.images import FORMATS
+from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
 from ..service.work import backup_job, restore_job
 from . import auth, errors
 from .views import point_json, report, vm_json
 
 PUBLIC = {"/health"}
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 EXAMPLE = {"name": "daily", "timezone": "Europe/Berlin", "schedule": {"frequency": "daily", "time": "02:00"},
            "retention": {"last": 3, "daily": 7}}
 
@@ -42,7 +46,8 @@ class BackupRequest(BaseModel):
 class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     point: str = Field(..., min_length=1, description="point id, a unique prefix, or 'latest'")
-    to: str = Field(..., min_length=1, description="absolute directory on the server for the images")
+    to: str = Field(..., min_length=1, description="absolute directory on the server for the images, under its "
+                    "restore root (cutpoint serve --restore-root)")
     format: Literal["raw", "qcow2"] = "raw"
 
 
@@ -51,17 +56,28 @@ class AssignRequest(BaseModel):
     policy: str | None = Field(..., description="policy name, or null to stop scheduling the VM")
 
 
-def create_app(svc: Service, token: str) -> FastAPI:
+def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: Path | None = None) -> FastAPI:
+    """``tokens``: role -> token (``auth.tokens``); a plain string is the operator token alone. ``restore_root``: the
+    only directory tree API restores may write into (``cutpoint serve --restore-root``, default
+    ``targets.default_restore_root()``)."""
+    accepted = {auth.OPERATOR: tokens} if isinstance(tokens, str) else dict(tokens)
+    root = (restore_root or default_restore_root()).absolute()
     app = FastAPI(title="cutpoint", version=__version__, docs_url=None, redoc_url=None,
                   description="Crash-consistent multi-disk backups of QEMU VMs: policies, jobs, points.")
     errors.install(app)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Response:
-        if request.url.path not in PUBLIC and not auth.check(request.headers.get("authorization"), token):
-            reason = ("missing Authorization: Bearer <token> header" if "authorization" not in request.headers
-                      else "invalid token")
-            return errors.body(401, "unauthorized", reason + "; the token is printed by 'cutpoint serve --show-token'")
+        if request.url.path not in PUBLIC:
+            role = auth.role_of(request.headers.get("authorization"), accepted)
+            if role is None:
+                reason = ("missing Authorization: Bearer <token> header" if "authorization" not in request.headers
+                          else "invalid token")
+                return errors.body(401, "unauthorized",
+                                   reason + "; the token is printed by 'cutpoint serve --show-token'")
+            if role != auth.OPERATOR and request.method not in READ_METHODS:
+                return errors.body(403, "forbidden", f"this token is {role}: it may only read (GET); "
+                                   "changes need the operator token ('cutpoint serve --show-token')")
         response: Response = await call_next(request)
         return response
 
@@ -132,15 +148,11 @@ def create_app(svc: Service, token: str) -> FastAPI:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
         rec = catalog.point(name, req.point)
-        to = Path(req.to)
-        if not to.is_absolute():
-            raise UsageError(f"restore target {req.to!r} must be an absolute directory on the server")
-        if to.exists() and not to.is_dir():
-            raise UsageError(f"restore target {req.to} exists and is not a directory")
         if req.format not in FORMATS:
             raise UsageError(f"unknown format {req.format!r}")
-        job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format), trigger="api",
-                                detail={"point": rec.id})
+        to = confine(Path(req.to), root)          # the job checks again when it runs
+        job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format, within=root),
+                                trigger="api", detail={"point": rec.id})
         return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
 
     # -- policies ------------------------------------------------------------------------------------------------

@@ -1,38 +1,113 @@
-"""The API token: one random bearer token per vault, in ``VAULT/api-token`` (mode 0600).
+"""API tokens: one random bearer token per vault and role, kept in the host's state directory, never in the vault.
 
-Stored in the vault because the vault is what the token guards, and whoever can read the vault's files can read its
-data anyway; 0600 keeps other local users (the API listens on loopback, reachable by every local user) out. The
-token is created on first use and printed by ``cutpoint serve --show-token``; ``--rotate-token`` replaces it.
+A vault is copied, synced off-site and carried on disks; a credential inside it would travel with it. So tokens live
+in ``state_home()/api-tokens/<vault id>.<role>`` (directory 0700, files 0600, ``$CUTPOINT_STATE`` or
+``/var/lib/cutpoint``): per vault, so one host can serve several vaults with separate credentials, and keyed by the
+vault's id so a moved vault keeps its token on the same host. Roles: ``operator`` (everything) and ``read-only``
+(GET only; see ``app.py``). A token found at the old place, ``VAULT/api-token``, is moved out on first use when it
+is ours (a regular file owned by this user, not readable by others); one planted there by someone else is deleted
+and never adopted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
 
 from ..errors import VaultError
+from ..paths import state_home
+from ..vault.vault import read_config
 
-TOKEN_FILE = "api-token"
+ROLES = ("operator", "read-only")
+OPERATOR, READ_ONLY = ROLES
+LEGACY_FILE = "api-token"
+_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_MAX = 4096
 
 
-def token_path(vault_root: Path) -> Path:
-    return vault_root / TOKEN_FILE
+def token_dir() -> Path:
+    """The directory of API tokens, created 0700 (and closed again if someone opened it)."""
+    base = state_home()
+    d = base / "api-tokens"
+    for p in (base, d):
+        try:
+            p.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = p.lstat()
+        except OSError as exc:
+            raise VaultError(f"cannot create the state directory {p}: {exc.strerror or exc}; set "
+                             "CUTPOINT_STATE to a directory this user owns") from exc
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise VaultError(f"state directory {p} is not a directory owned by this user; remove it or set "
+                             "CUTPOINT_STATE to another")
+        if st.st_mode & 0o077:
+            os.chmod(p, 0o700)
+    return d
 
 
-def load_or_create(vault_root: Path, *, rotate: bool = False) -> str:
-    path = token_path(vault_root)
+def vault_id(vault_root: Path) -> str:
+    vid = read_config(vault_root).get("id")
+    if not isinstance(vid, str) or not _ID.match(vid):
+        raise VaultError(f"vault {vault_root} has no usable id in config.json ({vid!r}); cannot key its API token")
+    return vid
+
+
+def token_path(vault_root: Path, role: str = OPERATOR) -> Path:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    return token_dir() / f"{vault_id(vault_root)}.{role}"
+
+
+def load_or_create(vault_root: Path, *, role: str = OPERATOR, rotate: bool = False) -> str:
+    """The ``role`` token of the vault at ``vault_root``, created on first use (``rotate``: replaced)."""
+    path = token_path(vault_root, role)
+    migrate(vault_root, path if role == OPERATOR else token_path(vault_root, OPERATOR))
     if rotate:
         path.unlink(missing_ok=True)
     try:
         return _read(path)
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".tmp-{TOKEN_FILE}-{os.getpid()}")
+    return _create(path, secrets.token_urlsafe(32))
+
+
+def tokens(vault_root: Path) -> dict[str, str]:
+    """Every role's token (each created on first use): what the server accepts."""
+    return {role: load_or_create(vault_root, role=role) for role in ROLES}
+
+
+def migrate(vault_root: Path, operator_path: Path) -> None:
+    """Move ``VAULT/api-token`` (before tokens left the vault) out to the state directory, then delete it."""
+    old = vault_root / LEGACY_FILE
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(old, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    except OSError:
+        fd = -1                                  # a symlink or worse: never read, just removed
+    legacy = None
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            ours = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+            if ours and st.st_size <= _MAX:
+                legacy = os.read(fd, _MAX).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+    if legacy and len(legacy) >= 16 and legacy.isprintable() and " " not in legacy and not operator_path.exists():
+        _create(operator_path, legacy)
+    try:
+        old.unlink()
+    except OSError as exc:
+        raise VaultError(f"cannot remove the old API token {old}: {exc.strerror or exc}; remove it by hand") from exc
+
+
+def _create(path: Path, token: str) -> str:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
             f.flush()
@@ -48,7 +123,9 @@ def load_or_create(vault_root: Path, *, rotate: bool = False) -> str:
 
 
 def _read(path: Path) -> str:
-    st = path.stat()
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise VaultError(f"API token {path} is not a regular file; remove it and run 'cutpoint serve --rotate-token'")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         os.chmod(path, 0o600)              # someone loosened it: a token readable by others is no secret
     token = path.read_text().strip()
@@ -57,9 +134,21 @@ def _read(path: Path) -> str:
     return token
 
 
+def role_of(header: str | None, accepted: dict[str, str]) -> str | None:
+    """The role whose token ``header`` (``Bearer <token>``) carries, or None (each compared in constant time)."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    got = value.strip().encode()
+    found = None
+    for role, token in accepted.items():
+        if secrets.compare_digest(got, token.encode()):
+            found = role
+    return found
+
+
 def check(header: str | None, token: str) -> bool:
     """True if ``header`` is ``Bearer <token>`` (compared in constant time)."""
-    if not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), token.encode())
+    return role_of(header, {OPERATOR: token}) is not None

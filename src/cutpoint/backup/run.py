@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from .. import faults
 from ..cut.cleanup import workdir_for
@@ -29,6 +28,7 @@ from ..vault.vault import Vault
 from . import validation
 from .consistency import Consistency, Timeouts, requested_type
 from .chunker import WORKERS, Progress, read_disk
+from .result import BackupResult, DiskResult
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def iso(now: datetime) -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dict[str, Any]:
-    """Back up ``vm_name`` into ``vault``; returns the backup's JSON result (the CLI's ``--json`` contract)."""
+def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> BackupResult:
+    """Back up ``vm_name`` into ``vault``; the result's ``to_json()`` is the CLI's ``--json`` contract."""
     opts = opts or BackupOptions()
     vm = vault.catalog.vm(vm_name)
     if vm.settings.get("instant"):     # its disks still read from the vault: no point of a half-local VM
@@ -99,7 +99,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
             manifest.mode = "full" if plan.full_reasons else "incremental"
             manifest.parent = prev_manifest.point if prev_manifest and manifest.mode == "incremental" else None
             summary = _summary(manifest, plan, time.monotonic() - started)
-            vault.commit_point(manifest, summary)
+            vault.commit_point(manifest, summary.to_json())
             success = True
         finally:
             with critical():                                    # on a failed cut, the monitor is free again
@@ -110,7 +110,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> dic
                     faults.hit("cleanup")
                     problems = driver.release(handle, success)
         if problems:
-            summary["warnings"] = list(summary["warnings"]) + [f"cleanup: {p}" for p in problems]
+            summary.warnings = list(summary.warnings) + [f"cleanup: {p}" for p in problems]
         return summary
 
 
@@ -174,14 +174,14 @@ def _reason(reasons: dict[str, str], ndisks: int) -> str:
     return "; ".join(f"{d}: {r}" for d, r in reasons.items())
 
 
-def _summary(m: Manifest, plan: _Plan, seconds: float) -> dict[str, Any]:
-    return {
-        "point": m.point, "vm": m.vm, "created": m.created,
-        "consistency": m.consistency, "requested": m.requested, "fallback_reason": m.fallback_reason,
-        "pause_ms": m.pause_ms, "frozen_ms": m.frozen_ms,
-        "mode": m.mode, "full_reason": m.full_reason, "parent": m.parent,
-        "duration_s": round(seconds, 3), "warnings": list(m.warnings), "skipped": m.skipped,
-        "disks": [{"name": d.name, "size": d.size, "read_bytes": d.read_bytes, "stored_bytes": d.stored_bytes,
-                   "dirty_bytes": d.dirty_bytes, "mode": "full" if d.name in plan.full_reasons else "incremental",
-                   "cache": d.cache} for d in m.disks],
-    }
+def _summary(m: Manifest, plan: _Plan, seconds: float) -> BackupResult:
+    return BackupResult(
+        point=m.point, vm=m.vm, created=m.created,
+        consistency=m.consistency, requested=m.requested, fallback_reason=m.fallback_reason,
+        pause_ms=m.pause_ms, frozen_ms=m.frozen_ms,
+        mode=m.mode, full_reason=m.full_reason, parent=m.parent,
+        duration_s=round(seconds, 3), warnings=list(m.warnings), skipped=m.skipped,
+        disks=[DiskResult(name=d.name, size=d.size, read_bytes=d.read_bytes, stored_bytes=d.stored_bytes,
+                          dirty_bytes=d.dirty_bytes, mode="full" if d.name in plan.full_reasons else "incremental",
+                          cache=d.cache) for d in m.disks],
+    )

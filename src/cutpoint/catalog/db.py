@@ -57,6 +57,7 @@ class VmRecord:
     address: str
     added: str
     settings: dict[str, Any]
+    damaged: str | None = None       # why the row's settings are unreadable (``vm_rows`` only; settings then {})
 
 
 @dataclass
@@ -125,6 +126,22 @@ class Catalog:
     def vms(self) -> list[VmRecord]:
         rows = self.db.execute("SELECT name, kind, address, added, settings FROM vms ORDER BY name").fetchall()
         return [VmRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def vm_rows(self) -> list[VmRecord]:
+        """Every VM, a damaged row included (``damaged`` says why), so that one bad row cannot hide the others."""
+        rows = self.db.execute("SELECT name, kind, address, added, settings FROM vms ORDER BY name").fetchall()
+        out = []
+        for r in rows:
+            settings: Any = {}
+            damaged = None
+            try:
+                settings = json.loads(r[4])
+                if not isinstance(settings, dict):
+                    damaged, settings = f"settings are not an object ({type(settings).__name__})", {}
+            except (TypeError, ValueError) as exc:
+                damaged = f"settings are not valid JSON ({exc})"
+            out.append(VmRecord(str(r[0]), str(r[1]), str(r[2]), str(r[3]), settings, damaged))
+        return out
 
     # -- points ------------------------------------------------------------------------------------------------------
 

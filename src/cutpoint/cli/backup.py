@@ -30,24 +30,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
     with recorded(vault, "backup", args.name) as job:
         res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json),
                                                  consistency=args.consistency))
-        job.done(nbytes=sum(d["read_bytes"] for d in res["disks"]), point=res["point"],
-                 detail={"mode": res["mode"], "pause_ms": res["pause_ms"]})
+        job.done(nbytes=res.read_bytes, point=res.point, detail={"mode": res.mode, "pause_ms": res.pause_ms})
     if args.json:
-        print_json(res)
+        print_json(res.to_json())
         return 0
-    print(f"point {res['point']} of VM {res['vm']}: {res['consistency']}-consistent, {res['mode']}"
-          + (f" ({res['full_reason']})" if res["full_reason"] else "")
-          + f", guest I/O paused {res['pause_ms']:.1f} ms"
-          + (f", filesystems frozen {res['frozen_ms']:.1f} ms" if res.get("frozen_ms") is not None else "")
-          + f", {res['duration_s']:.1f} s")
-    if res.get("fallback_reason"):
-        print(f"requested {res['requested']}-consistent, got {res['consistency']}-consistent: "
-              f"{res['fallback_reason']}")
+    print(f"point {res.point} of VM {res.vm}: {res.consistency}-consistent, {res.mode}"
+          + (f" ({res.full_reason})" if res.full_reason else "")
+          + f", guest I/O paused {res.pause_ms:.1f} ms"
+          + (f", filesystems frozen {res.frozen_ms:.1f} ms" if res.frozen_ms is not None else "")
+          + f", {res.duration_s:.1f} s")
+    if res.fallback_reason:
+        print(f"requested {res.requested}-consistent, got {res.consistency}-consistent: {res.fallback_reason}")
     print(table(["disk", "size", "read", "stored"],
-                [[d["name"], human(d["size"]), human(d["read_bytes"]), human(d["stored_bytes"])]
-                 for d in res["disks"]]))
-    for k in res["skipped"]:
+                [[d.name, human(d.size), human(d.read_bytes), human(d.stored_bytes)] for d in res.disks]))
+    for k in res.skipped:
         print(f"skipped {k['name']}: {k['reason']}")
-    for w in res["warnings"]:
+    for w in res.warnings:
         print(f"warning: {w}")
     return 0

@@ -17,7 +17,8 @@ from ..catalog.db import VmRecord
 from ..errors import NotFoundError
 from ..lab import vm as labvm
 from ..lab.verify import verify_dir
-from ..restore.images import restore_point
+from ..restore.orchestrator import restore
+from ..restore.targets import Images
 from ..units import human, parse_size
 from .common import add_vault_arg, open_vault, table
 
@@ -54,14 +55,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for n in range(args.points):
             time.sleep(args.interval)
             res = backup(vault, DEMO_VM)
-            rec = vault.catalog.point(DEMO_VM, res["point"])
-            out = scratch / res["point"]
-            restore_point(vault, vault.manifest(rec), out)
+            out = scratch / res.point
+            restore(vault, DEMO_VM, res.point, Images(out))
             verdict = verify_dir(out)
             ok &= verdict.ok
-            rows.append([res["point"], res["mode"], f"{res['pause_ms']:.1f}",
-                         human(sum(d["read_bytes"] for d in res["disks"])),
-                         human(sum(d["stored_bytes"] for d in res["disks"])),
+            rows.append([res.point, res.mode, f"{res.pause_ms:.1f}", human(res.read_bytes), human(res.stored_bytes),
                          f"consistent (k={verdict.k})" if verdict.ok else "VIOLATION: " + "; ".join(
                              verdict.violations[:2])])
             print(f"point {n + 1}/{args.points}: {rows[-1][-1]}")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ..errors import CutpointError
 from ..jobs.record import recorded
-from ..restore.browse import get_files, list_files
+from ..restore.browse import list_files
 from ..restore.nbdserve import export_passphrase
-from ..units import human
+from ..restore.orchestrator import restore
+from ..restore.results import job_detail
+from ..restore.targets import Files
+from ..units import human, parse_size
 from .common import add_vault_arg, open_vault, print_json, table
-from .restore import job_detail, point_of
+from .restore import point_of
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -43,7 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(get)
     get.add_argument("path", help="path in the guest filesystem")
     get.add_argument("--to", type=Path, required=True, help="directory to copy into")
+    get.add_argument("--max-bytes", type=_size, metavar="N", help="refuse (before copying) when the files need more "
+                     "than N bytes of the target (e.g. 10G); default: the target's free space")
     get.set_defaults(func=cmd_get)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except CutpointError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -76,12 +90,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
-    with recorded(vault, "restore", args.name, detail={"mode": "files"}) as job, point_of(vault, args) as m:
-        res = get_files(vault, m, args.disk, args.path, args.to, args.part, getattr(args, "key_file", None))
-        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail=job_detail(res))
+    target = Files(args.path, args.to, disk=args.disk, part=args.part, key_file=getattr(args, "key_file", None),
+                   max_bytes=args.max_bytes, warn=lambda w: print(f"cutpoint: warning: {w}", file=sys.stderr))
+    with recorded(vault, "restore", args.name, detail={"mode": "files"}) as job:
+        got = restore(vault, args.name, args.point, target)
+        res = got.to_json()
+        job.done(nbytes=got.nbytes, point=got.point, detail=job_detail(res))
     if args.json:
         print_json(res)
     else:
-        print(f"{res['to']}: {len(res['files'])} file(s), {human(res['bytes'])} in {res['duration_s']} s "
-              f"({res['chunks_read']} of {res['chunks_stored']} chunks read)")
+        links = f", {len(res['links'])} symlink(s)" if res["links"] else ""
+        skipped = f", {len(res['skipped'])} skipped (see warnings)" if res["skipped"] else ""
+        print(f"{res['to']}: {len(res['files'])} file(s){links}{skipped}, {human(res['bytes'])} in "
+              f"{res['duration_s']} s ({res['chunks_read']} of {res['chunks_stored']} chunks read)")
     return 0

@@ -6,10 +6,10 @@ import argparse
 
 from ..jobs.record import recorded
 from ..restore.instant import finish, status
+from ..restore.results import job_detail
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
-from .restore import job_detail
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..restore.browse import mount, umount
+from ..restore.names import terminal_safe
 from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json
 from .restore import point_of
@@ -36,8 +37,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"{res['mountpoint']}: disk {res['disk']} of point {res['point']}, read-only; "
-              f"'cutpoint umount {res['mountpoint']}' when done")
+        mp = terminal_safe(res["mountpoint"])
+        print(f"{mp}: disk {terminal_safe(res['disk'])} of point {res['point']}, read-only; "
+              f"'cutpoint umount {mp}' when done")
     return 0
 
 
@@ -46,5 +48,5 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"unmounted {res['mountpoint']}")
+        print(f"unmounted {terminal_safe(res['mountpoint'])}")
     return 0

@@ -6,12 +6,15 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
 from ..jobs.record import recorded
-from ..restore.images import FORMATS, restore_point
+from ..restore.images import FORMATS
 from ..restore.nbdserve import export_passphrase
+from ..restore.orchestrator import opened_point, restore
+from ..restore.results import (ImagesResult, InstantResult, NewDomainResult, NewVmResult, ReplaceDomainResult,
+                               ReplaceResult, RestoreResult, job_detail)
+from ..restore.targets import Images, Instant, NewVm, Replace, Target
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json
@@ -41,14 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 @contextmanager
 def point_of(vault: Vault, args: argparse.Namespace) -> Iterator[Manifest]:
     """The manifest of ``args.name``/``args.point``, with the vault's points held (no prune) while it is used."""
-    if not vault.catalog.points(args.name):
-        vault.catalog.vm(args.name)        # unknown VM: says so; known VM: falls through to "no such point"
-    rec = vault.catalog.point(args.name, args.point)
-    with vault.points_lock(shared=True):
-        yield vault.manifest(rec)
+    with opened_point(vault, args.name, args.point) as m:
+        yield m
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def target_of(args: argparse.Namespace) -> Target:
+    """The restore target the flags ask for (checked for combinations that make no sense)."""
     if args.start and not args.new_vm:
         raise UsageError("--start goes with --new-vm NEWNAME")
     if not (args.new_vm or args.replace or args.instant) and args.to is None:
@@ -58,77 +59,61 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError("--format applies to image files and --new-vm only")
     if args.replace and args.to:
         raise UsageError("--replace writes onto the VM's own disk files; --to does not apply")
+    if args.new_vm:
+        return NewVm(args.new_vm, to=args.to, format=args.format or "qcow2", start=args.start)
+    if args.replace:
+        return Replace()
+    if args.instant:
+        return Instant(args.instant, to=args.to, key_file=getattr(args, "key_file", None))
+    return Images(args.to, format=args.format or "raw")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    target = target_of(args)
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
     progress = ProgressLine(not args.json)
-    key_file = getattr(args, "key_file", None)
-    with recorded(vault, "restore", args.name) as job, point_of(vault, args) as m:
-        if (args.new_vm or args.replace or args.instant) and (m.vm_config or {}).get("type") == "libvirt":
-            from ..restore.libvirt_restore import (
-                restore_cli,  # a libvirt domain's point: libvirt_restore.py
-            )
-            res = restore_cli(vault, m, args, progress)
-        elif args.new_vm:
-            from ..restore.new_vm import restore_new_vm
-            res = restore_new_vm(vault, m, args.new_vm, to=args.to, fmt=args.format or "qcow2", start=args.start,
-                                 progress=progress)
-        elif args.replace:
-            from ..restore.replace import replace_disks
-            addr = _address(vault, args.name)
-            with vault.vm_lock(args.name):          # no backup of this VM while its disks are rewritten
-                res = replace_disks(vault, m, qmp=addr, progress=progress)
-        elif args.instant:
-            from ..restore.instant import instant_restore
-            res = instant_restore(vault, m, args.instant, to=args.to, key_file=key_file)
-        else:
-            files = restore_point(vault, m, args.to, args.format or "raw", progress)
-            res = {"mode": "images", "vm": m.vm, "point": m.point, "bytes": sum(f.size for f in files),
-                   "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in files]}
-        job.done(nbytes=int(res.get("bytes") or 0), point=m.point, detail=job_detail(res))
+    with recorded(vault, "restore", args.name) as job:
+        res = restore(vault, args.name, args.point, target, progress=progress)
+        out = res.to_json()
+        job.done(nbytes=res.nbytes, point=res.point, detail=job_detail(out))
     if args.json:
-        print_json(res)
+        print_json(out)
     else:
-        _print(res)
+        print("\n".join(describe(res)))
     return 0
 
 
-def job_detail(res: dict[str, Any]) -> dict[str, Any]:
-    """What a restore job keeps of its JSON result: the scalars (mode, dir, bytes written, ...) and the per-disk or
-    per-file lists, not the command line or the QEMU config."""
-    return {k: v for k, v in res.items() if isinstance(v, (str, int, float, bool, type(None)))
-            or k in ("files", "disks")}
-
-
-def _address(vault: Vault, name: str) -> str | None:
-    from ..errors import NotFoundError
-    try:
-        return vault.catalog.vm(name).address
-    except NotFoundError:
-        return None
-
-
-def _print(res: dict[str, Any]) -> None:
-    mode = res["mode"]
-    if mode in ("new-domain", "replace-domain"):
-        from ..restore.libvirt_restore import describe
-        print("\n".join(describe(res)))
-    elif mode == "images":
-        for f in res["files"]:
-            print(f"{f['disk']}: {f['path']} ({f['size']} bytes)")
-    elif mode == "new-vm":
-        state = f"started (pid {res['pid']}, QMP {res['qmp']}) and protected as {res['new_vm']!r}" if res["started"] \
-            else f"not started: run {res['script']}"
-        print(f"restored point {res['point']} of {res['vm']!r} as VM {res['new_vm']!r} in {res['dir']}: {state}")
-        for d in res["disks"]:
-            print(f"  {d['name']}: {d['path']}")
-    elif mode == "replace":
-        for d in res["disks"]:
-            resized = f", resized from {d['resized_from']} bytes" if d["resized_from"] is not None else ""
-            print(f"{d['disk']}: {d['path']}: compared {d['bytes_compared']} bytes, wrote {d['bytes_written']} "
-                  f"({d['chunks_written']} of {d['chunks']} chunks){resized}")
-    elif mode == "instant":
-        print(f"VM {res['new_vm']!r} runs from point {res['point']} (up in {res['time_to_running_s']} s, pid "
-              f"{res['pid']}, QMP {res['qmp']}); data is streaming to {res['dir']}; "
-              f"'cutpoint instant status {res['new_vm']}', then 'cutpoint instant finish {res['new_vm']}'")
-    for w in res.get("warnings", []):
-        print(f"warning: {w}")
+def describe(res: RestoreResult) -> list[str]:
+    """The plain (not --json) account of a restore."""
+    lines: list[str] = []
+    if isinstance(res, ImagesResult):
+        lines += [f"{f.disk}: {f.path} ({f.size} bytes)" for f in res.files]
+    elif isinstance(res, NewVmResult):
+        state = f"started (pid {res.pid}, QMP {res.qmp}) and protected as {res.new_vm!r}" if res.started \
+            else f"not started: run {res.script}"
+        lines.append(f"restored point {res.point} of {res.vm!r} as VM {res.new_vm!r} in {res.dir}: {state}")
+        lines += [f"  {d.name}: {d.path}" for d in res.disks]
+    elif isinstance(res, NewDomainResult):
+        state = "started and protected under that name" if res.started else \
+            f"defined, not started (virsh -c {res.connect} start {res.domain})"
+        lines.append(f"restored point {res.point} of {res.vm!r} as libvirt domain {res.domain!r} in {res.dir}: "
+                     f"{state}")
+        lines += [f"  {d.name}: {d.path}" for d in res.disks]
+        lines += [f"  left out (not in the point): {', '.join(res.dropped)}"] if res.dropped else []
+    elif isinstance(res, ReplaceResult):
+        for r in res.disks:
+            resized = f", resized from {r.resized_from} bytes" if r.resized_from is not None else ""
+            lines.append(f"{r.disk}: {r.path}: compared {r.bytes_compared} bytes, wrote {r.bytes_written} "
+                         f"({r.chunks_written} of {r.chunks} chunks){resized}")
+    elif isinstance(res, ReplaceDomainResult):
+        lines += [f"{r.disk}: {r.path} replaced ({r.size} bytes, {r.format}; wrote {r.bytes_written} of "
+                  f"{r.bytes_compared} bytes compared)" for r in res.disks]
+        if res.checkpoints_dropped:
+            lines.append(f"dropped checkpoints {', '.join(res.checkpoints_dropped)}: the next backup reads in full")
+    elif isinstance(res, InstantResult):
+        lines.append(f"VM {res.new_vm!r} runs from point {res.point} (up in {res.time_to_running_s} s, pid "
+                     f"{res.pid}, QMP {res.qmp}); data is streaming to {res.dir}; "
+                     f"'cutpoint instant status {res.new_vm}', then 'cutpoint instant finish {res.new_vm}'")
+    warnings = res.warnings if isinstance(res, (NewVmResult, InstantResult)) else []
+    return lines + [f"warning: {w}" for w in warnings]

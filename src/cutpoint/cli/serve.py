@@ -1,8 +1,10 @@
 """``cutpoint serve``: the backup service (scheduler, jobs, retention, gc) and its REST API, in one process.
 
 Binds 127.0.0.1 by default. SIGTERM or SIGINT stops it cleanly: no new jobs, running ones interrupted and cleaned up
-(no partial point, the job recorded ``interrupted``), then the API closes and the process exits 0. The API token is
-kept in the vault (``api-token``, mode 0600); ``--show-token`` prints it and exits.
+(no partial point, the job recorded ``interrupted``), then the API closes and the process exits 0. API tokens live in
+the host state directory, not in the vault (``api/auth.py``); ``--show-token [--role read-only]`` prints one and exits.
+Tokens are read at start: restart the service after ``--rotate-token``. API restores write only under
+``--restore-root``, so a token cannot place files in any directory the service can reach.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import socket
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from ..api import auth
 from ..errors import CutpointError, UsageError
+from ..restore.targets import DEFAULT_RESTORE_ROOT, default_restore_root, make_root
 from .common import add_vault_arg, open_vault
 
 log = logging.getLogger("cutpoint.serve")
@@ -36,8 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--retries", type=int, default=3, help="attempts per scheduled backup (default 3)")
     p.add_argument("--backoff", type=float, default=60.0,
                    help="seconds before the first retry, doubling after each (default 60)")
+    p.add_argument("--restore-root", type=Path, default=None, metavar="DIR",
+                   help=f"API restores write only under DIR (default {DEFAULT_RESTORE_ROOT}; created mode 0700)")
+    p.add_argument("--job-timeout", type=float, default=6 * 3600, metavar="SECONDS",
+                   help="stop a job running longer than this and record it failed (default 21600: 6 h)")
     p.add_argument("--show-token", action="store_true", help="print the API token (creating it) and exit")
     p.add_argument("--rotate-token", action="store_true", help="replace the API token, print it and exit")
+    p.add_argument("--role", choices=auth.ROLES, default=auth.OPERATOR,
+                   help="the token --show-token/--rotate-token print: operator (default; everything) or read-only "
+                        "(GET only)")
     p.add_argument("--tick", type=float, default=5.0, help=argparse.SUPPRESS)       # seconds between passes
     p.add_argument("--gc-grace", type=float, default=None, help=argparse.SUPPRESS)  # tests: gc's age cutoff
     p.add_argument("--stop-grace", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -48,23 +59,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_serve(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     if args.show_token or args.rotate_token:
-        print(auth.load_or_create(vault.root, rotate=args.rotate_token))
+        print(auth.load_or_create(vault.root, role=args.role, rotate=args.rotate_token))
         return 0
     if args.retries < 1 or args.backoff < 0 or args.tick <= 0:
         raise UsageError("--retries must be at least 1, --backoff not negative")
+    if not 60 <= args.job_timeout <= 366 * 86400:
+        raise UsageError(f"--job-timeout {args.job_timeout:g} is out of range: give seconds, 60 to 31622400")
     import uvicorn  # the service stack is imported here: every other command starts faster without it
 
     from ..api.app import create_app
     from ..service.daemon import Service
     from ..service.scheduler import RetryPolicy
 
-    token = auth.load_or_create(vault.root)
+    tokens = auth.tokens(vault.root)
+    restore_root = make_root(args.restore_root or default_restore_root())
     sock = _bind(args.host, args.port)
     logging.getLogger("cutpoint").setLevel(logging.INFO)
     svc = Service(vault, tick=args.tick, webhook=args.webhook, retry=RetryPolicy(args.retries, args.backoff),
-                  gc_grace=args.gc_grace, gc_interval=timedelta(hours=1))
-    server = uvicorn.Server(uvicorn.Config(create_app(svc, token), log_level="warning", access_log=False,
-                                           lifespan="off"))
+                  gc_grace=args.gc_grace, gc_interval=timedelta(hours=1),
+                  job_timeout=timedelta(seconds=args.job_timeout))
+    server = uvicorn.Server(uvicorn.Config(create_app(svc, tokens, restore_root=restore_root), log_level="warning",
+                                           access_log=False, lifespan="off"))
     web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cutpoint-api", daemon=True)
     stop = threading.Event()
 

@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .. import workdir
@@ -45,14 +46,14 @@ def _release_in_qemu(s: QmpSession, cut: Cut, success: bool) -> list[str]:
         _step(problems, lambda: _ignore_missing(lambda: s.cmd("nbd-server-stop")))
     _step(problems, lambda: _cancel_jobs(s, set(cut.jobs)))
     for node in cut.attached:
-        _step(problems, lambda node=node: _ignore_missing(lambda: s.cmd("blockdev-del", node_name=node)))
+        _step(problems, partial(_ignore_missing, partial(s.cmd, "blockdev-del", node_name=node)))
     if cut.transaction_done:
         ours: dict[str, set[str]] = {}
         if success:
             _step(problems, lambda: ours.update(_cutpoint_bitmaps(s)))     # one query for all disks
         for fd in cut.disks:
-            _step(problems, lambda fd=fd: _settle_bitmaps(s, fd.disk.node, fd.new_bitmap, fd.prev_bitmap, success,
-                                                          ours.get(fd.disk.node, set())))
+            _step(problems, partial(_settle_bitmaps, s, fd.disk.node, fd.new_bitmap, fd.prev_bitmap, success,
+                                    ours.get(fd.disk.node, set())))
     return problems
 
 
@@ -65,7 +66,7 @@ def _settle_bitmaps(s: QmpSession, node: str, new: str, prev: str | None, succes
     if success:
         # the previous bitmap, and on a disk read in full (--full, resized, replaced) the one it did not use
         for name in ours - {new}:
-            _ignore_missing(lambda name=name: s.cmd("block-dirty-bitmap-remove", node=node, name=name))
+            _ignore_missing(partial(s.cmd, "block-dirty-bitmap-remove", node=node, name=name))
         return
     if prev:
         s.cmd("transaction", actions=[
@@ -102,26 +103,26 @@ def sweep(s: QmpSession) -> list[str]:
     for node in s.cmd("query-named-block-nodes", flat=True):
         name = node.get("node-name", "")
         if name.startswith(NODE_PREFIX):
-            _ignore_missing(lambda: s.cmd("blockdev-del", node_name=name))
+            _ignore_missing(partial(s.cmd, "blockdev-del", node_name=name))
             removed.append(name)
     return removed
 
 
 def _del_exports(s: QmpSession, ids: set[str]) -> None:
     for eid in ids:
-        _ignore_missing(lambda eid=eid: s.cmd("block-export-del", id=eid, mode="hard"))
+        _ignore_missing(partial(s.cmd, "block-export-del", id=eid, mode="hard"))
     _wait_until(lambda: not ids & {e["id"] for e in s.cmd("query-block-exports")}, f"NBD exports {sorted(ids)}")
 
 
 def _cancel_jobs(s: QmpSession, ids: set[str]) -> None:
     for jid in ids:
-        _ignore_missing(lambda jid=jid: s.cmd("block-job-cancel", device=jid, force=True))
+        _ignore_missing(partial(s.cmd, "block-job-cancel", device=jid, force=True))
 
     def gone() -> bool:
         live = {j["device"]: j for j in s.cmd("query-block-jobs")}
         for jid in ids & set(live):
             if live[jid].get("status") == "concluded":  # not auto-dismissed: dismiss it ourselves
-                _ignore_missing(lambda jid=jid: s.cmd("block-job-dismiss", id=jid))
+                _ignore_missing(partial(s.cmd, "block-job-dismiss", id=jid))
         return not ids & set(live)
     _wait_until(gone, f"block jobs {sorted(ids)}")
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 from ..workdir import make_point_dir
 from ..errors import CutpointError, HypervisorError
@@ -123,7 +123,7 @@ def take_cut(session: QmpSession, cut: Cut, quiesce: "Quiesce | None" = None) ->
         raise
     cut.started_nbd = True
     for fd in cut.disks:
-        args: dict[str, object] = {"type": "nbd", "id": fd.export, "node_name": fd.node, "name": fd.export,
+        args: dict[str, Any] = {"type": "nbd", "id": fd.export, "node_name": fd.node, "name": fd.export,
                                    "writable": False}
         if fd.prev_bitmap:
             args["bitmaps"] = [fd.prev_bitmap]

@@ -198,7 +198,7 @@ class LibvirtDriverSession(DriverSession):
     def _cut(self, cut: LibvirtCut, disks: list[Disk], since: dict[str, str | None],
              quiesce: Quiesce | None) -> CutHandle:
         cut.workdir = _prepare_workdir(cut.workdir, self.info().dac_owner)
-        prev = {d.name: checkpoint_name(since[d.name]) if since.get(d.name) else None for d in disks}
+        prev = {d.name: checkpoint_name(p) if (p := since.get(d.name)) else None for d in disks}
         for d in disks:
             if d.driver != "qcow2":
                 node, _ = self._node(d)

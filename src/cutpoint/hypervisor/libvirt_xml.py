@@ -221,6 +221,6 @@ def parse_backup(text: str) -> BackupInfo:
     exports = {}
     for el in root.findall("./disks/disk"):
         if el.get("backup") == "yes":
-            exports[el.get("name", "")] = BackupExport(el.get("exportname") or el.get("name", ""),
+            exports[el.get("name", "")] = BackupExport(el.get("exportname") or el.get("name") or "",
                                                        el.get("exportbitmap"))
     return BackupInfo(server.get("socket", "") if server is not None else "", exports)

@@ -2,7 +2,7 @@
 
     with recorded(vault, "backup", vm) as job:
         res = backup(...)
-        job.done(nbytes=..., point=res["point"])
+        job.done(nbytes=res.read_bytes, point=res.point)
 
 Success, failure (the error's message) and Ctrl-C (``interrupted``) are recorded; the exception still propagates.
 A process killed outright leaves its job ``running`` until the next reader reaps it (its pid is gone).

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import files as fsmod
+from .names import terminal_safe
 from .nbdserve import FileView, nbdkit_argv, unmount
+from .sandbox import Sandbox
 
 
 @dataclass
@@ -29,6 +32,7 @@ class View:
     disk: DiskManifest
     image: Path
     stats: Path
+    sandbox: Sandbox                 # where the filesystem tools run (confined: see restore/sandbox.py)
 
     def chunks_read(self) -> int:
         try:
@@ -55,11 +59,13 @@ def disk_view(vault: Vault, m: Manifest, disk: DiskManifest, key_file: Path | No
     stats = base / f"stats-{os.getpid()}-{time.monotonic_ns()}"
     stats.touch()
     args = nbdkit_argv(vault.root, m.vm, m.point, disk=disk.name, stats=stats, key_file=key_file)
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-", dir=base))
     try:
         with FileView(args, base) as fv:
-            yield View(disk, fv.path, stats)
+            yield View(disk, fv.path, stats, Sandbox(fv.mnt, scratch))
     finally:
         stats.unlink(missing_ok=True)
+        scratch.rmdir()
 
 
 def _result(m: Manifest, view: View, vol: fsmod.Volume | None, t0: float) -> dict[str, Any]:
@@ -76,28 +82,36 @@ def list_files(vault: Vault, m: Manifest, disk: str | None, path: str, part: int
         out = []
         for d in m.disks:
             with disk_view(vault, m, d, key_file) as v:
-                out.append({"disk": d.name, "size": d.size, "volumes": [x.to_json() for x in fsmod.volumes(v.image)]})
+                vols = fsmod.volumes(v.image, v.sandbox)
+                out.append({"disk": d.name, "size": d.size, "volumes": [x.to_json() for x in vols]})
         return {"vm": m.vm, "point": m.point, "disks": out, "duration_s": round(time.monotonic() - t0, 3)}
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
-        entry, children = fsmod.Fs(v.image, vol).ls(path)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
+        entry, children = fsmod.Fs(v.image, vol, v.sandbox).ls(path)
         res = _result(m, v, vol, t0)
-    res.update(path=path, type=entry.type,
-               entries=[vars(e) for e in (children if entry.type == "dir" else [entry])])
+    res.update(path=terminal_safe(path), type=entry.type,
+               entries=[e.to_json() for e in (children if entry.type == "dir" else [entry])])
     return res
 
 
 def get_files(vault: Vault, m: Manifest, disk: str | None, path: str, to: Path, part: int | None,
-              key_file: Path | None = None) -> dict[str, Any]:
+              key_file: Path | None = None, *, max_bytes: int | None = None,
+              warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Copy ``path`` (escaped guest form accepted) into directory ``to`` through ``extract`` (hostile guest safe).
+
+    ``max_bytes`` bounds what may be written; ``warn`` gets each skipped entry's message (already escaped) as it
+    happens. Paths in the result are escaped for output; ``files`` lists regular files with their guest sizes."""
     t0 = time.monotonic()
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
-        final, files = fsmod.Fs(v.image, vol).get(path, to)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
+        rep = fsmod.Fs(v.image, vol, v.sandbox).extract(path, to, max_bytes=max_bytes, warn=warn)
         res = _result(m, v, vol, t0)
-    total = sum(s for _, s in files)
-    res.update(path=path, to=str(final), files=[{"path": p, "size": s} for p, s in files], bytes=total,
+    total = rep.bytes
+    res.update(path=terminal_safe(path), to=rep.shown, files=[{"path": p, "size": s} for p, s in rep.files],
+               links=[{"path": p, "target": t} for p, t in rep.links], skipped=rep.skipped,
+               warnings=rep.warnings, bytes=total, bytes_written=rep.written,
                rate_bytes_s=round(total / max(res["duration_s"], 1e-6)))
     return res
 
@@ -118,6 +132,9 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
 
     The view is served with nbdkit's partition filter, so fuse2fs (which takes no offset) sees the partition alone.
     vfat has no FUSE driver here and a kernel mount would need a loop device: those are refused with the way out.
+    ``nosuid,nodev``: a guest's set-uid binaries and device nodes are inert on the host (the kernel also forces
+    both on FUSE mounts). fuse2fs itself is not confined: it must mount in the host's namespace, and as libfuse2 it
+    cannot take a mount made for it (see docs/design.md).
     """
     t0 = time.monotonic()
     d = choose_disk(m, disk)
@@ -127,7 +144,7 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
     if os.path.ismount(mountpoint) or any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not an empty, unmounted directory")
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image), part, d.name)
+        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
     if vol.fstype not in fsmod.EXT:
         raise UnsupportedError(f"cannot mount {vol.fstype} here: there is no FUSE {vol.fstype} driver and a kernel "
                                f"mount needs a loop device; use 'cutpoint files ls/get {m.vm} {m.point} --disk "
@@ -138,7 +155,7 @@ def mount(vault: Vault, m: Manifest, disk: str | None, mountpoint: Path, part: i
     args = nbdkit_argv(vault.root, m.vm, m.point, disk=d.name, key_file=key_file, filters=filters, filter_args=fargs)
     fv = FileView(args, _mounts_dir(), keep=True).open()
     try:
-        r = subprocess.run(["fuse2fs", "-o", "ro,fakeroot", str(fv.path), str(mountpoint)],
+        r = subprocess.run(["fuse2fs", "-o", "ro,fakeroot,nosuid,nodev", str(fv.path), str(mountpoint)],
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0 or not os.path.ismount(mountpoint):
             raise UnsupportedError(f"fuse2fs could not mount the filesystem: {(r.stderr or r.stdout).strip()}")

@@ -12,6 +12,8 @@ What changes, and why:
   are dropped (each with a warning), since they would clash with the original or do not apply to restored disks.
 * disks excluded from the backup have no restored image: their ``-drive``/``-blockdev`` chain and device are
   dropped (with a warning), so the new VM never opens the original's disk.
+* the result is checked (``argcheck.py``): the saved configuration is vault data, so the binary is the trusted
+  ``qemu-system-*`` and every option is allowlisted, with paths made absolute; QEMU runs in the new VM's directory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from . import argcheck
 from .qemuopts import Items, Opt, join_argv, kv_drop, kv_get, kv_set, parse_kv, render_kv, split_argv
 
 FILTER_DRIVERS = {"throttle", "copy-on-read", "preallocate", "blkdebug", "blkverify", "compress", "copy-before-write"}
@@ -65,7 +68,7 @@ class Rewritten:
                 "daemonize": self.daemonize, "warnings": self.warnings}
 
     def script(self) -> str:
-        return ("#!/bin/sh\n# Starts the VM restored by cutpoint (see vm.json beside this file).\n"
+        return ("#!/bin/sh\n# Starts the VM restored by cutpoint (see vm.json beside this file).\numask 077\n"
                 f"cd {shlex.quote(self.cwd)} || exit 1\nexec {shlex.join(self.argv)}\n")
 
 
@@ -247,6 +250,8 @@ class _Rewriter:
                 self.warnings.append(f"chardev {cid} listened on TCP; the new VM listens on a unix socket instead")
         elif backend in ("file", "pipe") and kv_get(items, "path"):
             kv_set(items, "path", self.moved(kv_get(items, "path") or "", f"{cid}.log"))
+        if kv_get(items, "logfile"):
+            kv_set(items, "logfile", self.moved(kv_get(items, "logfile") or "", f"{cid}-log.log"))
 
     def net(self, o: Opt) -> None:
         items = parse_kv(o.arg or "")
@@ -266,6 +271,7 @@ class _Rewriter:
         o.arg = render_kv(items)
 
     def run(self, qmp_address: str) -> Rewritten:
+        binary = argcheck.binary(self.binary)          # first: a forged argv[0] is refused before anything else
         keep: list[Opt] = []
         self.drop_excluded()
         has = {o.name for o in self.opts}
@@ -337,8 +343,10 @@ class _Rewriter:
                 keep.append(Opt("device", f"{d.model or 'virtio-blk-pci'},drive={node}"))
                 self.warnings.append(f"disk {d.name} is not on the captured command line (hot-plugged?); attached "
                                      f"as {d.model or 'virtio-blk-pci'}")
-        argv = join_argv(self.binary, keep)
-        return Rewritten(argv, self.cwd, qmp_new, pidfile, "daemonize" in has, self.warnings)
+        keep, more = argcheck.check(keep, vmdir=self.dir, images={str(d.path) for d in self.disks}, cwd=self.cwd)
+        self.warnings += more
+        argv = join_argv(binary, keep)
+        return Rewritten(argv, str(self.dir), qmp_new, pidfile, "daemonize" in has, self.warnings)
 
 
 def rewrite(argv: list[str], cwd: str, *, name: str, vmdir: Path, disks: list[DiskTarget],

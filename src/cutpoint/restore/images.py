@@ -3,7 +3,8 @@
 Zero chunks are never written, so raw images are sparse where the source read as zero. qcow2 output is produced by
 ``qemu-img convert`` from a sparse raw file in the same directory (which keeps zero clusters unallocated). Files are
 written under a temporary name and renamed only when complete, so a failed restore (damaged chunk, full disk) leaves
-nothing that looks like a finished image.
+nothing that looks like a finished image. Images are private (0600, directories created 0700) and every file is
+created with ``O_EXCL|O_NOFOLLOW``: a symlink planted at a target or temporary path is refused, never followed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..backup.chunker import IN_FLIGHT, WORKERS
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
+from . import private
 
 FORMATS = ("raw", "qcow2")
 Progress = Callable[[str, int, int], None]
@@ -36,12 +38,9 @@ def restore_point(vault: Vault, manifest: Manifest, to: Path, fmt: str = "raw",
                   progress: Progress | None = None) -> list[RestoredFile]:
     if fmt not in FORMATS:
         raise UsageError(f"unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
-    try:
-        to.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CutpointError(f"cannot create restore directory {to}: {exc.strerror or exc}") from exc
+    private.makedirs(to)
     targets = [(d, to / f"{_safe(d.name)}.{fmt}") for d in manifest.disks]
-    clash = [str(p) for _, p in targets if p.exists()]
+    clash = [str(p) for _, p in targets if os.path.lexists(p)]      # a dangling symlink is in the way too
     if clash:
         raise UsageError(f"restore target already exists: {', '.join(clash)}; choose an empty --to directory")
     done: list[RestoredFile] = []
@@ -59,17 +58,26 @@ def restore_point(vault: Vault, manifest: Manifest, to: Path, fmt: str = "raw",
 def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt: str,
                   progress: Progress | None) -> None:
     raw = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.name}.convert")
+    made: list[Path] = []
     try:
-        with open(raw, "wb") as f:
-            f.truncate(disk.size)
-            _write_chunks(vault, m, disk, f.fileno(), progress)
-            f.flush()
-            os.fsync(f.fileno())
+        private.refuse_planted(raw, stale_ok=True)             # a killed restore's leftover goes, a symlink stops us
+        fd = private.create(raw)
+        made.append(raw)
+        try:
+            os.ftruncate(fd, disk.size)
+            _write_chunks(vault, m, disk, fd, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if fmt == "qcow2":
-            tmp = path.with_name(f".{path.name}.convert")
+            private.refuse_planted(tmp, stale_ok=True)
+            os.close(private.create(tmp))                       # ours, 0600: qemu-img writes into it, not a link
+            made.append(tmp)
             subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
-                           check=True, capture_output=True, text=True)
-            raw.unlink()
+                           check=True, capture_output=True, text=True, env=private.child_env(),
+                           umask=private.UMASK)
+            _chmod_private(tmp)
             os.replace(tmp, path)
         else:
             os.replace(raw, path)
@@ -78,8 +86,16 @@ def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt
     except OSError as exc:
         raise CutpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        raw.unlink(missing_ok=True)
-        path.with_name(f".{path.name}.convert").unlink(missing_ok=True)
+        for p in made:
+            p.unlink(missing_ok=True)
+
+
+def _chmod_private(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:

@@ -19,6 +19,7 @@ it starts, with the instant state in its catalog settings: a backup refuses such
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,11 +30,15 @@ from ..hypervisor.qmp import QmpSession
 from ..workdir import private_dir
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
-from . import launch, vmsetup
+from ..vmconfig import QmpVmConfig
+from . import launch, private, vmsetup
 from .cmdline import SUN_PATH_MAX
 from .config import process_alive
 from .images import Progress, _safe
+from .driver import Registration
 from .nbdserve import PointServer, nbdkit_argv, stop_server
+from .results import InstantResult, NewDisk
+from .targets import Instant
 
 JOB_PREFIX = "cutpoint-instant-"
 
@@ -43,47 +48,50 @@ def _socket_path(vmdir: Path, name: str) -> Path:
     if len(str(sock)) <= SUN_PATH_MAX:
         return sock
     d = private_dir("instant") / name
-    d.mkdir(parents=True, exist_ok=True)
+    private.make_private_dir(d)
     return d / "nbd.sock"
 
 
 def _create_overlay(path: Path, backing: str, size: int) -> None:
     import subprocess
+    private.refuse_planted(path)
+    os.close(private.create(path))             # ours and 0600 before qemu-img writes the overlay into it
     r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", "raw", str(path),
-                        str(size)], capture_output=True, text=True)
+                        str(size)], capture_output=True, text=True, env=private.child_env(), umask=private.UMASK)
     if r.returncode != 0:
         raise CutpointError(f"cannot create overlay {path}: {r.stderr.strip()}")
 
 
-def instant_restore(vault: Vault, m: Manifest, new_name: str, *, to: Path | None = None,
-                    key_file: Path | None = None) -> dict[str, Any]:
+def instant_restore(vault: Vault, m: Manifest, cfg: QmpVmConfig, t: Instant) -> InstantResult:
+    """Steps 1-4 of the module docstring; the caller (the orchestrator) holds the vault's points lock meanwhile."""
     t0 = time.monotonic()
+    new_name = t.name
     vmsetup.check_new_name(vault, new_name)
-    cfg = vmsetup.vm_config(m)
-    vmdir = vmsetup.make_dir(to, new_name)
+    vmdir = vmsetup.dir_for(t.to, new_name)
+    created = vmsetup.make_dir(vmdir)
     sock = _socket_path(vmdir, new_name)
     server_pid = qemu_pid = 0
     registered = False
     rw = None
     try:
-        server = PointServer(sock, vmdir / "nbd.pid", vmdir / "nbd.log")
-        server_pid = server.start(nbdkit_argv(vault.root, m.vm, m.point, key_file=key_file))
-        paths = {}
-        for i, d in enumerate(m.disks):
-            paths[d.name] = vmdir / f"{_safe(d.name)}.qcow2"
-            _create_overlay(paths[d.name], f"nbd+unix:///d{i}?socket={sock}", d.size)
+        paths = {d.name: vmdir / f"{_safe(d.name)}.qcow2" for d in m.disks}
+        # the saved configuration is checked before any process starts (argcheck, through the rewrite)
         rw = vmsetup.command_line(m, cfg, new_name, vmdir, vmsetup.targets(m, cfg, paths, "qcow2"))
+        server = PointServer(sock, vmdir / "nbd.pid", vmdir / "nbd.log")
+        server_pid = server.start(nbdkit_argv(vault.root, m.vm, m.point, key_file=t.key_file))
+        for i, d in enumerate(m.disks):
+            _create_overlay(paths[d.name], f"nbd+unix:///d{i}?socket={sock}", d.size)
         state = {"server_pid": server_pid, "socket": str(sock), "started": _now(),
                  "overlays": {k: str(v) for k, v in paths.items()}}
+        disks = [NewDisk(d.name, paths[d.name], d.size, "qcow2") for d in m.disks]
         extra = {"name": new_name, "restored_from": {"vm": m.vm, "point": m.point}, "instant": state,
-                 "disks": [{"name": d.name, "path": str(paths[d.name]), "size": d.size, "format": "qcow2"}
-                           for d in m.disks]}
+                 "disks": [d.to_json() for d in disks]}
         spec, script = vmsetup.write_spec(vmdir, rw, extra)
         qemu_pid = launch.start(rw, vmdir / "qemu.log")
         running_s = time.monotonic() - t0
         jobs = _start_streams(rw.qmp, list(paths.values()))
-        vmsetup.register(vault, new_name, rw, {"restored_from": {"vm": m.vm, "point": m.point}, "dir": str(vmdir),
-                                               "pid": qemu_pid, "instant": state})
+        vmsetup.register(vault, new_name, Registration("qmp", str(rw.qmp), {
+            "restored_from": {"vm": m.vm, "point": m.point}, "dir": str(vmdir), "pid": qemu_pid, "instant": state}))
         registered = True
     except BaseException:
         if qemu_pid and rw is not None:
@@ -92,15 +100,14 @@ def instant_restore(vault: Vault, m: Manifest, new_name: str, *, to: Path | None
             stop_server(server_pid)
         if registered:
             vmsetup.unregister(vault, new_name)
-        vmsetup.remove_dir(vmdir)
+        vmsetup.remove_dir(vmdir, created)
         if sock.parent != vmdir:
             vmsetup.remove_dir(sock.parent)
         raise
-    return {"mode": "instant", "vm": m.vm, "point": m.point, "new_vm": new_name, "dir": str(vmdir),
-            "qmp": str(rw.qmp), "pid": qemu_pid, "server_pid": server_pid, "socket": str(sock), "jobs": jobs,
-            "disks": extra["disks"], "script": str(script), "config": str(spec), "warnings": rw.warnings,
-            "bytes": sum(d.size for d in m.disks), "time_to_running_s": round(running_s, 3),
-            "duration_s": round(time.monotonic() - t0, 3)}
+    return InstantResult(vm=m.vm, point=m.point, new_vm=new_name, dir=vmdir, qmp=rw.qmp, pid=qemu_pid,
+                         server_pid=server_pid, socket=sock, jobs=jobs, disks=disks, script=script, config=spec,
+                         warnings=rw.warnings, time_to_running_s=round(running_s, 3),
+                         duration_s=round(time.monotonic() - t0, 3))
 
 
 def _start_streams(qmp: Path, overlays: list[Path], only_backed: bool = False) -> list[str]:

@@ -7,6 +7,10 @@ beside the disks, and counts as started once its QMP monitor answers.
 "Is it running?" has three independent witnesses, because each alone can be fooled: the registered QMP socket
 answers (or is held by another client); the captured pid is alive and is the same process (start time); and QEMU's
 image locks are held on one of its disk files (``qemu-img info`` without ``-U`` is refused).
+
+Only a command line checked by ``argcheck`` (through ``cmdline.rewrite``) is run, and only if its binary is the
+trusted emulator; QEMU gets an environment without the vault passphrase and a 0077 umask (its sockets, logs and
+pidfile are private), and runs in the new VM's directory.
 """
 
 from __future__ import annotations
@@ -17,28 +21,34 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import CutpointError, HypervisorError, MonitorBusyError
+from ..errors import CutpointError, HypervisorError, MonitorBusyError, UsageError
 from ..hypervisor.qmp import QmpSession
+from . import argcheck, private
 from .cmdline import Rewritten
 from .config import process_alive
 
 
 def start(rw: Rewritten, log: Path, timeout: float = 60.0) -> int:
     """Start the VM described by ``rw``; returns QEMU's pid once its monitor answers."""
+    if not rw.argv or not argcheck.is_trusted_binary(rw.argv[0]):
+        raise UsageError(f"refusing to run {rw.argv[0] if rw.argv else '(nothing)'}: a restored VM runs only "
+                         f"{argcheck.qemu_dir()}/qemu-system-*")
     cwd = rw.cwd if os.path.isdir(rw.cwd) else str(log.parent)
     rw.qmp.unlink(missing_ok=True)
     rw.pidfile.unlink(missing_ok=True)
-    with open(log, "w") as out:
+    env = private.child_env()
+    with os.fdopen(private.open_log(log), "w") as out:
         try:
             if rw.daemonize:
                 r = subprocess.run(rw.argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   timeout=timeout)
+                                   timeout=timeout, env=env, umask=private.UMASK)
                 if r.returncode != 0:
                     raise CutpointError(f"QEMU did not start: {_tail(log)}")
                 proc = None
             else:
                 proc = subprocess.Popen(rw.argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                        umask=private.UMASK)
         except OSError as exc:
             raise CutpointError(f"cannot run {rw.argv[0]}: {exc.strerror or exc}") from exc
         except subprocess.TimeoutExpired as exc:
@@ -99,7 +109,8 @@ def running_reason(qmp: str | None, pid: int | None, start_time: int | None, fil
     for f in files:
         if not f.exists():
             continue
-        r = subprocess.run(["qemu-img", "info", "--output=json", str(f)], capture_output=True, text=True)
+        r = subprocess.run(["qemu-img", "info", "--output=json", str(f)], capture_output=True, text=True,
+                           env=private.child_env())
         if r.returncode != 0 and "lock" in r.stderr:
             return f"a QEMU process holds the lock on its disk {f}"
     return None

@@ -1,135 +1,192 @@
-"""Restoring points of libvirt domains: as a new domain beside the original, or onto a shut-off domain's own disks.
+"""The restore driver for libvirt domains: a new domain beside the original, or the shut-off original's own disks.
 
 Every point of a libvirt domain carries the domain's definition (``vm_config``, captured by the libvirt driver at
-the cut). A new domain is that definition with a new name and no UUID, each backed-up disk pointing at its restored
-image, disks that were not backed up (shared, LUN, ...) left out, file-backed consoles and logs moved into the new
-domain's directory, MAC addresses and NVRAM dropped so libvirt generates fresh ones; it is defined, and started on
-request. Anything that fails removes what was defined and written, so a failed restore leaves no half domain.
+the cut). A new domain is that definition rewritten (``domain_xml.py``) onto the restored images; it is defined,
+and started on request. The shared new-VM steps (name, directory, registration, undoing all on failure) are
+``new_vm.py``'s; this driver only defines, starts and undefines.
 
-Replacing writes each disk's image next to the original and renames it over it (owner and mode kept), so a disk is
-either the old or the restored one. The domain's cutpoint checkpoints are dropped: their bitmaps went with the
-replaced images, and the next backup reads in full with that reason.
+Replacing uses the same engine as a QMP VM's replace (``replace.replace_planned``): nothing is written unless the
+vault holds every chunk of the point, then each disk file is compared chunk by chunk and only what differs is
+written, in place (owner and mode stay). The domain's cutpoint checkpoints are dropped: the next backup reads in full
+with that reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import grp
 import os
-import shutil
+import pwd
+import re
 import stat
-import tempfile
 import time
-import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import libvirt
 
-from ..catalog.db import VmRecord
-from ..errors import CutpointError, NotFoundError, UnsupportedError, UsageError
+from ..errors import NotFoundError, UnsupportedError, UsageError
 from ..hypervisor import libvirt_conn as lc
 from ..hypervisor.libvirt_xml import CHECKPOINT_PREFIX, parse_domain
-from ..paths import vms_home
-from ..vault.manifest import Manifest
+from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
-from .images import Progress, restore_point
+from ..vmconfig import LibvirtVmConfig
+from .domain_xml import new_domain_xml
+from .driver import NewMachine, NewVmDone, Registration, RestoreDriver
+from .images import Progress, RestoredFile
+from .replace import replace_planned
+from .results import InstantResult, NewDisk, NewDomainResult, ReplacedDisk, ReplaceDomainResult
+from .targets import Instant
+
+__all__ = ["LibvirtRestoreDriver", "new_domain_xml"]
 
 
-def restore_cli(vault: Vault, m: Manifest, args: Any, progress: Progress | None) -> dict[str, Any]:
-    """``cutpoint restore`` of a libvirt domain's point: ``--new-vm NAME [--start]`` or ``--replace``.
+class LibvirtRestoreDriver(RestoreDriver):
+    kind = "libvirt"
 
-    A new domain started with ``--start`` is protected under its name, as a new QMP VM is."""
-    from .vmsetup import check_new_name
+    def __init__(self, vault: Vault, m: Manifest, cfg: LibvirtVmConfig) -> None:
+        self.cfg = cfg
 
-    if args.instant:
+    def new_machine(self, vault: Vault, m: Manifest, name: str) -> NewMachine:
+        return _DomainMachine(m, self.cfg, name)
+
+    def instant(self, vault: Vault, m: Manifest, target: Instant) -> InstantResult:
         raise UsageError("--instant is not available for libvirt domains yet; use --new-vm NAME --start")
-    cfg = domain_config(m)
-    if args.replace:
+
+    def replace(self, vault: Vault, m: Manifest, progress: Progress | None) -> ReplaceDomainResult:
+        """Put point ``m`` onto the disks of the shut-off domain, matched by target name (vda, sdb, ...)."""
+        t0 = time.monotonic()
         try:
             rec = vault.catalog.vm(m.vm)
-            domain, uri = rec.address, str(rec.settings.get("connect") or cfg.get("connect"))
+            domain, uri = rec.address, str(rec.settings.get("connect") or self.cfg.connect)
         except NotFoundError:
-            domain, uri = str(cfg.get("domain") or m.vm), str(cfg.get("connect"))
-        with vault.vm_lock(m.vm):              # no backup of this domain while its disks are rewritten
-            return replace_domain_disks(vault, m, domain, connect=uri, progress=progress)
-    check_new_name(vault, args.new_vm)
-    res = restore_new_domain(vault, m, args.new_vm, args.to or vms_home() / args.new_vm, fmt=args.format or "qcow2",
-                             start=args.start, progress=progress)
-    if args.start:
-        vault.catalog.add_vm(VmRecord(args.new_vm, "libvirt", args.new_vm,
-                                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                      {"connect": res["connect"], "restored_from": {"vm": m.vm, "point": m.point}}))
-        res["registered"] = True
-    return res
-
-
-def describe(res: dict[str, Any]) -> list[str]:
-    """Lines for the CLI's plain output of ``restore_cli``'s result."""
-    if res["mode"] == "new-domain":
-        state = "started and protected under that name" if res["started"] else \
-            f"defined, not started (virsh -c {res['connect']} start {res['domain']})"
-        lines = [f"restored point {res['point']} of {res['vm']!r} as libvirt domain {res['domain']!r} in "
-                 f"{res['dir']}: {state}"]
-        lines += [f"  {d['name']}: {d['path']}" for d in res["disks"]]
-        lines += [f"  left out (not in the point): {', '.join(res['dropped'])}"] if res["dropped"] else []
-        return lines
-    lines = [f"{d['disk']}: {d['path']} replaced ({d['size']} bytes, {d['format']})" for d in res["disks"]]
-    if res["checkpoints_dropped"]:
-        lines.append(f"dropped checkpoints {', '.join(res['checkpoints_dropped'])}: the next backup reads in full")
-    return lines
-
-
-def domain_config(m: Manifest) -> dict[str, Any]:
-    cfg = getattr(m, "vm_config", None) or {}
-    if cfg.get("type") != "libvirt" or not cfg.get("xml"):
-        raise UsageError(f"point {m.point} of VM {m.vm!r} holds no libvirt domain definition (it was not taken from "
-                         f"a libvirt domain); restore its disks with 'cutpoint restore {m.vm} {m.point} --to DIR'")
-    return cfg
-
-
-def restore_new_domain(vault: Vault, m: Manifest, name: str, to: Path, *, connect: str | None = None,
-                       fmt: str = "qcow2", start: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Define (and with ``start`` start) domain ``name`` from point ``m``, its disks restored into ``to``."""
-    t0 = time.monotonic()
-    cfg = domain_config(m)
-    uri = connect or str(cfg.get("connect") or "qemu:///system")
-    to = to.expanduser().absolute()
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
-        raise UsageError(f"{to} already exists and is not an empty directory; choose another --to")
-    if uri.startswith("qemu:///system"):
-        _check_reachable(to)
-    conn = lc.connect(uri)
-    dom = None
-    made = not to.exists()
-    try:
+            domain, uri = self.cfg.domain or m.vm, self.cfg.connect
+        conn = lc.connect(uri)
         try:
-            lc.lookup(conn, name, uri)
+            dom = lc.lookup(conn, domain, uri)
+            if dom.isActive():
+                raise UsageError(f"libvirt domain {domain!r} is running; shut it down first (virsh -c {uri} "
+                                 f"shutdown {domain}), then retry the replace")
+            plan = _plan(m, domain, lc.call("reading the domain XML", dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE))
+            done = [ReplacedDisk.from_engine(r) for r in replace_planned(vault, m, plan, progress)]
+            dropped = [cp.getName() for cp in lc.checkpoints(dom, CHECKPOINT_PREFIX)]
+            for cp in lc.checkpoints(dom, CHECKPOINT_PREFIX):
+                lc.call(f"dropping checkpoint {cp.getName()}", cp.delete,
+                        libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        finally:
+            conn.close()
+        return ReplaceDomainResult(vm=m.vm, point=m.point, domain=domain, connect=uri, disks=done,
+                                   checkpoints_dropped=dropped, duration_s=round(time.monotonic() - t0, 3))
+
+
+def _plan(m: Manifest, domain: str, xml: str) -> list[tuple[DiskManifest, Path, str]]:
+    """Each of the point's disks with the domain's current image file for it and that file's format."""
+    current = {d.target: d for d in parse_domain(xml).disks}
+    plan = []
+    for d in m.disks:
+        cur = current.get(d.name)
+        if cur is None:
+            raise UsageError(f"domain {domain!r} has no disk {d.name}; the point's disks are "
+                             f"{', '.join(x.name for x in m.disks)}")
+        if cur.type != "file" or not cur.source.startswith("/"):
+            raise UnsupportedError(f"disk {d.name} of domain {domain!r} is not a local image file ({cur.type} "
+                                   f"{cur.source}); restore it with --to DIR and copy it in place")
+        plan.append((d, Path(cur.source), cur.fmt or "raw"))      # libvirt's default format for a file is raw
+    return plan
+
+
+class _DomainMachine(NewMachine):
+    def __init__(self, m: Manifest, cfg: LibvirtVmConfig, name: str) -> None:
+        self.m, self.cfg, self.name = m, cfg, name
+        self.uri = cfg.connect
+        self.conn: libvirt.virConnect | None = None
+        self.dom: libvirt.virDomain | None = None
+        self.disks: list[NewDisk] = []
+        self.dropped: list[str] = []
+
+    def check(self, vmdir: Path) -> None:
+        if self.uri.startswith("qemu:///system"):
+            _check_reachable(vmdir)
+        self.conn = lc.connect(self.uri)
+        try:
+            lc.lookup(self.conn, self.name, self.uri)
         except NotFoundError:
-            pass
-        else:
-            raise UsageError(f"a libvirt domain named {name!r} already exists at {uri}; choose another name")
-        to.mkdir(parents=True, exist_ok=True)
-        files = restore_point(vault, m, to, fmt, progress)
-        xml, dropped = new_domain_xml(cfg["xml"], name, {f.disk: str(f.path) for f in files}, fmt, to,
-                                      f"restored by cutpoint from VM {m.vm!r}, point {m.point}")
-        dom = lc.call(f"defining domain {name!r}", conn.defineXML, xml)
-        if start:
-            lc.call(f"starting domain {name!r}", dom.create)
-    except BaseException:
-        if dom is not None:
-            _remove_domain(dom)
-        if made:
-            shutil.rmtree(to, ignore_errors=True)
-        else:
-            for p in to.iterdir():
-                p.unlink(missing_ok=True)
-        raise
-    finally:
-        conn.close()
-    return {"mode": "new-domain", "vm": m.vm, "point": m.point, "domain": name, "connect": uri, "dir": str(to),
-            "disks": [{"name": f.disk, "path": str(f.path), "size": f.size, "format": fmt} for f in files],
-            "dropped": dropped, "started": start, "duration_s": round(time.monotonic() - t0, 3)}
+            return
+        raise UsageError(f"a libvirt domain named {self.name!r} already exists at {self.uri}; choose another name")
+
+    def define(self, vmdir: Path, images: list[RestoredFile], fmt: str) -> None:
+        assert self.conn is not None
+        if self.uri.startswith("qemu:///system"):
+            _hand_to_qemu(vmdir, images)
+        self.disks = [NewDisk.of(f, fmt) for f in images]
+        xml, self.dropped = new_domain_xml(self.cfg.xml, self.name, {f.disk: str(f.path) for f in images}, fmt,
+                                           vmdir, f"restored by cutpoint from VM {self.m.vm!r}, point {self.m.point}")
+        self.dom = lc.call(f"defining domain {self.name!r}", self.conn.defineXML, xml)
+
+    def start(self) -> None:
+        assert self.dom is not None
+        lc.call(f"starting domain {self.name!r}", self.dom.create)
+
+    def registration(self) -> Registration:
+        return Registration("libvirt", self.name, {"connect": self.uri,
+                                                   "restored_from": {"vm": self.m.vm, "point": self.m.point}})
+
+    def discard(self) -> None:
+        if self.dom is None:
+            return
+        try:
+            if self.dom.isActive():
+                self.dom.destroy()
+            self.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            pass  # best effort while another error is on its way to the user
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def result(self, done: NewVmDone) -> NewDomainResult:
+        return NewDomainResult(vm=self.m.vm, point=self.m.point, domain=self.name, connect=self.uri, dir=done.dir,
+                               disks=self.disks, dropped=self.dropped, started=done.started,
+                               registered=done.registered, duration_s=round(done.duration_s, 3))
+
+
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def _qemu_ids() -> tuple[int, int]:
+    """The uid and gid libvirt's system QEMU runs as: ``user``/``group`` of qemu.conf, else Debian's
+    ``libvirt-qemu``; root (0, 0) when neither names an account here."""
+    names = {"user": "libvirt-qemu", "group": "libvirt-qemu"}
+    try:
+        for line in QEMU_CONF.read_text(errors="replace").splitlines():
+            if m := re.match(r'\s*(user|group)\s*=\s*"([^"]+)"', line):
+                names[m.group(1)] = m.group(2)
+    except OSError:
+        pass                                    # no readable qemu.conf: libvirt's defaults
+    try:
+        uid = int(names["user"]) if names["user"].isdigit() else pwd.getpwnam(names["user"]).pw_uid
+        gid = int(names["group"]) if names["group"].isdigit() else grp.getgrnam(names["group"]).gr_gid
+    except KeyError:
+        return 0, 0
+    return uid, gid
+
+
+def _hand_to_qemu(vmdir: Path, images: list[RestoredFile]) -> None:
+    """libvirt's system QEMU runs as its own user and probes each image as that user before it starts the domain,
+    so the private restore (files 0600, directory 0700, root's) is handed to it as libvirt itself would at start:
+    the images become the QEMU user's (still 0600) and the directory enterable by its group only (0710)."""
+    uid, gid = _qemu_ids()
+    if uid == 0:
+        return
+    for f in images:
+        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+    os.chown(vmdir, 0, gid, follow_symlinks=False)
+    os.chmod(vmdir, 0o710)
 
 
 def _check_reachable(to: Path) -> None:
@@ -139,130 +196,3 @@ def _check_reachable(to: Path) -> None:
             raise UsageError(f"libvirt's QEMU user could not reach {to}: {p} is not searchable by other users; "
                              f"choose a --to under a directory it can enter (e.g. /var/lib/libvirt/images/NAME) or "
                              f"chmod o+x {p}")
-
-
-def _remove_domain(dom: libvirt.virDomain) -> None:
-    try:
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    except libvirt.libvirtError:
-        pass  # best effort while another error is on its way to the user
-
-
-def new_domain_xml(xml: str, name: str, disks: dict[str, str], fmt: str, to: Path,
-                   note: str) -> tuple[str, list[str]]:
-    """The captured definition rewritten for a second domain; returns it and the disks left out."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise CutpointError(f"the stored domain definition is not valid XML: {exc}") from exc
-    _set_text(root, "name", name)
-    for tag in ("uuid", "genid"):
-        for el in root.findall(tag):
-            root.remove(el)
-    desc = root.find("description")
-    _set_text(root, "description", note + (f"; {desc.text}" if desc is not None and desc.text else ""))
-    os_el = root.find("os")
-    if os_el is not None:
-        for el in os_el.findall("nvram"):
-            os_el.remove(el)
-    dropped = []
-    devices = root.find("devices")
-    for el in list(devices) if devices is not None else []:
-        if el.tag == "disk":
-            tgt = el.find("target")
-            target = tgt.get("dev", "") if tgt is not None else ""
-            if target in disks:
-                _point_disk_at(el, disks[target], fmt)
-            elif el.get("device") not in ("cdrom", "floppy"):
-                assert devices is not None
-                devices.remove(el)
-                dropped.append(target)
-        elif el.tag == "interface":
-            for mac in el.findall("mac"):
-                el.remove(mac)
-        for src in el.iter("source"):
-            if el.tag in ("serial", "console", "channel", "parallel") and el.get("type") == "file" and src.get("path"):
-                src.set("path", str(to / Path(src.get("path", "")).name))
-        for log in el.iter("log"):
-            if log.get("file"):
-                log.set("file", str(to / Path(log.get("file", "")).name))
-    return ET.tostring(root, encoding="unicode"), dropped
-
-
-def _set_text(root: ET.Element, tag: str, text: str) -> None:
-    el = root.find(tag)
-    if el is None:
-        el = ET.Element(tag)
-        root.insert(1 if tag != "name" else 0, el)
-    el.text = text
-
-
-def _point_disk_at(el: ET.Element, path: str, fmt: str) -> None:
-    el.set("type", "file")
-    for tag in ("source", "backingStore", "auth", "encryption", "reservations", "shareable", "transient"):
-        for old in el.findall(tag):
-            el.remove(old)
-    drv = el.find("driver")
-    if drv is None:
-        drv = ET.SubElement(el, "driver", {"name": "qemu"})
-    drv.set("type", fmt)
-    src = ET.Element("source", {"file": path})
-    el.insert(list(el).index(drv) + 1, src)
-
-
-def replace_domain_disks(vault: Vault, m: Manifest, domain: str, *, connect: str | None = None,
-                         progress: Progress | None = None) -> dict[str, Any]:
-    """Put point ``m`` onto the disks of shut-off ``domain``, matched by target name (vda, sdb, ...)."""
-    t0 = time.monotonic()
-    cfg = getattr(m, "vm_config", None) or {}
-    uri = connect or str(cfg.get("connect") or "qemu:///system")
-    conn = lc.connect(uri)
-    try:
-        dom = lc.lookup(conn, domain, uri)
-        if dom.isActive():
-            raise UsageError(f"libvirt domain {domain!r} is running; shut it down first (virsh -c {uri} shutdown "
-                             f"{domain}), then retry the replace")
-        current = {d.target: d for d in parse_domain(lc.call("reading the domain XML", dom.XMLDesc,
-                                                             libvirt.VIR_DOMAIN_XML_INACTIVE)).disks}
-        plan = []
-        for d in m.disks:
-            cur = current.get(d.name)
-            if cur is None:
-                raise UsageError(f"domain {domain!r} has no disk {d.name}; the point's disks are "
-                                 f"{', '.join(x.name for x in m.disks)}")
-            if cur.type != "file" or not cur.source.startswith("/"):
-                raise UnsupportedError(f"disk {d.name} of domain {domain!r} is not a local image file ({cur.type} "
-                                       f"{cur.source}); restore it with --to DIR and copy it in place")
-            plan.append((d, Path(cur.source), cur.fmt if cur.fmt in ("raw", "qcow2") else "raw"))
-        done = []
-        for d, path, fmt in plan:
-            _replace_file(vault, dataclasses.replace(m, disks=[d]), path, fmt, progress)
-            done.append({"disk": d.name, "path": str(path), "format": fmt, "size": d.size})
-        dropped = [cp.getName() for cp in lc.checkpoints(dom, CHECKPOINT_PREFIX)]
-        for cp in lc.checkpoints(dom, CHECKPOINT_PREFIX):
-            lc.call(f"dropping checkpoint {cp.getName()}", cp.delete,
-                    libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-    finally:
-        conn.close()
-    return {"mode": "replace-domain", "vm": m.vm, "point": m.point, "domain": domain, "connect": uri, "disks": done,
-            "checkpoints_dropped": dropped, "duration_s": round(time.monotonic() - t0, 3)}
-
-
-def _replace_file(vault: Vault, m: Manifest, path: Path, fmt: str, progress: Progress | None) -> None:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise CutpointError(f"cannot read disk image {path}: {exc.strerror or exc}") from exc
-    tmp = Path(tempfile.mkdtemp(prefix=".cutpoint-replace-", dir=path.parent))
-    try:
-        (new,) = restore_point(vault, m, tmp, fmt, progress)
-        os.chown(new.path, st.st_uid, st.st_gid)
-        os.chmod(new.path, st.st_mode & 0o7777)
-        os.replace(new.path, path)
-    except OSError as exc:
-        raise CutpointError(f"cannot replace {path}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

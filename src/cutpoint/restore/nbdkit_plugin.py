@@ -1,8 +1,10 @@
 # nbdkit Python plugin: serve the disks of one restore point read-only, chunk by chunk, from a cutpoint vault.
 #
 #   nbdkit [-s | --unix SOCK] -r python nbdkit_plugin.py vault=ROOT vm=NAME point=ID [disk=NAME] [stats=FILE]
-#          [key_file=FILE]
+#          [key_file=FILE] [passphrase_file=FILE]
 #
+# passphrase_file= is a private file cutpoint wrote for this server alone: read once, then removed (the passphrase
+# never travels in the environment, see cutpoint.restore.nbdserve.export_passphrase).
 # Export names are "d0", "d1", ... (disk index on the point, URI-safe whatever the disk's name) or the disk's name;
 # the default export is disk= (else d0). Nothing is written, ever: the plugin has no pwrite. stats=FILE gets one line
 # per chunk fetched from the vault, which is how tests and `cutpoint files` show that only the needed chunks are read.
@@ -26,7 +28,7 @@ _state: dict[str, Any] = {}
 
 
 def config(key: str, value: str) -> None:
-    if key not in ("vault", "vm", "point", "disk", "stats", "key_file"):
+    if key not in ("vault", "vm", "point", "disk", "stats", "key_file", "passphrase_file"):
         raise ValueError(f"unknown parameter {key!r}")
     _params[key] = value
 
@@ -47,9 +49,11 @@ def get_ready() -> None:
 
     root = Path(_params["vault"])
     key_file = Path(_params["key_file"]) if _params.get("key_file") else None
+    secret = _take_secret(_params.get("passphrase_file"))
     try:
         from cutpoint.vault import passphrase as pp
-        vault = Vault.open(root, create=False, passphrase=pp.source(), key_file=key_file)  # type: ignore[call-arg]
+        source = (lambda what, confirm: secret) if secret is not None else pp.source()
+        vault = Vault.open(root, create=False, passphrase=source, key_file=key_file)  # type: ignore[call-arg]
     except (ImportError, TypeError):
         vault = Vault.open(root, create=False)
     with vault.points_lock(shared=True):       # no prune deciding now; the pin then keeps the point for our life
@@ -72,6 +76,20 @@ def get_ready() -> None:
     if want is not None and want not in names:
         raise ValueError(f"point {manifest.point} has no disk {want!r}")
     _state.update(vault=vault, disks=disks, names=names, default=names[want] if want else 0)
+
+
+def _take_secret(path: str | None) -> bytes | None:
+    """Read the handed-over passphrase and remove its file at once (cutpoint removes its directory too)."""
+    if not path:
+        return None
+    try:
+        with builtins.open(path, "rb") as f:
+            return f.read()
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def list_exports(readonly: bool, is_tls: bool) -> list[tuple[str, str]]:

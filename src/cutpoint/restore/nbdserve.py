@@ -19,13 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import cutpoint
 
 from ..errors import CutpointError, UnsupportedError
+from ..paths import work_home
+from . import private
 from .config import process_alive
 
 PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")
@@ -39,22 +42,56 @@ def _need(tool: str, package: str) -> str:
     return path
 
 
+_passphrase_file: Path | None = None
+
+
 def export_passphrase(passphrase_file: Path | None) -> None:
     """Let the NBD server (a separate process) unlock an encrypted vault the way this command did.
 
-    ``--passphrase-file`` becomes ``$CUTPOINT_PASSPHRASE_FILE`` for the children; ``$CUTPOINT_PASSPHRASE(_FILE)``
-    are inherited anyway. A passphrase typed at a prompt cannot be handed on: the server then stops with the vault's
-    own message asking for a passphrase file."""
+    The passphrase (from ``--passphrase-file``, else ``$CUTPOINT_PASSPHRASE_FILE``, else ``$CUTPOINT_PASSPHRASE``)
+    is never put in nbdkit's environment, which QEMU-side tools and /proc readers of the same user see: it is
+    written to a 0600 file in a fresh 0700 directory, named to the plugin (``passphrase_file=``), which reads and
+    removes it as it starts; the directory is removed once nbdkit is up. A passphrase typed at a prompt cannot be
+    handed on: the server then stops with the vault's own message asking for a passphrase file."""
+    global _passphrase_file
     if passphrase_file is not None:
-        os.environ["CUTPOINT_PASSPHRASE_FILE"] = str(Path(passphrase_file).expanduser().resolve())
+        _passphrase_file = Path(passphrase_file).expanduser().resolve()
+
+
+def _secret() -> bytes | None:
+    from ..vault import passphrase as pp
+
+    env_file = os.environ.get("CUTPOINT_PASSPHRASE_FILE")
+    if _passphrase_file is not None:
+        return pp.from_file(_passphrase_file)
+    if env_file:
+        return pp.from_file(Path(env_file))
+    env = os.environ.get("CUTPOINT_PASSPHRASE")
+    return env.encode() if env else None
+
+
+@contextmanager
+def _handoff() -> Iterator[list[str]]:
+    """The plugin parameter that hands nbdkit the passphrase, if this command has one (see export_passphrase)."""
+    secret = _secret()
+    if secret is None:
+        yield []
+        return
+    base = private.makedirs(work_home() / "run")
+    d = Path(tempfile.mkdtemp(prefix="nbdkit-", dir=base))       # 0700, a fresh name nobody could plant
+    try:
+        f = d / "passphrase"
+        private.write(f, secret)
+        yield [f"passphrase_file={f}"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def plugin_env() -> dict[str, str]:
-    """nbdkit's embedded Python must import cutpoint and its dependencies exactly as this process does."""
+    """nbdkit's embedded Python must import cutpoint and its dependencies exactly as this process does; the vault's
+    secrets are left out (``private.child_env``)."""
     paths = [str(Path(cutpoint.__file__).resolve().parents[1])] + [p for p in sys.path if p and os.path.isdir(p)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
+    return private.child_env({"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
 
 
 def nbdkit_argv(vault: Path, vm: str, point: str, *, disk: str | None = None, stats: Path | None = None,
@@ -89,12 +126,12 @@ class PointServer:
         the cutpoint command that started it."""
         self.socket.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
-        with open(self.log, "w") as out:
+        with os.fdopen(private.open_log(self.log), "w") as out, _handoff() as secret:
             try:
                 r = subprocess.run(["nbdkit", "--unix", str(self.socket), "--pidfile", str(self.pidfile),
-                                    "--log=stderr", *args], stdin=subprocess.DEVNULL, stdout=out,
+                                    "--log=stderr", *args, *secret], stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, env=plugin_env(), start_new_session=True,
-                                   timeout=timeout)
+                                   timeout=timeout, umask=private.UMASK)
             except subprocess.TimeoutExpired as exc:
                 raise CutpointError(f"the NBD server for the point did not start within {timeout:.0f} s") from exc
         if r.returncode != 0:
@@ -144,21 +181,22 @@ class FileView:
         self.path = self.mnt / "disk"
         pidfile = self.mnt.with_name(self.mnt.name + ".pid")
         log = self.mnt.with_name(self.mnt.name + ".log")
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(self.path), "--command", "nbdkit",
-                                          "-s", "--exit-with-parent", *self.args],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env=plugin_env(), start_new_session=self.keep)
-        deadline = time.monotonic() + timeout
-        while not pidfile.exists():
-            if self.proc.poll() is not None:
-                err = _tail(log)
-                self._remove()
-                raise UnsupportedError(f"cannot show the point's disk as a file through FUSE (nbdfuse): {err}")
-            if time.monotonic() > deadline:
-                self.close()
-                raise CutpointError(f"nbdfuse did not come up within {timeout:.0f} s: {_tail(log)}")
-            time.sleep(0.02)
+        with _handoff() as secret:
+            with os.fdopen(private.open_log(log), "w") as out:
+                self.proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(self.path), "--command",
+                                              "nbdkit", "-s", "--exit-with-parent", *self.args, *secret],
+                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                             env=plugin_env(), start_new_session=self.keep)
+            deadline = time.monotonic() + timeout
+            while not pidfile.exists():        # nbdfuse writes it once connected: the plugin has read the secret
+                if self.proc.poll() is not None:
+                    err = _tail(log)
+                    self._remove()
+                    raise UnsupportedError(f"cannot show the point's disk as a file through FUSE (nbdfuse): {err}")
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise CutpointError(f"nbdfuse did not come up within {timeout:.0f} s: {_tail(log)}")
+                time.sleep(0.02)
         return self
 
     def close(self) -> None:

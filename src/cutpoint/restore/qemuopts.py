@@ -16,7 +16,7 @@ FLAGS = {
     "snapshot", "no-hpet", "no-acpi", "full-screen", "no-fd-bootchk", "no-quit", "only-migratable", "win2k-hack",
     "rtc-td-hack", "usb", "localtime", "enable-fips", "preconfig", "alt-grab", "ctrl-grab", "no-frame",
     "semihosting", "singlestep", "enable-sync-profile", "nodefconfig", "old-param", "no-kvm", "no-kvm-irqchip",
-    "no-kvm-pit", "no-kvm-pit-reinjection", "curses", "sdl", "help", "version", "watchdog-action-none",
+    "no-kvm-pit", "no-kvm-pit-reinjection", "mem-prealloc", "curses", "sdl", "help", "version", "watchdog-action-none",
 }
 
 

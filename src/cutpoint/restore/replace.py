@@ -9,19 +9,28 @@ socket and libnbd, so QEMU's own format driver does the writing (allocation, zer
 size changed since the point is resized first (``truncate`` for raw, ``qemu-img resize`` otherwise); a missing disk
 file is created.
 
-The VM must be stopped (``launch.running_reason``): writing under a running guest would corrupt it. Before the first
-write every chunk the point needs is checked to be in the vault, so a damaged vault stops the replace with the disks
-untouched. A replace that fails midway (disk full, I/O error) leaves a mix of old and new chunks; running it again
-completes it, writing only what still differs.
+The VM must be stopped, which the restore driver checks (QMP: ``launch.running_reason``, again just before the
+first write; libvirt: the domain is shut off): writing under a running guest would corrupt it. A replace is all or
+nothing with respect to the vault: every chunk it will write is fetched and authenticated into a private staging
+file under ``$CUTPOINT_WORK`` (space: the bytes that differ) before the first byte of any disk is written, so a
+damaged or missing chunk leaves every disk byte-identical. Each target must still have the point's format (probed)
+and the size seen when it was compared; a block device is opened with ``O_EXCL`` (refused while mounted or held).
+A write pass that fails midway (disk full, I/O error) leaves a mix of old and new chunks; running it again completes
+it, writing only what still differs.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,40 +38,59 @@ from ..errors import CutpointError, IntegrityError, NotFoundError, UnsupportedEr
 from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
+from . import private
 from .images import Progress
-from .launch import running_reason
 
 
 class _Raw:
+    """A raw image or block device, opened once for the whole replace: a block device with ``O_EXCL``, so one that
+    is mounted, in a RAID or LVM, or held by another process is refused instead of written under its user."""
+
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "r+b")
+        flags = os.O_RDWR | os.O_CLOEXEC
+        if stat.S_ISBLK(os.stat(path).st_mode):
+            flags |= os.O_EXCL
+        try:
+            self.fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise UsageError(f"{path} is in use (mounted, or held open by another process); nothing was "
+                                 "written; stop what uses it, then retry --replace") from exc
+            raise
+
+    def size(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def resize(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
 
     def pread(self, n: int, off: int) -> bytes:
-        return os.pread(self.f.fileno(), n, off)
+        return os.pread(self.fd, n, off)
 
     def pwrite(self, data: bytes, off: int) -> None:
-        os.pwrite(self.f.fileno(), data, off)
+        os.pwrite(self.fd, data, off)
 
     def zero(self, n: int, off: int) -> None:
-        os.pwrite(self.f.fileno(), bytes(n), off)
+        os.pwrite(self.fd, bytes(n), off)
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
 
 
 class _Nbd:
     """A disk image of any format QEMU reads, served writable by qemu-nbd to this process alone."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        import nbd  # libnbd's Python bindings (Debian python3-libnbd)
+    def __init__(self, path: Path, fmt: str, readonly: bool = False) -> None:
+        import nbd  # type: ignore[import-untyped]  # libnbd's Python bindings (Debian python3-libnbd)
 
         self.dir = Path(tempfile.mkdtemp(prefix="replace-", dir=_work()))
         sock = self.dir / "nbd.sock"
-        self.proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", fmt, "--cache=writeback", "--discard=unmap",
-                                      "--detect-zeroes=unmap", str(path)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        mode = ["-r"] if readonly else ["--cache=writeback", "--discard=unmap", "--detect-zeroes=unmap"]
+        self.proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", fmt, *mode, str(path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=private.child_env())
         deadline = time.monotonic() + 20
         while not sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -93,7 +121,8 @@ class _Nbd:
 
     def close(self) -> None:
         try:
-            self.h.flush()
+            if not self.h.is_read_only():
+                self.h.flush()
             self.h.shutdown()
         finally:
             self._stop()
@@ -110,9 +139,7 @@ class _Nbd:
 
 
 def _work() -> Path:
-    d = private_dir("replace")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return private_dir("replace")
 
 
 def _plan(m: Manifest) -> list[tuple[DiskManifest, Path, str]]:
@@ -133,10 +160,10 @@ def _current_size(path: Path, fmt: str) -> int:
             return os.lseek(fd, 0, os.SEEK_END)
         finally:
             os.close(fd)
-    r = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)], capture_output=True, text=True)
+    r = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)], capture_output=True, text=True,
+                       env=private.child_env())
     if r.returncode != 0:
         raise CutpointError(f"cannot read {path}: {r.stderr.strip()}")
-    import json
     return int(json.loads(r.stdout)["virtual-size"])
 
 
@@ -144,7 +171,7 @@ def _prepare(path: Path, fmt: str, size: int) -> int | None:
     """Create or resize the disk to ``size``; returns its former size when it changed."""
     if not path.exists():
         r = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)], capture_output=True,
-                           text=True)
+                           text=True, env=private.child_env(), umask=private.UMASK)
         if r.returncode != 0:
             raise CutpointError(f"cannot create {path}: {r.stderr.strip()}")
         return 0
@@ -158,74 +185,178 @@ def _prepare(path: Path, fmt: str, size: int) -> int | None:
         os.truncate(path, size)
     else:
         r = subprocess.run(["qemu-img", "resize", "-q", "-f", fmt, *(["--shrink"] if size < cur else []),
-                            str(path), str(size)], capture_output=True, text=True)
+                            str(path), str(size)], capture_output=True, text=True, env=private.child_env())
         if r.returncode != 0:
             raise CutpointError(f"cannot resize {path} from {cur} to {size} bytes: {r.stderr.strip()}")
     return cur
 
 
-def replace_disks(vault: Vault, m: Manifest, *, qmp: str | None = None, progress: Progress | None = None
-                  ) -> dict[str, Any]:
-    """Make the VM's disk files byte-identical to point ``m``; the VM must be stopped."""
-    t0 = time.monotonic()
-    plan = _plan(m)
-    cfg = getattr(m, "vm_config", None) or {}
-    why = running_reason(qmp or cfg.get("qmp_address"), cfg.get("pid"), cfg.get("start_time"),
-                         [p for _, p, _ in plan])
-    if why:
-        where = qmp or cfg.get("qmp_address") or "its QMP socket"
-        raise UsageError(f"VM {m.vm!r} is running ({why}); stop it first (shut the guest down, or send the QMP "
-                         f"command 'quit' to {where}), then retry --replace")
-    missing = sorted({c for d in m.disks for c in d.chunks if c and not vault.chunks.has(c)})
-    if missing:
-        raise IntegrityError(f"point {m.point} needs {len(missing)} chunk(s) missing from the vault (first: "
-                             f"{missing[0][:16]}); nothing was written")
-    disks = []
-    for d, path, fmt in plan:
-        disks.append(_replace_one(vault, m, d, path, fmt, progress))
-    compared = sum(x["bytes_compared"] for x in disks)
-    written = sum(x["bytes_written"] for x in disks)
-    dt = time.monotonic() - t0
-    return {"mode": "replace", "vm": m.vm, "point": m.point, "disks": disks, "bytes_compared": compared,
-            "bytes_written": written, "duration_s": round(dt, 3), "rate_bytes_s": round(compared / max(dt, 1e-6))}
+def _probe_format(path: Path) -> str:
+    """The format QEMU sees in the image now (probed, not told)."""
+    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True,
+                       env=private.child_env())
+    if r.returncode != 0:
+        raise CutpointError(f"cannot read {path}: {r.stderr.strip()}")
+    return str(json.loads(r.stdout).get("format"))
 
 
-def _replace_one(vault: Vault, m: Manifest, d: DiskManifest, path: Path, fmt: str,
-                 progress: Progress | None) -> dict[str, Any]:
+@dataclass
+class _Disk:
+    """One disk of a replace, after the read-only pass: what it is now and which chunks must be written."""
+
+    d: DiskManifest
+    path: Path
+    fmt: str
+    exists: bool
+    size_before: int
+    writes: list[tuple[int, str | None]] = field(default_factory=list)   # chunk index, id (None: zeros)
+    staged: dict[int, int] = field(default_factory=dict)                  # chunk index -> offset in the stage
+    compared: int = 0
+
+
+def _observe(path: Path, fmt: str, d: DiskManifest) -> tuple[bool, int]:
+    """(exists, current size), refusing a target whose format is not the point's (writing raw bytes into a qcow2
+    file, or the reverse, would destroy it)."""
+    if not path.exists():
+        return False, 0
+    seen = _probe_format(path)
+    if seen != fmt:
+        raise UsageError(f"{path} is a {seen} image now and the point's disk {d.name} is {fmt}; nothing was "
+                         f"written; restore it with --to DIR instead")
+    return True, _current_size(path, fmt)
+
+
+def _compare(vault: Vault, m: Manifest, d: DiskManifest, path: Path, fmt: str,
+             progress: Progress | None) -> _Disk:
+    """Read the current disk (nothing is written) and list the chunks that differ from the point."""
+    exists, size = _observe(path, fmt, d)
+    disk = _Disk(d, path, fmt, exists, size)
+    cs = m.chunk_size
+    src: _Raw | _Nbd | None = None
+    if exists:
+        src = _Raw(path) if fmt == "raw" else _Nbd(path, fmt, readonly=True)
+    try:
+        zero_cache: dict[int, bytes] = {}
+        for i, cid in enumerate(d.chunks):
+            off = i * cs
+            n = min(cs, d.size - off)
+            have = max(0, min(n, size - off))
+            cur = (src.pread(have, off) if src is not None and have else b"") + bytes(n - have)
+            disk.compared += n
+            if cid is None:
+                if cur != zero_cache.setdefault(n, bytes(n)):
+                    disk.writes.append((i, None))
+            elif vault.chunks.chunk_id(cur) != cid:
+                disk.writes.append((i, cid))
+            if progress:
+                progress(d.name, off + n, d.size)
+    except OSError as exc:
+        raise CutpointError(f"cannot read disk {d.name} ({path}): {exc}; nothing was written") from exc
+    finally:
+        if src is not None:
+            src.close()
+    return disk
+
+
+def _stage(vault: Vault, m: Manifest, disks: list[_Disk], stage: Path) -> None:
+    """Fetch and authenticate every chunk the replace will write, into a private staging file: a damaged or missing
+    chunk stops the replace here, before the first byte of any disk is written."""
+    fd = private.create(stage)
+    pos = 0
+    try:
+        for disk in disks:
+            for i, cid in disk.writes:
+                if cid is None:
+                    continue
+                n = min(m.chunk_size, disk.d.size - i * m.chunk_size)
+                try:
+                    data = vault.chunks.get(cid)
+                except (IntegrityError, NotFoundError) as exc:
+                    raise IntegrityError(f"cannot replace disk {disk.d.name} of point {m.point}: {exc}; nothing was "
+                                         "written; run 'cutpoint verify --read-data' and replace from another "
+                                         "point (or repair the vault)") from exc
+                if len(data) != n:
+                    raise IntegrityError(f"chunk {i} of disk {disk.d.name} has {len(data)} bytes, expected {n}; "
+                                         "nothing was written")
+                try:
+                    os.pwrite(fd, data, pos)
+                except OSError as exc:
+                    raise CutpointError(f"cannot stage the point's data in {stage.parent} ({exc.strerror or exc}); "
+                                        "nothing was written; free space there or set CUTPOINT_WORK") from exc
+                disk.staged[i] = pos
+                pos += n
+    finally:
+        os.close(fd)
+
+
+def _write(m: Manifest, disk: _Disk, stage_fd: int) -> dict[str, Any]:
+    """Put the staged chunks onto the disk, after checking it is still what was compared."""
+    d, path, fmt = disk.d, disk.path, disk.fmt
+    exists, size = _observe(path, fmt, d)
+    if (exists, size) != (disk.exists, disk.size_before):
+        raise CutpointError(f"{path} changed while the replace was reading it (size {disk.size_before} -> {size}); "
+                            "nothing was written to it; make sure nothing uses the VM's disks, then retry")
     try:
         old_size = _prepare(path, fmt, d.size)
         target: _Raw | _Nbd = _Raw(path) if fmt == "raw" else _Nbd(path, fmt)
     except OSError as exc:
         raise CutpointError(f"cannot open {path}: {exc.strerror or exc}") from exc
-    compared = written = chunks_written = 0
+    written = 0
     cs = m.chunk_size
-    zero_cache: dict[int, bytes] = {}
     try:
-        for i, cid in enumerate(d.chunks):
+        if isinstance(target, _Raw) and target.size() != d.size:
+            raise CutpointError(f"{path} has {target.size()} bytes after resizing, expected {d.size}")
+        for i, cid in disk.writes:
             off = i * cs
             n = min(cs, d.size - off)
-            cur = target.pread(n, off)
-            compared += n
             if cid is None:
-                zeros = zero_cache.setdefault(n, bytes(n))
-                if cur != zeros:
-                    target.zero(n, off)
-                    written += n
-                    chunks_written += 1
-            elif vault.chunks.chunk_id(cur) != cid:
-                data = vault.chunks.get(cid)
-                if len(data) != n:
-                    raise IntegrityError(f"chunk {i} of disk {d.name} has {len(data)} bytes, expected {n}")
-                target.pwrite(data, off)
-                written += n
-                chunks_written += 1
-            if progress:
-                progress(d.name, off + n, d.size)
-    except (OSError, NotFoundError) as exc:
+                target.zero(n, off)
+            else:
+                target.pwrite(os.pread(stage_fd, n, disk.staged[i]), off)
+            written += n
+    except OSError as exc:
         raise CutpointError(f"replace of disk {d.name} ({path}) failed after {written} bytes written: {exc}; run "
                             "it again to complete it") from exc
     finally:
         target.close()
     return {"disk": d.name, "path": str(path), "format": fmt, "size": d.size, "resized_from": old_size,
-            "bytes_compared": compared, "bytes_written": written, "chunks_written": chunks_written,
+            "bytes_compared": disk.compared, "bytes_written": written, "chunks_written": len(disk.writes),
             "chunks": len(d.chunks)}
+
+
+def replace_files(vault: Vault, m: Manifest, plan: list[tuple[DiskManifest, Path, str]],
+                  progress: Progress | None = None, before_write: Callable[[], None] | None = None
+                  ) -> list[dict[str, Any]]:
+    """The engine: make each ``(disk, file, format)`` of ``plan`` byte-identical to point ``m``, all or nothing with
+    respect to the vault. Three passes: compare (read-only), stage (every needed chunk fetched and authenticated into
+    a private file), write. ``before_write`` runs between staging and the first write (a last "is the VM still
+    stopped?" check). An I/O error on a disk during the write pass leaves a mix of old and new chunks; running the
+    replace again completes it, writing only what still differs."""
+    disks = [_compare(vault, m, d, path, fmt, progress) for d, path, fmt in plan]
+    work = Path(tempfile.mkdtemp(prefix="stage-", dir=_work()))        # 0700
+    try:
+        stage = work / "chunks"
+        _stage(vault, m, disks, stage)
+        if before_write is not None:
+            before_write()
+        fd = os.open(stage, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return [_write(m, disk, fd) for disk in disks]
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def replace_planned(vault: Vault, m: Manifest, plan: list[tuple[DiskManifest, Path, str]],
+                    progress: Progress | None = None, before_write: Callable[[], None] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Make each planned disk file (path, format) byte-identical to its disk of point ``m``, writing only what
+    differs. Nothing is written unless the vault holds every chunk the point needs. The caller (a restore driver)
+    has made sure no VM uses the files; ``before_write`` lets it check again just before the first write."""
+    missing = sorted({c for d in m.disks for c in d.chunks if c and not vault.chunks.has(c)})
+    if missing:
+        raise IntegrityError(f"point {m.point} needs {len(missing)} chunk(s) missing from the vault (first: "
+                             f"{missing[0][:16]}); nothing was written")
+    return replace_files(vault, m, plan, progress, before_write)
+

@@ -18,7 +18,7 @@ from ..jobs.store import JobStore
 from ..policy.store import PolicyStore
 from ..vault.vault import Vault
 from .clock import Clock, SystemClock
-from .runner import Runner
+from .runner import DEFAULT_ABANDON, DEFAULT_TIMEOUT, Runner
 from .scheduler import RetryPolicy, Scheduler
 from .state import StateStore
 from .vaults import VaultSource
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class Service:
     def __init__(self, vault: Vault, *, clock: Clock | None = None, tick: float = 5.0, webhook: str | None = None,
                  retry: RetryPolicy = RetryPolicy(), backup_fn: BackupFn | None = None, inline: bool = False,
-                 gc_interval: timedelta = timedelta(hours=1), gc_grace: float | None = None) -> None:
+                 gc_interval: timedelta = timedelta(hours=1), gc_grace: float | None = None,
+                 job_timeout: timedelta | None = DEFAULT_TIMEOUT, job_abandon: timedelta = DEFAULT_ABANDON) -> None:
         self.clock: Clock = clock or SystemClock()
         self.tick_seconds = tick
         self.vaults = VaultSource(vault)
@@ -39,7 +40,8 @@ class Service:
         self.state = StateStore(path)
         self.policies = PolicyStore(path)
         self.alerter = Alerter(webhook)
-        self.runner = Runner(self.vaults, self.jobs, self.clock, self.alerter, inline=inline)
+        self.runner = Runner(self.vaults, self.jobs, self.clock, self.alerter, inline=inline, timeout=job_timeout,
+                             abandon=job_abandon)
         self.scheduler = Scheduler(self.vaults, self.runner, self.state, self.policies, self.clock, self.alerter,
                                    retry=retry, backup_fn=backup_fn, gc_interval=gc_interval, gc_grace=gc_grace)
         self._stop = threading.Event()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import CutpointError, LockedError
@@ -37,6 +38,14 @@ class JobInterrupted(CutpointError):
     exit_code = 130
 
 
+class JobTimedOut(CutpointError):
+    """The job ran past the job timeout; it stopped at its next progress step and cleaned up (a failure)."""
+
+
+DEFAULT_TIMEOUT = timedelta(hours=6)
+DEFAULT_ABANDON = timedelta(minutes=10)
+
+
 @dataclass
 class Outcome:
     """What a job function returns: bytes moved, the point it made (if any), anything else worth keeping."""
@@ -52,12 +61,16 @@ class JobContext:
     vault: Vault
     store: JobStore
     cancel: threading.Event
+    timeout: threading.Event = field(default_factory=threading.Event)   # set by the runner past the deadline
+    timeout_reason: str = "timed out"
     _done: dict[str, int] = field(default_factory=dict)
     _last: float = 0.0
 
     def check(self) -> None:
         if self.cancel.is_set():
             raise JobInterrupted("interrupted: the service is shutting down")
+        if self.timeout.is_set():
+            raise JobTimedOut(self.timeout_reason)
 
     def progress(self, name: str, done: int, total: int) -> None:
         self.check()
@@ -76,20 +89,40 @@ JobFn = Callable[[JobContext], Outcome]
 DoneFn = Callable[[Job], None]
 
 
+@dataclass
+class _Running:
+    key: str
+    started: datetime
+    on_done: DoneFn | None
+    alert: bool
+    ctx: JobContext | None = None
+    stop_asked: datetime | None = None       # when the timeout was signalled
+    abandoned: bool = False
+
+
 class Runner:
-    """Starts jobs on threads (or inline, for clock-driven tests) and keeps the one-job-per-VM rule."""
+    """Starts jobs on threads (or inline, for clock-driven tests) and keeps the one-job-per-VM rule.
+
+    ``timeout``: a job running longer (by the service clock) is asked to stop at its next progress step and fails
+    with a timeout error; one that has not stopped ``abandon`` later is recorded failed and its VM released, so a
+    hung job cannot block its VM's later slots (its thread is left to end on its own; its result is discarded).
+    """
 
     def __init__(self, vaults: VaultSource, store: JobStore, clock: Clock, alerter: Alerter, *,
-                 inline: bool = False) -> None:
+                 inline: bool = False, timeout: timedelta | None = DEFAULT_TIMEOUT,
+                 abandon: timedelta = DEFAULT_ABANDON) -> None:
         self.vaults = vaults
         self.store = store
         self.clock = clock
         self.alerter = alerter
         self.inline = inline
+        self.timeout = timeout
+        self.abandon = abandon
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._busy: dict[str, int] = {}          # VM (or "*kind" for VM-less jobs) -> job id
         self._threads: dict[int, threading.Thread] = {}
+        self._running: dict[int, _Running] = {}
 
     def busy(self, vm: str) -> int | None:
         with self._lock:
@@ -114,8 +147,10 @@ class Runner:
             if key in self._busy:
                 raise LockedError(f"{'VM ' + repr(vm) if vm else kind} already has job {self._busy[key]} running; "
                                   "one job per VM at a time")
-            job_id = self.store.start(kind, vm, trigger, self.clock.now(), slot=slot, attempt=attempt, detail=detail)
+            now = self.clock.now()
+            job_id = self.store.start(kind, vm, trigger, now, slot=slot, attempt=attempt, detail=detail)
             self._busy[key] = job_id
+            self._running[job_id] = _Running(key, now, on_done, alert)
         args = (key, job_id, fn, on_done, alert)
         if self.inline:
             self._thread(*args)
@@ -132,7 +167,8 @@ class Runner:
         job_id = self.store.start(kind, vm, trigger, self.clock.now(), detail=detail)
         vault = self.vaults.get() if self.inline else self.vaults.fresh()
         try:
-            return self._execute(job_id, fn, vault, alert=True)
+            job = self._execute(job_id, fn, vault, alert=True)
+            return job if job is not None else self.store.get(job_id)
         finally:
             if not self.inline:
                 vault.close()
@@ -141,34 +177,84 @@ class Runner:
         vault = self.vaults.get() if self.inline else self.vaults.fresh()
         try:
             job = self._execute(job_id, fn, vault, alert=alert)
-            if on_done is not None:
-                try:
-                    on_done(job)
-                except Exception:   # noqa: BLE001 - a bookkeeping bug must not kill the runner thread
-                    log.exception("after job %d", job_id)
+            if job is not None:
+                _call(on_done, job)
         finally:
             if not self.inline:
                 vault.close()
             with self._lock:
-                self._busy.pop(key, None)
+                if self._busy.get(key) == job_id:
+                    self._busy.pop(key, None)
                 self._threads.pop(job_id, None)
+                self._running.pop(job_id, None)
 
-    def _execute(self, job_id: int, fn: JobFn, vault: Vault, *, alert: bool) -> Job:
+    def _abandoned(self, job_id: int) -> bool:
+        with self._lock:
+            r = self._running.get(job_id)
+            return r is not None and r.abandoned
+
+    def enforce_timeouts(self) -> list[int]:
+        """Signal jobs past the timeout to stop; abandon those that did not within ``abandon``. Returns the ids
+        abandoned now (called on every scheduling pass)."""
+        if self.timeout is None:
+            return []
+        now = self.clock.now()
+        gone: list[tuple[int, _Running]] = []
+        with self._lock:
+            for job_id, r in self._running.items():
+                if r.abandoned or r.ctx is None or now - r.started <= self.timeout:
+                    continue
+                if r.stop_asked is None:
+                    r.stop_asked = now
+                    r.ctx.timeout_reason = f"timed out after {_span(self.timeout)} (the job timeout, serve " \
+                                           "--job-timeout); stopped and cleaned up"
+                    r.ctx.timeout.set()
+                    log.error("job %d ran past the job timeout (%s): stopping it", job_id, _span(self.timeout))
+                elif now - r.stop_asked > self.abandon:
+                    r.abandoned = True
+                    if self._busy.get(r.key) == job_id:
+                        self._busy.pop(r.key)
+                    gone.append((job_id, r))
+        for job_id, r in gone:
+            error = (f"timed out after {_span(self.timeout)} (the job timeout, serve --job-timeout) and did not stop "
+                     f"within {_span(self.abandon)}; abandoned (its thread is still blocked; the VM's later slots "
+                     "run, and may find the VM locked until it returns)")
+            job = self.store.finish(job_id, "failed", now, error=error, detail={"timed_out": True})
+            log.error("job %d %s", job_id, error)
+            if r.alert:
+                self.alerter.job_failed(job)
+            _call(r.on_done, job)
+        return [j for j, _ in gone]
+
+    def _execute(self, job_id: int, fn: JobFn, vault: Vault, *, alert: bool) -> Job | None:
         ctx = JobContext(job_id, vault, self.store, self.cancel)
+        with self._lock:
+            if job_id in self._running:
+                self._running[job_id].ctx = ctx
         try:
             ctx.check()
             out = fn(ctx)
+            if self._abandoned(job_id):
+                log.warning("job %d returned after it was abandoned; its result is discarded", job_id)
+                return None
             job = self.store.finish(job_id, "succeeded", self.clock.now(), nbytes=out.bytes, point=out.point,
                                     detail=out.detail)
             log.info("job %d: %s%s succeeded in %.1f s%s", job.id, job.kind, f" of {job.vm}" if job.vm else "",
                      job.duration_s or 0.0, f", point {job.point}" if job.point and job.kind == "backup" else "")
             return job
         except JobInterrupted as exc:
+            if self._abandoned(job_id):
+                return None
             log.warning("job %d interrupted", job_id)
             return self.store.finish(job_id, "interrupted", self.clock.now(), error=str(exc))
         except CutpointError as exc:
-            job = self.store.finish(job_id, "failed", self.clock.now(), error=" ".join(str(exc).split()))
+            if self._abandoned(job_id):
+                return None
+            job = self.store.finish(job_id, "failed", self.clock.now(), error=" ".join(str(exc).split()),
+                                    detail={"timed_out": True} if isinstance(exc, JobTimedOut) else None)
         except Exception as exc:  # noqa: BLE001 - a bug in one job is that job's failure, not the daemon's
+            if self._abandoned(job_id):
+                return None
             log.exception("job %d crashed", job_id)
             job = self.store.finish(job_id, "failed", self.clock.now(),
                                     error=f"internal error: {type(exc).__name__}: {exc}")
@@ -193,3 +279,21 @@ class Runner:
             if time.monotonic() >= deadline:
                 with self._lock:
                     return not self._threads
+
+
+def _call(on_done: DoneFn | None, job: Job) -> None:
+    if on_done is None:
+        return
+    try:
+        on_done(job)
+    except Exception:   # noqa: BLE001 - a bookkeeping bug must not kill the runner thread
+        log.exception("after job %d", job.id)
+
+
+def _span(t: timedelta) -> str:
+    secs = int(t.total_seconds())
+    if secs % 3600 == 0:
+        return f"{secs // 3600} h"
+    if secs % 60 == 0:
+        return f"{secs // 60} min"
+    return f"{secs} s"

@@ -14,6 +14,8 @@ Rules (docs/design.md, "Service and policies"):
 * An interrupted job (shutdown) leaves its slot owed: after a restart it runs as catch-up.
 * After a successful scheduled backup the VM's retention runs (prune), in the same thread while the VM is held; when
   prune removed points, gc runs on a later pass once no job is running, at most every ``gc_interval``.
+* A VM whose catalog row is damaged is skipped with one failed job and alert per damage (per process); the other
+  VMs are scheduled as usual.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..errors import CutpointError, LockedError
+from ..errors import CutpointError, LockedError, VaultError
 from ..jobs.alerts import Alerter
 from ..jobs.store import Job, iso
 from ..policy.model import Policy
 from ..policy.schedule import latest_slot, next_slot, slots_between
 from ..policy.store import PolicyStore
 from .clock import Clock
-from .runner import Runner
+from .runner import JobContext, Outcome, Runner
 from .state import StateStore, VmState
 from .vaults import VaultSource
 from .work import BackupFn, backup_job, gc_job, prune_job
@@ -66,13 +68,21 @@ class Scheduler:
         self.gc_wanted = False
         self.last_gc: datetime | None = None
         self._warned: set[tuple[str, str]] = set()
+        self._damaged: dict[str, str] = {}            # VM -> the damage already reported
 
     def tick(self) -> list[int]:
         """One pass over all VMs; returns the ids of the jobs it started."""
+        self.runner.enforce_timeouts()
         now = self.clock.now()
         policies = {p.name: p for p in self.policies.all()}
         started = []
-        for vm in self.vaults.get().catalog.vms():
+        for vm in self.vaults.get().catalog.vm_rows():
+            if vm.damaged is not None:
+                job = self._damaged_row(vm.name, vm.damaged)
+                if job is not None:
+                    started.append(job)
+                continue
+            self._damaged.pop(vm.name, None)
             pname = vm.settings.get("policy")
             if not pname:
                 if self.state.get(vm.name) is not None:
@@ -89,6 +99,22 @@ class Scheduler:
                 started.append(job)
         gc = self._maybe_gc(now)
         return started + ([gc] if gc is not None else [])
+
+    def _damaged_row(self, vm: str, damage: str) -> int | None:
+        """Skip a VM whose catalog row is damaged, with one failed job (and its alert) per damage, not per pass."""
+        if self._damaged.get(vm) == damage:
+            return None
+        reason = (f"catalog row of VM {vm!r} is damaged: {damage}; it is not backed up until the row is repaired "
+                  f"(re-register the VM with 'cutpoint vm add {vm} ...')")
+
+        def fail(_ctx: JobContext) -> Outcome:
+            raise VaultError(reason)
+        try:
+            job = self.runner.submit("backup", vm, fail, trigger="schedule", detail={"damaged": damage})
+        except LockedError:
+            return None
+        self._damaged[vm] = damage
+        return job
 
     def next_run(self, vm: str, policy: Policy) -> datetime | None:
         """When the VM's next backup is due (a pending retry or owed slot counts)."""
@@ -145,7 +171,7 @@ class Scheduler:
             if pruned.state == "succeeded" and pruned.detail.get("removed"):
                 self.gc_wanted = True
             return
-        final = attempt >= self.retry.attempts
+        final = attempt >= self.retry.attempts or bool(job.detail.get("timed_out"))   # a hung VM: the next slot
         if final:
             if st.handled is None or slot > st.handled:
                 st.handled = slot

@@ -1,7 +1,7 @@
 """The job functions the service and the API run: backup, restore, prune (retention) and gc.
 
 Each is a thin adapter from a job context to the function that does the work, owned elsewhere: ``backup.run.backup``,
-``restore.images.restore_point``, and the vault's ``prune``/``gc``. Retention decisions are the vault's pure
+``restore.orchestrator.restore``, and the vault's ``prune``/``gc``. Retention decisions are the vault's pure
 ``retention.decide`` (restic's semantics), applied in the policy's time zone so that "daily" means the policy's days.
 """
 
@@ -12,16 +12,19 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+from ..backup.result import BackupResult
 from ..backup.run import BackupOptions, backup
 from ..policy.model import Policy
-from ..restore.images import restore_point
+from ..restore.orchestrator import restore
+from ..restore.results import ImagesResult
+from ..restore.targets import Images
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
 from ..vault.retention import Retention
 from ..vault.vault import Vault
 from .runner import JobContext, JobFn, Outcome
 
-BackupFn = Callable[[Vault, str, BackupOptions], dict[str, Any]]
+BackupFn = Callable[[Vault, str, BackupOptions], BackupResult]
 
 
 def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
@@ -33,27 +36,26 @@ def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
         opts = BackupOptions(full=full, progress=ctx.progress,
                              consistency=policy.consistency if policy is not None else None)
         res = fn(ctx.vault, vm, opts)
-        disks = res.get("disks", [])
-        detail = {"mode": res.get("mode"), "full_reason": res.get("full_reason"),
-                  "consistency": res.get("consistency"), "requested": res.get("requested"),
-                  "fallback_reason": res.get("fallback_reason"), "pause_ms": res.get("pause_ms"),
-                  "logical_bytes": sum(d["size"] for d in disks),
-                  "read_bytes": sum(d["read_bytes"] for d in disks),
-                  "stored_bytes": sum(d["stored_bytes"] for d in disks),
-                  "warnings": res.get("warnings", [])}
+        detail: dict[str, Any] = {
+            "mode": res.mode, "full_reason": res.full_reason, "consistency": res.consistency,
+            "requested": res.requested, "fallback_reason": res.fallback_reason, "pause_ms": res.pause_ms,
+            "logical_bytes": res.logical_bytes, "read_bytes": res.read_bytes, "stored_bytes": res.stored_bytes,
+            "warnings": res.warnings}
         if policy is not None:
             detail["policy"] = policy.name
-        return Outcome(bytes=detail["read_bytes"], point=res["point"], detail=detail)
+        return Outcome(bytes=res.read_bytes, point=res.point, detail=detail)
     return run
 
 
-def restore_job(vm: str, point: str, to: Path, fmt: str) -> JobFn:
+def restore_job(vm: str, point: str, to: Path, fmt: str, *, within: Path | None = None) -> JobFn:
+    """Images of ``point`` into ``to`` through the restore orchestrator (its locks: no prune meanwhile); ``within``
+    confines ``to`` to a directory (the API's restore root), checked again as the job starts."""
     def run(ctx: JobContext) -> Outcome:
-        rec = ctx.vault.catalog.point(vm, point)
-        files = restore_point(ctx.vault, ctx.vault.manifest(rec), to, fmt, ctx.progress)
-        return Outcome(bytes=sum(f.size for f in files), point=rec.id,
+        res = restore(ctx.vault, vm, point, Images(to, fmt, within=within), progress=ctx.progress)
+        assert isinstance(res, ImagesResult)
+        return Outcome(bytes=res.nbytes, point=res.point,
                        detail={"to": str(to), "format": fmt,
-                               "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in files]})
+                               "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in res.files]})
     return run
 
 
