@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import UnsafePathError, UsageError
 from .names import check_vm_name
-from .paths import work_home
+from .paths import state_home, work_home
 
 PRIVATE = 0o700
 SEARCHABLE = 0o711               # others may pass through to a path they know, not list or write
@@ -202,8 +202,12 @@ def share_with(path: Path, uid: int, gid: int, base: Path | None = None) -> Path
     """Let a QEMU running as ``uid``:``gid`` write in point directory ``path``: the root, the VM's and the point's
     directory become searchable (0711) and ``<point>/qemu`` is made, owned by it. Returns that directory."""
     root, vm, point = _split(path, base)
-    for p in root.parents:                  # above the root: not ours to change; say which one blocks it
+    state = Path(os.path.realpath(state_home()))
+    for p in root.parents:                  # above the root: not ours to change (but our state dir); say which blocks
         st = os.stat(p)
+        if Path(os.path.realpath(p)) == state and st.st_uid == os.geteuid() and not st.st_mode & 0o011:
+            os.chmod(p, stat.S_IMODE(st.st_mode) | 0o011)   # the default root is in it: search only, never list
+            continue
         if not (st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR)
                 or (st.st_gid == gid and st.st_mode & stat.S_IXGRP)):
             raise UnsafePathError(f"the domain's QEMU (uid {uid}) cannot reach the work directory {root}: {p} is not "
