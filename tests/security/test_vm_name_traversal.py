@@ -4,6 +4,7 @@ such a "VM" must not delete another VM's scratch (a running backup's overlays) o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from cutpoint.paths import work_home
 from tests.helpers import blockdev_args, cutpoint, make_image
+from tests.security.util import backed_up_vm
 from tests.vault.util import vault_dir
 
 
@@ -52,3 +54,16 @@ def test_catalog_row_named_dotdot_never_becomes_a_path(bare_qemu, tmp_path: Path
     assert (other / "fleece-0.qcow2").read_bytes() == b"overlay"
     assert (beside / "sub" / "f").read_bytes() == b"keep"
     assert cutpoint("vm", "remove", hostile).code == 0            # the bad row can still be removed
+
+
+@pytest.mark.parametrize("how", ["--new-vm", "--instant"])
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", "-x", ".hidden", "a b"])
+def test_restore_refuses_a_new_name_that_is_no_path_component(bare_qemu, tmp_path: Path, vms_home: Path,
+                                                              how: str, name: str) -> None:
+    backed_up_vm(bare_qemu, tmp_path)
+    r = cutpoint("restore", "v", "latest", f"{how}={name}")
+    assert r.code == 2, (r.out, r.err)
+    assert r.err.startswith(f"cutpoint: error: VM name {name!r} is not valid") and r.err.count("\n") == 1, r.err
+    assert not vms_home.exists() or list(vms_home.iterdir()) == []
+    assert not (vms_home.parent / "x").exists()
+    assert [v["name"] for v in json.loads(cutpoint("vm", "list", "--json", check=True).out)] == ["v"]
