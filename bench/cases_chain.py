@@ -21,7 +21,7 @@ def _write_fraction(qmp: Path, disks: dict[str, int], fraction: float, seed: int
     block layer (as a guest would: dirty bitmaps see it). ``run`` = 64 KiB scatters the change over the disk (the
     worst case for chunked storage); 1 MiB runs are closer to how filesystems and databases write. Returns bytes
     written."""
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.drivers.qmp.qmp import QmpSession
 
     rnd = random.Random(seed)
     total = 0
@@ -51,6 +51,7 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
     sizes = {n: p.stat().st_size for n, p in disks.items()}
     logical = sum(sizes.values())
     with harness.bare_qemu(disks) as vm:
+        harness.cutpoint("vault", "init", "--no-encrypt", env=env)
         harness.cutpoint("vm", "add", "vm1", "--qmp", str(vm.qmp), env=env)
         full = harness.cutpoint("backup", "vm1", "--json", env=env)
         fres = json.loads(full.out)

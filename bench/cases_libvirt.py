@@ -168,6 +168,7 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
             vault = d / f"vault-{i}"
             shutil.rmtree(vault, ignore_errors=True)
             env = {"CUTPOINT_VAULT": str(vault), "CUTPOINT_WORK": str(d / "cw")}
+            harness.cutpoint("vault", "init", "--no-encrypt", env=env)
             harness.cutpoint("vm", "add", "bench", "--libvirt", name, "--connect", URI, env=env)
             t = harness.cutpoint("backup", "bench", "--json", env=env)
             csecs.append(t.seconds)

@@ -24,6 +24,7 @@ def run_case(work: Path, cuts: int) -> dict[str, object]:
         name = f"pause{n}"
         vm = labvm.up(name, [labvm.DiskSpec(32 * MiB) for _ in range(n)])
         try:
+            harness.cutpoint("vault", "init", "--no-encrypt", env=env)
             harness.cutpoint("vm", "add", name, "--qmp", str(vm.qmp), env=env)
             time.sleep(2.5)                              # a few progress lines without any cut: the baseline
             before = _latencies(vm.console)

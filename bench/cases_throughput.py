@@ -15,10 +15,11 @@ from harness import MiB, median
 
 def raw_nbd_read(qmp: Path, work: Path) -> float:
     """Seconds to read every byte of every disk from a fleecing export with libnbd, discarding the data."""
-    from cutpoint.cut.cleanup import release_cut
-    from cutpoint.cut.transaction import plan_cut, take_cut
-    from cutpoint.hypervisor.disks import discover
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.cut.plan import plan_cut
+    from cutpoint.drivers.qmp.cleanup import release_cut
+    from cutpoint.drivers.qmp.cut import take_cut
+    from cutpoint.drivers.qmp.disks import discover
+    from cutpoint.drivers.qmp.qmp import QmpSession
     from cutpoint.reader.export import ExportReader
 
     with QmpSession(qmp) as s:
@@ -62,12 +63,12 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
                 shutil.rmtree(vault, ignore_errors=True)
                 env = {"CUTPOINT_VAULT": str(vault), "CUTPOINT_WORK": str(work / "cw"),
                        "CUTPOINT_PASSPHRASE": "bench-passphrase"}
-                if encrypt:
-                    init = subprocess.run([*harness.CUTPOINT, "vault", "init", "--encrypt"], env={**os.environ, **env},
-                                          capture_output=True, text=True)
-                    if init.returncode != 0:
-                        res[label] = {"not_run": f"'cutpoint vault init --encrypt' failed: {init.stderr.strip()}"}
-                        break
+                flag = "--encrypt" if encrypt else "--no-encrypt"
+                init = subprocess.run([*harness.CUTPOINT, "vault", "init", flag], env={**os.environ, **env},
+                                      capture_output=True, text=True)
+                if init.returncode != 0:
+                    res[label] = {"not_run": f"'cutpoint vault init {flag}' failed: {init.stderr.strip()}"}
+                    break
                 harness.cutpoint("vm", "add", "bench", "--qmp", str(vm.qmp), env=env)
                 t = harness.cutpoint("backup", "bench", "--json", env=env)
                 secs.append(t.seconds)

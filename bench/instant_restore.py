@@ -40,6 +40,8 @@ def one(size_gib: int) -> dict:
     name = f"bench{size_gib}g"
     src = lab.up(name, [DiskSpec(size_gib * GiB)])
     time.sleep(2)
+    if not (Path(os.environ["CUTPOINT_VAULT"]) / "config.json").exists():
+        cli("vault", "init", "--no-encrypt")
     cli("vm", "add", name, "--qmp", str(src.qmp))
     point = cli("backup", name)
     lab.down(name)

@@ -42,6 +42,7 @@ def rss_vs_size(ds: dict[str, Path], work: Path) -> dict[str, object]:
         shutil.rmtree(vault, ignore_errors=True)
         env = {"CUTPOINT_VAULT": str(vault), "CUTPOINT_WORK": str(work / "cw")}
         with harness.bare_qemu({"sys": disk}) as vm:
+            harness.cutpoint("vault", "init", "--no-encrypt", env=env)
             harness.cutpoint("vm", "add", "rss", "--qmp", str(vm.qmp), env=env)
             t = harness.cutpoint("backup", "rss", "--json", env=env)
         out[label] = {"disk_bytes": disk.stat().st_size, "rss_mib": t.rss_mib, "seconds": t.seconds}

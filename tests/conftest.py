@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from cutpoint.restore import sandbox
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -32,16 +34,33 @@ def shared_cache() -> Iterator[Path]:
     yield d
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "no_vault: the test's CUTPOINT_VAULT does not exist yet (tests of init)")
+    if os.environ.get("CUTPOINT_FILES_SANDBOX") is None and sandbox.unavailable():
+        os.environ["CUTPOINT_FILES_SANDBOX"] = "off"    # a chrooted host: file tests run the tools unconfined
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    why = sandbox.unavailable()
+    return (f"filesystem-tool sandbox unavailable here ({why}): file tests run the tools unconfined "
+            "(CUTPOINT_FILES_SANDBOX=off); the sandbox's own test is skipped") if why else None
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Iterator[Path]:
-    """Every test gets its own vault, lab and work directories (short paths: unix sockets max 107 bytes)."""
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path,
+             request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Every test gets its own vault (created unencrypted, as 'cutpoint vault init --no-encrypt' does; no command
+    creates one implicitly), host state, lab and work directories (short paths: unix sockets max 107 bytes)."""
     short = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
     monkeypatch.setenv("CUTPOINT_VAULT", str(tmp_path / "vault"))
-    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-state"))
     monkeypatch.setenv("CUTPOINT_WORK", str(short / "work"))
     monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
     monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
     monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
+    if request.node.get_closest_marker("no_vault") is None:
+        from cutpoint.vault.vault import Vault
+        Vault.create(tmp_path / "vault")
     yield short
     _stop_lab_vms(short / "lab")
     shutil.rmtree(short, ignore_errors=True)
@@ -64,7 +83,7 @@ class BareVM:
     def quit(self) -> None:
         """Clean shutdown over QMP (persistent bitmaps are written to qcow2 images)."""
         from cutpoint.errors import HypervisorError
-        from cutpoint.hypervisor.qmp import QmpSession
+        from cutpoint.drivers.qmp.qmp import QmpSession
 
         try:
             with QmpSession(self.qmp) as s:

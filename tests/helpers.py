@@ -58,7 +58,7 @@ def cutpoint(*args: str, check: bool = False, timeout: float = 300) -> Run:
 
 def qemu_state(qmp: Path) -> dict[str, object]:
     """What a backup could leave behind in QEMU: jobs, exports, fleecing nodes, and bitmaps per node."""
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.drivers.qmp.qmp import QmpSession
 
     with QmpSession(qmp) as s:
         nodes = s.cmd("query-named-block-nodes", flat=True)
@@ -83,7 +83,7 @@ def guest_write(qmp: Path, target: str, *commands: str) -> None:
     """Write to a disk of a running (or paused) QEMU through its block layer, as a guest write would: dirty
     bitmaps see it. ``target`` is a legacy drive id, or the device id (``-device ...,id=``) of a virtio-blk disk
     attached with -blockdev; commands are qemu-io commands. HMP prints nothing on success."""
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.drivers.qmp.qmp import QmpSession
 
     with QmpSession(qmp) as s:
         for c in (*commands, "flush"):  # flush: qcow2 metadata reaches the file, for raw_bytes() to see it

@@ -8,7 +8,7 @@ cannot hit such a window reliably. So the code calls ``hit("stage")`` at those p
 
 ``@N`` fires on the N-th hit of the stage (default the first), ``kill`` (default) sends the process SIGKILL, ``stop``
 SIGSTOP (the test resumes it with SIGCONT, to hold a backup in flight). Unset, ``hit`` costs one dictionary lookup.
-Never set it in production: it exists to prove the crash guarantees in docs/design.md.
+Never set it in production: it exists to prove the crash guarantees in docs/format.md.
 
 Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
 ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before

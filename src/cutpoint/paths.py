@@ -47,7 +47,14 @@ def vms_home() -> Path:
 
 
 def state_home() -> Path:
-    """Host state that must not travel with a vault (API tokens): ``$CUTPOINT_STATE`` or ``/var/lib/cutpoint``;
-    kept root-owned and 0700 (``api/auth.py``)."""
+    """What this host keeps outside every vault (docs/format.md §8: known vaults, authentication keys; API tokens):
+    ``$CUTPOINT_STATE``, else ``/var/lib/cutpoint`` for root, else ``$XDG_STATE_HOME/cutpoint``; root-owned and
+    0700. Outside the vault, so that whoever can write a vault cannot rewrite what the host remembers about it, and a
+    copy of a vault carries no credential."""
     env = os.environ.get("CUTPOINT_STATE")
-    return Path(env) if env else Path("/var/lib/cutpoint")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/cutpoint")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cutpoint"

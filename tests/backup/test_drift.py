@@ -7,7 +7,7 @@ import json
 import signal
 from pathlib import Path
 
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from tests.helpers import blockdev_args, cutpoint, drive_args, guest_write, make_image, raw_bytes
 
 
@@ -108,7 +108,12 @@ def test_newest_point_deleted(bare_qemu, tmp_path: Path) -> None:
     second = _backup()
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
     vault.catalog.remove_point(second["point"])     # what forgetting the newest point does to the catalog
+    vault.close()
     guest_write(vm.qmp, "da-dev", "write -P 0x05 2M 1M")
+    # this host committed that point: its absence is a rollback until accepted deliberately (docs/format.md §8)
+    r = cutpoint("backup", "v")
+    assert r.code == 6 and "rolled back" in r.err and "vault trust" in r.err, r.err
+    cutpoint("vault", "trust", check=True)
     res = _backup()
     assert res["mode"] == "full" and "no longer exists" in res["full_reason"]
     assert _restored(res["point"], tmp_path / "r") == {"da": raw_bytes(a), "db": raw_bytes(b)}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cutpoint.hypervisor.disks import discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.disks import discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.paths import work_home
 from tests.helpers import assert_clean, guest_write, qemu_state
 from tests.vault.util import MiB, assert_sound, backup, change, killed_at, snapshot, two_disk_vm

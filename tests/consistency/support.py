@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tests.helpers import Run
 
-from cutpoint.hypervisor.agent import AgentError, ExecResult, SocketAgent
+from cutpoint.cut.agent import AgentError, ExecResult
+from cutpoint.drivers.qmp.agent import SocketAgent
 from cutpoint.lab.vm import LabVM
 
 

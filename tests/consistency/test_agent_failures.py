@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as labvm
 from cutpoint.lab.verify import verify_dir
 from tests.consistency.support import freeze_status, guest_sh, keeps_writing

@@ -16,7 +16,8 @@ import pytest
 
 from cutpoint.backup.consistency import Consistency, Timeouts, requested_type, update_settings
 from cutpoint.errors import UsageError
-from cutpoint.hypervisor.agent import AgentError, AgentTimeout, ExecResult, GuestAgent, SocketAgent, parse_backend
+from cutpoint.cut.agent import AgentError, AgentTimeout, ExecResult, GuestAgent
+from cutpoint.drivers.qmp.agent import SocketAgent, parse_backend
 
 Handler = Callable[[dict[str, Any]], Any]
 

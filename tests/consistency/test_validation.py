@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from cutpoint.backup.validation import refusal
-from cutpoint.hypervisor.disks import Disk, _support_facts, discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.cut.disks import Disk
+from cutpoint.drivers.qmp.disks import _support_facts, discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from tests.consistency.support import cli as cutpoint
 from tests.helpers import assert_clean, blockdev_args, drive_args, make_image, qemu_state
 

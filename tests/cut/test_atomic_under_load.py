@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from cutpoint.backup.run import BackupOptions, backup
-from cutpoint.cut.cleanup import release_cut, workdir_for
-from cutpoint.cut.transaction import plan_cut, take_cut
+from cutpoint.cut.cleanup import workdir_for
+from cutpoint.drivers.qmp.cleanup import release_cut
+from cutpoint.cut.plan import plan_cut
+from cutpoint.drivers.qmp.cut import take_cut
 from cutpoint.errors import HypervisorError
-from cutpoint.hypervisor.disks import discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.disks import discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as labvm
 from cutpoint.lab.verify import verify_dir
 from cutpoint.paths import work_home

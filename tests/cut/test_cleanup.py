@@ -11,10 +11,11 @@ import pytest
 
 from cutpoint.backup.run import BackupOptions, backup
 from cutpoint.cut.cleanup import workdir_for
-from cutpoint.cut.transaction import plan_cut, take_cut
+from cutpoint.cut.plan import plan_cut
+from cutpoint.drivers.qmp.cut import take_cut
 from cutpoint.errors import CutpointError
-from cutpoint.hypervisor.disks import discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.disks import discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.paths import work_home
 from cutpoint.vault.vault import Vault
 from tests.helpers import assert_clean, blockdev_args, cutpoint, drive_args, make_image

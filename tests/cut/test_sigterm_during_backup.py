@@ -7,8 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from cutpoint.hypervisor.disks import discover
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.disks import discover
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.paths import work_home
 from tests.helpers import assert_clean
 from tests.vault.util import assert_sound, backup, change, points, snapshot, start_stopped, two_disk_vm

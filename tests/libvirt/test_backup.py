@@ -18,7 +18,7 @@ import pytest
 
 from cutpoint.backup.run import BackupOptions, backup
 from cutpoint.errors import HypervisorError
-from cutpoint.hypervisor import libvirt_conn as lc
+from cutpoint.drivers.libvirt import conn as lc
 from cutpoint.lab.verify import verify_dir
 from cutpoint.paths import work_home
 from cutpoint.vault.vault import Vault

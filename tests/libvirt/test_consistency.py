@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cutpoint.hypervisor.agent import AgentError
-from cutpoint.hypervisor.libvirt_agent import LibvirtAgent
+from cutpoint.cut.agent import AgentError
+from cutpoint.drivers.libvirt.agent import LibvirtAgent
 from tests.consistency.support import features
 from tests.helpers import cutpoint
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from cutpoint.hypervisor.libvirt_xml import (BackupDisk, backup_xml, checkpoint_xml, parse_backup, parse_checkpoint,
+from cutpoint.drivers.libvirt.xml import (BackupDisk, backup_xml, checkpoint_xml, parse_backup, parse_checkpoint,
                                              parse_domain, support_facts, verdict)
 from cutpoint.restore.libvirt_restore import new_domain_xml
 

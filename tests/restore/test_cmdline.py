@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from cutpoint.errors import UsageError
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.restore.cmdline import DiskTarget, rewrite
-from cutpoint.restore.config import capture, synthesize_argv
+from cutpoint.drivers.qmp.config import capture
+from cutpoint.restore.config import synthesize_argv
 from cutpoint.restore.qemuopts import parse_kv, render_kv
 from tests.helpers import blockdev_args, drive_args, make_image
 

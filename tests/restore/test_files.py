@@ -163,6 +163,7 @@ def test_mount(point, tmp_path: Path) -> None:
                     "cutpoint files")
 
 
+@pytest.mark.no_vault
 def test_files_from_an_encrypted_vault(bare_qemu, tmp_path: Path) -> None:
     """The NBD server is another process: it unlocks the vault with the passphrase file the command was given."""
     src = tmp_path / "src"

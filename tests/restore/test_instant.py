@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cutpoint.hypervisor.qmp import QmpSession
+from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as lab
 from cutpoint.lab.qemu_args import DiskSpec
 from cutpoint.lab.verify import verify_dir

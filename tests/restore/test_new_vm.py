@@ -64,8 +64,8 @@ def test_new_vm_boots_and_its_workload_continues(tmp_path: Path, vms_home: Path)
 
 def test_new_vm_leaves_out_excluded_disks(bare_qemu, tmp_path: Path, vms_home: Path) -> None:
     """An excluded disk has no image in the point: the new VM starts without it and never opens the original's."""
-    from cutpoint.hypervisor.disks import discover
-    from cutpoint.hypervisor.qmp import QmpSession
+    from cutpoint.drivers.qmp.disks import discover
+    from cutpoint.drivers.qmp.qmp import QmpSession
     from tests.helpers import blockdev_args, drive_args, make_image
 
     root = make_image(tmp_path / "root.qcow2", "16M", writes=["write -P 0x5a 0 1M"])

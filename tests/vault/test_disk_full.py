@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cutpoint.vault.vault import Vault
 from tests.helpers import blockdev_args, cutpoint, guest_write, make_image
 from tests.vault.util import MiB, add_vm, assert_sound, backup, files, snapshot
 
@@ -24,6 +25,7 @@ def small_fs(tmp_path: Path, monkeypatch):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
     monkeypatch.setenv("CUTPOINT_VAULT", str(mnt / "vault"))
+    Vault.create(mnt / "vault")                       # 'cutpoint vault init --no-encrypt': nothing creates it implicitly
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 

@@ -17,20 +17,25 @@ from tests.helpers import cutpoint
 from tests.vault.util import MiB, encrypted_vault, one_line_error, open_vault, vault_dir
 
 
+@pytest.mark.no_vault
 def test_key_file_uses_a_real_kdf_and_stays_private(monkeypatch) -> None:
     monkeypatch.setenv("CUTPOINT_PASSPHRASE", "pw")
-    out = cutpoint("vault", "init", "--encrypt", "--json", check=True).out
+    out = cutpoint("vault", "init", "--json", check=True).out          # encrypted by default
     cfg = json.loads(out)
     key = json.loads((vault_dir() / "key.json").read_text())
     assert key["kdf"]["name"] == "scrypt" and key["kdf"]["n"] >= 1 << 17 and key["kdf"]["r"] == 8
     assert key["fingerprint"] == cfg["encryption"]["key_fingerprint"] and cfg["chunk_id"] == "hmac-sha256"
     assert (vault_dir() / "key.json").stat().st_mode & 0o077 == 0
-    assert cfg["version"] == 2
+    assert cfg["version"] == 3 and cfg["not_protected_against"] and cfg["authenticated"]
+    assert not any("confidentiality" in g for g in cfg["not_protected_against"])
     one_line_error(cutpoint("vault", "init", "--encrypt"), 2, "already a cutpoint vault")
 
 
+@pytest.mark.no_vault
 def test_init_without_a_passphrase_writes_nothing(monkeypatch) -> None:
     monkeypatch.delenv("CUTPOINT_PASSPHRASE", raising=False)
+    one_line_error(cutpoint("vault", "init"), 2, "needs a passphrase", "--passphrase-file")
+    assert not vault_dir().exists()
     one_line_error(cutpoint("vault", "init", "--encrypt"), 2, "needs a passphrase", "--passphrase-file")
     assert not vault_dir().exists()
     empty = vault_dir().parent / "empty"
@@ -63,11 +68,12 @@ def test_chunks_and_manifests_reveal_nothing(monkeypatch) -> None:
 
 
 def test_old_formats_and_tampered_configs_are_refused(monkeypatch) -> None:
-    Vault.create(vault_dir())
     cfg_path = vault_dir() / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps({**cfg, "version": 1}))
     one_line_error(cutpoint("points"), 5, "format v1", "vault init")
+    cfg_path.write_text(json.dumps({**cfg, "version": 4}))
+    one_line_error(cutpoint("points"), 5, "format v4", "v2 and v3")
     cfg_path.write_text(json.dumps(cfg))
     (vault_dir() / "key.json").write_text("{}")              # a key file in a vault that claims to be plain
     one_line_error(cutpoint("points"), 6, "says the vault is unencrypted but it has a key file")
@@ -94,8 +100,15 @@ def test_downgrade_to_plaintext_is_refused(monkeypatch) -> None:
 
 def test_init_takes_the_directory_as_an_argument(tmp_path) -> None:
     d = tmp_path / "v2"
-    cfg = json.loads(cutpoint("vault", "init", str(d), "--json", check=True).out)
+    cfg = json.loads(cutpoint("vault", "init", str(d), "--no-encrypt", "--json", check=True).out)
     assert cfg["vault"] == str(d) and (d / "config.json").exists() and cfg["encryption"] is None
+    assert cfg["authenticated"] and any("confidentiality" in g for g in cfg["not_protected_against"])
+    info = cutpoint("vault", "info", "--vault", str(d), check=True).out
+    assert "not encrypted, authenticated" in info and "does not protect against: confidentiality" in info
+    one_line_error(cutpoint("vault", "init", str(tmp_path / "c"), "--encrypt", "--no-encrypt"), 2, "contradict")
+    one_line_error(cutpoint("vault", "init", str(tmp_path / "c"), "--no-encrypt", "--chunk-size", "3M"), 2,
+                   "power of two")
+    assert not (tmp_path / "c").exists()
     one_line_error(cutpoint("vault", "init", str(tmp_path / "a"), "--vault", str(tmp_path / "b")), 2,
                    "two vault directories")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

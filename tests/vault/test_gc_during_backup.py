@@ -5,7 +5,6 @@ garbage; the backup then commits and its point restores byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import time
@@ -26,9 +25,9 @@ def test_gc_during_backup(bare_qemu, tmp_path: Path) -> None:
     guest_write(vm.qmp, "da-dev", "write -P 0x33 0 4M", "write -z 8M 4M")
     backup()                                            # p2: X and G replaced
     v = open_vault()
-    prune(v, "v", Retention(last=1))                       # p1 gone: X and G referenced by nothing
+    prune(v, "v", Retention(last=1))                    # p1 gone: X and G referenced by nothing
+    x, g, new = (v.chunks.chunk_id(bytes([b]) * (4 * MiB)) for b in (0x11, 0x22, 0x44))    # keyed ids (v3)
     v.close()
-    x, g, new = (hashlib.sha256(bytes([b]) * (4 * MiB)).hexdigest() for b in (0x11, 0x22, 0x44))
     old = time.time() - 3600
     for c in (x, g):
         os.utime(chunk_path(c), (old, old))             # and old: what gc deletes

@@ -9,6 +9,7 @@ keeps the fault tests fast.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -172,7 +173,14 @@ def encrypted_vault(monkeypatch, passphrase: str = "correct horse") -> None:
 
     monkeypatch.setattr(crypto, "SCRYPT_N", 1 << 12)
     monkeypatch.setenv("CUTPOINT_PASSPHRASE", passphrase)
+    fresh_vault_dir()
     Vault.create(vault_dir(), encrypt=True)
+
+
+def fresh_vault_dir() -> None:
+    """Remove the test's (never used) default vault and this host's memory of it, to create another there."""
+    shutil.rmtree(vault_dir(), ignore_errors=True)
+    shutil.rmtree(os.environ["CUTPOINT_STATE"], ignore_errors=True)
 
 
 def chunk_of(point: str, disk: str, index: int, vm: str = "v") -> str:

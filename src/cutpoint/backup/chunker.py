@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..errors import IntegrityError
 from ..reader.export import Extent, ExportReader
 from ..vault.chunks import ChunkStore
 
@@ -134,8 +135,9 @@ def _partial(ranges: list[tuple[int, int]], length: int) -> bool:
 def _patch(store: ChunkStore, prev: str | None, length: int, base: int, ranges: list[tuple[int, int]],
            reader: ExportReader) -> bytes:
     buf = bytearray(store.get(prev) if prev else bytes(length))
-    if len(buf) != length:                       # disk size changed: cannot patch, caller guards against it
-        buf = bytearray(buf[:length].ljust(length, b"\0"))
+    if len(buf) != length:       # the caller reads in full on any size change: a mismatch is damage, never padded
+        raise IntegrityError(f"chunk {prev} of the previous point has {len(buf)} bytes where {length} are expected; "
+                             "run 'cutpoint verify --read-data', then back up with --full")
     for off, ln in ranges:
         buf[off - base: off - base + ln] = reader.pread(off, ln)
     return bytes(buf)

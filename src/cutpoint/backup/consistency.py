@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HypervisorError, UsageError
-from ..hypervisor.agent import AgentError, AgentTimeout, GuestAgent, SocketAgent
-from ..hypervisor.disks import Disk
-from ..hypervisor.driver import CutHandle, DriverSession
+from ..cut.agent import AgentError, AgentTimeout, GuestAgent
+from ..cut.disks import Disk
+from ..cut.driver import CutHandle, DriverSession
+from ..drivers.qmp.agent import SocketAgent
 from ..vault.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,7 @@ class Consistency:
 
     def cut(self, s: DriverSession, disks: list[Disk], point_id: str, since: dict[str, str | None],
             workdir: Path) -> CutHandle:
-        if self._active:
-            return s.cut_quiesced(disks, point_id, since, workdir, self)
-        return s.cut(disks, point_id, since, workdir)
+        return s.cut(disks, point_id, since, workdir, self if self._active else None)
 
     # -- Quiesce: called by the driver right around the atomic step ------------------------------------------------
 

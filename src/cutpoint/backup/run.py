@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from .. import faults
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
-from ..hypervisor.disks import Disk, Inventory
-from ..hypervisor.driver import CutHandle, DriverSession
-from ..hypervisor.registry import driver_for
+from ..cut.disks import Disk, Inventory
+from ..cut.driver import CutHandle, DriverSession
+from ..drivers.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
 from ..signals import critical
@@ -66,6 +66,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> Bac
     driver = driver_for(vm)
     cons = Consistency(requested_type(vm.settings, opts.consistency), vm.settings,
                        Timeouts.from_settings(vm.settings))
+    vault.require_trusted(f"backup of VM {vm_name!r}")      # a swapped or rolled-back vault: before the cut
     with vault.vm_lock(vm_name):
         started = time.monotonic()
         now = datetime.now(timezone.utc)
@@ -82,7 +83,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> Bac
                     log.warning("removed leftovers of an interrupted backup: %s", ", ".join(swept))
                 inv = validation.enforce(validation.check(s.inventory(), vm.settings, vm_name), vm_name)
                 config = s.capture_config()
-                plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable)
+                plan = _plan(s, inv, vm_name, prev_manifest, opts, unusable, vault.chunk_size)
                 cons.prepare(s)                                 # app: ping, pre-script (or fall back)
                 with critical():                                # a cut that exists reaches the release below
                     handle = cons.cut(s, plan.disks, point_id, plan.since,
@@ -115,7 +116,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> Bac
 
 
 def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts: BackupOptions,
-          unusable: str | None = None) -> _Plan:
+          unusable: str | None = None, chunk_size: int | None = None) -> _Plan:
     if not inv.disks:
         skipped = ", ".join(f"{k.name} ({k.reason})" for k in inv.skipped) or "none"
         raise UsageError(f"VM {vm!r} has no disk to back up (skipped: {skipped})")
@@ -128,6 +129,10 @@ def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts
             reason = unusable or "first backup"
         elif opts.full:
             reason = "full backup requested (--full)"
+        elif chunk_size is not None and prev.chunk_size != chunk_size:
+            # its chunk list does not line up with this point's chunks: nothing of it can be reused
+            reason = (f"previous point {prev.point} has chunks of {prev.chunk_size} bytes, the vault now "
+                      f"{chunk_size}")
         elif old is None:
             reason = f"disk {d.name} is new since point {prev.point}"
         elif old.size != d.size:
@@ -160,7 +165,7 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
                     raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
                 res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks, prev_chunks=prev_chunks,
                                 progress=opts.progress, pool=pool)
-            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.node, driver=d.driver,
+            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.address, driver=d.driver,
                                       filename=d.filename, cache=d.cache, read_bytes=res.read_bytes,
                                       stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes))
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,

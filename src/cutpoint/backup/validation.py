@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedError
-from ..hypervisor.disks import Disk, Inventory, Skipped
+from ..cut.disks import Disk, Inventory, Skipped
 
 
 @dataclass

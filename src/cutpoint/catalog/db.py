@@ -146,7 +146,7 @@ class Catalog:
     # -- points ------------------------------------------------------------------------------------------------------
 
     def add_point(self, p: PointRecord) -> None:
-        """The commit point of a backup: one transaction, after which the point is visible (docs/design.md)."""
+        """The commit point of a backup: one transaction, after which the point is visible (docs/format.md §12)."""
         try:
             with self.transaction():
                 self.db.execute("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?)",

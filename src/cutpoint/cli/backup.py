@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    vault = open_vault(args)
+    vault = open_vault(args, write=f"backup of VM {args.name!r}")
     vault.catalog.vm(args.name)              # an unknown VM is an error, not a failed job
     with recorded(vault, "backup", args.name) as job:
         res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json),

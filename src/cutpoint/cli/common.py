@@ -24,10 +24,22 @@ def add_vault_arg(p: argparse.ArgumentParser) -> None:
                    help="encrypted vault: use this key file instead of the vault's own (or $CUTPOINT_KEY_FILE)")
 
 
-def open_vault(args: argparse.Namespace, *, create: bool = True) -> Vault:
-    return Vault.open(args.vault or default_vault(), create=create,
-                      passphrase=passphrase.source(getattr(args, "passphrase_file", None)),
-                      key_file=getattr(args, "key_file", None))
+def open_vault(args: argparse.Namespace, *, create: bool = False, write: str | None = None) -> Vault:
+    """The vault of ``--vault`` (or the default); a missing one is an error naming 'cutpoint vault init', never
+    created here (``create`` is accepted for old call sites and ignored). ``write`` names what the command will
+    write (backup, prune, gc): then a vault this host's memory disagrees with is refused at once, with one line,
+    instead of warned about."""
+    del create
+    vault = Vault.open(args.vault or default_vault(),
+                       passphrase=passphrase.source(getattr(args, "passphrase_file", None)),
+                       key_file=getattr(args, "key_file", None), warn=write is None)
+    if write is not None:
+        try:
+            vault.require_trusted(write)
+        except BaseException:
+            vault.close()
+            raise
+    return vault
 
 
 def print_json(obj: Any) -> None:

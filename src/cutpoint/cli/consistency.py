@@ -7,7 +7,7 @@ import argparse
 
 from ..backup.consistency import update_settings
 from ..backup.validation import Checked, check
-from ..hypervisor.disks import Inventory
+from ..cut.disks import Inventory
 from ..vault.vault import Vault
 from .common import table
 
@@ -60,7 +60,7 @@ def disk_rows(inv: Inventory, checked: Checked) -> str:
     notes = []
     for v in checked.verdicts:
         d = by_name.get(v.disk)
-        rows.append([v.disk, d.node if d else "-", d.driver if d else "-", d.size if d else "-", v.cache or "-",
+        rows.append([v.disk, d.address if d else "-", d.driver if d else "-", d.size if d else "-", v.cache or "-",
                      v.state if v.state != "skipped" else f"skipped: {v.reason}"])
         if v.state == "refused":
             notes.append(f"refused: {v.reason}")

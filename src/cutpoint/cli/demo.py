@@ -20,7 +20,9 @@ from ..lab.verify import verify_dir
 from ..restore.orchestrator import restore
 from ..restore.targets import Images
 from ..units import human, parse_size
+from ..paths import default_vault
 from .common import add_vault_arg, open_vault, table
+from .vault import cmd_init
 
 DEMO_VM = "cutpoint-demo"
 
@@ -36,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    root = (args.vault or default_vault()).expanduser()
+    if not (root / "config.json").exists():     # no command creates a vault implicitly: the demo runs 'vault init'
+        print(f"no vault at {root}: running 'cutpoint vault init --no-encrypt {root}' (unencrypted, for the demo; "
+              "real vaults: 'cutpoint vault init', encrypted)")
+        cmd_init(argparse.Namespace(dir=None, vault=root, encrypt=False, no_encrypt=True, chunk_size=None,
+                                    json=False, passphrase_file=None, key_file=None))
     vault = open_vault(args)
     size = parse_size(args.size)
     print(f"vault: {vault.root}")

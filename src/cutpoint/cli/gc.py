@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_gc(args: argparse.Namespace) -> int:
     if args.grace < 0:
         raise UsageError("--grace must be 0 or more seconds")
-    vault = open_vault(args, create=False)
+    vault = open_vault(args, write=None if args.dry_run else "gc")
     res = gc(vault, dry_run=args.dry_run, grace=args.grace)
     if args.json:
         print_json(res.to_json())

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    vault = open_vault(args, create=False)
+    vault = open_vault(args, write=None if args.dry_run else f"prune of VM {args.name!r}")
     policy = Retention(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly)
     with recorded(vault, "prune", args.name, detail={"dry_run": args.dry_run}) as job:
         res = prune(vault, args.name, policy, dry_run=args.dry_run)

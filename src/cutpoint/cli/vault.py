@@ -1,44 +1,57 @@
-"""``cutpoint vault``: create a vault (optionally encrypted), show its format, export and import its key."""
+"""``cutpoint vault``: create a vault (encrypted unless --no-encrypt), show its format and what it does not protect
+against, accept a deliberately changed vault (trust), export and import its key."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
-from ..paths import default_vault
+from ..paths import default_vault, state_home
 from ..units import parse_size
+from ..vault import config as cfgmod
 from ..vault import passphrase
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
 from .common import add_vault_arg, open_vault, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("vault", help="create a vault, show its format, export or import its key")
+    p = sub.add_parser("vault", help="create a vault, show its format, trust a changed one, export or import its key")
     vs = p.add_subparsers(dest="vault_command", metavar="ACTION")
     vs.required = True
 
-    i = vs.add_parser("init", help="create a vault (with --encrypt: AES-256-GCM, key protected by a passphrase)")
+    i = vs.add_parser("init", help="create a vault: AES-256-GCM, key protected by a passphrase (unless --no-encrypt)")
     i.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="where (same as --vault DIR)")
-    i.add_argument("--encrypt", action="store_true", help="encrypt chunks and manifests")
-    i.add_argument("--chunk-size", default=None, help=f"chunk size (default {DEFAULT_CHUNK_SIZE >> 20}M)")
+    i.add_argument("--encrypt", action="store_true", help="encrypt chunks and manifests (the default; kept for "
+                   "compatibility)")
+    i.add_argument("--no-encrypt", action="store_true", help="store data unencrypted (still authenticated, with a "
+                   "key this host keeps outside the vault)")
+    i.add_argument("--chunk-size", default=None, help=f"chunk size, a power of two (default "
+                   f"{DEFAULT_CHUNK_SIZE >> 20}M)")
     i.add_argument("--json", action="store_true")
     add_vault_arg(i)
     i.set_defaults(func=cmd_init)
 
-    info = vs.add_parser("info", help="show the vault's format, encryption and key fingerprint")
+    info = vs.add_parser("info", help="show the vault's format, encryption, key fingerprint and what it does not "
+                         "protect against")
     info.add_argument("--json", action="store_true")
     add_vault_arg(info)
     info.set_defaults(func=cmd_info)
 
-    k = vs.add_parser("key", help="export or import the key file of an encrypted vault")
+    t = vs.add_parser("trust", help="accept the vault at this path as it is now (after a deliberate swap, "
+                      "restore from an older copy, or re-creation)")
+    add_vault_arg(t)
+    t.set_defaults(func=cmd_trust)
+
+    k = vs.add_parser("key", help="export or import the key (file) of a vault")
     ks = k.add_subparsers(dest="key_command", metavar="ACTION")
     ks.required = True
-    e = ks.add_parser("export", help="copy the key file (still passphrase-protected) somewhere safe")
+    e = ks.add_parser("export", help="copy the key somewhere safe (an encrypted vault's stays passphrase-protected)")
     e.add_argument("--to", type=Path, required=True, metavar="FILE")
     add_vault_arg(e)
     e.set_defaults(func=cmd_export)
-    m = ks.add_parser("import", help="install an exported key file as the vault's key (checked first)")
+    m = ks.add_parser("import", help="install an exported key as the vault's key (checked first)")
     m.add_argument("file", type=Path)
     add_vault_arg(m)
     m.set_defaults(func=cmd_import)
@@ -53,9 +66,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         if args.vault is not None and args.vault != args.dir:
             raise UsageError(f"two vault directories given ({args.dir} and --vault {args.vault}); give one")
         args.vault = args.dir
+    if args.encrypt and args.no_encrypt:
+        raise UsageError("--encrypt and --no-encrypt contradict each other; give one")
     root = _root(args)
     size = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK_SIZE
-    Vault.create(root, chunk_size=size, encrypt=args.encrypt, passphrase=passphrase.source(args.passphrase_file))
+    Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
+                 passphrase=passphrase.source(args.passphrase_file))
     return _show(root, args.json, "created ")
 
 
@@ -63,28 +79,67 @@ def cmd_info(args: argparse.Namespace) -> int:
     return _show(_root(args), args.json, "")
 
 
+def not_protected(cfg: dict[str, Any]) -> list[str]:
+    """What this vault does not protect against, plainly (``vault info``; docs/threat-model.md)."""
+    out = []
+    if not cfg.get("encryption"):
+        out.append("confidentiality: chunks and manifests are not encrypted; anyone who can read the vault "
+                   "directory can read the disks' data")
+        if cfgmod.fingerprint(cfg):
+            out.append("tampering, checked only on a host that holds the authentication key (kept in "
+                       f"{state_home()}/keys; 'cutpoint vault key export'); whoever holds that key can forge points")
+        else:
+            out.append("tampering: format v2 seals are unkeyed checksums; whoever can write the vault can replace "
+                       "data undetected; create a v3 vault with 'cutpoint vault init' and back up into it")
+    if cfg.get("version", 0) < 3:
+        out.append("an edited config.json (format v2 does not authenticate it; its parameters are still checked)")
+    out.append("deletion, or replacement by an older copy, on a host that has never used this vault (a host "
+               "that has refuses writes and warns on reads)")
+    return out
+
+
 def _show(root: Path, as_json: bool, verb: str) -> int:
     cfg = read_config(root)
     enc = cfg.get("encryption") or {}
+    gaps = not_protected(cfg)
     if as_json:
-        print_json({"vault": str(root), **cfg})
+        print_json({"vault": str(root), **cfg, "authenticated": cfgmod.fingerprint(cfg) is not None,
+                    "not_protected_against": gaps})
         return 0
+    fp = cfgmod.fingerprint(cfg)
     print(f"{verb}vault {root}: {cfg['format']} v{cfg['version']}, chunks of {cfg['chunk_size']} bytes, "
           + (f"encrypted ({enc['cipher']}, key {enc['key_fingerprint']}, key file {root / KEY_FILE})" if enc
-             else "not encrypted"))
+             else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
+             else "not encrypted, not authenticated"))
+    print("does not protect against: " + "; ".join(gaps))
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    vault = Vault.open(_root(args), passphrase=passphrase.source(args.passphrase_file), key_file=args.key_file,
+                       accept_change=True)
+    vms = {p.vm for p in vault.catalog.points()}
+    print(f"this host now trusts vault {vault.root} as it is: id {vault.config['id']}, key "
+          f"{vault.sealer.fingerprint or 'none'}, {len(vms)} VM(s) with points")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    vault = open_vault(args, create=False)
+    vault = open_vault(args)
     to = export_key(vault, args.to, args.key_file)
-    print(f"exported the key of vault {vault.root} (fingerprint {vault.sealer.fingerprint}) to {to}; it is still "
-          "protected by the vault's passphrase: keep both, separately")
+    if vault.encrypted:
+        print(f"exported the key of vault {vault.root} (fingerprint {vault.sealer.fingerprint}) to {to}; it is "
+              "still protected by the vault's passphrase: keep both, separately")
+    else:
+        print(f"exported the authentication key of vault {vault.root} (fingerprint {vault.sealer.fingerprint}) to "
+              f"{to}; it is not passphrase-protected: whoever has it can forge points, so keep it private; "
+              "another host needs it to read this vault ('cutpoint vault key import FILE')")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     root = _root(args)
     fp = import_key(root, args.file, passphrase.source(args.passphrase_file))
-    print(f"installed key {fp} as {root / KEY_FILE}")
+    where = root / KEY_FILE if read_config(root).get("encryption") else state_home() / "keys"
+    print(f"installed key {fp} in {where}")
     return 0

@@ -7,10 +7,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..catalog.db import VmRecord
+from ..drivers.registry import driver_for
 from ..errors import UsageError
 from ..names import check_vm_name
-from ..hypervisor.disks import discover
-from ..hypervisor.qmp import QmpSession
 from .common import add_vault_arg, open_vault, print_json, table
 from .consistency import add_consistency_args, disk_rows, set_consistency, verdicts
 
@@ -64,11 +63,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise UsageError("--connect goes with --libvirt DOMAIN")
     vault = open_vault(args)
     qmp = args.qmp.expanduser().resolve()
-    with QmpSession(qmp) as s:
-        s.cmd("query-version")
-        inv = discover(s)
-    vault.catalog.add_vm(VmRecord(args.name, "qmp", str(qmp),
-                                  datetime.now(timezone.utc).isoformat(timespec="seconds"), {}))
+    vm = VmRecord(args.name, "qmp", str(qmp), datetime.now(timezone.utc).isoformat(timespec="seconds"), {})
+    inv = driver_for(vm).describe()
+    vault.catalog.add_vm(vm)
     checked = verdicts(inv, args.name)
     if args.json:
         print_json({"vm": args.name, "qmp": str(qmp), "disks": [d.to_json() for d in inv.disks],
@@ -81,14 +78,14 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _add_libvirt(args: argparse.Namespace) -> int:
-    from ..hypervisor.libvirt_driver import DEFAULT_URI, LibvirtDriverSession
+    from ..drivers.libvirt.driver import DEFAULT_URI   # libvirt's bindings only where they are needed
 
     uri = args.connect or DEFAULT_URI
     vault = open_vault(args)
-    with LibvirtDriverSession(uri, args.libvirt, args.name, running=False) as s:
-        inv = s.inventory()
-    vault.catalog.add_vm(VmRecord(args.name, "libvirt", args.libvirt,
-                                  datetime.now(timezone.utc).isoformat(timespec="seconds"), {"connect": uri}))
+    vm = VmRecord(args.name, "libvirt", args.libvirt, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  {"connect": uri})
+    inv = driver_for(vm).describe()
+    vault.catalog.add_vm(vm)
     checked = verdicts(inv, args.name)
     if args.json:
         print_json({"vm": args.name, "libvirt": args.libvirt, "connect": uri, "disks": [d.to_json() for d in inv.disks],
@@ -129,7 +126,6 @@ def cmd_set(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """The sweep every backup starts with, on demand: after a killed backup, without waiting for the next one.
     Bitmaps stay: the next backup merges them, so the chain still covers everything since the last point."""
-    from ..hypervisor.registry import driver_for
     from ..paths import work_home
     vault = open_vault(args, create=False)
     vm = vault.catalog.vm(args.name)

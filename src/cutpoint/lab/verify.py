@@ -33,12 +33,12 @@ from __future__ import annotations
 import os
 import re
 import struct
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import CutpointError, NotFoundError
+from .. import qemuimg
+from ..errors import NotFoundError
 
 BLOCK = 4096
 MAGIC = b"CUTPTWL1"
@@ -291,9 +291,7 @@ def verify_images(paths: list[Path], *, strict_order: bool = False) -> Verdict:
                 raws.append(p)
                 continue
             out = Path(tmp) / f"{i}.raw"
-            r = subprocess.run(["qemu-img", "convert", "-O", "raw", str(p), str(out)], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise CutpointError(f"cannot read {p}: {r.stderr.strip()}")
+            qemuimg.convert(p, out, None, "raw", what=f"cannot read {p}")
             raws.append(out)
         return _judge(raws, [str(p) for p in paths], strict_order)
 

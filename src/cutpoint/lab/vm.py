@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import qemuimg
 from ..errors import CutpointError, HypervisorError, NotFoundError, UsageError
 from ..paths import lab_home
 from . import accel as accel_mod
 from . import image
 from .qemu_args import DiskSpec, kernel_cmdline, qemu_argv
-from ..hypervisor.qmp import QmpSession
+from ..drivers.qmp.qmp import QmpSession
 
 __all__ = ["DiskSpec", "LabVM", "up", "down", "get", "list_vms", "remove"]
 
@@ -231,16 +232,15 @@ def _create_disk(path: Path, spec: DiskSpec, *, mkfs: bool = False) -> None:
     """A new image; with ``mkfs`` it holds an ext4 filesystem, made on a raw file (converted for qcow2) so that
     the guest needs no mkfs of its own. Inode tables and journal are written now, not lazily in the guest."""
     raw = path.with_name(path.name + ".mkfs.raw") if mkfs and spec.fmt != "raw" else path
-    steps = [["qemu-img", "create", "-q", "-f", "raw" if mkfs else spec.fmt, str(raw), str(spec.size)]]
-    if mkfs:
-        steps.append(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(raw)])
-        if raw != path:
-            steps.append(["qemu-img", "convert", "-q", "-f", "raw", "-O", spec.fmt, str(raw), str(path)])
     try:
-        for cmd in steps:
+        qemuimg.create(raw, "raw" if mkfs else spec.fmt, spec.size, what=f"qemu-img create {path} failed")
+        if mkfs:
+            cmd = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(raw)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
-                raise CutpointError(f"{' '.join(cmd[:2])} {path} failed: {r.stderr.strip()}")
+                raise CutpointError(f"mkfs.ext4 {path} failed: {r.stderr.strip()}")
+            if raw != path:
+                qemuimg.convert(raw, path, "raw", spec.fmt, what=f"qemu-img convert {path} failed")
     finally:
         if raw != path:
             raw.unlink(missing_ok=True)

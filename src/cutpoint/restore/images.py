@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import qemuimg
 from ..backup.chunker import IN_FLIGHT, WORKERS
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from ..vault.manifest import DiskManifest, Manifest
@@ -74,15 +74,12 @@ def _restore_disk(vault: Vault, m: Manifest, disk: DiskManifest, path: Path, fmt
             private.refuse_planted(tmp, stale_ok=True)
             os.close(private.create(tmp))                       # ours, 0600: qemu-img writes into it, not a link
             made.append(tmp)
-            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
-                           check=True, capture_output=True, text=True, env=private.child_env(),
-                           umask=private.UMASK)
+            qemuimg.convert(raw, tmp, "raw", "qcow2", what=f"qemu-img convert of disk {disk.name} failed",
+                            env=private.child_env(), umask=private.UMASK)
             _chmod_private(tmp)
             os.replace(tmp, path)
         else:
             os.replace(raw, path)
-    except subprocess.CalledProcessError as exc:
-        raise CutpointError(f"qemu-img convert of disk {disk.name} failed: {exc.stderr.strip()}") from exc
     except OSError as exc:
         raise CutpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import qemuimg
+from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, UsageError
-from ..hypervisor.qmp import QmpSession
 from ..workdir import private_dir
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
@@ -53,13 +54,10 @@ def _socket_path(vmdir: Path, name: str) -> Path:
 
 
 def _create_overlay(path: Path, backing: str, size: int) -> None:
-    import subprocess
     private.refuse_planted(path)
     os.close(private.create(path))             # ours and 0600 before qemu-img writes the overlay into it
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", "raw", str(path),
-                        str(size)], capture_output=True, text=True, env=private.child_env(), umask=private.UMASK)
-    if r.returncode != 0:
-        raise CutpointError(f"cannot create overlay {path}: {r.stderr.strip()}")
+    qemuimg.create(path, "qcow2", size, backing=backing, backing_fmt="raw", what=f"cannot create overlay {path}",
+                   env=private.child_env(), umask=private.UMASK)
 
 
 def instant_restore(vault: Vault, m: Manifest, cfg: QmpVmConfig, t: Instant) -> InstantResult:

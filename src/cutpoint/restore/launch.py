@@ -21,8 +21,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from .. import qemuimg
+from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, MonitorBusyError, UsageError
-from ..hypervisor.qmp import QmpSession
 from . import argcheck, private
 from .cmdline import Rewritten
 from .config import process_alive
@@ -109,9 +110,7 @@ def running_reason(qmp: str | None, pid: int | None, start_time: int | None, fil
     for f in files:
         if not f.exists():
             continue
-        r = subprocess.run(["qemu-img", "info", "--output=json", str(f)], capture_output=True, text=True,
-                           env=private.child_env())
-        if r.returncode != 0 and "lock" in r.stderr:
+        if qemuimg.locked(f, env=private.child_env()):
             return f"a QEMU process holds the lock on its disk {f}"
     return None
 

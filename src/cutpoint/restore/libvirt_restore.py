@@ -23,9 +23,10 @@ from pathlib import Path
 
 import libvirt
 
+from ..cut.naming import BITMAP_PREFIX as CHECKPOINT_PREFIX
+from ..drivers.libvirt import conn as lc
+from ..drivers.libvirt.xml import parse_domain
 from ..errors import NotFoundError, UnsupportedError, UsageError
-from ..hypervisor import libvirt_conn as lc
-from ..hypervisor.libvirt_xml import CHECKPOINT_PREFIX, parse_domain
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from ..vmconfig import LibvirtVmConfig

@@ -1,6 +1,6 @@
 """The one way anything is restored: ``restore(vault, vm, point, target)``. The CLI, the API and the service call it.
 
-It takes the locks once, the same for every caller (docs/design.md, "Locks"): the vault's points lock shared for the
+It takes the locks once, the same for every caller (docs/format.md §16, "Locks"): the vault's points lock shared for the
 whole restore, so no prune removes the point (and gc then its chunks) from under it; for a replace also the VM's
 lock, so no backup or prune of that VM runs while its disks are rewritten. Under them it resolves the point (an id,
 a unique prefix or ``latest``) and opens its manifest, then hands it to the target: image files here, a file copy

@@ -22,7 +22,6 @@ it, writing only what still differs.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import stat
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import qemuimg
 from ..errors import CutpointError, IntegrityError, NotFoundError, UnsupportedError, UsageError
 from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
@@ -160,20 +160,13 @@ def _current_size(path: Path, fmt: str) -> int:
             return os.lseek(fd, 0, os.SEEK_END)
         finally:
             os.close(fd)
-    r = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)], capture_output=True, text=True,
-                       env=private.child_env())
-    if r.returncode != 0:
-        raise CutpointError(f"cannot read {path}: {r.stderr.strip()}")
-    return int(json.loads(r.stdout)["virtual-size"])
+    return qemuimg.virtual_size(path, fmt, env=private.child_env())
 
 
 def _prepare(path: Path, fmt: str, size: int) -> int | None:
     """Create or resize the disk to ``size``; returns its former size when it changed."""
     if not path.exists():
-        r = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)], capture_output=True,
-                           text=True, env=private.child_env(), umask=private.UMASK)
-        if r.returncode != 0:
-            raise CutpointError(f"cannot create {path}: {r.stderr.strip()}")
+        qemuimg.create(path, fmt, size, env=private.child_env(), umask=private.UMASK)
         return 0
     cur = _current_size(path, fmt)
     if cur == size:
@@ -184,20 +177,14 @@ def _prepare(path: Path, fmt: str, size: int) -> int | None:
     if fmt == "raw":
         os.truncate(path, size)
     else:
-        r = subprocess.run(["qemu-img", "resize", "-q", "-f", fmt, *(["--shrink"] if size < cur else []),
-                            str(path), str(size)], capture_output=True, text=True, env=private.child_env())
-        if r.returncode != 0:
-            raise CutpointError(f"cannot resize {path} from {cur} to {size} bytes: {r.stderr.strip()}")
+        qemuimg.resize(path, fmt, size, shrink=size < cur, what=f"cannot resize {path} from {cur} to {size} bytes",
+                       env=private.child_env())
     return cur
 
 
 def _probe_format(path: Path) -> str:
     """The format QEMU sees in the image now (probed, not told)."""
-    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True,
-                       env=private.child_env())
-    if r.returncode != 0:
-        raise CutpointError(f"cannot read {path}: {r.stderr.strip()}")
-    return str(json.loads(r.stdout).get("format"))
+    return qemuimg.probe_format(path, env=private.child_env())
 
 
 @dataclass

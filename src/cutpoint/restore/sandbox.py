@@ -12,7 +12,8 @@ child, between fork and exec:
 
 What it does not do: a tool still runs as uid 0 in the host's pid namespace, so it could signal host processes
 (a denial of service, not a takeover). ``CUTPOINT_FILES_SANDBOX=off`` runs the tools directly, for hosts that cannot
-make namespaces (containers); the default fails closed with that hint.
+make namespaces (containers, chroots: a root that is not a mount point cannot be made private); the default fails closed with that
+hint, found by one probe per process (``unavailable()``) before any tool runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +39,42 @@ def enabled() -> bool:
     return os.environ.get("CUTPOINT_FILES_SANDBOX", "on").lower() not in ("off", "0", "no")
 
 
+_probed: dict[str, str | None] = {}
+
+
+def unavailable() -> str | None:
+    """Why this host cannot confine the tools (None: it can). Probed once per process, in a forked child that builds
+    the sandbox and exits: a chrooted host (a build root, a container's rootfs) cannot make its root private."""
+    if "why" not in _probed:
+        _probed["why"] = _probe()
+    return _probed["why"]
+
+
+def _probe() -> str | None:
+    with tempfile.TemporaryDirectory(prefix="cutpoint-sandbox-probe-") as d:
+        view, root = Path(d, "view"), Path(d, "root")
+        view.mkdir()
+        root.mkdir()
+        sb = Sandbox.__new__(Sandbox)
+        sb.view_dir, sb.root, sb.on, sb._libc = view, root, True, ctypes.CDLL(None, use_errno=True)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                            # the child: build it, say how it went, leave
+            os.close(r)
+            try:
+                sb._enter()
+                msg = b""
+            except BaseException as exc:                        # anything at all: the parent must hear of it
+                msg = str(exc).encode(errors="replace") or b"failed"
+            os.write(w, msg)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read()
+        os.waitpid(pid, 0)
+    return msg.decode(errors="replace") or None
+
+
 class Sandbox:
     """Tools run confined, seeing ``view_dir`` (the FUSE mount holding the disk file) as ``/view``."""
 
@@ -45,6 +83,9 @@ class Sandbox:
         self.root = scratch                    # an empty directory of ours: the new root is a tmpfs mounted on it
         self.on = enabled()
         self._libc = ctypes.CDLL(None, use_errno=True)
+        if self.on and (why := unavailable()):
+            raise UnsupportedError(f"cannot confine the filesystem tools on this host ({why}); set "
+                                   "CUTPOINT_FILES_SANDBOX=off to run them unconfined")
 
     def path(self, p: Path) -> str:
         """How the tool names a file of the view."""

@@ -2,7 +2,8 @@
 
 An encrypted vault is unlocked once (scrypt is deliberately slow) when the service starts; every thread then gets its
 own ``Vault`` over the same root, config and sealer, because a ``Vault`` holds a SQLite connection that must not be
-shared between threads.
+shared between threads. Each carries the base's finding of this host's memory (swapped, rolled back), so that
+scheduled writes are refused just as the CLI's are.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class VaultSource:
 
     def fresh(self) -> Vault:
         """A new vault object the caller closes (for short-lived worker threads)."""
-        return Vault(self.base.root, self.base.config, self.base.sealer)
+        v = Vault(self.base.root, self.base.config, self.base.sealer)
+        v.finding = self.base.finding        # what this host's memory found at open: writes stay refused here too
+        return v
 
     @property
     def catalog_path(self) -> Path:

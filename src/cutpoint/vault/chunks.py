@@ -4,9 +4,11 @@ A chunk file is a sealed blob (``vault/crypto.py``, magic ``CPC2``) whose payloa
 and the data; its id is the SHA-256 of the data, or an HMAC-SHA256 under the vault's id key when encrypted. A chunk
 is written to a temporary name, fsynced and only then renamed into place, so a file under its final name is always
 whole: that is what lets a later backup trust ``exists`` for deduplication. Directory fsyncs are batched and done
-before the manifest that references the chunks is written (docs/design.md, write order).
+before the manifest that references the chunks is written (docs/format.md §12, write order), for the directories of
+chunks found already present too: another backup may have renamed such a chunk in and not yet fsynced its directory.
+A chunk's zstd frame is untrusted: it is decompressed with the vault's chunk size as a bound (``codec.py``).
 
-Garbage collection runs while backups write (docs/design.md, GC). Two things make that safe here: a backup that finds
+Garbage collection runs while backups write (docs/format.md §15). Two things make that safe here: a backup that finds
 a chunk already present *touches* it (``utime``), so a chunk a running backup relies on is young and gc leaves it;
 and the check-and-touch (or rename into place) happens under a shared ``flock`` on the chunk's directory, which gc
 holds exclusively while it decides on and deletes files in that directory. A chunk can therefore never be deleted
@@ -27,6 +29,7 @@ import zstandard
 
 from .. import faults
 from ..errors import IntegrityError, NotFoundError, VaultError
+from . import codec as codec_mod
 from .crypto import Sealer
 from .fsutil import fsync_dir
 
@@ -38,8 +41,10 @@ _ID = re.compile(r"[0-9a-f]{64}")
 
 
 class ChunkStore:
-    def __init__(self, root: Path, sealer: Sealer, level: int = 1) -> None:  # level 1: ~2.4x faster than 3, 10% larger (bench)
+    def __init__(self, root: Path, sealer: Sealer, level: int = 1,  # level 1: ~2.4x faster than 3, 10% larger (bench)
+                 max_size: int = 64 << 20) -> None:
         self.root = root
+        self.max_size = max_size            # no chunk holds more: the vault's chunk size bounds decompression
         self.sealer = sealer
         self.level = level
         self._dirty_dirs: set[Path] = set()
@@ -73,6 +78,9 @@ class ChunkStore:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             with self.dir_lock(path.parent):
                 if _touch(path):
+                    # a dedup hit: a concurrent backup may have renamed it in without fsyncing the directory yet;
+                    # our manifest must not be durable before that name is
+                    self._dirty_dirs.add(path.parent)
                     return cid, 0
             blob = self.encode(cid, data)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -89,6 +97,7 @@ class ChunkStore:
             with self.dir_lock(path.parent):
                 if _touch(path):          # another backup stored the same content meanwhile
                     os.unlink(tmp)
+                    self._dirty_dirs.add(path.parent)
                     return cid, 0
                 os.replace(tmp, path)
         except OSError as exc:
@@ -105,8 +114,9 @@ class ChunkStore:
         payload = bytes([CODEC_ZSTD]) + packed if len(packed) < len(data) else bytes([CODEC_STORED]) + data
         return self.sealer.seal(MAGIC, payload, cid.encode())
 
-    def get(self, cid: str) -> bytes:
-        """Read, authenticate, decode and check a chunk: damaged data raises ``IntegrityError``, never comes back."""
+    def get(self, cid: str, expect: int | None = None) -> bytes:
+        """Read, authenticate, decode and check a chunk: damaged data raises ``IntegrityError``, never comes back.
+        ``expect``: the length the reference needs; it then also bounds decompression, and a mismatch is damage."""
         path = self.path(cid)
         try:
             blob = path.read_bytes()
@@ -116,23 +126,25 @@ class ChunkStore:
             raise NotFoundError(f"chunk {cid} is missing from the vault ({path})") from None
         except OSError as exc:       # an I/O or permission error says nothing about the data: not moved aside
             raise VaultError(f"chunk {cid} cannot be read: {exc.strerror or exc}") from exc
-        data = self.decode(cid, blob)
+        data = self.decode(cid, blob, expect)
+        if expect is not None and len(data) != expect:
+            raise IntegrityError(f"chunk {cid} has {len(data)} bytes where {expect} are expected")
         if self.chunk_id(data) != cid:
             raise IntegrityError(f"chunk {cid} is damaged: its content does not match its id")
         return data
 
-    def decode(self, cid: str, blob: bytes) -> bytes:
+    def decode(self, cid: str, blob: bytes, expect: int | None = None) -> bytes:
+        limit = self.max_size if expect is None else min(expect, self.max_size)
         payload = self.sealer.unseal(MAGIC, blob, cid.encode(), f"chunk {cid}")
         if not payload:
             raise IntegrityError(f"chunk {cid} is damaged: empty payload")
         codec, body = payload[0], memoryview(payload)[1:]
         if codec == CODEC_STORED:
+            if len(body) > limit:
+                raise IntegrityError(f"chunk {cid} is damaged: {len(body)} bytes, more than a chunk holds")
             return bytes(body)
         if codec == CODEC_ZSTD:
-            try:
-                return zstandard.ZstdDecompressor().decompress(body)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"chunk {cid} is damaged: {exc}") from exc
+            return codec_mod.decompress(body, limit, f"chunk {cid}")
         raise IntegrityError(f"chunk {cid} is damaged: unknown codec {codec}")
 
     def mark_bad(self, cid: str) -> bool:

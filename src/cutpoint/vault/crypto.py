@@ -7,15 +7,19 @@ passphrase never touches data directly, so it can be changed or a key file expor
 The *fingerprint* names the key without revealing it; it is in ``config.json``, the key file, and the header of
 every chunk and manifest, so a blob written with another key is recognised as such, not as garbage.
 
-A sealed blob (format in docs/design.md, section 2)::
+A sealed blob (format in docs/format.md §4)::
 
     magic(4) scheme(1) fingerprint(16) body
-    scheme 0 (plain):          sha256(header, aad, payload)(32) payload
-    scheme 1 (aes-256-gcm):    nonce(12) AESGCM(payload, associated data = header + aad)
+    scheme 0 (plain, format v2 only): sha256(header, aad, payload)(32) payload
+    scheme 1 (aes-256-gcm):           nonce(12) AESGCM(payload, associated data = header + aad)
+    scheme 2 (hmac-sha256, v3):       HMAC-SHA256(mac key; header, aad, payload)(32) payload
 
 ``aad`` binds a blob to its name (a chunk's id, a manifest's ``vm/point``): a blob moved under another name fails its
-check even though each file is intact. Plain blobs get a checksum (integrity, not secrecy) so that verify detects a
-truncated or flipped manifest of an unencrypted vault just as well.
+check even though each file is intact. Scheme 0 is an unkeyed checksum: it catches damage, not forgery (anyone can
+recompute it), so format v3 never writes it. An unencrypted v3 vault has an *authentication key* (the same two
+256-bit halves as ``Keys``: ``enc`` is the MAC key, ``ids`` the chunk-id key) that lives outside the vault, in the
+host's state directory; whoever can write the vault but lacks that key can neither re-seal a blob nor make a chunk
+id for content of their choosing.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from ..errors import AuthError, IntegrityError, VaultError
 
 KEYFILE_FORMAT = "cutpoint-key"
-KEYFILE_VERSION = 1
+KEYFILE_VERSION = 2              # 2: the vault's config.json is MAC'd (format v3); 1: format v2, no config MAC
+KEYFILE_VERSIONS = (1, 2)
+AUTHKEY_FORMAT = "cutpoint-auth-key"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 17, 8, 1      # OWASP's minimum for scrypt: ~0.5 s and 128 MiB per unlock
-SCHEME_PLAIN, SCHEME_AESGCM = 0, 1
+SCHEME_PLAIN, SCHEME_AESGCM, SCHEME_HMAC = 0, 1, 2
 HEADER = struct.Struct("4sB16s")
 NO_KEY = bytes(16)
 
@@ -58,13 +64,16 @@ class Keys:
 
 
 class Sealer:
-    """Chunk ids and sealing for one vault: ``keys=None`` is an unencrypted vault (sha256 ids, checksummed blobs)."""
+    """Chunk ids and sealing for one vault: ``keys=None`` is a v2 unencrypted vault (sha256 ids, checksummed blobs);
+    keys with ``encrypt`` AES-256-GCM; keys without it (an unencrypted v3 vault) HMAC-sealed plaintext."""
 
-    def __init__(self, keys: Keys | None) -> None:
+    def __init__(self, keys: Keys | None, *, encrypt: bool = True) -> None:
         self.keys = keys
+        self.encrypted = keys is not None and encrypt
         self.fingerprint = keys.fingerprint if keys else None
         self._fp = bytes.fromhex(self.fingerprint) if self.fingerprint else NO_KEY
-        self._aead = AESGCM(keys.enc) if keys else None
+        self._aead = AESGCM(keys.enc) if keys and encrypt else None
+        self._scheme = SCHEME_PLAIN if keys is None else SCHEME_AESGCM if encrypt else SCHEME_HMAC
 
     def chunk_id(self, data: bytes) -> str:
         if self.keys is None:
@@ -72,12 +81,19 @@ class Sealer:
         return hmac.new(self.keys.ids, data, hashlib.sha256).hexdigest()
 
     def seal(self, magic: bytes, payload: bytes, aad: bytes) -> bytes:
-        if self._aead is None:
-            header = HEADER.pack(magic, SCHEME_PLAIN, NO_KEY)
-            return b"".join((header, _checksum(header, aad, payload), payload))
-        header = HEADER.pack(magic, SCHEME_AESGCM, self._fp)
-        nonce = os.urandom(12)
-        return header + nonce + self._aead.encrypt(nonce, payload, header + aad)
+        header = HEADER.pack(magic, self._scheme, self._fp)
+        if self._aead is not None:
+            nonce = os.urandom(12)
+            return header + nonce + self._aead.encrypt(nonce, payload, header + aad)
+        return b"".join((header, self._tag(header, aad, payload), payload))
+
+    def _tag(self, header: bytes, aad: bytes, payload: bytes | memoryview) -> bytes:
+        if self.keys is None:
+            return _checksum(header, aad, payload)
+        h = hmac.new(self.keys.enc, header, hashlib.sha256)
+        h.update(aad)
+        h.update(payload)
+        return h.digest()
 
     def unseal(self, magic: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
         """The payload of ``blob``, authenticated; anything else raises ``IntegrityError`` naming ``what``."""
@@ -89,23 +105,33 @@ class Sealer:
         view = memoryview(blob)          # no copies of a 4 MiB body on the restore path
         body = view[HEADER.size:]
         header = blob[:HEADER.size]
-        if scheme == SCHEME_PLAIN and self._aead is None:
-            if len(body) < 32 or not hmac.compare_digest(body[:32], _checksum(header, aad, body[32:])):
-                raise IntegrityError(f"{what} is damaged: checksum mismatch (truncated or altered)")
-            return bytes(body[32:])
-        if scheme == SCHEME_AESGCM and self._aead is not None:
-            if fp != self._fp:
-                raise IntegrityError(f"{what} was written with key {fp.hex()}, not this vault's key "
-                                     f"{self.fingerprint}")
+        if scheme != self._scheme:
+            if scheme in _SCHEMES:
+                raise IntegrityError(f"{what} is {_SCHEMES[scheme]}, which does not match this vault "
+                                     f"({_SCHEMES[self._scheme]}): forged, or from another vault")
+            raise IntegrityError(f"{what} is damaged: unknown scheme {scheme}")
+        if scheme != SCHEME_PLAIN and fp != self._fp:
+            raise IntegrityError(f"{what} was written with key {fp.hex()}, not this vault's key {self.fingerprint}")
+        if self._aead is not None:
             try:
                 return self._aead.decrypt(bytes(body[:12]), bytes(body[12:]), header + aad)
             except InvalidTag:
                 raise IntegrityError(f"{what} is damaged: authentication failed (altered, truncated or "
                                      "misplaced)") from None
-        if scheme in (SCHEME_PLAIN, SCHEME_AESGCM):
-            state = "encrypted" if scheme == SCHEME_AESGCM else "unencrypted"
-            raise IntegrityError(f"{what} is {state}, which does not match this vault's configuration")
-        raise IntegrityError(f"{what} is damaged: unknown scheme {scheme}")
+        if len(body) < 32 or not hmac.compare_digest(body[:32], self._tag(header, aad, body[32:])):
+            kind = "checksum mismatch" if self.keys is None else "authentication failed"
+            raise IntegrityError(f"{what} is damaged: {kind} (truncated, altered or misplaced)")
+        return bytes(body[32:])
+
+
+_SCHEMES = {SCHEME_PLAIN: "sealed with an unkeyed checksum", SCHEME_AESGCM: "encrypted",
+            SCHEME_HMAC: "authenticated but not encrypted"}
+
+
+def config_mac(keys: Keys, canonical: bytes) -> str:
+    """The MAC of a vault's canonical config under a key derived from the vault's (or authentication) key."""
+    k = hmac.new(keys.ids, b"cutpoint-config-mac\0", hashlib.sha256).digest()
+    return hmac.new(k, canonical, hashlib.sha256).hexdigest()
 
 
 def _checksum(header: bytes, aad: bytes, payload: bytes | memoryview) -> bytes:
@@ -121,8 +147,10 @@ def _kdf(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
-def _aad(vault_id: str, fingerprint: str) -> bytes:
-    return f"{KEYFILE_FORMAT} v{KEYFILE_VERSION} {vault_id} {fingerprint}".encode()
+def _aad(vault_id: str, fingerprint: str, version: int = KEYFILE_VERSION) -> bytes:
+    """The key file's version is authenticated: a v2 key file (its vault's config is MAC'd) cannot be passed off
+    as a v1 one to skip that check."""
+    return f"{KEYFILE_FORMAT} v{version} {vault_id} {fingerprint}".encode()
 
 
 def wrap_keys(keys: Keys, passphrase: bytes, vault_id: str) -> dict[str, Any]:
@@ -142,9 +170,9 @@ def check_key_file(doc: object, where: str) -> dict[str, Any]:
     """Shape check of a parsed key file, before any passphrase is asked for."""
     if not isinstance(doc, dict) or doc.get("format") != KEYFILE_FORMAT:
         raise VaultError(f"{where} is not a cutpoint key file")
-    if doc.get("version") != KEYFILE_VERSION:
+    if doc.get("version") not in KEYFILE_VERSIONS:
         raise VaultError(f"{where} is a key file of version {doc.get('version')}; this cutpoint reads "
-                         f"version {KEYFILE_VERSION}")
+                         f"versions {', '.join(map(str, KEYFILE_VERSIONS))}")
     kdf = doc.get("kdf")
     if (not isinstance(kdf, dict) or kdf.get("name") != "scrypt"
             or not all(isinstance(doc.get(k), str) for k in ("vault", "fingerprint", "nonce", "keys"))):
@@ -165,7 +193,7 @@ def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
     except (KeyError, ValueError, TypeError) as exc:
         raise VaultError(f"key file {where} is damaged: {exc}") from exc
     try:
-        raw = AESGCM(kek).decrypt(nonce, sealed, _aad(doc["vault"], doc["fingerprint"]))
+        raw = AESGCM(kek).decrypt(nonce, sealed, _aad(doc["vault"], doc["fingerprint"], int(doc["version"])))
     except InvalidTag:
         raise AuthError(f"wrong passphrase for key file {where} (or the key file is damaged); check "
                         "--passphrase-file / CUTPOINT_PASSPHRASE") from None
@@ -173,3 +201,27 @@ def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
     if len(raw) != 64 or keys.fingerprint != doc["fingerprint"]:
         raise VaultError(f"key file {where} is damaged: its keys do not match its fingerprint")
     return keys
+
+
+# -- the authentication key of an unencrypted vault (kept in the host's state directory, never in the vault) --------
+
+def auth_key_doc(keys: Keys, vault_id: str) -> dict[str, Any]:
+    """The file form of an unencrypted vault's authentication key: not passphrase-protected (it guards integrity,
+    not secrecy); its protection is where it lives (a root-only 0700 directory) and who gets an export."""
+    return {"format": AUTHKEY_FORMAT, "version": 1, "vault": vault_id, "fingerprint": keys.fingerprint,
+            "keys": base64.b64encode(keys.enc + keys.ids).decode(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def auth_key_from(doc: object, where: str) -> tuple[Keys, str]:
+    """(keys, vault id) of an authentication key file; anything malformed raises ``VaultError``."""
+    if not isinstance(doc, dict) or doc.get("format") != AUTHKEY_FORMAT or doc.get("version") != 1:
+        raise VaultError(f"{where} is not a cutpoint authentication key file")
+    try:
+        raw = base64.b64decode(doc["keys"], validate=True)
+        keys = Keys(raw[:32], raw[32:])
+        if len(raw) != 64 or keys.fingerprint != doc["fingerprint"] or not isinstance(doc["vault"], str):
+            raise ValueError("its keys do not match its fingerprint")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise VaultError(f"authentication key file {where} is damaged: {exc}") from exc
+    return keys, doc["vault"]

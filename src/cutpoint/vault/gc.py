@@ -1,6 +1,6 @@
 """Garbage collection: mark every chunk a visible point references, sweep the rest that is old enough.
 
-Safe while backups run (the argument is in docs/design.md, "GC"). In short, a chunk is deleted only if
+Safe while backups run (the argument is in docs/format.md §15). In short, a chunk is deleted only if
 
 * no point visible when gc reads the catalog references it, and
 * its mtime is older than the *cutoff*: min(gc's start, the start of the oldest running backup) minus a grace.
@@ -51,6 +51,8 @@ class GcResult:
 
 
 def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcResult:
+    if not dry_run:             # a swapped or rolled-back vault: what is "unreferenced" there is not ours to judge
+        vault.require_trusted("gc")
     with vault.gc_lock(), vault.points_lock(shared=True):
         start = _fs_now(vault.locks_dir / "gc.lock")
         writers = locks.running_writers(vault.locks_dir)

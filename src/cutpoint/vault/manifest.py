@@ -18,10 +18,12 @@ from typing import Any
 import zstandard
 
 from ..errors import IntegrityError
+from .codec import decompress
 from .crypto import Sealer
 
 FORMAT = 2
 MAGIC = b"CPM2"
+MAX_MANIFEST = 1 << 30        # decompressed: ~16 million chunk entries, 64 TiB of disk at 4 MiB chunks
 
 
 @dataclass
@@ -74,6 +76,18 @@ class Manifest:
             raise IntegrityError(f"{where} has format {m.format}; this cutpoint reads format {FORMAT}")
         return m
 
+    def check_shape(self, where: str) -> None:
+        """A chunk size in range and one entry per chunk of each disk: a manifest that disagrees with itself is
+        damaged, never padded or cut to fit (an incremental reuses these lists as they are)."""
+        cs = self.chunk_size
+        if not isinstance(cs, int) or isinstance(cs, bool) or not 4096 <= cs <= 1 << 30 or cs & (cs - 1):
+            raise IntegrityError(f"{where} is damaged: chunk size {cs!r}")
+        for d in self.disks:
+            n = -(-d.size // cs) if isinstance(d.size, int) and d.size >= 0 else -1
+            if not isinstance(d.chunks, list) or len(d.chunks) != n:
+                count = len(d.chunks) if isinstance(d.chunks, list) else d.chunks
+                raise IntegrityError(f"{where} is damaged: disk {d.name} lists {count} chunks for {n}")
+
     def referenced(self) -> set[str]:
         return {c for d in self.disks for c in d.chunks if c}
 
@@ -84,11 +98,8 @@ class Manifest:
     @classmethod
     def unseal(cls, sealer: Sealer, blob: bytes, vm: str, point: str, where: str) -> "Manifest":
         packed = sealer.unseal(MAGIC, blob, _aad(vm, point), where)
-        try:
-            data = zstandard.ZstdDecompressor().decompress(packed)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"{where} is damaged: {exc}") from exc
-        m = cls.from_bytes(data, where)
+        m = cls.from_bytes(decompress(packed, MAX_MANIFEST, where), where)
+        m.check_shape(where)
         if (m.vm, m.point) != (vm, point):
             raise IntegrityError(f"{where} describes point {m.point} of VM {m.vm!r} instead")
         if m.key_fingerprint != sealer.fingerprint:

@@ -1,6 +1,6 @@
 """Prune: forget the points of one VM that a retention policy does not keep.
 
-Order (docs/design.md): the catalog rows of all removed points go in one transaction (the commit point: after it
+Order (docs/format.md §14): the catalog rows of all removed points go in one transaction (the commit point: after it
 the points are gone for every reader, before it nothing changed), then their manifest files are deleted. A crash in
 between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
 because only gc knows what other points and running backups still use. A point that is being served (mounted, or
@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import faults
 from ..errors import UsageError
+from . import hoststate
 from .fsutil import fsync_dir
 from .locks import in_use
 from .retention import Decision, Retention, decide
@@ -58,12 +59,15 @@ def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
         vault.catalog.vm(vm)            # unknown VM: a clear error; a known one has nothing to prune
     if dry_run:
         return _plan(vault, vm, policy, True, tz)
+    vault.require_trusted(f"prune of VM {vm!r}")
     with vault.points_lock(shared=False), vault.vm_lock(vm, writer=False):
         res = _plan(vault, vm, policy, False, tz)
         gone = [d.id for d in res.decisions if not d.keep]
         if gone:
             recs = {p.id: p for p in vault.catalog.points(vm)}
             vault.catalog.remove_points(gone)
+            left = vault.catalog.points(vm)
+            hoststate.forgotten(vault.root, vm, gone, left[-1].id if left else None)   # ours: not a rollback
             faults.hit("after-prune-commit")
             dirs = set()
             for pid in gone:

@@ -1,4 +1,4 @@
-"""The vault: one directory holding chunks, manifests, the catalog, the key file and locks (docs/design.md, 2).
+"""The vault: one directory holding chunks, manifests, the catalog, the key file and locks (docs/format.md).
 
 Opening a vault checks its format version and, when it is encrypted, unlocks its key *before* anything else is
 opened or written: a wrong passphrase or key file stops a command with nothing changed on disk.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,16 +21,20 @@ from .. import faults
 from ..catalog.db import Catalog, PointRecord
 from ..names import check_vm_name
 from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, VaultError
+from . import config as cfgmod
+from . import hoststate
 from . import locks
 from . import passphrase as pp
 from .chunks import ChunkStore
-from .crypto import Keys, Sealer, check_key_file, unwrap_keys, wrap_keys
+from .config import VAULT_FORMAT, VAULT_VERSION, read_config
+from .crypto import Keys, Sealer, auth_key_doc, check_key_file, unwrap_keys, wrap_keys
 from .fsutil import fsync_dir, write_atomic
 from .manifest import MAGIC as MANIFEST_MAGIC
 from .manifest import Manifest, manifest_path
 
-VAULT_FORMAT = "cutpoint-vault"
-VAULT_VERSION = 2
+__all__ = ["VAULT_FORMAT", "VAULT_VERSION", "DEFAULT_CHUNK_SIZE", "KEY_FILE", "Vault", "read_config"]
+
+log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 4 << 20
 KEY_FILE = "key.json"
 
@@ -40,61 +45,95 @@ class Vault:
         self.config = config
         self.sealer = sealer
         self.chunk_size = int(config["chunk_size"])
-        self.chunks = ChunkStore(root / "chunks", sealer)
+        # v3: the chunk size is authenticated and never changes, so no chunk can be larger; a v2 config is not
+        # authenticated (an edit could shrink it under older points): bounded by the largest chunk size there is
+        bound = self.chunk_size if int(config["version"]) >= 3 else cfgmod.MAX_CHUNK_SIZE
+        self.chunks = ChunkStore(root / "chunks", sealer, max_size=bound)
         self.catalog = Catalog(root / "catalog.sqlite")
         self.locks_dir = root / "locks"
+        self.finding: hoststate.Finding | None = None     # what this host's memory says is wrong with the vault
 
     @property
     def encrypted(self) -> bool:
-        return self.sealer.keys is not None
+        return self.sealer.encrypted
 
     @classmethod
-    def open(cls, root: Path, *, create: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
-             passphrase: pp.Source | None = None, key_file: Path | None = None) -> "Vault":
-        """Open (or, with ``create``, create an unencrypted) vault; an encrypted one is unlocked first."""
+    def open(cls, root: Path, *, create: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             passphrase: pp.Source | None = None, key_file: Path | None = None,
+             accept_change: bool = False, warn: bool = True) -> "Vault":
+        """Open an existing vault: config authenticated (v3), key unlocked, then compared with what this host
+        remembers of it. Never creates one (``create`` and ``chunk_size`` are accepted for old callers and ignored:
+        creating is 'cutpoint vault init''s job). ``accept_change`` is 'vault trust': record it as it is now.
+        A finding of this host's memory is logged as a warning (``warn``) and refused by ``require_trusted``."""
+        del create, chunk_size
         root = root.expanduser()
-        if not (root / "config.json").exists():
-            if not create:
-                raise NotFoundError(f"{root} is not a cutpoint vault (no config.json); create it with a backup or "
-                                    "'cutpoint vault init'")
-            cls.create(root, chunk_size=chunk_size, exist_ok=True)
         config = read_config(root)
         if not os.access(root, os.W_OK):
             raise VaultError(f"vault directory {root} is not writable; fix its permissions or pass --vault DIR "
                              "(or set CUTPOINT_VAULT) to use another")
-        keys = unlock(root, config, passphrase, key_file) if config.get("encryption") else None
-        if keys is None:
-            _refuse_downgrade(root)
-        return cls(root, config, Sealer(keys))
+        sealer = _sealer(root, config, passphrase, key_file)
+        cfgmod.validate(config, root)
+        vault = cls(root, config, sealer)
+        try:
+            seen = hoststate.Seen(config["id"], cfgmod.fingerprint(config), vault.encrypted,
+                                  {vm: pts[-1].id for vm, pts in _by_vm(vault.catalog.points()).items()})
+            if accept_change:
+                hoststate.trust(root, seen)
+                return vault
+            vault.finding = hoststate.check(root, seen, lambda vm: [p.id for p in vault.catalog.points(vm)])
+            if vault.finding is not None:
+                if vault.finding.kind == "downgraded":
+                    raise hoststate.VaultChangedError(vault.finding.message(root))
+                if warn:
+                    log.warning("%s (reading on; writes are refused)", vault.finding.message(root))
+        except BaseException:
+            vault.close()
+            raise
+        return vault
+
+    def require_trusted(self, what: str) -> None:
+        """Writes (backup, prune, gc) go only into a vault this host's memory agrees with."""
+        if self.finding is not None:
+            raise hoststate.VaultChangedError(f"{what} refused: {self.finding.message(self.root)}")
 
     @staticmethod
     def create(root: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, encrypt: bool = False,
                passphrase: pp.Source | None = None, exist_ok: bool = False) -> None:
-        """Create a vault; the passphrase is asked for before anything is written, and config.json comes last."""
+        """Create a vault of format v3; the passphrase is asked for before anything is written, and config.json
+        comes last. Unencrypted, it still gets an authentication key, kept in this host's state directory."""
         root = root.expanduser()
         if (root / "config.json").exists():
             if exist_ok:
                 return
             raise UsageError(f"{root} is already a cutpoint vault; choose another --vault DIR")
-        keys = Keys.generate() if encrypt else None
+        try:
+            cfgmod.check_chunk_size(chunk_size, "--chunk-size")
+        except VaultError as exc:
+            raise UsageError(str(exc)) from None
+        keys = Keys.generate()
         secret = (passphrase or pp.source())(f"the new vault {root}", True) if encrypt else b""
         vault_id = uuid.uuid4().hex
         config: dict[str, Any] = {
             "format": VAULT_FORMAT, "version": VAULT_VERSION, "id": vault_id, "chunk_size": chunk_size,
-            "chunk_id": "hmac-sha256" if keys else "sha256", "compression": "zstd",
+            "chunk_id": "hmac-sha256", "compression": "zstd",
             "encryption": {"cipher": "aes-256-gcm", "kdf": "scrypt", "key_fingerprint": keys.fingerprint}
-            if keys else None,
+            if encrypt else None,
+            "authentication": {"mac": "hmac-sha256", "key_fingerprint": keys.fingerprint,
+                               "key": KEY_FILE if encrypt else "host state"},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
+            if not encrypt:
+                hoststate.save_auth_key(keys, vault_id)
             root.mkdir(mode=0o700, parents=True, exist_ok=True)      # private whatever the umask
             for sub in ("chunks", "points", "locks"):
                 (root / sub).mkdir(mode=0o700, exist_ok=True)
-            if keys:
+            if encrypt:
                 write_atomic(root / KEY_FILE, json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode())
-            write_atomic(root / "config.json", json.dumps(config, indent=1).encode())
+            write_atomic(root / "config.json", json.dumps(cfgmod.seal(config, keys), indent=1).encode())
         except OSError as exc:
             raise VaultError(f"cannot create a vault in {root}: {exc.strerror or exc}; pass --vault DIR "
                              "(or set CUTPOINT_VAULT) to a writable directory") from exc
+        hoststate.trust(root, hoststate.Seen(vault_id, keys.fingerprint, encrypt, {}))
 
     def close(self) -> None:
         self.catalog.close()
@@ -102,7 +141,8 @@ class Vault:
     # -- points ------------------------------------------------------------------------------------------------------
 
     def commit_point(self, manifest: Manifest, summary: dict[str, object]) -> PointRecord:
-        """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/design.md)."""
+        """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/format.md §12)."""
+        self.require_trusted(f"committing point {manifest.point}")
         self.chunks.flush()
         faults.hit("after-chunks")
         path = manifest_path(self.root, manifest.vm, manifest.point)
@@ -120,6 +160,7 @@ class Vault:
             stored_bytes=sum(d.stored_bytes for d in manifest.disks),
             manifest=str(path.relative_to(self.root)), summary=summary)
         self.catalog.add_point(rec)
+        hoststate.committed(self.root, manifest.vm, manifest.point)
         return rec
 
     def manifest(self, rec: PointRecord) -> Manifest:
@@ -153,7 +194,7 @@ class Vault:
         except IntegrityError as exc:
             return None, f"previous point is unreadable ({exc})"
 
-    # -- locks (table in docs/design.md) -----------------------------------------------------------------------------
+    # -- locks (table in docs/format.md §16) -----------------------------------------------------------------------------
 
     @contextmanager
     def vm_lock(self, vm: str, *, writer: bool = True) -> Iterator[None]:
@@ -180,30 +221,36 @@ class Vault:
         return locks.hold(self.locks_dir / "gc.lock", "garbage collection")
 
 
-def read_config(root: Path) -> dict[str, Any]:
-    """``config.json``, checked for format and version; needs no passphrase."""
-    cfg_path = root / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text())
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError:
-        raise NotFoundError(f"{root} is not a cutpoint vault (no config.json); create one with 'cutpoint vault init "
-                            f"--vault {root}'") from None
-    except (OSError, ValueError) as exc:
-        raise VaultError(f"cannot read vault config {cfg_path}: {exc}") from exc
-    if config.get("format") != VAULT_FORMAT:
-        raise VaultError(f"{root} is not a cutpoint vault (config format {config.get('format')!r})")
-    if config.get("version") == 1:
-        raise VaultError(f"{root} is a vault of format v1 (a development build); this cutpoint reads v2 only and "
-                         "does not convert it: create a new vault with 'cutpoint vault init --vault NEWDIR'")
-    if config.get("version") != VAULT_VERSION:
-        raise VaultError(f"{root} holds vault format v{config.get('version')}; this cutpoint reads "
-                         f"{VAULT_FORMAT} v{VAULT_VERSION}")
-    if not config.get("encryption") and (root / KEY_FILE).exists():
-        raise IntegrityError(f"{cfg_path} says the vault is unencrypted but it has a key file: config.json was "
-                             "altered; restore it from a copy")
-    return config
+def _by_vm(points: list[PointRecord]) -> dict[str, list[PointRecord]]:
+    out: dict[str, list[PointRecord]] = {}
+    for p in points:
+        out.setdefault(p.vm, []).append(p)
+    return out
+
+
+def _sealer(root: Path, config: dict[str, Any], passphrase: pp.Source | None, key_file: Path | None) -> Sealer:
+    """The vault's keys, and its config authenticated with them (format v3, or a v2 vault whose key file is v2)."""
+    if config.get("encryption"):
+        doc = load_key_file(key_file_path(root, key_file))
+        keys = unlock(root, config, passphrase, key_file, doc)
+        if config["version"] >= 3 or doc["version"] >= 2:
+            cfgmod.check_mac(config, keys, root)
+        return Sealer(keys)
+    if (root / KEY_FILE).exists():
+        raise IntegrityError(f"{root / 'config.json'} says the vault is unencrypted but it has a key file: "
+                             "config.json was altered; restore it from a copy")
+    _refuse_downgrade(root)
+    if config["version"] < 3:
+        return Sealer(None)
+    fp = cfgmod.fingerprint(config)
+    if fp is None:
+        raise IntegrityError(f"{root / 'config.json'} was altered: a format v3 vault without an authentication "
+                             "key; restore config.json from a copy")
+    env = os.environ.get("CUTPOINT_KEY_FILE")
+    keys = hoststate.load_auth_key(fp, str(config.get("id")), root,
+                                   (key_file or (Path(env) if env else None)))
+    cfgmod.check_mac(config, keys, root)
+    return Sealer(keys, encrypt=False)
 
 
 def _refuse_downgrade(root: Path) -> None:
@@ -241,27 +288,35 @@ def load_key_file(path: Path) -> dict[str, Any]:
 
 def check_belongs(doc: dict[str, Any], config: dict[str, Any], path: Path, root: Path) -> None:
     want = config["encryption"]["key_fingerprint"]
+    if doc["fingerprint"] == want and doc["vault"] != config["id"] and config["version"] >= 3:
+        raise IntegrityError(f"{root / 'config.json'} was altered: its vault id {config['id']!r} is not the one "
+                             f"its key {want} belongs to; restore config.json from a copy")
     if doc["fingerprint"] != want or doc["vault"] != config["id"]:
         raise AuthError(f"key file {path} belongs to another vault (key {doc['fingerprint']}); vault {root} needs "
                         f"key {want}")
 
 
-def unlock(root: Path, config: dict[str, Any], passphrase: pp.Source | None, key_file: Path | None) -> Keys:
+def unlock(root: Path, config: dict[str, Any], passphrase: pp.Source | None, key_file: Path | None,
+           doc: dict[str, Any] | None = None) -> Keys:
     path = key_file_path(root, key_file)
-    doc = load_key_file(path)
+    doc = doc or load_key_file(path)
     check_belongs(doc, config, path, root)
     secret = (passphrase or pp.source())(f"vault {root}", False)
     return unwrap_keys(doc, secret, str(path))
 
 
 def export_key(vault: Vault, to: Path, key_file: Path | None = None) -> Path:
-    """Copy the (passphrase-protected) key file that unlocked ``vault`` to ``to``; never overwrites."""
-    if not vault.encrypted:
-        raise UsageError(f"vault {vault.root} is not encrypted: it has no key to export")
+    """Copy the (passphrase-protected) key file that unlocked ``vault`` to ``to``, or an unencrypted vault's
+    authentication key (not passphrase-protected); never overwrites."""
+    if vault.sealer.keys is None:
+        raise UsageError(f"vault {vault.root} is an unencrypted vault of format v2: it has no key to export")
     to = to.expanduser()
     if to.exists():
         raise UsageError(f"{to} already exists; choose another --to FILE")
-    data = key_file_path(vault.root, key_file).read_bytes()
+    if vault.encrypted:
+        data = key_file_path(vault.root, key_file).read_bytes()
+    else:
+        data = json.dumps(auth_key_doc(vault.sealer.keys, vault.config["id"]), indent=1).encode()
     try:
         write_atomic(to, data)          # mkstemp: mode 0600
     except OSError as exc:
@@ -273,9 +328,9 @@ def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> st
     """Install ``src`` as the vault's key file after proving it is this vault's key and the passphrase opens it."""
     root = root.expanduser()
     config = read_config(root)
-    if not config.get("encryption"):
-        raise UsageError(f"vault {root} is not encrypted: it takes no key")
     src = src.expanduser()
+    if not config.get("encryption"):
+        return _import_auth_key(root, config, src)
     doc = load_key_file(src)
     check_belongs(doc, config, src, root)
     unwrap_keys(doc, (passphrase or pp.source())(f"key file {src}", False), str(src))
@@ -284,3 +339,18 @@ def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> st
     except OSError as exc:
         raise VaultError(f"cannot write {root / KEY_FILE}: {exc.strerror or exc}") from exc
     return str(doc["fingerprint"])
+
+
+def _import_auth_key(root: Path, config: dict[str, Any], src: Path) -> str:
+    """Install an unencrypted vault's exported authentication key in this host's state, once it is proven to be
+    the key that authenticates this vault's config."""
+    fp = cfgmod.fingerprint(config)
+    if fp is None:
+        raise UsageError(f"vault {root} is an unencrypted vault of format v2: it takes no key")
+    keys = hoststate.load_auth_key(fp, str(config.get("id")), root, src)
+    cfgmod.check_mac(config, keys, root)
+    try:
+        hoststate.save_auth_key(keys, str(config["id"]))
+    except OSError as exc:
+        raise VaultError(f"cannot write the host state: {exc.strerror or exc}") from exc
+    return fp
