@@ -76,6 +76,13 @@ class AuthError(VaultError):
     exit_code = 10
 
 
+class UnsafePathError(CutpointError):
+    """A directory cutpoint would create or delete in is not safely its own (a symlink, another owner, writable by
+    others): refused rather than followed. Exit 5, like any other unusable file or directory."""
+
+    exit_code = 5
+
+
 class UnsupportedError(CutpointError):
     """The VM's setup cannot be backed up consistently as configured."""
 

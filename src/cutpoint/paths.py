@@ -33,9 +33,10 @@ def cache_home() -> Path:
 
 
 def work_home() -> Path:
-    """Scratch space for fleecing overlays: ``$CUTPOINT_WORK`` or ``/var/tmp/cutpoint``."""
+    """Scratch space for fleecing overlays: ``$CUTPOINT_WORK`` or ``/var/lib/cutpoint/work``. Never in a
+    world-writable tree by default; ``workdir.py`` checks and creates it (private, ours)."""
     env = os.environ.get("CUTPOINT_WORK")
-    return Path(env) if env else Path("/var/tmp/cutpoint")
+    return Path(env) if env else Path("/var/lib/cutpoint/work")
 
 
 def vms_home() -> Path:

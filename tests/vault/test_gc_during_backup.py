@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from cutpoint.vault.prune import prune
-from cutpoint.vault.retention import Policy
+from cutpoint.vault.retention import Retention
 from tests.helpers import blockdev_args, guest_write, make_image
 from tests.vault.util import (MiB, add_vm, assert_sound, backup, chunk_path, gc, open_vault, snapshot,
                               start_stopped)
@@ -25,7 +25,7 @@ def test_gc_during_backup(bare_qemu, tmp_path: Path) -> None:
     guest_write(vm.qmp, "da-dev", "write -P 0x33 0 4M", "write -z 8M 4M")
     backup()                                            # p2: X and G replaced
     v = open_vault()
-    prune(v, "v", Policy(last=1))                       # p1 gone: X and G referenced by nothing
+    prune(v, "v", Retention(last=1))                    # p1 gone: X and G referenced by nothing
     x, g, new = (v.chunks.chunk_id(bytes([b]) * (4 * MiB)) for b in (0x11, 0x22, 0x44))    # keyed ids (v3)
     v.close()
     old = time.time() - 3600
@@ -48,7 +48,7 @@ def test_gc_during_backup(bare_qemu, tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     p3 = __import__("json").loads(out)["point"]
     v = open_vault()
-    prune(v, "v", Policy(last=1))
+    prune(v, "v", Retention(last=1))
     v.close()
     assert gc()["removed_chunks"] == 1                  # p2's chunk; X and N are p3's now
     assert_sound({p3: want}, tmp_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cutpoint.vault.prune import prune
-from cutpoint.vault.retention import Policy
+from cutpoint.vault.retention import Retention
 from tests.vault.util import (assert_sound, backup, change, files, gc, killed_at, open_vault, snapshot,
                               two_disk_vm)
 
@@ -21,7 +21,7 @@ def test_kill_during_gc(bare_qemu, tmp_path: Path) -> None:
     keep = backup()["point"]
     at_keep = snapshot(images)
     v = open_vault()
-    prune(v, "v", Policy(last=1))
+    prune(v, "v", Retention(last=1))
     v.close()
     before = len(files("chunks"))
 

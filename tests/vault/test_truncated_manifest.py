@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from cutpoint.vault.prune import prune
-from cutpoint.vault.retention import Policy
+from cutpoint.vault.retention import Retention
 from tests.helpers import cutpoint
 from tests.vault.util import (assert_sound, backup, change, files, gc, one_line_error, open_vault, restored,
                               snapshot, two_disk_vm, vault_dir)
@@ -43,7 +43,7 @@ def test_truncated_manifest(bare_qemu, tmp_path: Path) -> None:
     assert res["mode"] == "full" and res["full_reason"] == "previous point failed verification"
     at_p3 = snapshot(images)
     v = open_vault()
-    prune(v, "v", Policy(last=1))
+    prune(v, "v", Retention(last=1))
     v.close()
     assert gc()["removed_chunks"] > 0
     assert_sound({res["point"]: at_p3}, tmp_path)

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from ..errors import VaultError
-from ..paths import state_home
+from ..paths import state_home, work_home
 from ..vault.vault import read_config
 
 ROLES = ("operator", "read-only")
@@ -42,9 +42,16 @@ def token_dir() -> Path:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise VaultError(f"state directory {p} is not a directory owned by this user; remove it or set "
                              "CUTPOINT_STATE to another")
-        if st.st_mode & 0o077:
-            os.chmod(p, 0o700)
+        passage = st.st_mode & 0o011 if p == base and _holds_work_root(base) else 0
+        if st.st_mode & 0o077 & ~passage:
+            os.chmod(p, 0o700 | passage)
     return d
+
+
+def _holds_work_root(base: Path) -> bool:
+    """The default work root, /var/lib/cutpoint/work, lies in the state directory, and libvirt's QEMU (another
+    user) must pass through to its scratch (``workdir.share_with`` adds search permission): keep that, nothing more."""
+    return Path(os.path.realpath(work_home())).is_relative_to(os.path.realpath(base))
 
 
 def vault_id(vault_root: Path) -> str:

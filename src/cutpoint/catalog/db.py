@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import faults
 from ..errors import NotFoundError, UsageError, VaultError
+from ..names import check_vm_name
 from .sqlite import connect
 
 SCHEMA = """
@@ -95,6 +96,7 @@ class Catalog:
     # -- VMs ---------------------------------------------------------------------------------------------------------
 
     def add_vm(self, rec: VmRecord) -> None:
+        check_vm_name(rec.name)         # every registration (CLI, restore, API) passes here; names become paths
         try:
             self.db.execute("INSERT INTO vms VALUES (?,?,?,?,?)",
                             (rec.name, rec.kind, rec.address, rec.added, json.dumps(rec.settings)))

@@ -1,9 +1,15 @@
 """Opening the catalog's SQLite file the one way every table owner needs: WAL (readers never block the writer),
-``synchronous=FULL`` (a committed row survives a crash), a busy timeout for concurrent processes, and its schema."""
+``synchronous=FULL`` (a committed row survives a crash), a busy timeout for concurrent processes, and its schema.
+
+The file is private (0600): the catalog names VMs, disks and sizes in plain text even in an encrypted vault. SQLite
+creates a database 0644 whatever the umask and gives its -wal, -shm and -journal the database file's mode, so the file
+is created 0600 first (never through a symlink) and one left open by an older version is closed with its side files."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from ..errors import VaultError
@@ -11,6 +17,7 @@ from ..errors import VaultError
 
 def connect(path: Path, schema: str, what: str, *, threads: bool = False) -> sqlite3.Connection:
     """A connection with ``schema`` applied; ``threads`` allows use from several threads (callers serialize)."""
+    make_private(path, what)
     try:
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not threads)
         db.execute("PRAGMA journal_mode=WAL")
@@ -19,3 +26,35 @@ def connect(path: Path, schema: str, what: str, *, threads: bool = False) -> sql
     except sqlite3.Error as exc:
         raise VaultError(f"cannot open {what} in {path}: {exc}") from exc
     return db
+
+
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path, what: str) -> None:
+    """``path`` exists as a regular file, mode 0600 at most; its side files too."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise VaultError(f"cannot open {what} in {path}: {exc.strerror or exc} (a symbolic link is refused); "
+                         "check the path and its permissions") from exc
+    try:
+        _tighten(fd, os.fstat(fd))
+        for side in SIDE_FILES:
+            try:
+                sfd = os.open(f"{path}{side}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                _tighten(sfd, os.fstat(sfd))
+            finally:
+                os.close(sfd)
+    except OSError as exc:
+        raise VaultError(f"cannot make {what} in {path} private: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def _tighten(fd: int, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)

@@ -6,7 +6,7 @@ import argparse
 
 from ..jobs.record import recorded
 from ..vault.prune import prune
-from ..vault.retention import Policy
+from ..vault.retention import Retention
 from .common import add_vault_arg, open_vault, print_json, table
 
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_prune(args: argparse.Namespace) -> int:
     vault = open_vault(args, write=None if args.dry_run else f"prune of VM {args.name!r}")
-    policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly)
+    policy = Retention(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly)
     with recorded(vault, "prune", args.name, detail={"dry_run": args.dry_run}) as job:
         res = prune(vault, args.name, policy, dry_run=args.dry_run)
         job.done(detail={"removed": [d.id for d in res.decisions if not d.keep], "dry_run": args.dry_run})

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..catalog.db import VmRecord
 from ..drivers.registry import driver_for
 from ..errors import UsageError
+from ..names import check_vm_name
 from .common import add_vault_arg, open_vault, print_json, table
 from .consistency import add_consistency_args, disk_rows, set_consistency, verdicts
 
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    check_vm_name(args.name)            # before anything is asked of QEMU or libvirt
     if args.libvirt:
         return _add_libvirt(args)
     if args.connect:

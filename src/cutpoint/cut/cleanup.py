@@ -8,10 +8,10 @@ vanish: it becomes a problem the backup records as a warning on its result.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import workdir
 from ..errors import CutpointError
 
 log = logging.getLogger(__name__)
@@ -32,22 +32,16 @@ class Steps:
 
 
 def workdir_for(base: Path, vm: str, point_id: str) -> Path:
-    return base / vm / point_id
+    return workdir.point_path(vm, point_id, base)          # both names checked (names.py)
 
 
-def remove_workdir(workdir: Path) -> list[str]:
-    """Delete one cut's work directory, and the VM's folder when no other backup of it is under way."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    try:
-        workdir.parent.rmdir()
-    except OSError:
-        pass                            # not empty: another backup's work directory, or a leftover sweep removes
-    return [f"could not delete work directory {workdir}"] if workdir.exists() else []
+def remove_workdir(path: Path) -> list[str]:
+    """Delete one cut's work directory, and the VM's folder when no other backup of it is under way; never through
+    a link (``workdir.remove_workdir``)."""
+    return workdir.remove_workdir(path)
 
 
 def sweep_workdirs(base: Path, vm: str) -> list[str]:
-    """Delete work directories of earlier, interrupted backups of ``vm`` (caller holds the VM's lock)."""
-    stale = sorted(p for p in (base / vm).glob("*") if p.is_dir()) if (base / vm).is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return [str(p) for p in stale]
+    """Delete work directories of earlier, interrupted backups of ``vm`` (caller holds the VM's lock); only below
+    ``vm``'s own checked directory."""
+    return workdir.sweep(vm, base)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..workdir import make_point_dir
 from .disks import Disk
 from .naming import EXPORT_PREFIX, JOB_PREFIX, NODE_PREFIX, bitmap_name
 
@@ -52,7 +53,7 @@ class Cut:
 
 def plan_cut(qmp: Path, workdir: Path, disks: list[Disk], point_id: str,
              prev_bitmaps: dict[str, str | None]) -> Cut:
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_point_dir(workdir)                 # private, every component checked (workdir.py)
     fleece = [FleeceDisk(d, i, workdir / f"fleece-{i}.qcow2", bitmap_name(point_id), prev_bitmaps.get(d.name))
               for i, d in enumerate(disks)]
     return Cut(qmp=qmp, workdir=workdir, nbd_socket=workdir / "nbd.sock", disks=fleece)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .. import names
 from ..errors import UsageError
+from ..vault.retention import Retention
 
 FREQUENCIES = ("hourly", "daily", "weekly")
 HOURLY_EVERY = (4, 6, 8, 12)
@@ -30,7 +32,6 @@ MAX_RPO_GRACE_MINUTES = 7 * 24 * 60
 TEST_SCHEDULES_ENV = "CUTPOINT_TEST_SCHEDULES"
 """Set to 1 to allow ``frequency: seconds`` (a schedule every few seconds), which only tests need."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -65,18 +66,6 @@ class Schedule:
             d["window_start"] = self.window_start
             d["window_hours"] = self.window_hours
         return d
-
-
-@dataclass(frozen=True)
-class Retention:
-    last: int = 0
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
-    yearly: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -134,7 +123,7 @@ class Policy:
         if not isinstance(data, dict):
             raise PolicyError(name, "(top level)", f"must be a mapping, got {type(data).__name__}")
         pname = name if name is not None else data.get("name")
-        if not isinstance(pname, str) or not _NAME.match(pname):
+        if not isinstance(pname, str) or not names.is_valid(pname):
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
         _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention", "rpo_grace_minutes",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CutpointError, NotFoundError, UnsupportedError, UsageError
-from ..paths import work_home
+from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import files as fsmod
@@ -54,7 +54,7 @@ def choose_disk(m: Manifest, disk: str | None) -> DiskManifest:
 
 @contextmanager
 def disk_view(vault: Vault, m: Manifest, disk: DiskManifest, key_file: Path | None = None) -> Iterator[View]:
-    base = work_home() / "views"
+    base = private_dir("views")
     base.mkdir(parents=True, exist_ok=True)
     stats = base / f"stats-{os.getpid()}-{time.monotonic_ns()}"
     stats.touch()
@@ -119,7 +119,7 @@ def get_files(vault: Vault, m: Manifest, disk: str | None, path: str, to: Path, 
 # -- mount ------------------------------------------------------------------------------------------------------------
 
 def _mounts_dir() -> Path:
-    return work_home() / "mounts"
+    return private_dir("mounts")
 
 
 def _state_file(mountpoint: Path) -> Path:

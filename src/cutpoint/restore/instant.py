@@ -28,7 +28,7 @@ from typing import Any
 from .. import qemuimg
 from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, UsageError
-from ..paths import work_home
+from ..workdir import private_dir
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
@@ -48,7 +48,7 @@ def _socket_path(vmdir: Path, name: str) -> Path:
     sock = vmdir / "nbd.sock"
     if len(str(sock)) <= SUN_PATH_MAX:
         return sock
-    d = work_home() / "instant" / name
+    d = private_dir("instant") / name
     private.make_private_dir(d)
     return d / "nbd.sock"
 

@@ -27,7 +27,7 @@ from types import TracebackType
 import cutpoint
 
 from ..errors import CutpointError, UnsupportedError
-from ..paths import work_home
+from ..workdir import private_dir
 from . import private
 from .config import process_alive
 
@@ -77,7 +77,7 @@ def _handoff() -> Iterator[list[str]]:
     if secret is None:
         yield []
         return
-    base = private.makedirs(work_home() / "run")
+    base = private_dir("run")                                   # checked: ours, 0700, no link
     d = Path(tempfile.mkdtemp(prefix="nbdkit-", dir=base))       # 0700, a fresh name nobody could plant
     try:
         f = d / "passphrase"

@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import qemuimg
 from ..errors import CutpointError, IntegrityError, NotFoundError, UnsupportedError, UsageError
-from ..paths import work_home
+from ..workdir import private_dir
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import private
@@ -148,7 +148,7 @@ class _Nbd:
 
 
 def _work() -> Path:
-    return private.makedirs(work_home() / "replace")
+    return private_dir("replace")
 
 
 def _plan(m: Manifest) -> list[tuple[DiskManifest, Path, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from ..catalog.db import VmRecord
 from ..errors import NotFoundError, UsageError
 from ..paths import vms_home
+from ..names import check_vm_name
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
@@ -27,13 +27,8 @@ from .cmdline import DiskTarget, Rewritten, rewrite
 from .config import synthesize_argv
 from .driver import Registration
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-
-
 def check_new_name(vault: Vault, name: str) -> None:
-    if not NAME_RE.fullmatch(name or ""):
-        raise UsageError(f"VM name {name!r}: use letters, digits, '.', '_' and '-' (at most 63, starting with a "
-                         "letter or digit)")
+    check_vm_name(name)                 # the one rule (names.py): the name becomes directories and a catalog row
     try:
         vault.catalog.vm(name)
     except NotFoundError:

@@ -14,14 +14,14 @@ from typing import Any
 
 from ..backup.result import BackupResult
 from ..backup.run import BackupOptions, backup
-from ..policy.model import Policy, Retention
+from ..policy.model import Policy
 from ..restore.orchestrator import restore
 from ..restore.results import ImagesResult
 from ..restore.targets import Images
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
-from ..vault import retention
 from ..vault import verify as vault_verify
+from ..vault.retention import Retention
 from ..vault.vault import Vault
 from .runner import JobContext, JobFailed, JobFn, Outcome
 
@@ -60,10 +60,6 @@ def restore_job(vm: str, point: str, to: Path, fmt: str, *, within: Path | None 
     return run
 
 
-def vault_retention(r: Retention) -> retention.Policy:
-    return retention.Policy(last=r.last, daily=r.daily, weekly=r.weekly, monthly=r.monthly, yearly=r.yearly)
-
-
 def prune_job(vm: str, policy: Policy) -> JobFn:
     """Apply the policy's retention to one VM's points through the vault's prune (which owns deleting)."""
     def run(ctx: JobContext) -> Outcome:
@@ -75,7 +71,7 @@ def prune_job(vm: str, policy: Policy) -> JobFn:
 
 def prune_vm(vault: Vault, vm: str, r: Retention, tz: tzinfo) -> dict[str, Any]:
     """Prune ``vm`` by ``r`` with day/week/month/year buckets in ``tz``."""
-    return vault_prune.prune(vault, vm, vault_retention(r), tz=tz).to_json()
+    return vault_prune.prune(vault, vm, r, tz=tz).to_json()
 
 
 def verify_job(vm: str, *, read_data: bool, policy: str | None = None) -> JobFn:

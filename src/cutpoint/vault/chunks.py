@@ -75,7 +75,7 @@ class ChunkStore:
         cid = cid or self.chunk_id(data)
         path = self.path(cid)
         try:
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
             with self.dir_lock(path.parent):
                 if _touch(path):
                     # a dedup hit: a concurrent backup may have renamed it in without fsyncing the directory yet;

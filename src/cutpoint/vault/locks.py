@@ -30,8 +30,8 @@ WRITER_PREFIX = "writer-"
 @contextmanager
 def hold(path: Path, what: str, *, shared: bool = False) -> Iterator[None]:
     """Take ``path``'s flock at once or raise ``LockedError`` naming the live holder(s)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -124,11 +124,11 @@ class Writer:
 @contextmanager
 def register_writer(locks_dir: Path, what: str) -> Iterator[Writer]:
     """Announce a running backup to gc for as long as the context lasts (see module doc)."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+    locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     running_writers(locks_dir)                       # clears registrations of dead processes
     name = f"{WRITER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.lock"
     tmp = locks_dir / f".tmp-{name}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, f"{what}\n".encode())

@@ -4,7 +4,8 @@ Order (docs/format.md §14): the catalog rows of all removed points go in one tr
 the points are gone for every reader, before it nothing changed), then their manifest files are deleted. A crash in
 between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
 because only gc knows what other points and running backups still use. A point that is being served (mounted, or
-running an instant-restored VM) holds a pin and is kept, with that reason, until it is released.
+running an instant-restored VM) holds a pin and is kept, with that reason, until it is released. The newest good
+point (last verify not ``failed``, catalog row readable) is always kept (``retention.decide``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..errors import UsageError
 from . import hoststate
 from .fsutil import fsync_dir
 from .locks import in_use
-from .retention import Decision, Policy, decide
+from .retention import Decision, Retention, decide
 from .vault import Vault
 
 
@@ -28,7 +29,7 @@ SERVED = "in use: being served (a mount, a file view or an instant-restored VM)"
 @dataclass
 class PruneResult:
     vm: str
-    policy: Policy
+    policy: Retention
     dry_run: bool
     decisions: list[Decision]
 
@@ -46,7 +47,7 @@ def parse_created(s: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def prune(vault: Vault, vm: str, policy: Policy, *, dry_run: bool = False,
+def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
           tz: tzinfo = timezone.utc) -> PruneResult:
     """``tz``: the zone whose days/weeks/months/years the buckets follow (the service passes its policy's)."""
     if policy.empty():
@@ -80,16 +81,20 @@ def prune(vault: Vault, vm: str, policy: Policy, *, dry_run: bool = False,
     return res
 
 
-def _plan(vault: Vault, vm: str, policy: Policy, dry_run: bool, tz: tzinfo = timezone.utc) -> PruneResult:
+def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = timezone.utc) -> PruneResult:
     pts = []
+    bad: set[str] = set()
     for p in vault.catalog.points(vm):
+        v = vault.catalog.verified(p.id)
+        if p.damaged or (v is not None and v.state == "failed"):
+            bad.add(p.id)             # not restorable as far as we know: does not count as the newest good point
         try:
             pts.append((p.id, parse_created(p.created)))
         except (TypeError, ValueError):
             raise UsageError(f"catalog row of point {p.id} has no valid creation time ({p.created!r}); run "
                              "'cutpoint verify' and fix the catalog before pruning") from None
     decisions = []
-    for d in decide(pts, policy, tz):
+    for d in decide(pts, policy, tz, bad):
         served = not d.keep and in_use(vault.pin_path(d.id))
         decisions.append(replace(d, keep=True, reasons=(SERVED,)) if served else d)
     return PruneResult(vm, policy, dry_run, decisions)

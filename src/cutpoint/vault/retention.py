@@ -10,16 +10,20 @@ Semantics are restic's (``restic forget``), which Proxmox Backup Server shares f
 * every rule is applied to all points independently, so a point can be kept by several rules and is listed with
   every reason; a point no rule keeps is removed;
 * ``-1`` means unlimited (every bucket), ``0`` means the rule is off. A policy with no rule on keeps everything
-  and is refused by the caller, so a forgotten option can never empty a VM's history.
+  and is refused by the caller, so a forgotten option can never empty a VM's history;
+* beyond restic: the newest *good* point (one not listed in ``bad``: its last verify failed, or its catalog row is
+  unreadable) is always kept, with the reason ``newest good``, so a damaged newest point can never cost a VM its
+  last restorable one.
 
 Buckets use the points' creation time in ``tz`` (UTC by default: point ids and timestamps are UTC). Issue 7's
-scheduler reuses this function with its own clock by passing the points it has.
+scheduler reuses this function with its own clock by passing the points it has. :class:`Retention` is the one
+retention type: the CLI's ``--keep-*`` flags and a policy's ``retention`` mapping both become one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone, tzinfo
 
 RULES: tuple[tuple[str, Callable[[datetime], str]], ...] = (
@@ -30,8 +34,13 @@ RULES: tuple[tuple[str, Callable[[datetime], str]], ...] = (
 )
 
 
+NEWEST_GOOD = "newest good"
+
+
 @dataclass(frozen=True)
-class Policy:
+class Retention:
+    """How many points each rule keeps (0 off, -1 all)."""
+
     last: int = 0
     daily: int = 0
     weekly: int = 0
@@ -47,6 +56,9 @@ class Policy:
             ("yearly", self.yearly)) if n]
         return "keep " + ", ".join(parts) if parts else "no rule"
 
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -56,8 +68,10 @@ class Decision:
     reasons: tuple[str, ...]
 
 
-def decide(points: Iterable[tuple[str, datetime]], policy: Policy, tz: tzinfo = timezone.utc) -> list[Decision]:
-    """One decision per point, newest first. ``points`` are (id, creation time, timezone-aware)."""
+def decide(points: Iterable[tuple[str, datetime]], policy: Retention, tz: tzinfo = timezone.utc,
+           bad: Collection[str] = ()) -> list[Decision]:
+    """One decision per point, newest first. ``points`` are (id, creation time, timezone-aware); ``bad`` names the
+    points that do not count as good (failed verification, unreadable row)."""
     ordered = sorted(points, key=lambda p: (p[1], p[0]), reverse=True)
     reasons: dict[str, list[str]] = {pid: [] for pid, _ in ordered}
     if policy.last:
@@ -74,4 +88,7 @@ def decide(points: Iterable[tuple[str, datetime]], policy: Policy, tz: tzinfo = 
                 seen = bucket
                 reasons[pid].append(f"{name} {bucket}")
                 left -= 1
+    newest_good = next((pid for pid, _ in ordered if pid not in bad), None)
+    if newest_good is not None and not reasons[newest_good]:
+        reasons[newest_good].append(NEWEST_GOOD)
     return [Decision(pid, created, bool(reasons[pid]), tuple(reasons[pid])) for pid, created in ordered]

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import faults
 from ..catalog.db import Catalog, PointRecord
+from ..names import check_vm_name
 from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, VaultError
 from . import config as cfgmod
 from . import hoststate
@@ -123,9 +124,9 @@ class Vault:
         try:
             if not encrypt:
                 hoststate.save_auth_key(keys, vault_id)
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)      # private whatever the umask
             for sub in ("chunks", "points", "locks"):
-                (root / sub).mkdir(exist_ok=True)
+                (root / sub).mkdir(mode=0o700, exist_ok=True)
             if encrypt:
                 write_atomic(root / KEY_FILE, json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode())
             write_atomic(root / "config.json", json.dumps(cfgmod.seal(config, keys), indent=1).encode())
@@ -146,7 +147,7 @@ class Vault:
         faults.hit("after-chunks")
         path = manifest_path(self.root, manifest.vm, manifest.point)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(path, manifest.seal(self.sealer))
             fsync_dir(path.parent.parent)
         except OSError as exc:
@@ -198,6 +199,7 @@ class Vault:
     @contextmanager
     def vm_lock(self, vm: str, *, writer: bool = True) -> Iterator[None]:
         """Held for a whole backup (or prune) of one VM; a backup also registers as a running writer for gc."""
+        check_vm_name(vm)               # backup, prune and cleanup pass here: a hostile catalog row is no path
         with locks.hold(self.locks_dir / f"vm-{vm}.lock", f"VM {vm!r}"):
             with locks.register_writer(self.locks_dir, f"backup {vm}") if writer else nullcontext():
                 yield

@@ -10,13 +10,13 @@ and an export cutpoint adds itself beside libvirt's.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
+from ... import workdir as wd
 from ...cut.disks import Disk
 from ...cut.driver import CutHandle, ReadTarget
 from ...cut.naming import BITMAP_PREFIX, EXPORT_PREFIX, XFER_PREFIX
@@ -53,7 +53,7 @@ def take_cut(dom: libvirt.virDomain, info: DomainInfo, cut: LibvirtCut, disks: l
              prev: dict[str, str | None], quiesce: Quiesce | None) -> CutHandle:
     """``prev[target]``: the checkpoint to read changes since, or None. Records progress on ``cut`` for cleanup."""
     mon = lc.DomainMonitor(dom)
-    prepare_workdir(cut.workdir, info.dac_owner)
+    cut.workdir = prepare_workdir(cut.workdir, info.dac_owner)
     for d in disks:
         if d.driver != "qcow2":
             node, _ = disk_node(dom, d)
@@ -105,20 +105,14 @@ def _export_plain(mon: lc.DomainMonitor, cut: LibvirtCut, d: Disk, prev: str) ->
     return ReadTarget(d, export, xfer)
 
 
-def prepare_workdir(workdir: Path, owner: tuple[int, int] | None) -> None:
-    """The work directory must be QEMU's to write: libvirt's QEMU creates the scratch files and the NBD socket."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def prepare_workdir(workdir: Path, owner: tuple[int, int] | None) -> Path:
+    """The directory libvirt's QEMU writes the scratch files and the NBD socket in: the point's own, or, when QEMU
+    runs as another user, a subdirectory handed to it (``workdir.share_with``). Returns it."""
+    wd.make_point_dir(workdir)
     if owner is None or owner[0] == os.geteuid():
-        return
-    uid, gid = owner
-    for p in workdir.parents:
-        st = p.stat()
-        if not (st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR)
-                or (st.st_gid == gid and st.st_mode & stat.S_IXGRP)):
-            raise HypervisorError(f"the domain's QEMU (uid {uid}) cannot reach the work directory {workdir}: {p} is "
-                                  "not searchable for it; chmod o+x it, or set CUTPOINT_WORK elsewhere")
+        return workdir
     try:
-        os.chown(workdir, uid, gid)
+        return wd.share_with(workdir, *owner)
     except PermissionError as exc:
-        raise HypervisorError(f"cannot give the work directory {workdir} to the domain's QEMU user (uid {uid}): run "
-                              "cutpoint as root for qemu:///system domains") from exc
+        raise HypervisorError(f"cannot give the work directory {workdir} to the domain's QEMU user (uid {owner[0]}): "
+                              "run cutpoint as root for qemu:///system domains") from exc

@@ -23,6 +23,7 @@ from typing import Any
 
 import libvirt
 
+from ... import workdir as wd
 from ...cut.agent import AgentError, GuestAgent
 from ...cut.cleanup import sweep_workdirs
 from ...cut.disks import Disk, Inventory, Skipped
@@ -96,7 +97,7 @@ class LibvirtDriverSession(DriverSession):
         job = lc.backup_job(self.dom)
         if job is not None:
             socket = parse_backup(job).socket
-            if not socket.startswith(str(workdirs / self.vm) + os.sep):
+            if not socket.startswith(str(wd.vm_path(self.vm, workdirs)) + os.sep):
                 raise HypervisorError(
                     f"domain {self.domain!r} runs a backup job of another tool (NBD socket {socket or 'TCP'}); "
                     f"libvirt allows one backup job per domain: wait for it, or end it (virsh domjobabort "

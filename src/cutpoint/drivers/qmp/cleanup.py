@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ... import workdir
 from ...cut.cleanup import Steps, remove_workdir
 from ...cut.naming import EXPORT_PREFIX, JOB_PREFIX, NODE_PREFIX
 from ...cut.plan import Cut
@@ -150,7 +151,7 @@ def stop_orphan_nbd_server(s: QmpSession, base: Path, vm: str) -> list[str]:
     """Stop the NBD server of a cutpoint killed between ``nbd-server-start`` and its first export (``sweep`` finds
     none to go by). QEMU's 7.2 QMP cannot say where its server listens, but that run's socket lies in its own work
     directory: if it still accepts a connection, the server is cutpoint's. Call before ``sweep_workdirs``."""
-    for sock in sorted((base / vm).glob("*/nbd.sock")) if (base / vm).is_dir() else []:
+    for sock in [d / "nbd.sock" for d in workdir.point_dirs(vm, base)]:     # checked, never through a link
         if socket_answers(sock):        # else stale: its QEMU, or its server, is gone
             s.cmd("nbd-server-stop")
             return [f"NBD server on {sock}"]
