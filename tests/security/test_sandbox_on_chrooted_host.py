@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from cutpoint.errors import UnsupportedError
+from cutpoint.restore import sandbox
+from cutpoint.restore.files import run_tool
+
 PROBE = r'''
 import sys, tempfile
 from pathlib import Path
@@ -34,7 +38,15 @@ sys.exit(1)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare(1)")
-def test_sandbox_on_chrooted_host_fails_closed_with_the_switch(tmp_path: Path) -> None:
+def test_sandbox_on_chrooted_host_fails_closed_with_the_switch(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if sandbox.unavailable():                 # this host is itself chrooted: no need (and no way) to make one
+        monkeypatch.delenv("CUTPOINT_FILES_SANDBOX", raising=False)
+        (tmp_path / "view").mkdir()
+        (tmp_path / "scratch").mkdir()
+        with pytest.raises(UnsupportedError, match="CUTPOINT_FILES_SANDBOX=off"):
+            run_tool(sandbox.Sandbox(tmp_path / "view", tmp_path / "scratch"), ["true"], check=True)
+        return
     root = tmp_path / "chroot"                # a directory, not a mount point: as a debootstrap chroot
     binds = ["usr", "etc", "dev", "proc", "tmp", *sorted({Path(p).parts[1] for p in sys.path if p.startswith("/")})]
     script = ["mount --make-rprivate /"]
