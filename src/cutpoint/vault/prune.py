@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from .. import faults
+from .. import faults, names
 from ..errors import UsageError
 from . import hoststate
 from .fsutil import fsync_dir
@@ -71,6 +71,8 @@ def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
             faults.hit("after-prune-commit")
             dirs = set()
             for pid in gone:
+                if not names.is_valid(pid):
+                    continue                 # a planted row ('../x'): its row is gone, no path is built from it
                 vault.pin_path(pid).unlink(missing_ok=True)      # unpinned (checked under the exclusive lock)
                 path = vault.root / "points" / vm / f"{pid}.manifest"
                 if recs[pid].manifest == str(path.relative_to(vault.root)):
