@@ -32,29 +32,36 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def make_private(path: Path, what: str) -> None:
-    """``path`` exists as a regular file, mode 0600 at most; its side files too."""
+    """``path`` exists as a regular file, mode 0600 at most; its side files too.
+
+    No descriptor of an existing database or side file is opened here: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included (another connection of this process then looks absent to
+    other processes, which may reset the -shm it has mapped: SIGBUS). So an existing file is tightened by path, after
+    ``lstat`` says it is a regular file (the vault directory is 0700: nobody else can swap it in between)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
     except OSError as exc:
-        raise VaultError(f"cannot open {what} in {path}: {exc.strerror or exc} (a symbolic link is refused); "
-                         "check the path and its permissions") from exc
+        raise VaultError(f"cannot create {what} in {path}: {exc.strerror or exc}; check the path and its "
+                         "permissions") from exc
     try:
-        _tighten(fd, os.fstat(fd))
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            raise VaultError(f"{what} in {path} is not a regular file (a symbolic link is refused); check the path")
+        _tighten(path, st)
         for side in SIDE_FILES:
+            sp = Path(f"{path}{side}")
             try:
-                sfd = os.open(f"{path}{side}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                sst = sp.lstat()
             except FileNotFoundError:
                 continue
-            try:
-                _tighten(sfd, os.fstat(sfd))
-            finally:
-                os.close(sfd)
+            if stat.S_ISREG(sst.st_mode):
+                _tighten(sp, sst)
     except OSError as exc:
         raise VaultError(f"cannot make {what} in {path} private: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
 
 
-def _tighten(fd: int, st: os.stat_result) -> None:
-    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+def _tighten(path: Path, st: os.stat_result) -> None:
+    if st.st_mode & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
