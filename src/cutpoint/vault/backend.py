@@ -1,0 +1,159 @@
+"""The storage a vault's objects live in, reduced to what both a directory and an S3 bucket can do.
+
+The vault format is written only through this interface so that the same bytes, names and write order work on a
+local directory and on object storage (docs/format.md). Everything above it thinks in *objects*: immutable byte
+strings under a ``/``-separated name. Names come from the vault's own rules, but a vault's listing is untrusted input
+(anyone who can write the storage can plant names), so every name is checked here against one strict pattern before
+it becomes a path or a key.
+
+Durability is a barrier, not a per-object property: ``put`` and ``create`` may return before the bytes are durable,
+and ``sync`` makes everything written before it durable. A writer calls ``sync`` once before it writes an object that
+references earlier ones (an index, a manifest), which keeps the rule "visible only when everything it references is
+durable" while paying for one ``syncfs`` instead of a fsync per file (../docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import NotFoundError, VaultError
+
+# Lower-case letters, digits, '.', '_', '-' in each part; no empty, '.' or '..' part; no leading '/'.
+_NAME = re.compile(r"(?:[a-z0-9_][a-z0-9._-]{0,199})(?:/[a-z0-9_][a-z0-9._-]{0,199}){0,7}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a well-formed object name, else an error naming it (a listing is untrusted)."""
+    if not _NAME.fullmatch(name) or any(part in (".", "..") for part in name.split("/")):
+        raise VaultError(f"{name!r} is not a valid vault object name (damaged or hostile listing)")
+    return name
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    mtime: float            # seconds since the epoch, as the storage reports it
+
+
+class Backend(Protocol):
+    """Objects by name. Implementations: ``LocalBackend`` here, the S3 backend in the object-storage work."""
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        """Write or replace ``name`` atomically: a reader sees the old object or the new one, never a part."""
+
+    def create(self, name: str, data: bytes | memoryview) -> bool:
+        """Write ``name`` only if it does not exist; False (and nothing written) if it does."""
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes, or ``length`` of them from ``offset``; ``NotFoundError`` if absent."""
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose name starts with ``prefix``, in no particular order. Malformed names are skipped."""
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; absent is not an error (deletes are retried after crashes)."""
+
+    def sync(self) -> None:
+        """Make every ``put``/``create``/``delete`` before this call durable."""
+
+
+class LocalBackend:
+    """A directory. Objects are files under their name; temporaries start with '.' so no listing sees them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _write_tmp(self, path: Path, data: bytes | memoryview) -> str:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return tmp
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        path = self._path(name)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def create(self, name: str, data: bytes | memoryview) -> bool:
+        path = self._path(name)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.link(tmp, path)          # atomic and refuses an existing name: the conditional create
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            _unlink(tmp)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"vault object {name} is missing") from e
+        except OSError as e:
+            raise VaultError(f"cannot read vault object {name}: {e.strerror}") from e
+        try:
+            if length is None:
+                length = os.fstat(fd).st_size - offset
+            return os.pread(fd, max(length, 0), offset)
+        finally:
+            os.close(fd)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            for fn in filenames:
+                name = fn if rel == "." else f"{rel}/{fn}"
+                if fn.startswith(".") or not name.startswith(prefix):
+                    continue
+                try:
+                    check_name(name)
+                    st = os.lstat(os.path.join(dirpath, fn))
+                except (VaultError, FileNotFoundError):
+                    continue
+                yield ObjectInfo(name, st.st_size, st.st_mtime)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        _unlink(str(path))
+
+    def sync(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:   # data and directory entries of the whole filesystem: one barrier
+                err = ctypes.get_errno()
+                raise VaultError(f"cannot make the vault at {self.root} durable: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)     # Python has os.sync but no syncfs
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

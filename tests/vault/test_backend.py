@@ -1,0 +1,65 @@
+"""The backend contract every vault storage must keep (local directory here; object storage adds itself to
+``backends``): atomic put, conditional create, ranged get, listing that skips what is not an object, and names
+that cannot escape the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cutpoint.errors import NotFoundError, VaultError
+from cutpoint.vault.backend import Backend, LocalBackend, check_name
+
+
+@pytest.fixture(params=["local"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield LocalBackend(tmp_path / "store")
+
+
+def test_put_get_replace(backend: Backend) -> None:
+    backend.put("packs/ab/one", b"hello world")
+    assert backend.get("packs/ab/one") == b"hello world"
+    assert backend.get("packs/ab/one", 6, 5) == b"world"
+    backend.put("packs/ab/one", b"second")
+    assert backend.get("packs/ab/one") == b"second"
+
+
+def test_create_is_conditional(backend: Backend) -> None:
+    assert backend.create("locks/x", b"mine") is True
+    assert backend.create("locks/x", b"theirs") is False
+    assert backend.get("locks/x") == b"mine"
+
+
+def test_missing_object(backend: Backend) -> None:
+    with pytest.raises(NotFoundError):
+        backend.get("packs/none")
+    backend.delete("packs/none")                # absent is fine: deletes are retried
+
+
+def test_list_and_delete(backend: Backend) -> None:
+    for n in ("packs/aa/1", "packs/bb/2", "index/3"):
+        backend.put(n, n.encode())
+    backend.sync()
+    assert sorted(o.name for o in backend.list("packs/")) == ["packs/aa/1", "packs/bb/2"]
+    assert {o.name: o.size for o in backend.list()} == {"packs/aa/1": 10, "packs/bb/2": 10, "index/3": 7}
+    backend.delete("packs/aa/1")
+    assert [o.name for o in backend.list("packs/aa")] == []
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a//b", "a/../b", "A", "a/.hidden", "", "a/"])
+def test_hostile_object_names_refused(backend: Backend, name: str) -> None:
+    with pytest.raises(VaultError):
+        backend.put(name, b"x")
+    with pytest.raises(VaultError):
+        check_name(name)
+
+
+def test_listing_skips_planted_names(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    b = LocalBackend(root)
+    b.put("packs/ok", b"1")
+    (root / "packs" / "Evil Name").write_bytes(b"x")
+    (root / "packs" / ".tmp-half").write_bytes(b"x")
+    assert [o.name for o in b.list()] == ["packs/ok"]
