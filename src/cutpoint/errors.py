@@ -87,3 +87,15 @@ class UnsupportedError(CutpointError):
     """The VM's setup cannot be backed up consistently as configured."""
 
     exit_code = 9
+
+
+class StorageAuthError(VaultError):
+    """Object storage refused the credentials (unknown key, bad secret, no permission): fix the AWS_* settings."""
+
+    exit_code = 11
+
+
+class RetentionError(VaultError):
+    """Object storage refused to delete or shorten an object under Object Lock retention (immutability)."""
+
+    exit_code = 12

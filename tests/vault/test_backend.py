@@ -13,9 +13,13 @@ from cutpoint.errors import NotFoundError, VaultError
 from cutpoint.vault.backend import Backend, LocalBackend, check_name
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield LocalBackend(tmp_path / "store")
+    if request.param == "s3":
+        from cutpoint.vault.s3backend import S3Backend
+        yield S3Backend(request.getfixturevalue("s3_bucket"), "vaults/one")
+    else:
+        yield LocalBackend(tmp_path / "store")
 
 
 def test_put_get_replace(backend: Backend) -> None:

@@ -1,0 +1,187 @@
+"""The Backend interface on S3-compatible object storage (boto3).
+
+boto3 because its clients are thread-safe (parallel ranged GETs later share one client) and it reads credentials,
+region and CA bundle exactly as the AWS tools do (AWS_* variables, ~/.aws/credentials, AWS_CA_BUNDLE). The endpoint
+comes from the caller or ``CUTPOINT_S3_ENDPOINT``. Errors are matched by HTTP status and S3 error code, never text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ..errors import CutpointError, NotFoundError, RetentionError, StorageAuthError, VaultError
+from .backend import ObjectInfo, check_name
+
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
+
+
+@dataclass(frozen=True)
+class Retention:
+    mode: str               # "COMPLIANCE" or "GOVERNANCE"
+    days: int
+
+
+class S3Backend:
+    """Objects under ``prefix`` in ``bucket``. With ``retention``, every write carries a retain-until date."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None,
+                 retention: Retention | None = None, timeout: float = 10.0) -> None:
+        if retention is not None and retention.mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise VaultError(f"object lock mode {retention.mode!r} is not COMPLIANCE or GOVERNANCE")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint = endpoint or os.environ.get("CUTPOINT_S3_ENDPOINT") or None
+        self.retention = retention
+        cfg = botocore.config.Config(
+            signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=timeout,
+            read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
+        session = boto3.session.Session()
+        region = session.region_name or "us-east-1"
+        self.client: Any = session.client("s3", endpoint_url=self.endpoint, region_name=region, config=cfg)
+        self._local = threading.local()         # per-thread "this PutObject is a create": the client is shared
+        self.client.meta.events.register("before-sign.s3.PutObject", self._add_if_none_match)
+
+    def _add_if_none_match(self, request: Any, **_: Any) -> None:
+        """``If-None-Match: *`` set as a header, so any boto3 version (older ones lack the parameter) sends it."""
+        if getattr(self._local, "create", False):
+            request.headers["If-None-Match"] = "*"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + check_name(name)
+
+    def _where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint or 'AWS'}"
+
+    def _error(self, e: Exception, what: str) -> CutpointError:
+        if isinstance(e, botocore.exceptions.ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if status == 404 or code in ("NoSuchKey", "404", "NotFound"):
+                return NotFoundError(f"vault object {what} is missing in {self._where()}")
+            if status in (401, 403) or code in _AUTH_CODES:
+                return StorageAuthError(f"{self._where()} refused access for {what} ({code}): "
+                                        "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials")
+            return VaultError(f"{self._where()} failed on {what}: {code} (HTTP {status})")
+        if isinstance(e, botocore.exceptions.NoCredentialsError):
+            return StorageAuthError(f"no S3 credentials for {self._where()}: set AWS_ACCESS_KEY_ID and "
+                                    "AWS_SECRET_ACCESS_KEY or ~/.aws/credentials")
+        return VaultError(f"cannot reach {self._where()} for {what}: {type(e).__name__}; "
+                          "check --s3-endpoint / CUTPOINT_S3_ENDPOINT")
+
+    def _lock_args(self) -> dict[str, Any]:
+        if self.retention is None:
+            return {}
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention.days)
+        return {"ObjectLockMode": self.retention.mode, "ObjectLockRetainUntilDate": until}
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        key = self._key(name)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args())
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._error(e, name) from e
+
+    def create(self, name: str, data: bytes | memoryview) -> bool:
+        key = self._key(name)
+        self._local.create = True
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args())
+            return True
+        except botocore.exceptions.ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if status in (409, 412):            # PreconditionFailed (412); 409 while another create races
+                return False
+            raise self._error(e, name) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, name) from e
+        finally:
+            self._local.create = False
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        key = self._key(name)
+        args: dict[str, Any] = {}
+        if length is not None:
+            if length <= 0:
+                return b""
+            args["Range"] = f"bytes={offset}-{offset + length - 1}"
+        elif offset:
+            args["Range"] = f"bytes={offset}-"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key, **args)["Body"]
+            return bytes(body.read())
+        except botocore.exceptions.ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if status == 416:                   # range past the end: like pread, nothing
+                return b""
+            raise self._error(e, name) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, name) from e
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = str(obj["Key"])[len(self.prefix):]
+                    try:
+                        check_name(name)
+                    except VaultError:
+                        continue            # planted or foreign key: never becomes a name
+                    yield ObjectInfo(name, int(obj["Size"]), obj["LastModified"].timestamp())
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._error(e, f"listing {prefix!r}") from e
+
+    def delete(self, name: str) -> None:
+        """Remove ``name`` with every version (a versioned bucket would otherwise keep them); a version under
+        retention raises ``RetentionError``."""
+        key = self._key(name)
+        try:
+            versions = self.client.list_object_versions(Bucket=self.bucket, Prefix=key)
+            ids = [v["VersionId"] for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])
+                   if v["Key"] == key]
+            if not ids:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            for vid in ids:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
+        except botocore.exceptions.ClientError as e:
+            err = self._error(e, name)
+            if isinstance(err, StorageAuthError) and self.retention is not None or \
+                    isinstance(err, StorageAuthError) and self._retained(key):
+                raise RetentionError(f"vault object {name} in {self._where()} is under Object Lock retention "
+                                     "and cannot be deleted before its retain-until date") from e
+            if isinstance(err, NotFoundError):
+                return
+            raise err from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, name) from e
+
+    def _retained(self, key: str) -> bool:
+        try:
+            r = self.client.get_object_retention(Bucket=self.bucket, Key=key)
+            return bool(r.get("Retention", {}).get("RetainUntilDate"))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return False
+
+    def extend_retention(self, name: str, days: int) -> None:
+        """Move ``name``'s retain-until date to at least ``days`` from now (a store refuses shortening)."""
+        if self.retention is None:
+            raise VaultError(f"{self._where()} has no Object Lock retention configured")
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+        try:
+            self.client.put_object_retention(Bucket=self.bucket, Key=self._key(name), Retention={
+                "Mode": self.retention.mode, "RetainUntilDate": until})
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._error(e, name) from e
+
+    def sync(self) -> None:
+        """Nothing to do: S3 acknowledges a PUT only once it is durable."""
