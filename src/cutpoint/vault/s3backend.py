@@ -155,8 +155,7 @@ class S3Backend:
                 self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
         except botocore.exceptions.ClientError as e:
             err = self._error(e, name)
-            if isinstance(err, StorageAuthError) and self.retention is not None or \
-                    isinstance(err, StorageAuthError) and self._retained(key):
+            if isinstance(err, StorageAuthError) and self._retained(key):    # 403 on a version under lock
                 raise RetentionError(f"vault object {name} in {self._where()} is under Object Lock retention "
                                      "and cannot be deleted before its retain-until date") from e
             if isinstance(err, NotFoundError):

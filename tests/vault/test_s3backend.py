@@ -1,0 +1,117 @@
+"""S3 backend against a real SeaweedFS: Object Lock refusing deletes (through cutpoint and around it), retention
+extension, bad credentials, an unreachable endpoint, and planted keys in a listing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+
+import botocore.exceptions
+import pytest
+
+from cutpoint.errors import RetentionError, StorageAuthError, VaultError
+from cutpoint.vault.s3backend import Retention, S3Backend
+
+from .conftest import S3Server
+
+
+def _until(b: S3Backend, client, name: str) -> dt.datetime:  # type: ignore[no-untyped-def]
+    r = client.get_object_retention(Bucket=b.bucket, Key=b.prefix + name)["Retention"]
+    return r["RetainUntilDate"]
+
+
+@pytest.mark.parametrize("mode", ["COMPLIANCE", "GOVERNANCE"])
+def test_retained_object_delete_refused_by_cutpoint_and_store(s3_env: S3Server, s3_lock_bucket: str,
+                                                              mode: str) -> None:
+    b = S3Backend(s3_lock_bucket, "v", retention=Retention(mode, 1))
+    b.put("packs/aa/1", b"keep me")
+    client = s3_env.client()
+    assert _until(b, client, "packs/aa/1") > dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=23)
+    with pytest.raises(RetentionError):
+        b.delete("packs/aa/1")
+    assert b.get("packs/aa/1") == b"keep me"
+    vid = client.head_object(Bucket=s3_lock_bucket, Key="v/packs/aa/1")["VersionId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:       # around cutpoint: the store itself refuses
+        client.delete_object(Bucket=s3_lock_bucket, Key="v/packs/aa/1", VersionId=vid)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert b.get("packs/aa/1") == b"keep me"
+
+
+def test_create_carries_retention(s3_env: S3Server, s3_lock_bucket: str) -> None:
+    b = S3Backend(s3_lock_bucket, "v", retention=Retention("COMPLIANCE", 2))
+    assert b.create("index/1", b"i") is True
+    assert b.create("index/1", b"j") is False
+    assert _until(b, s3_env.client(), "index/1") > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+
+
+def test_extend_retention(s3_env: S3Server, s3_lock_bucket: str) -> None:
+    b = S3Backend(s3_lock_bucket, "v", retention=Retention("GOVERNANCE", 1))
+    b.put("packs/bb/2", b"x")
+    client = s3_env.client()
+    before = _until(b, client, "packs/bb/2")
+    b.extend_retention("packs/bb/2", 30)
+    after = _until(b, client, "packs/bb/2")
+    assert after - before > dt.timedelta(days=28)
+
+
+def test_delete_after_expiry_removes_every_version(s3_env: S3Server, s3_lock_bucket: str) -> None:
+    b = S3Backend(s3_lock_bucket, "v")
+    client = s3_env.client()
+    b.put("packs/cc/3", b"a")
+    client.put_object_retention(Bucket=s3_lock_bucket, Key="v/packs/cc/3", Retention={
+        "Mode": "COMPLIANCE", "RetainUntilDate": dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)})
+    with pytest.raises(RetentionError):
+        b.delete("packs/cc/3")
+    time.sleep(2.5)
+    b.delete("packs/cc/3")
+    assert client.list_object_versions(Bucket=s3_lock_bucket, Prefix="v/packs/cc/3").get("Versions", []) == []
+
+
+def test_bad_credentials_are_an_auth_error(s3_env: S3Server, s3_bucket: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    b = S3Backend(s3_bucket, "v")
+    with pytest.raises(StorageAuthError, match="AWS_ACCESS_KEY_ID"):
+        b.put("packs/aa/1", b"x")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknownkey")
+    with pytest.raises(StorageAuthError):
+        list(S3Backend(s3_bucket, "v").list())
+
+
+def test_unreachable_endpoint_fails_fast(s3_env: S3Server, s3_bucket: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]           # closed again: nothing listens there
+    b = S3Backend(s3_bucket, "v", endpoint=f"http://127.0.0.1:{port}", timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(VaultError, match="CUTPOINT_S3_ENDPOINT"):
+        b.get("packs/aa/1")
+    assert time.monotonic() - t0 < 30
+
+
+def test_silent_endpoint_times_out(s3_env: S3Server, s3_bucket: str) -> None:
+    """A server that accepts and never answers: the read timeout ends it, not a hang."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        b = S3Backend(s3_bucket, "v", endpoint=f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(VaultError):
+            b.get("packs/aa/1")
+        assert time.monotonic() - t0 < 20
+
+
+def test_listing_skips_planted_keys(s3_env: S3Server, s3_bucket: str) -> None:
+    client = s3_env.client()
+    planted = 0
+    for key in ("v/packs/aa/ok", "v/packs/../../etc", "v/packs/UPPER", "v/packs/a b", "v/.hidden",
+                "v/packs/x\nnl"):
+        try:
+            client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+            planted += 1
+        except botocore.exceptions.ClientError:
+            pass                            # SeaweedFS refuses some keys itself (e.g. '..' parts)
+    assert planted >= 4
+    b = S3Backend(s3_bucket, "v")
+    assert [o.name for o in b.list()] == ["packs/aa/ok"]
