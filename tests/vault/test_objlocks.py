@@ -1,0 +1,101 @@
+"""Lock objects (no flock) on a local directory and on a real S3 server: conflicts, release, stale takeover
+(expired, or a dead pid on this host), a live lock refusing, refresh while held."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cutpoint.errors import LockedError
+from cutpoint.vault import objlocks
+from cutpoint.vault.backend import Backend, LocalBackend
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "s3":
+        from cutpoint.vault.s3backend import S3Backend
+        yield S3Backend(request.getfixturevalue("s3_bucket"), "v")
+    else:
+        yield LocalBackend(tmp_path / "store")
+
+
+def _plant(b: Backend, name: str, *, host: str, pid: int, kind: str, expires: float) -> None:
+    b.put(f"locks/{name}", json.dumps({"owner": "someone", "host": host, "pid": pid, "kind": kind,
+                                       "created": time.time() - 5, "expires": expires}).encode())
+
+
+def _lock_names(b: Backend) -> set[str]:
+    return {o.name for o in b.list("locks/")}
+
+
+def test_shared_locks_coexist_exclusive_refused(backend: Backend) -> None:
+    a = objlocks.acquire(backend, "shared", "backup vm1")
+    b = objlocks.acquire(backend, "shared", "backup vm2")
+    with pytest.raises(LockedError, match="shared lock by backup vm1|shared lock by backup vm2"):
+        objlocks.acquire(backend, "exclusive", "gc")
+    assert _lock_names(backend) == {a.name, b.name}     # the refused taker left nothing behind
+    a.release()
+    b.release()
+    assert _lock_names(backend) == set()
+    with objlocks.acquire(backend, "exclusive", "gc") as x:
+        with pytest.raises(LockedError, match="exclusive lock by gc"):
+            objlocks.acquire(backend, "shared", "backup vm1")
+        assert _lock_names(backend) == {x.name}
+    assert _lock_names(backend) == set()
+
+
+def test_expired_lock_taken_over(backend: Backend) -> None:
+    _plant(backend, "old", host="elsewhere", pid=1, kind="exclusive", expires=time.time() - 1)
+    with objlocks.acquire(backend, "exclusive", "gc") as x:
+        assert _lock_names(backend) == {x.name}
+
+
+def test_dead_pid_on_this_host_taken_over(backend: Backend) -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    _plant(backend, "dead", host=socket.gethostname(), pid=p.pid, kind="exclusive", expires=time.time() + 3600)
+    with objlocks.acquire(backend, "shared", "backup") as x:
+        assert _lock_names(backend) == {x.name}
+
+
+def test_live_lock_refuses(backend: Backend) -> None:
+    _plant(backend, "remote", host="elsewhere", pid=1, kind="exclusive", expires=time.time() + 3600)
+    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
+        objlocks.acquire(backend, "shared", "backup")
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        backend.delete("locks/remote")
+        _plant(backend, "live", host=socket.gethostname(), pid=p.pid, kind="shared", expires=time.time() + 3600)
+        with pytest.raises(LockedError):
+            objlocks.acquire(backend, "exclusive", "gc")
+        assert _lock_names(backend) == {"locks/live"}
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_unreadable_lock_blocks_until_old(backend: Backend) -> None:
+    backend.put("locks/garbage", b"\x00not json")
+    with pytest.raises(LockedError, match="unreadable lock locks/garbage"):
+        objlocks.acquire(backend, "exclusive", "gc")
+    time.sleep(1.6)                                 # S3 mtimes are whole seconds
+    with objlocks.acquire(backend, "exclusive", "gc", ttl=0.5):     # older than the lifetime now: stale
+        assert "locks/garbage" not in _lock_names(backend)
+
+
+def test_held_lock_is_refreshed(backend: Backend) -> None:
+    with objlocks.acquire(backend, "shared", "backup", ttl=0.9) as x:
+        first = x.info.expires
+        time.sleep(1.5)
+        stored = json.loads(backend.get(x.name))
+        assert stored["expires"] > first            # rewritten by the refresher thread
+        assert x.refresh_error is None
+        with pytest.raises(LockedError):          # still live to others, though the first expiry has passed
+            objlocks.acquire(backend, "exclusive", "gc", ttl=0.9)
