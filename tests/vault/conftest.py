@@ -101,6 +101,11 @@ def s3_server() -> Iterator[S3Server]:
             pass
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        for port in (master, volume, filer, s3, admin):     # gRPC sockets weed puts in /tmp, by our ports only
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-grpc-{port + 10000}.sock"):
+                sock.unlink(missing_ok=True)
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 @pytest.fixture
