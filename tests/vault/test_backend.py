@@ -67,3 +67,12 @@ def test_listing_skips_planted_names(tmp_path: Path) -> None:
     (root / "packs" / "Evil Name").write_bytes(b"x")
     (root / "packs" / ".tmp-half").write_bytes(b"x")
     assert [o.name for o in b.list()] == ["packs/ok"]
+
+
+def test_racing_creates_one_wins(backend: Backend) -> None:
+    """Conditional create holds under concurrency (threads share one client: the S3 client must be thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as ex:
+        won = list(ex.map(lambda i: backend.create("locks/race", str(i).encode()), range(8)))
+    assert won.count(True) == 1
+    assert backend.get("locks/race") == str(won.index(True)).encode()

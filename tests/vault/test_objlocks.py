@@ -99,3 +99,12 @@ def test_held_lock_is_refreshed(backend: Backend) -> None:
         assert x.refresh_error is None
         with pytest.raises(LockedError):          # still live to others, though the first expiry has passed
             objlocks.acquire(backend, "exclusive", "gc", ttl=0.9)
+
+
+def test_locks_on_an_object_lock_bucket_are_released(s3_env: object, s3_lock_bucket: str) -> None:
+    """Vault objects there carry retention; lock objects must not, or release could never delete them."""
+    from cutpoint.vault.s3backend import Retention, S3Backend
+    b = S3Backend(s3_lock_bucket, "v", retention=Retention("COMPLIANCE", 1))
+    with objlocks.acquire(b, "exclusive", "gc") as x:
+        assert _lock_names(b) == {x.name}
+    assert _lock_names(b) == set()

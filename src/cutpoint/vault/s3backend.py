@@ -34,13 +34,16 @@ class S3Backend:
     """Objects under ``prefix`` in ``bucket``. With ``retention``, every write carries a retain-until date."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None,
-                 retention: Retention | None = None, timeout: float = 10.0) -> None:
+                 retention: Retention | None = None, timeout: float = 10.0,
+                 unretained: tuple[str, ...] = ("locks/",)) -> None:
+        """``unretained``: name prefixes written without retention (lock objects must be deletable on release)."""
         if retention is not None and retention.mode not in ("COMPLIANCE", "GOVERNANCE"):
             raise VaultError(f"object lock mode {retention.mode!r} is not COMPLIANCE or GOVERNANCE")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = endpoint or os.environ.get("CUTPOINT_S3_ENDPOINT") or None
         self.retention = retention
+        self.unretained = unretained
         cfg = botocore.config.Config(
             signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=timeout,
             read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
@@ -77,8 +80,8 @@ class S3Backend:
         return VaultError(f"cannot reach {self._where()} for {what}: {type(e).__name__}; "
                           "check --s3-endpoint / CUTPOINT_S3_ENDPOINT")
 
-    def _lock_args(self) -> dict[str, Any]:
-        if self.retention is None:
+    def _lock_args(self, name: str) -> dict[str, Any]:
+        if self.retention is None or name.startswith(self.unretained):
             return {}
         until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention.days)
         return {"ObjectLockMode": self.retention.mode, "ObjectLockRetainUntilDate": until}
@@ -86,7 +89,7 @@ class S3Backend:
     def put(self, name: str, data: bytes | memoryview) -> None:
         key = self._key(name)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args())
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args(name))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             raise self._error(e, name) from e
 
@@ -94,7 +97,7 @@ class S3Backend:
         key = self._key(name)
         self._local.create = True
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args())
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args(name))
             return True
         except botocore.exceptions.ClientError as e:
             status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
