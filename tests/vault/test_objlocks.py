@@ -108,3 +108,12 @@ def test_locks_on_an_object_lock_bucket_are_released(s3_env: object, s3_lock_buc
     with objlocks.acquire(b, "exclusive", "gc") as x:
         assert _lock_names(b) == {x.name}
     assert _lock_names(b) == set()
+
+
+def test_lost_lock_is_reported(backend: Backend) -> None:
+    """A lock removed behind the holder's back (an unlock on another host) stops it at its next check."""
+    with objlocks.acquire(backend, "exclusive", "gc") as x:
+        x.check()
+        backend.delete(x.name)
+        with pytest.raises(LockedError, match="removed by another process"):
+            x.check()

@@ -83,6 +83,20 @@ class HeldLock:
                              now + self.ttl)
         self.backend.put(self.name, json.dumps(asdict(self.info)).encode())
 
+    def check(self) -> None:
+        """Raise ``LockedError`` if this lock may no longer protect us (restic's stricter handling): its last
+        refresh is older than its lifetime (another host may have taken it as stale) or the object is gone.
+        Long operations call this before a step that relies on the lock (committing, deleting)."""
+        if time.time() > self.info.expires:
+            raise LockedError(f"lock {self.name} was not refreshed in time ({self.refresh_error}): "
+                              "another process may have taken it; stop and retry") from self.refresh_error
+        try:
+            current = _parse(self.backend.get(self.name))
+        except NotFoundError as e:
+            raise LockedError(f"lock {self.name} was removed by another process: stop and retry") from e
+        if current is None or current.pid != self.info.pid or current.host != self.info.host:
+            raise LockedError(f"lock {self.name} was replaced by another process: stop and retry")
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
