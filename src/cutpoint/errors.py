@@ -87,3 +87,9 @@ class UnsupportedError(CutpointError):
     """The VM's setup cannot be backed up consistently as configured."""
 
     exit_code = 9
+
+
+class DrillFailedError(CutpointError):
+    """A restore drill ran and its point failed it (did not boot, a signal missing, a filesystem damaged)."""
+
+    exit_code = 11

@@ -118,21 +118,21 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
     def vm_points(name: str) -> list[dict[str, Any]]:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
-        return [point_json(p) for p in catalog.points(name)]
+        return [point_json(p, catalog.drill(p.id)) for p in catalog.points(name)]
 
     @app.get("/points", tags=["points"])
     def points(vm: str | None = None) -> list[dict[str, Any]]:
         catalog = svc.vaults.get().catalog
         if vm is not None:
             catalog.vm(vm)
-        return [point_json(p) for p in catalog.points(vm)]
+        return [point_json(p, catalog.drill(p.id)) for p in catalog.points(vm)]
 
     @app.get("/vms/{name}/points/{point}", tags=["points"])
     def get_point(name: str, point: str) -> dict[str, Any]:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
         rec = catalog.point(name, point)
-        return {**point_json(rec), "summary": rec.summary}
+        return {**point_json(rec, catalog.drill(rec.id)), "summary": rec.summary}
 
     @app.post("/vms/{name}/backup", status_code=202, tags=["jobs"])
     def start_backup(name: str, req: BackupRequest | None = Body(None)) -> dict[str, Any]:
