@@ -27,6 +27,7 @@ from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as lab
 from cutpoint.lab.qemu_args import DiskSpec, kernel_cmdline
 from cutpoint.restore.config import process_alive
+from cutpoint.vault.locks import in_use
 from tests.helpers import cutpoint
 
 pytestmark = pytest.mark.vm
@@ -54,11 +55,12 @@ def _fsbad_disk(path: Path) -> None:
 
 
 def _vault_state(vault: Path) -> dict[str, tuple[int, str]]:
-    """Every file of the vault but the catalog (where the verdict is kept): mtime and content hash."""
+    """Every file of the vault but the catalog (where the verdict is kept) and the empty lock files (a drill pins
+    its point while it reads it, as every restore does): mtime and content hash."""
     out = {}
     for p in sorted(vault.rglob("*")):
         rel = str(p.relative_to(vault))
-        if p.is_file() and not rel.startswith("catalog.sqlite"):
+        if p.is_file() and not rel.startswith(("catalog.sqlite", "locks/")):
             out[rel] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
@@ -229,6 +231,8 @@ def test_drills_never_change_the_vault(world: World) -> None:
     """Last in the module: every drill above has run against this vault."""
     assert _point_drill("good", world.points["good"]) is not None                # the drills did run
     assert _vault_state(world.root / "vault") == world.vault_before
+    locks = list((world.root / "vault" / "locks").glob("pin-*.lock"))
+    assert locks and not any(in_use(p) for p in locks)          # no pin left held
     after = cutpoint("verify", "--read-data", "--json", check=True).out
     strip = lambda s: [{k: v for k, v in x.items() if k not in ("duration_s", "checked")}  # noqa: E731
                        for x in json.loads(s)["points"]] if "points" in json.loads(s) else json.loads(s)
