@@ -28,8 +28,8 @@ from ..policy.store import assign
 from ..restore.images import FORMATS
 from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
-from ..service.report import status, usage
-from ..service.work import backup_job, restore_job
+from ..service.report import drills, status, usage
+from ..service.work import backup_job, drill_job, restore_job
 from . import auth, errors
 from .views import point_json, vm_json
 
@@ -50,6 +50,13 @@ class RestoreRequest(BaseModel):
     to: str = Field(..., min_length=1, description="absolute directory on the server for the images, under its "
                     "restore root (cutpoint serve --restore-root)")
     format: Literal["raw", "qcow2"] = "raw"
+
+
+class DrillRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    point: str = Field("latest", min_length=1, description="point id, a unique prefix, or 'latest'")
+    console: str | None = Field(None, description="console pattern for this run (else the VM's, else the default)")
+    timeout: float | None = Field(None, gt=0, description="seconds for every signal")
 
 
 class AssignRequest(BaseModel):
@@ -156,6 +163,17 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
                                 trigger="api", detail={"point": rec.id})
         return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
 
+    @app.post("/vms/{name}/drill", status_code=202, tags=["jobs"])
+    def start_drill(name: str, req: DrillRequest | None = Body(None)) -> dict[str, Any]:
+        """A restore drill of one point as a job; its verdict is then on the point (``drill``) and in the job."""
+        req = req or DrillRequest(point="latest", console=None, timeout=None)
+        catalog = svc.vaults.get().catalog
+        catalog.vm(name)
+        rec = catalog.point(name, req.point)
+        job = svc.runner.submit("drill", name, drill_job(name, rec.id, console=req.console, timeout=req.timeout),
+                                trigger="api", detail={"point": rec.id})
+        return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
+
     # -- policies ------------------------------------------------------------------------------------------------
 
     @app.get("/policies", tags=["policies"])
@@ -203,6 +221,11 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
     @app.get("/report", tags=["service"])
     def get_report(hours: int = Query(24, ge=1, le=24 * 366)) -> dict[str, Any]:
         return status(svc, hours).to_json()
+
+    @app.get("/report/drills", tags=["service"])
+    def get_drill_report() -> list[dict[str, Any]]:
+        """Every point's last restore drill: verdict, RTO, reasons (``cutpoint report --drills --json``)."""
+        return [r.to_json() for r in drills(svc.vaults.get())]
 
     @app.get("/report/usage", tags=["service"])
     def get_usage() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 from ..errors import DrillFailedError
 from ..jobs.alerts import Alerter
 from ..jobs.record import recorded
-from ..restore.drill import DEFAULT_CONSOLE, DEFAULT_TIMEOUT, DrillOptions, DrillResult
+from ..restore.drill import DEFAULT_TIMEOUT, DrillResult, options_for
 from ..restore.orchestrator import drill
 from ..workdir import private_dir
 from .common import add_vault_arg, open_vault, print_json
@@ -36,13 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_drill(args: argparse.Namespace) -> int:
     vault = open_vault(args)
-    settings = vault.catalog.vm(args.name).settings.get("drill") or {}
-    if not isinstance(settings, dict):
-        settings = {}
-    opts = DrillOptions(console=args.console or str(settings.get("console") or DEFAULT_CONSOLE),
-                        timeout=args.timeout or float(settings.get("timeout") or DEFAULT_TIMEOUT),
-                        command=[str(x) for x in settings.get("command") or []],
-                        evidence=private_dir("screens"), key_file=args.key_file)
+    opts = options_for(vault.catalog.vm(args.name).settings, console=args.console, timeout=args.timeout,
+                       evidence=private_dir("screens"), key_file=args.key_file)
     with recorded(vault, "drill", args.name, detail={"point": args.point}) as job:
         res = drill(vault, args.name, args.point, opts)
         job.done(point=res.point, detail={"verdict": res.verdict, "rto_s": res.rto_s, "reasons": res.reasons})

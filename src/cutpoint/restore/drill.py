@@ -98,6 +98,19 @@ class DrillResult:
                 "console_tail": self.console_tail, "screendump": self.screendump, "isolation": self.isolation}
 
 
+def options_for(settings: dict[str, Any], *, console: str | None = None, timeout: float | None = None,
+                evidence: Path | None = None, key_file: Path | None = None) -> DrillOptions:
+    """A VM's drill options: its ``settings['drill']`` (``vm set --drill-*``), ``console``/``timeout`` overriding."""
+    own = settings.get("drill")
+    own = own if isinstance(own, dict) else {}
+    cmd = own.get("command")
+    t = own.get("timeout")
+    return DrillOptions(console=console or str(own.get("console") or DEFAULT_CONSOLE),
+                        timeout=timeout or (float(t) if isinstance(t, (int, float)) and t > 0 else DEFAULT_TIMEOUT),
+                        command=[str(x) for x in cmd] if isinstance(cmd, list) else [],
+                        evidence=evidence, key_file=key_file)
+
+
 def drill_name(vm: str, point: str) -> str:
     """``drill-<vm>-<point prefix>``: never a registered VM's name (``check_new_name`` refuses a clash)."""
     return f"drill-{vm}"[:48] + "-" + point.replace(":", "")[:15]
