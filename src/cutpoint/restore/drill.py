@@ -71,6 +71,7 @@ class DrillOptions:
     max_cpus: int = 0                                    # 0: the host's CPUs
     evidence: Path | None = None                         # where the screendump PNG is kept
     key_file: Path | None = None
+    lock_wait: float = 0.0                               # seconds to wait for the host's drill lock
 
 
 @dataclass
@@ -123,7 +124,7 @@ def drill(vault: Vault, m: Manifest, cfg: QmpVmConfig, opts: DrillOptions) -> Dr
         raise UsageError(f"console pattern {opts.console!r} is not a regular expression: {exc}") from exc
     if opts.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {opts.timeout:g}")
-    with drillstate.host_lock():
+    with drillstate.host_lock(opts.lock_wait):
         drillstate.sweep()
         return _run(vault, m, cfg, opts, pattern)
 

@@ -94,8 +94,8 @@ def verify_job(vm: str, *, read_data: bool, policy: str | None = None) -> JobFn:
     return run
 
 
-def drill_job(vm: str, point: str = "latest", *, console: str | None = None, timeout: float | None = None
-              ) -> JobFn:
+def drill_job(vm: str, point: str = "latest", *, console: str | None = None, timeout: float | None = None,
+              lock_wait: float = 0.0) -> JobFn:
     """A restore drill of one point (``restore.orchestrator.drill``); a failed drill fails the job (so the runner's
     alert fires) with the verdict kept on it; the verdict is in the catalog either way."""
     def run(ctx: JobContext) -> Outcome:
@@ -104,6 +104,7 @@ def drill_job(vm: str, point: str = "latest", *, console: str | None = None, tim
         from ..workdir import private_dir
         opts = options_for(ctx.vault.catalog.vm(vm).settings, console=console, timeout=timeout,
                            evidence=private_dir("screens"))
+        opts.lock_wait = lock_wait
         res = drill(ctx.vault, vm, point, opts)
         detail: dict[str, Any] = {"point": res.point, "verdict": res.verdict, "rto_s": res.rto_s,
                                   "reasons": res.reasons[:20]}
