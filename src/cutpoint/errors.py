@@ -99,3 +99,9 @@ class RetentionError(VaultError):
     """Object storage refused to delete or shorten an object under Object Lock retention (immutability)."""
 
     exit_code = 12
+
+
+class DrillFailedError(CutpointError):
+    """A restore drill ran and its point failed it (did not boot, a signal missing, a filesystem damaged)."""
+
+    exit_code = 13

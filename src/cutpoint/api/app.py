@@ -28,8 +28,8 @@ from ..policy.store import assign
 from ..restore.images import FORMATS
 from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
-from ..service.report import status, usage
-from ..service.work import backup_job, restore_job
+from ..service.report import drills, status, usage
+from ..service.work import backup_job, drill_job, restore_job
 from . import auth, errors
 from .views import point_json, vm_json
 
@@ -50,6 +50,13 @@ class RestoreRequest(BaseModel):
     to: str = Field(..., min_length=1, description="absolute directory on the server for the images, under its "
                     "restore root (cutpoint serve --restore-root)")
     format: Literal["raw", "qcow2"] = "raw"
+
+
+class DrillRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    point: str = Field("latest", min_length=1, description="point id, a unique prefix, or 'latest'")
+    console: str | None = Field(None, description="console pattern for this run (else the VM's, else the default)")
+    timeout: float | None = Field(None, gt=0, description="seconds for every signal")
 
 
 class AssignRequest(BaseModel):
@@ -118,21 +125,21 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
     def vm_points(name: str) -> list[dict[str, Any]]:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
-        return [point_json(p) for p in catalog.points(name)]
+        return [point_json(p, catalog.drill(p.id)) for p in catalog.points(name)]
 
     @app.get("/points", tags=["points"])
     def points(vm: str | None = None) -> list[dict[str, Any]]:
         catalog = svc.vaults.get().catalog
         if vm is not None:
             catalog.vm(vm)
-        return [point_json(p) for p in catalog.points(vm)]
+        return [point_json(p, catalog.drill(p.id)) for p in catalog.points(vm)]
 
     @app.get("/vms/{name}/points/{point}", tags=["points"])
     def get_point(name: str, point: str) -> dict[str, Any]:
         catalog = svc.vaults.get().catalog
         catalog.vm(name)
         rec = catalog.point(name, point)
-        return {**point_json(rec), "summary": rec.summary}
+        return {**point_json(rec, catalog.drill(rec.id)), "summary": rec.summary}
 
     @app.post("/vms/{name}/backup", status_code=202, tags=["jobs"])
     def start_backup(name: str, req: BackupRequest | None = Body(None)) -> dict[str, Any]:
@@ -153,6 +160,17 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
             raise UsageError(f"unknown format {req.format!r}")
         to = confine(Path(req.to), root)          # the job checks again when it runs
         job = svc.runner.submit("restore", name, restore_job(name, rec.id, to, req.format, within=root),
+                                trigger="api", detail={"point": rec.id})
+        return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
+
+    @app.post("/vms/{name}/drill", status_code=202, tags=["jobs"])
+    def start_drill(name: str, req: DrillRequest | None = Body(None)) -> dict[str, Any]:
+        """A restore drill of one point as a job; its verdict is then on the point (``drill``) and in the job."""
+        req = req or DrillRequest(point="latest", console=None, timeout=None)
+        catalog = svc.vaults.get().catalog
+        catalog.vm(name)
+        rec = catalog.point(name, req.point)
+        job = svc.runner.submit("drill", name, drill_job(name, rec.id, console=req.console, timeout=req.timeout),
                                 trigger="api", detail={"point": rec.id})
         return {"job": job, "url": f"/jobs/{job}", "point": rec.id}
 
@@ -203,6 +221,11 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
     @app.get("/report", tags=["service"])
     def get_report(hours: int = Query(24, ge=1, le=24 * 366)) -> dict[str, Any]:
         return status(svc, hours).to_json()
+
+    @app.get("/report/drills", tags=["service"])
+    def get_drill_report() -> list[dict[str, Any]]:
+        """Every point's last restore drill: verdict, RTO, reasons (``cutpoint report --drills --json``)."""
+        return [r.to_json() for r in drills(svc.vaults.get())]
 
     @app.get("/report/usage", tags=["service"])
     def get_usage() -> dict[str, Any]:

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS verified (
     checked   TEXT NOT NULL,          -- ISO 8601 UTC
     problems  TEXT NOT NULL           -- JSON list of strings
 );
+CREATE TABLE IF NOT EXISTS drills (
+    point     TEXT PRIMARY KEY,       -- points.id
+    verdict   TEXT NOT NULL,          -- 'passed' | 'failed'
+    checked   TEXT NOT NULL,          -- ISO 8601 UTC
+    result    TEXT NOT NULL           -- the drill's JSON result (drill --json)
+);
 """
 
 
@@ -83,6 +89,14 @@ class VerifyRecord:
     level: str
     checked: str
     problems: list[str]
+
+
+@dataclass
+class DrillRecord:
+    point: str
+    verdict: str                      # 'passed' | 'failed'
+    checked: str
+    result: dict[str, Any]            # what ``drill --json`` printed
 
 
 class Catalog:
@@ -163,6 +177,7 @@ class Catalog:
                 for pid in ids:
                     self.db.execute("DELETE FROM points WHERE id=?", (pid,))
                     self.db.execute("DELETE FROM verified WHERE point=?", (pid,))
+                    self.db.execute("DELETE FROM drills WHERE point=?", (pid,))
                 faults.hit("prune-commit")
         except sqlite3.Error as exc:
             raise VaultError(f"cannot remove points from catalog {self.path}: {exc}") from exc
@@ -184,6 +199,29 @@ class Catalog:
         except ValueError:
             problems = ["(unreadable)"]
         return VerifyRecord(row[0], row[1], row[2], row[3], problems)
+
+    def set_drill(self, d: DrillRecord) -> None:
+        try:
+            self.db.execute("INSERT OR REPLACE INTO drills VALUES (?,?,?,?)",
+                            (d.point, d.verdict, d.checked, json.dumps(d.result)))
+        except sqlite3.Error as exc:
+            raise VaultError(f"cannot record the drill of point {d.point}: {exc}") from exc
+
+    def drill(self, point_id: str) -> DrillRecord | None:
+        """The point's last drill; a row whose result is unreadable comes back as failed, saying so."""
+        row = self.db.execute("SELECT point, verdict, checked, result FROM drills WHERE point=?",
+                              (point_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            result = json.loads(row[3])
+            if not isinstance(result, dict):
+                raise ValueError("not an object")
+        except (TypeError, ValueError):
+            return DrillRecord(str(row[0]), "failed", str(row[2]),
+                               {"verdict": "failed", "reasons": ["the drill record is unreadable"]})
+        verdict = row[1] if row[1] in ("passed", "failed") else "failed"
+        return DrillRecord(str(row[0]), verdict, str(row[2]), result)
 
     def quick_check(self) -> list[str]:
         """SQLite's own structural check of the catalog file; empty when sound."""

@@ -20,6 +20,7 @@ from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
 from . import jobs, policy, serve
 from . import files, instant, mount
 from . import report
+from . import drill
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
-                  files, mount, instant, report):
+                  files, mount, instant, report, drill):
         group.register(sub)
     return p
 

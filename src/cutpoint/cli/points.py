@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..catalog.db import DrillRecord
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
 
@@ -22,10 +23,21 @@ def cmd_points(args: argparse.Namespace) -> int:
         if not vault.catalog.points(args.name):
             vault.catalog.vm(args.name)   # unknown VM: a clear error; a known one simply has no points yet
     pts = vault.catalog.points(args.name)
+    drills = {p.id: vault.catalog.drill(p.id) for p in pts}
     if args.json:
-        print_json([p.summary for p in pts])
+        print_json([dict(p.summary, drill=(d.result if (d := drills[p.id]) else None)) for p in pts])
         return 0
-    print(table(["point", "vm", "created", "consistency", "mode", "pause ms", "size", "read", "stored"],
+    print(table(["point", "vm", "created", "consistency", "mode", "pause ms", "size", "read", "stored", "drill"],
                 [[p.id, p.vm, p.created, p.consistency, p.mode, f"{p.pause_ms:.1f}", human(p.logical_bytes),
-                  human(p.read_bytes), human(p.stored_bytes)] for p in pts]))
+                  human(p.read_bytes), human(p.stored_bytes), _drill_cell(drills[p.id])] for p in pts]))
     return 0
+
+
+def _drill_cell(d: DrillRecord | None) -> str:
+    """``-`` never drilled; ``passed 12.3s`` with the RTO; ``FAILED``."""
+    if d is None:
+        return "-"
+    if d.verdict != "passed":
+        return "FAILED"
+    rto = d.result.get("rto_s")
+    return f"passed {rto:.1f}s" if isinstance(rto, (int, float)) else "passed"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..service.report import usage
+from ..service.report import drills, usage
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
 
@@ -15,11 +15,14 @@ from .common import add_vault_arg, open_vault, print_json, table
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("report", help="per VM: protected-instance weight (consistency type) and vault bytes")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--drills", action="store_true", help="instead: every point's last restore drill (verdict, RTO)")
     add_vault_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.drills:
+        return _drills(args)
     res = usage(open_vault(args, create=False))
     if args.json:
         print_json(res.to_json())
@@ -32,4 +35,15 @@ def cmd_report(args: argparse.Namespace) -> int:
           f"vault chunks: {human(res.vault_stored_bytes)}")
     for p in res.problems:
         print(f"warning: {p}")
+    return 0
+
+
+def _drills(args: argparse.Namespace) -> int:
+    rows = drills(open_vault(args, create=False))
+    if args.json:
+        print_json([r.to_json() for r in rows])
+        return 0
+    print(table(["vm", "point", "drill", "rto", "checked", "reasons"],
+                [[r.vm, r.point, r.verdict, f"{r.rto_s:.1f} s" if r.rto_s is not None else "-", r.checked,
+                  "; ".join(r.reasons)[:100] or "-"] for r in rows]))
     return 0

@@ -10,6 +10,7 @@ from ..catalog.db import VmRecord
 from ..drivers.registry import driver_for
 from ..errors import UsageError
 from ..names import check_vm_name
+from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json, table
 from .consistency import add_consistency_args, disk_rows, set_consistency, verdicts
 
@@ -38,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "excluded disks")
     st.add_argument("name")
     st.add_argument("--policy", help="policy name, or 'none' to stop scheduling the VM")
+    st.add_argument("--drill-console", metavar="PATTERN",
+                    help="restore drills: the regular expression the VM's serial console shows once booted")
+    st.add_argument("--drill-command", metavar="CMD",
+                    help="restore drills: a command run in the guest through its agent, which must exit 0 "
+                         "(shell words; '' removes it)")
+    st.add_argument("--drill-timeout", type=float, metavar="SECONDS", help="restore drills: time for every signal")
     add_consistency_args(st)
     add_vault_arg(st)
     st.set_defaults(func=cmd_set)
@@ -112,15 +119,44 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_set(args: argparse.Namespace) -> int:
     from ..policy.store import PolicyStore, assign
     vault = open_vault(args)
-    if set_consistency(vault, args) and args.policy is None:
+    drilled = _set_drill(vault, args)
+    if (set_consistency(vault, args) or drilled) and args.policy is None:
         return 0
     if args.policy is None:
         raise UsageError("nothing to set: give --policy, --consistency, --pre-script, --post-script, "
-                         "--exclude-disk, --include-disk, --agent-socket or --freeze-timeout")
+                         "--exclude-disk, --include-disk, --agent-socket, --freeze-timeout or --drill-*")
     policy = None if args.policy.lower() == "none" else args.policy
     assign(vault.catalog, PolicyStore(vault.catalog.path), args.name, policy)
     print(f"VM {args.name!r} " + (f"follows policy {policy!r}" if policy else "has no policy: not scheduled"))
     return 0
+
+
+def _set_drill(vault: Vault, args: argparse.Namespace) -> bool:
+    """The VM's drill settings (``settings['drill']``); True when any was given."""
+    import re
+    import shlex
+    if args.drill_console is None and args.drill_command is None and args.drill_timeout is None:
+        return False
+    rec = vault.catalog.vm(args.name)
+    d = dict(rec.settings.get("drill") or {})
+    if args.drill_console is not None:
+        try:
+            re.compile(args.drill_console)
+        except re.error as exc:
+            raise UsageError(f"--drill-console {args.drill_console!r} is not a regular expression: {exc}") from exc
+        d["console"] = args.drill_console
+    if args.drill_command is not None:
+        try:
+            d["command"] = shlex.split(args.drill_command)
+        except ValueError as exc:
+            raise UsageError(f"--drill-command {args.drill_command!r}: {exc}") from exc
+    if args.drill_timeout is not None:
+        if args.drill_timeout <= 0:
+            raise UsageError("--drill-timeout must be positive")
+        d["timeout"] = args.drill_timeout
+    vault.catalog.update_vm(args.name, settings=dict(rec.settings, drill=d))
+    print(f"VM {args.name!r}: drill settings {d}")
+    return True
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -132,11 +168,23 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     with vault.vm_lock(args.name, writer=False):         # never while a backup of this VM runs
         with driver_for(vm).session() as s:
             removed = s.sweep(work_home())
+    removed += _sweep_drills()
     if args.json:
         print_json({"vm": args.name, "removed": removed})
     else:
         print(f"VM {args.name!r}: " + (f"removed {', '.join(removed)}" if removed else "nothing left behind"))
     return 0
+
+
+def _sweep_drills() -> list[str]:
+    """What a killed restore drill left on this host (none while a drill runs: it holds the host's drill lock)."""
+    from ..errors import LockedError
+    from ..restore import drillstate
+    try:
+        with drillstate.host_lock():
+            return drillstate.sweep()
+    except LockedError:
+        return []
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

@@ -40,6 +40,11 @@ class Alerter:
                   "" if final else "; will retry")
         self.send({"event": "job.failed", "final": final, "job": job.to_json()})
 
+    def drill_failed(self, vm: str, point: str, reasons: list[str]) -> None:
+        """A restore drill failed: the point may not be a way back (its verdict is kept in the catalog)."""
+        log.error("restore drill of point %s of VM %s failed: %s", point, vm, "; ".join(reasons))
+        self.send({"event": "drill.failed", "vm": vm, "point": point, "reasons": reasons})
+
     def send(self, payload: dict[str, Any]) -> None:
         if not self.webhook:
             return

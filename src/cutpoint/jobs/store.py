@@ -21,7 +21,7 @@ from typing import Any
 from ..catalog.sqlite import connect
 from ..errors import NotFoundError, UsageError, VaultError
 
-KINDS = ("backup", "restore", "prune", "verify", "gc")
+KINDS = ("backup", "restore", "prune", "verify", "gc", "drill")
 STATES = ("running", "succeeded", "failed", "interrupted")
 FINAL = ("succeeded", "failed", "interrupted")
 

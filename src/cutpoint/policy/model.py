@@ -80,6 +80,22 @@ class VerifySchedule:
 
 
 @dataclass(frozen=True)
+class DrillSchedule:
+    """When restore drills of a policy's VMs run: after every Nth backup (``after_backups``), or on a schedule
+    (weekly, ...); ``pick`` says which point: the newest, or a random older one (ransomware shows itself late)."""
+
+    schedule: Schedule | None = None
+    after_backups: int = 0
+    pick: str = "latest"                 # 'latest' | 'random'
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = self.schedule.to_dict() if self.schedule is not None else {}
+        if self.after_backups:
+            d["after_backups"] = self.after_backups
+        return {**d, "pick": self.pick}
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     schedule: Schedule
@@ -88,6 +104,7 @@ class Policy:
     timezone: str = "UTC"
     rpo_grace_minutes: int | None = None  # None: DEFAULT_RPO_GRACE_MINUTES
     verify: VerifySchedule | None = None  # scheduled verify of its VMs' points; None: none
+    drill: DrillSchedule | None = None    # restore drills of its VMs' points; None: none
 
     @property
     def rpo_grace(self) -> int:
@@ -106,7 +123,15 @@ class Policy:
         out = {**d, "schedule": self.schedule.to_dict(), "retention": self.retention.to_dict()}
         if self.verify is not None:
             out["verify"] = self.verify.to_dict()
+        if self.drill is not None:
+            out["drill"] = self.drill.to_dict()
         return out
+
+    def drill_policy(self) -> "Policy | None":
+        """This policy with its drill schedule as *the* schedule (None without a scheduled drill)."""
+        if self.drill is None or self.drill.schedule is None:
+            return None
+        return replace(self, schedule=self.drill.schedule, verify=None, drill=None)
 
     def verify_policy(self) -> "Policy | None":
         """This policy with its verify schedule as *the* schedule: what the slot functions compute verify runs of."""
@@ -127,7 +152,7 @@ class Policy:
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
         _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention", "rpo_grace_minutes",
-                                     "verify"))
+                                     "verify", "drill"))
         tz = data.get("timezone", "UTC")
         if not isinstance(tz, str) or not tz:
             raise PolicyError(pname, "timezone", f"{tz!r} is not a time zone name such as Europe/Berlin")
@@ -149,7 +174,8 @@ class Policy:
         if grace is not None:
             grace = _int(pname, "rpo_grace_minutes", grace, 0, MAX_RPO_GRACE_MINUTES)
         verify = _verify(pname, data["verify"]) if data.get("verify") is not None else None
-        return cls(pname, schedule, retention, consistency, tz, grace, verify)
+        drill = _drill(pname, data["drill"]) if data.get("drill") is not None else None
+        return cls(pname, schedule, retention, consistency, tz, grace, verify, drill)
 
 
 def _unknown(name: str, prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -220,6 +246,23 @@ def _verify(name: str, v: Any) -> "VerifySchedule":
         raise PolicyError(name, "verify.read_data", f"{read_data!r} is not true or false")
     sched = _schedule(name, {k: x for k, x in v.items() if k != "read_data"}, "verify")
     return VerifySchedule(sched, read_data)
+
+
+def _drill(name: str, v: Any) -> DrillSchedule:
+    if not isinstance(v, dict):
+        raise PolicyError(name, "drill", "must be a mapping such as {after_backups: 7} or {frequency: weekly, "
+                          "days: [sun], time: '05:00', pick: random}")
+    pick = v.get("pick", "latest")
+    if pick not in ("latest", "random"):
+        raise PolicyError(name, "drill.pick", f"{pick!r} is not latest or random (a random older point)")
+    rest = {k: x for k, x in v.items() if k not in ("pick", "after_backups")}
+    if "after_backups" in v:
+        if rest:
+            raise PolicyError(name, "drill", "give either after_backups or a schedule (frequency ...), not both")
+        return DrillSchedule(None, _int(name, "drill.after_backups", v["after_backups"], 1, 10000), pick)
+    if not rest:
+        raise PolicyError(name, "drill", "needs after_backups: N or a schedule (frequency: weekly, ...)")
+    return DrillSchedule(_schedule(name, rest, "drill"), 0, pick)
 
 
 def _retention(name: str, r: Any) -> Retention:

@@ -53,8 +53,9 @@ def choose_disk(m: Manifest, disk: str | None) -> DiskManifest:
 
 
 @contextmanager
-def disk_view(vault: Vault, m: Manifest, disk: DiskManifest, key_file: Path | None = None) -> Iterator[View]:
-    base = private_dir("views")
+def disk_view(vault: Vault, m: Manifest, disk: DiskManifest, key_file: Path | None = None,
+              base: Path | None = None) -> Iterator[View]:
+    base = base or private_dir("views")
     base.mkdir(parents=True, exist_ok=True)
     stats = base / f"stats-{os.getpid()}-{time.monotonic_ns()}"
     stats.touch()

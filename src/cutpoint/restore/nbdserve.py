@@ -165,8 +165,9 @@ def stop_server(pid: int, timeout: float = 10.0) -> None:
 class FileView:
     """A read-only file showing one export of nbdkit through nbdfuse, for tools that need a file."""
 
-    def __init__(self, nbdkit_args: list[str], base: Path, *, keep: bool = False) -> None:
+    def __init__(self, nbdkit_args: list[str], base: Path, *, keep: bool = False, writable: bool = False) -> None:
         self.args = nbdkit_args
+        self.writable = writable         # only over nbdkit's cow filter: writes stay in nbdkit's throwaway overlay
         self.base = base
         self.keep = keep                 # leave it mounted when the context ends (cutpoint mount)
         self.mnt = Path()
@@ -183,7 +184,8 @@ class FileView:
         log = self.mnt.with_name(self.mnt.name + ".log")
         with _handoff() as secret:
             with os.fdopen(private.open_log(log), "w") as out:
-                self.proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(self.path), "--command",
+                ro = [] if self.writable else ["-r"]
+                self.proc = subprocess.Popen(["nbdfuse", *ro, "-P", str(pidfile), str(self.path), "--command",
                                               "nbdkit", "-s", "--exit-with-parent", *self.args, *secret],
                                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                              env=plugin_env(), start_new_session=self.keep)

@@ -10,12 +10,16 @@ through ``browse``, and new VM, replace and instant through the point's restore 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from contextlib import contextmanager, nullcontext
 
 from .. import faults
 from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from .images import Progress, restore_point
+
+if TYPE_CHECKING:
+    from .drill import DrillOptions, DrillResult
 from .results import FilesResult, ImagesResult, RestoreResult
 from .targets import Files, Images, Instant, NewVm, Replace, Target, confine
 
@@ -39,6 +43,28 @@ def restore(vault: Vault, vm: str, point: str, target: Target, *, progress: Prog
     """Restore point ``point`` of ``vm`` to ``target``; raises a ``CutpointError`` with nothing left behind."""
     with opened_point(vault, vm, point, hold_vm=isinstance(target, Replace)) as m:
         return _dispatch(vault, m, target, _seam(progress))
+
+
+def drill(vault: Vault, vm: str, point: str, opts: "DrillOptions") -> "DrillResult":
+    """Drill point ``point`` of ``vm`` (``restore/drill.py``) under the shared points lock, and keep the verdict
+    with the point in the catalog."""
+    from datetime import datetime, timezone
+
+    from .. import vmconfig
+    from ..catalog.db import DrillRecord
+    from ..errors import UnsupportedError
+    from .drill import drill as run
+    from .vmsetup import qmp_config
+    with opened_point(vault, vm, point) as m:
+        cfg = vmconfig.parse(m.vm_config, f"point {m.point} of VM {m.vm!r}")
+        if isinstance(cfg, vmconfig.LibvirtVmConfig):
+            raise UnsupportedError(f"point {m.point} of VM {m.vm!r} is a libvirt domain's; drills boot QMP VMs' "
+                                   "points only so far")
+        res = run(vault, m, qmp_config(m, cfg), opts)
+        vault.catalog.set_drill(DrillRecord(m.point, res.verdict,
+                                            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                            res.to_json()))
+    return res
 
 
 def _dispatch(vault: Vault, m: Manifest, t: Target, progress: Progress) -> RestoreResult:

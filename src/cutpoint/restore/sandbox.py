@@ -57,6 +57,7 @@ def _probe() -> str | None:
         root.mkdir()
         sb = Sandbox.__new__(Sandbox)
         sb.view_dir, sb.root, sb.on, sb._libc = view, root, True, ctypes.CDLL(None, use_errno=True)
+        sb.writable_view = False
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:                                            # the child: build it, say how it went, leave
@@ -78,8 +79,9 @@ def _probe() -> str | None:
 class Sandbox:
     """Tools run confined, seeing ``view_dir`` (the FUSE mount holding the disk file) as ``/view``."""
 
-    def __init__(self, view_dir: Path, scratch: Path) -> None:
+    def __init__(self, view_dir: Path, scratch: Path, *, writable_view: bool = False) -> None:
         self.view_dir = view_dir
+        self.writable_view = writable_view     # a throwaway copy-on-write view (a drill's journal replay)
         self.root = scratch                    # an empty directory of ours: the new root is a tmpfs mounted on it
         self.on = enabled()
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -119,7 +121,7 @@ class Sandbox:
         self._call(f"mount {dst}", self._libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags),
                                                     enc(data)))
 
-    def _bind(self, src: str, rel: str, *, is_dir: bool) -> None:
+    def _bind(self, src: str, rel: str, *, is_dir: bool, writable: bool = False) -> None:
         dst = f"{self.root}/{rel}"
         if is_dir:
             os.makedirs(dst, exist_ok=True)
@@ -127,7 +129,7 @@ class Sandbox:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
         self._mount(src, dst, None, MS_BIND | MS_REC)
-        self._mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        self._mount(None, dst, None, MS_REMOUNT | MS_BIND | (0 if writable else MS_RDONLY) | MS_NOSUID | MS_NODEV)
 
     def _enter(self) -> None:
         libc = self._libc
@@ -142,7 +144,7 @@ class Sandbox:
         if os.path.exists("/etc/ld.so.cache"):
             self._bind("/etc/ld.so.cache", "etc/ld.so.cache", is_dir=False)
         self._bind("/dev/null", "dev/null", is_dir=False)
-        self._bind(str(self.view_dir), VIEW.lstrip("/"), is_dir=True)
+        self._bind(str(self.view_dir), VIEW.lstrip("/"), is_dir=True, writable=self.writable_view)
         os.chdir(root)
         self._call("pivot_root", libc.syscall(SYS_PIVOT_ROOT, b".", b"."))
         self._call("umount old root", libc.umount2(b".", MNT_DETACH))

@@ -40,6 +40,7 @@ class Service:
         self.jobs = JobStore(path)
         self.state = StateStore(path)
         self.verify_state = StateStore(path, "verify_state")
+        self.drill_state = StateStore(path, "drill_state")
         self.policies = PolicyStore(path)
         self.alerter = Alerter(webhook)
         self.rpo = RpoWatch(path, self.alerter)
@@ -47,7 +48,7 @@ class Service:
                              abandon=job_abandon)
         self.scheduler = Scheduler(self.vaults, self.runner, self.state, self.policies, self.clock, self.alerter,
                                    self.rpo, self.verify_state, retry=retry, backup_fn=backup_fn,
-                                   gc_interval=gc_interval, gc_grace=gc_grace)
+                                   gc_interval=gc_interval, gc_grace=gc_grace, drill_state=self.drill_state)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.running = False

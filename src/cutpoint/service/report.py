@@ -117,6 +117,36 @@ def _policy_consistency(vault: Vault) -> dict[str, str | None]:
         store.close()
 
 
+# -- drills --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class DrillRow:
+    vm: str
+    point: str
+    verdict: str
+    checked: str
+    rto_s: float | None
+    reasons: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def drills(vault: Vault) -> list[DrillRow]:
+    """Every point's last drill, per VM and point in time order (``cutpoint report --drills``, ``GET
+    /report/drills``): which points proved they boot, how long the way back took, and which failed."""
+    rows = []
+    for p in vault.catalog.points():
+        d = vault.catalog.drill(p.id)
+        if d is None:
+            continue
+        rto = d.result.get("rto_s")
+        reasons = d.result.get("reasons")
+        rows.append(DrillRow(p.vm, p.id, d.verdict, d.checked, rto if isinstance(rto, (int, float)) else None,
+                             [str(r) for r in reasons] if isinstance(reasons, list) else []))
+    return rows
+
+
 # -- status --------------------------------------------------------------------------------------------------------
 
 @dataclass

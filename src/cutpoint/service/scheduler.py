@@ -25,6 +25,7 @@ Rules (docs/design.md, "Service and policies"):
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,12 +35,13 @@ from ..jobs.store import Job, iso
 from ..policy.model import Policy
 from ..policy.schedule import latest_slot, next_slot, slots_between
 from ..policy.store import PolicyStore
+from ..vault.prune import parse_created
 from .clock import Clock
 from .rpo import RpoWatch
 from .runner import JobContext, Outcome, Runner
 from .state import StateStore, VmState
 from .vaults import VaultSource
-from .work import BackupFn, backup_job, gc_job, prune_job, verify_job
+from .work import BackupFn, backup_job, drill_job, gc_job, prune_job, verify_job
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,15 @@ class RetryPolicy:
         return timedelta(seconds=min(self.max_backoff, self.backoff * 2 ** (failed_attempt - 1)))
 
 
+DRILL_LOCK_WAIT = 6 * 3600.0             # a scheduled drill waits this long for another VM's drill to end
+
+
 class Scheduler:
     def __init__(self, vaults: VaultSource, runner: Runner, state: StateStore, policies: PolicyStore, clock: Clock,
                  alerter: Alerter, rpo: RpoWatch, verify_state: StateStore, *, retry: RetryPolicy = RetryPolicy(),
                  backup_fn: BackupFn | None = None, gc_interval: timedelta = timedelta(hours=1),
-                 gc_grace: float | None = None, late: timedelta = timedelta(minutes=5)) -> None:
+                 gc_grace: float | None = None, late: timedelta = timedelta(minutes=5),
+                 drill_state: StateStore | None = None) -> None:
         self.vaults = vaults
         self.runner = runner
         self.state = state
@@ -67,6 +73,7 @@ class Scheduler:
         self.alerter = alerter
         self.rpo = rpo
         self.verify_state = verify_state
+        self.drill_state = drill_state
         self.retry = retry
         self.backup_fn = backup_fn
         self.gc_interval = gc_interval
@@ -110,6 +117,9 @@ class Scheduler:
                 started.append(job)
             self.rpo.check(catalog, vm.name, policy, now, backing_up=self._backing_up(vm.name))
             job = self._consider_verify(vm.name, policy, now)
+            if job is not None:
+                started.append(job)
+            job = self._consider_drill(vm.name, policy, now)
             if job is not None:
                 started.append(job)
         gc = self._maybe_gc(now)
@@ -238,6 +248,59 @@ class Scheduler:
         if st.handled is None or slot > st.handled:
             st.handled = slot
             self.verify_state.put(st)
+
+    def _consider_drill(self, vm: str, policy: Policy, now: datetime) -> int | None:
+        """Scheduled restore drills (``policy.drill``): after every Nth point of the VM, or at a schedule's slots
+        (baselined like verify: the latest owed slot runs once). ``handled`` is the newest point counted (after N)
+        or the slot done. A drill waits for the host's drill lock, so drills of several VMs run one at a time."""
+        ds = self.drill_state
+        if ds is None:
+            return None
+        st = ds.get(vm)
+        if policy.drill is None:
+            if st is not None:
+                ds.drop(vm)
+            return None
+        if self.runner.busy(vm) is not None:
+            return None
+        pts = self.vaults.get().catalog.points(vm)
+        if policy.drill.after_backups:
+            key = f"after_backups={policy.drill.after_backups}"
+            newest = parse_created(pts[-1].created) if pts else None
+            if st is None or st.schedule != key:
+                ds.put(VmState(vm, key, handled=newest))
+                return None
+            if newest is None or (st.handled is not None and newest <= st.handled) \
+                    or len(pts) % policy.drill.after_backups:
+                return None
+            slot: datetime | None = newest
+        else:
+            dp = policy.drill_policy()
+            assert dp is not None
+            slot = latest_slot(dp, now)
+            if st is None or st.schedule != dp.schedule_key():
+                ds.put(VmState(vm, dp.schedule_key(), handled=slot))
+                return None
+            if slot is None or (st.handled is not None and slot <= st.handled) or not pts:
+                return None
+        point = pts[-1].id
+        if policy.drill.pick == "random" and len(pts) > 1:
+            point = random.choice(pts[:-1]).id
+        try:
+            return self.runner.submit("drill", vm, drill_job(vm, point, lock_wait=DRILL_LOCK_WAIT),
+                                      trigger="schedule", detail={"policy": policy.name, "point": point},
+                                      on_done=lambda job: self._drill_done(vm, slot, job))
+        except LockedError:
+            return None
+
+    def _drill_done(self, vm: str, slot: datetime | None, job: Job) -> None:
+        ds = self.drill_state
+        st = ds.get(vm) if ds is not None else None
+        if ds is None or st is None or job.state == "interrupted" or slot is None:
+            return
+        if st.handled is None or slot > st.handled:
+            st.handled = slot
+            ds.put(st)
 
     def _maybe_gc(self, now: datetime) -> int | None:
         if not self.gc_wanted or not self.runner.idle():

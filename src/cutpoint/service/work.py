@@ -1,4 +1,4 @@
-"""The job functions the service and the API run: backup, restore, prune (retention), verify and gc.
+"""The job functions the service and the API run: backup, restore, prune (retention), verify, gc and drill.
 
 Each is a thin adapter from a job context to the function that does the work, owned elsewhere: ``backup.run.backup``,
 ``restore.orchestrator.restore``, and the vault's ``prune``/``verify``/``gc``. Retention decisions are the vault's pure
@@ -91,6 +91,26 @@ def verify_job(vm: str, *, read_data: bool, policy: str | None = None) -> JobFn:
             raise JobFailed(f"verify of VM {vm}: {what}; restore from a point that verifies (the next backup of "
                             "the VM is full by itself)", detail)
         return Outcome(bytes=rep.bytes_read, detail=detail)
+    return run
+
+
+def drill_job(vm: str, point: str = "latest", *, console: str | None = None, timeout: float | None = None,
+              lock_wait: float = 0.0) -> JobFn:
+    """A restore drill of one point (``restore.orchestrator.drill``); a failed drill fails the job (so the runner's
+    alert fires) with the verdict kept on it; the verdict is in the catalog either way."""
+    def run(ctx: JobContext) -> Outcome:
+        from ..restore.drill import options_for
+        from ..restore.orchestrator import drill
+        from ..workdir import private_dir
+        opts = options_for(ctx.vault.catalog.vm(vm).settings, console=console, timeout=timeout,
+                           evidence=private_dir("screens"))
+        opts.lock_wait = lock_wait
+        res = drill(ctx.vault, vm, point, opts)
+        detail: dict[str, Any] = {"point": res.point, "verdict": res.verdict, "rto_s": res.rto_s,
+                                  "reasons": res.reasons[:20]}
+        if res.verdict != "passed":
+            raise JobFailed(f"drill of point {res.point} of VM {vm} failed: {'; '.join(res.reasons[:4])}", detail)
+        return Outcome(point=res.point, detail=detail)
     return run
 
 

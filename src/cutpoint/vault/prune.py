@@ -88,8 +88,9 @@ def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = 
     bad: set[str] = set()
     for p in vault.catalog.points(vm):
         v = vault.catalog.verified(p.id)
-        if p.damaged or (v is not None and v.state == "failed"):
-            bad.add(p.id)             # not restorable as far as we know: does not count as the newest good point
+        dr = vault.catalog.drill(p.id)
+        if p.damaged or (v is not None and v.state == "failed") or (dr is not None and dr.verdict == "failed"):
+            bad.add(p.id)             # not restorable (or did not boot) as far as we know: never the newest good
         try:
             pts.append((p.id, parse_created(p.created)))
         except (TypeError, ValueError):
