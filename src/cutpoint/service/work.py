@@ -29,13 +29,14 @@ BackupFn = Callable[[Vault, str, BackupOptions], BackupResult]
 
 
 def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
-               backup_fn: BackupFn | None = None) -> JobFn:
-    """``backup_fn`` replaces the real backup in clock-driven tests (it defaults to ``backup.run.backup``)."""
+               backup_fn: BackupFn | None = None, consistency: str | None = None) -> JobFn:
+    """``backup_fn`` replaces the real backup in clock-driven tests (it defaults to ``backup.run.backup``);
+    ``consistency`` overrides the policy's type for this one backup (the console's "Back up now" choice)."""
     fn = backup_fn or backup
 
     def run(ctx: JobContext) -> Outcome:
         opts = BackupOptions(full=full, progress=ctx.progress,
-                             consistency=policy.consistency if policy is not None else None)
+                             consistency=consistency or (policy.consistency if policy is not None else None))
         res = fn(ctx.vault, vm, opts)
         detail: dict[str, Any] = {
             "mode": res.mode, "full_reason": res.full_reason, "consistency": res.consistency,
