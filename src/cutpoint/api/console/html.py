@@ -76,20 +76,24 @@ def table(headers: list[str], rows: list[list[str]], caption: str = "") -> str:
     """``rows`` hold HTML already escaped by the caller (cells may contain links and badges)."""
     if not rows:
         return f'<p class="note">{esc(caption or "nothing")}: none.</p>'
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    if not any(headers):                        # a key/value table: the first cell of each row is its header
+        body = "".join(f'<tr><th scope="row">{r[0]}</th>' + "".join(f"<td>{c}</td>" for c in r[1:]) + "</tr>"
+                       for r in rows)
+        return f"<table>{cap}<tbody>{body}</tbody></table>"
     head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def field(name: str, label: str, value: object, errors: dict[str, str], *, kind: str = "text",
-          options: tuple[str, ...] = (), hint: str = "") -> str:
+          options: tuple[str, ...] = (), hint: str = "", labels: dict[str, str] | None = None) -> str:
     """A labelled input with its error (if any) beside it, tied by aria-describedby."""
     fid = "f-" + name.replace(".", "-")
     err = errors.get(name)
     described = f' aria-invalid="true" aria-describedby="{fid}-err"' if err else ""
     if options:
-        opts = "".join(f'<option value="{esc(o)}"{" selected" if str(value or "") == o else ""}>{esc(o or "(none)")}'
+        opts = "".join(f'<option value="{esc(o)}"{" selected" if str(value or "") == o else ""}>{esc((labels or {}).get(o) or o or "(none)")}'
                        "</option>" for o in options)
         ctl = f'<select id="{fid}" name="{esc(name)}"{described}>{opts}</select>'
     else:

@@ -65,11 +65,15 @@ def browse(svc: Service, viewer: Viewer, vm: str, point: str, path: str, disk: s
         rows = []
         for d in res["disks"]:
             for v in d["volumes"]:
-                rows.append([esc(d["disk"]), esc(v.get("part")), esc(v.get("fstype")), esc(nbytes(v.get("size"))),
-                             f'<a href="{esc(_href(vm, rec.id, "/", d["disk"], v.get("part")))}">open</a>'])
+                part = v.get("partition")
+                rows.append([esc(d["disk"]), esc(part or "whole disk"), esc(v.get("fstype") or "unknown"),
+                             esc(nbytes(v.get("size"))),
+                             f'<a href="{esc(_href(vm, rec.id, "/", d["disk"], part))}">open</a>'
+                             if v.get("fstype") else ""])
         return table(["disk", "partition", "filesystem", "size", ""], rows, "filesystems")
     vol: dict[str, Any] = res.get("volume") or {}
-    head = (f"<p>disk <b>{esc(res['disk'])}</b>, volume {esc(vol.get('part'))} ({esc(vol.get('fstype'))}); "
+    where = "whole disk" if not vol.get("partition") else f"partition {vol.get('partition')}"
+    head = (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
             f"path <code>{esc(res['path'])}</code></p>")
     rows = []
     cur = res["path"] if res["type"] == "dir" else posixpath.dirname(res["path"])

@@ -165,8 +165,8 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
         cons = form.get("consistency", "")
         if cons not in vmpage.CONSISTENCY_CHOICES:
             errs["consistency"] = f"{cons!r} is not crash or app (or empty for the configured type)"
-        if form.get("full", "") not in ("", "yes"):
-            errs["full"] = "choose yes or leave it empty"
+        if form.get("full", "") not in ("", "no", "yes"):
+            errs["full"] = "choose yes or no"
         vm = svc.vaults.get().catalog.vm(name)
         if errs:
             return html(f"VM {name}", vmpage.render(svc, viewer, name, errs), viewer, 422)

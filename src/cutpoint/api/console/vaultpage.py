@@ -15,7 +15,8 @@ def render(svc: Service, viewer: Viewer, message: str = "") -> str:
             ["format", esc(f"{cfg.get('format', '?')} v{cfg.get('version', '?')}")],
             ["chunk size", esc(nbytes(cfg.get("chunk_size")))],
             ["encryption", esc(f"{enc.get('cipher')}" if enc else "none (not encrypted)")],
-            ["key fingerprint", f"<code>{esc(fp or (enc or {}).get('key_fingerprint') or 'none')}</code>"]]
+            ["key fingerprint" if enc else "authentication key fingerprint",
+             f"<code>{esc(fp or (enc or {}).get('key_fingerprint') or 'none')}</code>"]]
     hist = []
     for kind in ("verify", "gc"):
         for j in svc.jobs.list(kind=kind, limit=20):

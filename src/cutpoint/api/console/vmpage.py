@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...catalog.db import PointRecord
 from ...service.daemon import Service
+from ...vault.locks import in_use
 from .html import Viewer, esc, field, form, nbytes, state_badge, table
 
 CONSISTENCY_CHOICES = ("", "crash", "app")
@@ -18,12 +19,8 @@ def badges(svc: Service, p: PointRecord) -> str:
     else:
         cls = "ok" if v.state == "ok" else "bad"
         out.append(f'<span class="badge {cls}" title="{esc(v.checked)}">verify: {esc(v.state)} ({esc(v.level)})</span>')
-    try:
-        pinned = vault.pin_path(p.id).exists()
-    except Exception:  # noqa: BLE001 - a point id outside the name rule is simply not pinned
-        pinned = False
-    if pinned:
-        out.append('<span class="badge warn">pinned</span>')
+    if in_use(vault.pin_path(p.id)):            # what prune checks: a mount, file view or instant restore holds it
+        out.append('<span class="badge warn" title="served right now: prune keeps it">pinned</span>')
     if p.damaged:
         out.append(f'<span class="badge bad">damaged: {esc(p.damaged)}</span>')
     return " ".join(out)
@@ -44,13 +41,16 @@ def plot(points: list[PointRecord]) -> str:
     line = []
     for i, p in enumerate(pts):
         x = pad + i * step
-        bw = max(step / 2 - 2, 1)
+        bw = min(max(step / 2 - 2, 1), 24)
         for j, (val, color) in enumerate(((p.read_bytes, "#0b4f9c"), (p.stored_bytes, "#2e8b57"))):
             bh = (h - pad) * val / top_b
             parts.append(f'<rect x="{x + j * bw:.1f}" y="{h - bh:.1f}" width="{bw:.1f}" height="{bh:.1f}" '
                          f'fill="{color}"><title>{esc(p.id)}: {"read" if j == 0 else "stored"} '
                          f'{esc(nbytes(val))}</title></rect>')
-        line.append(f"{x + step / 2:.1f},{h - (h - pad) * p.pause_ms / top_p:.1f}")
+        y = h - (h - pad) * p.pause_ms / top_p
+        line.append(f"{x + bw:.1f},{y:.1f}")
+        parts.append(f'<circle cx="{x + bw:.1f}" cy="{y:.1f}" r="4" fill="#a1110f"><title>{esc(p.id)}: pause '
+                     f'{p.pause_ms:.1f} ms</title></circle>')
     parts.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#a1110f" stroke-width="2"/>')
     parts.append(f'<text x="{pad}" y="{h + 16}" font-size="12">bars: read (blue), stored (green), max '
                  f'{esc(nbytes(top_b))}; line: pause_ms (red), max {top_p:.1f} ms</text></svg>')
@@ -77,8 +77,10 @@ def render(svc: Service, viewer: Viewer, name: str, errors: dict[str, str] | Non
     msg = f'<p role="status" class="ok">{esc(message)}</p>' if message else ""
     backup = form(f"/ui/vms/{name}/backup", viewer,
                   field("consistency", "consistency", "", errors, options=CONSISTENCY_CHOICES,
-                        hint="empty: the policy's or the VM's own setting")
-                  + field("full", "read every disk in full", "", errors, options=("", "yes"))
+                        labels={"": "as configured", "crash": "crash-consistent",
+                                "app": "application-consistent (guest agent)"},
+                        hint="as configured: the policy's type, else the VM's own")
+                  + field("full", "read every disk in full", "no", errors, options=("no", "yes"))
                   + '<button type="submit" id="backup-now">Back up now</button>', cls="block")
     assign = form(f"/ui/vms/{name}/policy", viewer,
                   field("policy", "policy", policy, errors, options=("",) + tuple(p.name for p in svc.policies.all()))
