@@ -69,7 +69,8 @@ def lab(bare_qemu, tmp_path: Path):
     subprocess.run(["mkfs.ext4", "-q", "-d", str(src), str(disk), "64M"], check=True)
     vm = bare_qemu(blockdev_args(disk, "d0", "raw"))
     cutpoint("vm", "add", "lab", "--qmp", str(vm.qmp), check=True)
-    served = Served(tmp_path, "console", env={"CUTPOINT_TEST_JOB_DELAY": "0.3"})
+    served = Served(tmp_path, "console", env={"CUTPOINT_TEST_JOB_DELAY": "0.3",
+                                                          "CUTPOINT_VMS": str(tmp_path / "vms")})
     try:
         yield served, src
     finally:
@@ -161,6 +162,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     click(d, d.find_element(By.PARTIAL_LINK_TEXT, "VM lab"))
     click(d, d.find_element(By.LINK_TEXT, "restore / files"))
     shot(d, "point-restore")
+    point_url = d.current_url
     click(d, d.find_element(By.PARTIAL_LINK_TEXT, "browse this point"))
     names = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td .fname")]
     assert HOSTILE in names, names                                      # shown as text...
@@ -182,6 +184,12 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     with tarfile.open(tar) as t:
         member = t.extractfile("docs/readme.txt")
         assert member is not None and member.read() == (src / "docs" / "readme.txt").read_bytes()
+
+    d.get(point_url)                                    # the wizard: a new VM beside the original, not started
+    click(d, d.find_element(By.ID, "restore-new-vm"))
+    watch(d)
+    restored = sorted(p.name for p in (tmp_path / "vms" / "lab-restored").iterdir())
+    assert any(n.endswith(".qcow2") for n in restored), restored
 
     d.get(url + "/ui/policies")
     d.find_element(By.ID, "f-name").send_keys("nightly")

@@ -217,3 +217,28 @@ def test_console_routes_are_the_ones_is_console_exempts(env) -> None:
     ui = [r.path for r in client.app.routes if console.is_console(r.path)]
     assert "/" in ui and all(p == "/" or p.startswith(console.PREFIXES) for p in ui)
     assert client.get("/vms").status_code == 401                 # the JSON API still wants its bearer token
+
+
+def test_restore_wizard_fields_are_checked_before_any_job(env) -> None:
+    client, tokens, svc, _ = env
+    csrf = login(client, tokens["operator"])
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    pid = svc.vaults.get().catalog.points("web")[0].id
+    page = client.get(f"/ui/vms/web/points/{pid}").text
+    assert "Everything written since that point is lost" in page and 'id="f-confirm"' in page
+    base = f"/ui/vms/web/points/{pid}/restore"
+    for kind, data, fld, needle in (
+            ("replace", {"confirm": ""}, "confirm", "type the VM name"),
+            ("replace", {"confirm": "WEB"}, "confirm", "type the VM name"),
+            ("new-vm", {"new_name": "../x", "new_format": "qcow2"}, "new_name", "is not valid"),
+            ("new-vm", {"new_name": "web", "new_format": "qcow2"}, "new_name", "already protected"),
+            ("new-vm", {"new_name": "copy", "new_format": "vmdk"}, "new_format", "is not one of"),
+            ("instant", {"instant_name": ""}, "instant_name", "is not valid")):
+        r = client.post(f"{base}/{kind}", data={"csrf": csrf, **data})
+        assert r.status_code == 422, (kind, data, r.text)
+        m = re.search(rf'id="f-{fld}-err"[^>]*>([^<]*)<', r.text)
+        assert m and needle in m.group(1), (kind, data, r.text)
+    assert client.post(f"{base}/bogus", data={"csrf": csrf}).status_code == 404
+    wait_idle(svc)
+    assert [j.kind for j in svc.jobs.list()] == ["backup"]

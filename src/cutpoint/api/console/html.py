@@ -26,7 +26,7 @@ text-align:left;vertical-align:top}th{background:#eef1f5}
 .card b{font-size:1.6em;display:block}
 form.inline{display:inline}label{margin-right:.3rem}fieldset{margin:.5rem 0}
 button{padding:.3rem .8rem;font:inherit;cursor:pointer}
-.field{margin:.3rem 0}.field label{display:inline-block;min-width:11rem}
+.field{margin:.3rem 0}.field label{display:inline-block;min-width:11rem}input[type=text],input[type=password]{min-width:24rem}
 """
 
 

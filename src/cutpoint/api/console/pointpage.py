@@ -38,15 +38,33 @@ def render(svc: Service, viewer: Viewer, vm: str, point: str, restore_root: Path
            errors: dict[str, str] | None = None, values: dict[str, str] | None = None) -> str:
     errors, values = errors or {}, values or {}
     rec = svc.vaults.get().catalog.point(vm, point)
-    wizard = form(f"/ui/vms/{vm}/points/{rec.id}/restore", viewer,
-                  "<fieldset><legend>Restore disk images</legend>"
+    base = f"/ui/vms/{vm}/points/{rec.id}/restore"
+    images = form(base, viewer,
+                  "<fieldset><legend>Disk images</legend>"
                   + field("to", "target directory", values.get("to", str(restore_root / f"{vm}-{rec.id}")), errors,
                           hint=f"must lie under the restore root {restore_root}")
                   + field("format", "image format", values.get("format", "raw"), errors, options=tuple(FORMATS))
-                  + '<button type="submit">Restore images</button></fieldset>', cls="block")
-    other = ('<p class="note">New VM, replace-in-place (with its typed confirmation) and instant restore run from '
-             f'the CLI for now: <code>cutpoint restore {esc(vm)} {esc(rec.id)} --new-vm NAME</code>, '
-             f'<code>--replace</code>, <code>cutpoint instant {esc(vm)} {esc(rec.id)}</code>.</p>')
+                  + '<button type="submit" id="restore-images">Restore images</button></fieldset>', cls="block")
+    new_vm = form(base + "/new-vm", viewer,
+                  "<fieldset><legend>New VM beside the original</legend>"
+                  + field("new_name", "new VM name", values.get("new_name", f"{vm}-restored"), errors)
+                  + field("new_format", "disk format", values.get("new_format", "qcow2"), errors,
+                          options=tuple(FORMATS))
+                  + field("start", "start it", values.get("start", "no"), errors, options=("no", "yes"))
+                  + '<button type="submit" id="restore-new-vm">Restore as new VM</button></fieldset>', cls="block")
+    replace = form(base + "/replace", viewer,
+                   "<fieldset><legend>Replace the original (in place)</legend>"
+                   f'<p class="bad" role="note">Warning: this overwrites the disk files of VM {esc(vm)} with point '
+                   f"{esc(rec.id)}. Everything written since that point is lost. The VM must be stopped.</p>"
+                   + field("confirm", f"type the VM name ({vm}) to confirm", values.get("confirm", ""), errors)
+                   + '<button type="submit" id="restore-replace">Replace disks</button></fieldset>', cls="block")
+    instant = form(base + "/instant", viewer,
+                   "<fieldset><legend>Instant restore</legend><p class=\"note\">A new VM runs at once from the point "
+                   "over NBD while its disks copy in the background.</p>"
+                   + field("instant_name", "new VM name", values.get("instant_name", f"{vm}-instant"), errors)
+                   + '<button type="submit" id="restore-instant">Start instantly</button></fieldset>', cls="block")
+    wizard = images + new_vm + replace + instant
+    other = ""
     return (f"<p>Point <code>{esc(rec.id)}</code> of VM <a href=\"/ui/vms/{esc(quote(vm))}\">{esc(vm)}</a>, "
             f"created {esc(rec.created)}, {esc(rec.consistency)}, {esc(rec.mode)}, "
             f"{esc(nbytes(rec.logical_bytes))} logical.</p>"
