@@ -78,7 +78,7 @@ def lab(bare_qemu, tmp_path: Path):
         served.proc.wait(60)
 
 
-def watch(d) -> list[str]:
+def watch(d, want: str = "succeeded") -> list[str]:
     """Follow a job page (it refreshes itself while the job runs) until the job ends; the progress texts seen."""
     from selenium.webdriver.common.by import By
 
@@ -88,20 +88,20 @@ def watch(d) -> list[str]:
             state = d.find_element(By.ID, "job-state").text
             if state == "running":
                 seen.append(d.find_element(By.ID, "job-bytes").text)
-                if len(seen) == 2:
-                    shot(d, "job-running")
+                if not seen[-1].startswith("0 B"):
+                    shot(d, "job-running", once=True)
         except Exception:                                               # noqa: BLE001 - the page refreshed
             continue
         if state != "running":
             break
         time.sleep(0.3)
-    assert state == "succeeded", d.page_source
+    assert state == want, d.page_source
     return seen
 
 
-def shot(driver, name: str) -> None:
+def shot(driver, name: str, once: bool = False) -> None:
     out = os.environ.get("CUTPOINT_CONSOLE_SHOTS")
-    if out:
+    if out and not (once and (Path(out) / f"{name}.png").exists()):
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, max(700, min(int(height) + 40, 3000)))
         driver.save_screenshot(str(Path(out) / f"{name}.png"))
@@ -190,6 +190,11 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     watch(d)
     restored = sorted(p.name for p in (tmp_path / "vms" / "lab-restored").iterdir())
     assert any(n.endswith(".qcow2") for n in restored), restored
+    d.get(point_url)                                    # replace, typed confirmation: refused while QEMU runs
+    d.find_element(By.ID, "f-confirm").send_keys("lab")
+    click(d, d.find_element(By.ID, "restore-replace"))
+    watch(d, "failed")
+    assert "running" in d.find_element(By.CSS_SELECTOR, "main p.bad").text.lower()
 
     d.get(url + "/ui/policies")
     d.find_element(By.ID, "f-name").send_keys("nightly")
@@ -230,6 +235,8 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     shot(d, "policies")
     for page, name in (("/", "dashboard"), ("/ui/jobs", "jobs"), ("/ui/alerts", "alerts"), ("/ui/vault", "vault")):
         d.get(url + page)
+        if name == "alerts":
+            assert "restore job" in d.find_element(By.TAG_NAME, "main").text
         assert "Traceback" not in d.page_source
         shot(d, name)
 

@@ -242,3 +242,27 @@ def test_restore_wizard_fields_are_checked_before_any_job(env) -> None:
     assert client.post(f"{base}/bogus", data={"csrf": csrf}).status_code == 404
     wait_idle(svc)
     assert [j.kind for j in svc.jobs.list()] == ["backup"]
+
+
+def test_dashboard_counts_job_outcomes_per_day(env) -> None:
+    client, tokens, svc, fb = env
+    csrf = login(client, tokens["operator"])
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    fb.fail = lambda t: True
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    page = client.get("/").text
+    row = re.search(r"<tr><td>2024-06-01</td>(.*?)</tr>", page)
+    assert row, page
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+    assert [re.sub(r"<[^>]+>", "", c) for c in cells] == ["0", "1", "1", "0"]   # running, succeeded, failed, interr.
+    assert "job #2 failed" in page                                            # and the failure is an alert
+    alerts = client.get("/ui/alerts").text
+    key = re.search(r'name="key" value="([^"]+)"', alerts)
+    assert key and key.group(1) == "job:2"
+    r = client.post("/ui/alerts/ack", data={"csrf": csrf, "key": "job:2"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert "job #2 failed" not in client.get("/").text and 'name="key"' not in client.get("/ui/alerts").text
+    assert "acknowledged" in client.get("/ui/alerts?all=1").text
+    assert client.post("/ui/alerts/ack", data={"csrf": csrf, "key": "job:999"}).status_code == 404

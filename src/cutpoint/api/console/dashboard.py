@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timedelta, timezone
 
-from ...jobs.store import Job, iso, parse_iso
+from ...jobs.store import STATES, Job, iso, parse_iso
 from ...service.daemon import Service
 from ...service.report import status, usage
 from .alerts import open_alerts
@@ -55,6 +55,23 @@ def estimated_full(svc: Service) -> tuple[str, int, int]:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%d"), disk.free, per_day
 
 
+def outcomes_by_day(svc: Service, days: int = 7) -> str:
+    """A row per UTC day of the last ``days``: how many jobs ended in each state (newest day first)."""
+    now = svc.clock.now().astimezone(timezone.utc)
+    since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    counts: dict[str, dict[str, int]] = {}
+    for j in svc.jobs.list(since=iso(since), limit=100000):
+        day = parse_iso(j.started).astimezone(timezone.utc).strftime("%Y-%m-%d")
+        counts.setdefault(day, {})
+        counts[day][j.state] = counts[day].get(j.state, 0) + 1
+    rows = []
+    for i in range(days):
+        day = (now - timedelta(days=i)).strftime("%Y-%m-%d")
+        c = counts.get(day, {})
+        rows.append([esc(day)] + [str(c.get(s, 0)) if c.get(s) else '<span class="note">0</span>' for s in STATES])
+    return table(["day (UTC)", *STATES], rows, "jobs per day")
+
+
 def render(svc: Service, viewer: Viewer) -> str:
     rep = status(svc, 24 * 7)
     use = usage(svc.vaults.get())
@@ -82,7 +99,7 @@ def render(svc: Service, viewer: Viewer) -> str:
     return (f'<section aria-labelledby="h-prot"><h2 id="h-prot">Protection</h2><div class="cards">{cards}</div>'
             + table(["VM", "state", "policy", "points", "last success", "next run", "7 days"], vm_rows, "VMs")
             + f'</section><section aria-labelledby="h-out"><h2 id="h-out">Job outcomes, 7 days</h2>'
-            f"<p>{outcomes}</p></section>"
+            f"<p>{outcomes}</p>{outcomes_by_day(svc)}</section>"
             f'<section aria-labelledby="h-run"><h2 id="h-run">Running jobs</h2>{running_table(svc)}</section>'
             f'<section aria-labelledby="h-use"><h2 id="h-use">Vault usage</h2><div class="cards">'
             f'<div class="card">logical<b>{esc(nbytes(logical))}</b></div>'
