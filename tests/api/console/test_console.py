@@ -206,7 +206,8 @@ def test_hostile_strings_are_escaped(env) -> None:
     csrf = login(client, tokens["operator"])
     client.post("/ui/vms/web/backup", data={"csrf": csrf})
     wait_idle(svc)
-    for path in ("/ui/jobs", "/ui/jobs/1", "/ui/alerts", "/"):
+    svc.vaults.get().catalog.add_vm(VmRecord("evil", "qmp", f"/tmp/{HOSTILE}.sock", HOSTILE, {}))
+    for path in ("/ui/jobs", "/ui/jobs/1", "/ui/alerts", "/", "/ui/vms/evil"):
         page = client.get(path).text
         assert "<script>" not in page and "<img src=x" not in page, path
         assert "&lt;script&gt;" in page or path == "/", path
@@ -215,8 +216,9 @@ def test_hostile_strings_are_escaped(env) -> None:
 def test_console_routes_are_the_ones_is_console_exempts(env) -> None:
     client, _, _, _ = env
     ui = [r.path for r in client.app.routes if console.is_console(r.path)]
-    assert "/" in ui and all(p == "/" or p.startswith(console.PREFIXES) for p in ui)
-    assert client.get("/vms").status_code == 401                 # the JSON API still wants its bearer token
+    assert "/" in ui and all(p in console.EXACT or p.startswith(console.PREFIXES) for p in ui)
+    for path in ("/vms", "/login-x", "/jobs", "/report/usage"):
+        assert client.get(path).status_code == 401, path       # the JSON API still wants its bearer token
 
 
 def test_restore_wizard_fields_are_checked_before_any_job(env) -> None:

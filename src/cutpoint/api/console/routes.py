@@ -31,7 +31,8 @@ from .alerts import acknowledge
 from .html import Viewer, esc, page
 from .session import COOKIE, FormError, Sessions, csrf_ok, read_form
 
-PREFIXES = ("/ui/", "/login", "/logout")
+PREFIXES = ("/ui/",)
+EXACT = {"/", "/login", "/logout"}
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
                                       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
@@ -39,7 +40,7 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inl
 
 
 def is_console(path: str) -> bool:
-    return path == "/" or path.startswith(PREFIXES)
+    return path in EXACT or path.startswith(PREFIXES)
 
 
 def html(title: str, body: str, viewer: Viewer | None, status: int = 200, refresh: int | None = None) -> HTMLResponse:
