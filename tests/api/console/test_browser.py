@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.vm,
 
 
 @pytest.fixture
-def browser(tmp_path: Path):
-    os.environ["SE_OFFLINE"] = "true"                   # selenium manager must never reach for the network
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")            # selenium manager must never reach for the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
 

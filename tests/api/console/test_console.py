@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -268,3 +268,19 @@ def test_dashboard_counts_job_outcomes_per_day(env) -> None:
     assert "job #2 failed" not in client.get("/").text and 'name="key"' not in client.get("/ui/alerts").text
     assert "acknowledged" in client.get("/ui/alerts?all=1").text
     assert client.post("/ui/alerts/ack", data={"csrf": csrf, "key": "job:999"}).status_code == 404
+
+
+def test_running_job_shows_progress_and_the_pages_refresh(env) -> None:
+    client, tokens, svc, _ = env
+    now = svc.clock.now()
+    jid = svc.jobs.start("backup", "web", "api", now)
+    svc.jobs.progress(jid, 3 << 20)
+    svc.clock.advance(timedelta(seconds=2))  # type: ignore[attr-defined]
+    login(client, tokens["read-only"])
+    dash = client.get("/").text
+    assert '<meta http-equiv="refresh" content="5">' in dash
+    assert '<span class="progress">3.0 MiB</span>' in dash and "1.5 MiB/s" in dash
+    job = client.get(f"/ui/jobs/{jid}").text
+    assert '<meta http-equiv="refresh" content="2">' in job and '<b id="job-bytes">3.0 MiB</b>' in job
+    svc.jobs.finish(jid, "succeeded", svc.clock.now())
+    assert "http-equiv" not in client.get("/").text and "http-equiv" not in client.get(f"/ui/jobs/{jid}").text

@@ -72,7 +72,12 @@ def outcomes_by_day(svc: Service, days: int = 7) -> str:
     return table(["day (UTC)", *STATES], rows, "jobs per day")
 
 
-def render(svc: Service, viewer: Viewer) -> str:
+def render(svc: Service, viewer: Viewer) -> tuple[str, bool]:
+    """(HTML, whether a job runs: the page then refreshes itself to show its progress)."""
+    return _render(svc, viewer), bool(svc.jobs.list(state="running", limit=1))
+
+
+def _render(svc: Service, viewer: Viewer) -> str:
     rep = status(svc, 24 * 7)
     use = usage(svc.vaults.get())
     breaching = [v for v in rep.vms if svc.rpo.open_breach(v.vm.name)]

@@ -89,7 +89,8 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
             except CutpointError as exc:
                 return error_page(exc, viewer)
             body, live = got if isinstance(got, tuple) else (got, False)
-            return html(title, body, viewer, refresh=2 if live else None)
+            return html(title, body, viewer, refresh=(2 if request.url.path.startswith("/ui/jobs/") else 5)
+                        if live else None)
         return handler
 
     async def posted(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
