@@ -1,4 +1,6 @@
-"""The REST API (FastAPI): VMs, policies, points, jobs, on-demand backup and restore, reports, and ``/health``.
+"""The REST API (FastAPI): VMs, policies, points, jobs, on-demand backup and restore, reports, and ``/health``;
+and the web console at ``/`` and ``/ui/...`` (``console/``), which checks its own credentials (bearer token or the
+session cookie, plus a CSRF token on every form) and answers HTML.
 
 Every route but ``/health`` needs ``Authorization: Bearer <token>`` (see ``auth.py``); the check is a middleware so
 that it also covers the OpenAPI schema and unknown paths (an anonymous caller learns nothing, not even which routes
@@ -31,6 +33,7 @@ from ..service.daemon import Service
 from ..service.report import drills, status, usage
 from ..service.work import backup_job, drill_job, restore_job
 from . import auth, errors
+from .console import routes as console
 from .views import point_json, vm_json
 
 PUBLIC = {"/health"}
@@ -73,10 +76,11 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
     app = FastAPI(title="cutpoint", version=__version__, docs_url=None, redoc_url=None,
                   description="Crash-consistent multi-disk backups of QEMU VMs: policies, jobs, points.")
     errors.install(app)
+    app.state.console_sessions = console.install(app, svc, accepted, root)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Response:
-        if request.url.path not in PUBLIC:
+        if request.url.path not in PUBLIC and not console.is_console(request.url.path):
             role = auth.role_of(request.headers.get("authorization"), accepted)
             if role is None:
                 reason = ("missing Authorization: Bearer <token> header" if "authorization" not in request.headers

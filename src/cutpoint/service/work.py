@@ -17,7 +17,7 @@ from ..backup.run import BackupOptions, backup
 from ..policy.model import Policy
 from ..restore.orchestrator import restore
 from ..restore.results import ImagesResult
-from ..restore.targets import Images
+from ..restore.targets import Images, Target
 from ..vault import gc as vault_gc
 from ..vault import prune as vault_prune
 from ..vault import verify as vault_verify
@@ -29,13 +29,14 @@ BackupFn = Callable[[Vault, str, BackupOptions], BackupResult]
 
 
 def backup_job(vm: str, *, full: bool = False, policy: Policy | None = None,
-               backup_fn: BackupFn | None = None) -> JobFn:
-    """``backup_fn`` replaces the real backup in clock-driven tests (it defaults to ``backup.run.backup``)."""
+               backup_fn: BackupFn | None = None, consistency: str | None = None) -> JobFn:
+    """``backup_fn`` replaces the real backup in clock-driven tests (it defaults to ``backup.run.backup``);
+    ``consistency`` overrides the policy's type for this one backup (the console's "Back up now" choice)."""
     fn = backup_fn or backup
 
     def run(ctx: JobContext) -> Outcome:
         opts = BackupOptions(full=full, progress=ctx.progress,
-                             consistency=policy.consistency if policy is not None else None)
+                             consistency=consistency or (policy.consistency if policy is not None else None))
         res = fn(ctx.vault, vm, opts)
         detail: dict[str, Any] = {
             "mode": res.mode, "full_reason": res.full_reason, "consistency": res.consistency,
@@ -57,6 +58,16 @@ def restore_job(vm: str, point: str, to: Path, fmt: str, *, within: Path | None 
         return Outcome(bytes=res.nbytes, point=res.point,
                        detail={"to": str(to), "format": fmt,
                                "files": [{"disk": f.disk, "path": str(f.path), "size": f.size} for f in res.files]})
+    return run
+
+
+def target_job(vm: str, point: str, target: Target) -> JobFn:
+    """Any other restore target (a new VM, replace in place, instant) through the orchestrator, as the CLI's
+    ``restore --new-vm/--replace/--instant`` (its checks and locks); the result's JSON is kept on the job."""
+    def run(ctx: JobContext) -> Outcome:
+        res = restore(ctx.vault, vm, point, target, progress=ctx.progress)
+        return Outcome(bytes=res.nbytes, point=res.point,
+                       detail={"target": type(target).__name__, "result": res.to_json()})
     return run
 
 

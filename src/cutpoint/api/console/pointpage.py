@@ -1,0 +1,144 @@
+"""A point's page: the restore wizard (images under the restore root) and the file browser.
+
+The browser lists through ``restore.browse.list_files`` and downloads through ``restore.browse.get_files``: the same
+sandboxed, hostile-guest-safe extraction as ``cutpoint files get``, into a private temporary directory, then sent as
+the file itself or, for a directory, a tar archive of what the extraction wrote. Guest names are shown escaped.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ...errors import UsageError
+from ...restore.browse import get_files, list_files
+from ...restore.images import FORMATS
+from ...service.daemon import Service
+from .html import Viewer, esc, field, form, nbytes, table
+
+MAX_DOWNLOAD = 4 << 30
+
+
+def _href(vm: str, point: str, path: str, disk: str | None, part: int | None, action: str = "files") -> str:
+    q = f"path={quote(path, safe='/')}"
+    if disk:
+        q += f"&disk={quote(disk)}"
+    if part is not None:
+        q += f"&part={part}"
+    return f"/ui/vms/{quote(vm)}/points/{quote(point)}/{action}?{q}"
+
+
+def render(svc: Service, viewer: Viewer, vm: str, point: str, restore_root: Path,
+           errors: dict[str, str] | None = None, values: dict[str, str] | None = None) -> str:
+    errors, values = errors or {}, values or {}
+    rec = svc.vaults.get().catalog.point(vm, point)
+    base = f"/ui/vms/{vm}/points/{rec.id}/restore"
+    images = form(base, viewer,
+                  "<fieldset><legend>Disk images</legend>"
+                  + field("to", "target directory", values.get("to", str(restore_root / f"{vm}-{rec.id}")), errors,
+                          hint=f"must lie under the restore root {restore_root}")
+                  + field("format", "image format", values.get("format", "raw"), errors, options=tuple(FORMATS))
+                  + '<button type="submit" id="restore-images">Restore images</button></fieldset>', cls="block")
+    new_vm = form(base + "/new-vm", viewer,
+                  "<fieldset><legend>New VM beside the original</legend>"
+                  + field("new_name", "new VM name", values.get("new_name", f"{vm}-restored"), errors)
+                  + field("new_format", "disk format", values.get("new_format", "qcow2"), errors,
+                          options=tuple(FORMATS))
+                  + field("start", "start it", values.get("start", "no"), errors, options=("no", "yes"))
+                  + '<button type="submit" id="restore-new-vm">Restore as new VM</button></fieldset>', cls="block")
+    replace = form(base + "/replace", viewer,
+                   "<fieldset><legend>Replace the original (in place)</legend>"
+                   f'<p class="bad" role="note">Warning: this overwrites the disk files of VM {esc(vm)} with point '
+                   f"{esc(rec.id)}. Everything written since that point is lost. The VM must be stopped.</p>"
+                   + field("confirm", f"type the VM name ({vm}) to confirm", values.get("confirm", ""), errors)
+                   + '<button type="submit" id="restore-replace">Replace disks</button></fieldset>', cls="block")
+    instant = form(base + "/instant", viewer,
+                   "<fieldset><legend>Instant restore</legend><p class=\"note\">A new VM runs at once from the point "
+                   "over NBD while its disks copy in the background.</p>"
+                   + field("instant_name", "new VM name", values.get("instant_name", f"{vm}-instant"), errors)
+                   + '<button type="submit" id="restore-instant">Start instantly</button></fieldset>', cls="block")
+    wizard = images + new_vm + replace + instant
+    other = ""
+    return (f"<p>Point <code>{esc(rec.id)}</code> of VM <a href=\"/ui/vms/{esc(quote(vm))}\">{esc(vm)}</a>, "
+            f"created {esc(rec.created)}, {esc(rec.consistency)}, {esc(rec.mode)}, "
+            f"{esc(nbytes(rec.logical_bytes))} logical.</p>"
+            + (f"<h2>Restore</h2>{wizard}{other}" if viewer.operator else "")
+            + f'<h2>Files</h2><p><a href="{esc(_href(vm, rec.id, "/", None, None))}">browse this point\'s '
+              "filesystems</a></p>")
+
+
+def browse(svc: Service, viewer: Viewer, vm: str, point: str, path: str, disk: str | None,
+           part: int | None) -> str:
+    vault = svc.vaults.get()
+    rec = vault.catalog.point(vm, point)
+    m = vault.manifest(rec)
+    res = list_files(vault, m, disk, path, part)
+    if "disks" in res:                        # a multi-disk point without a disk chosen: its volumes
+        rows = []
+        for d in res["disks"]:
+            for v in d["volumes"]:
+                part = v.get("partition")
+                rows.append([esc(d["disk"]), esc(part or "whole disk"), esc(v.get("fstype") or "unknown"),
+                             esc(nbytes(v.get("size"))),
+                             f'<a href="{esc(_href(vm, rec.id, "/", d["disk"], part))}">open</a>'
+                             if v.get("fstype") else ""])
+        return table(["disk", "partition", "filesystem", "size", ""], rows, "filesystems")
+    vol: dict[str, Any] = res.get("volume") or {}
+    where = "whole disk" if not vol.get("partition") else f"partition {vol.get('partition')}"
+    head = (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
+            f"path <code>{esc(res['path'])}</code></p>")
+    rows = []
+    cur = res["path"] if res["type"] == "dir" else posixpath.dirname(res["path"])
+    if cur not in ("", "/"):
+        rows.append([f'<a href="{esc(_href(vm, rec.id, posixpath.dirname(cur.rstrip("/")) or "/", disk, part))}">'
+                     "..</a>", "dir", "", ""])
+    for e in res["entries"]:
+        p = posixpath.join(cur or "/", e["name"])
+        link = (f'<a href="{esc(_href(vm, rec.id, p, disk, part))}">{esc(e["name"])}/</a>' if e["type"] == "dir"
+                else f'<span class="fname">{esc(e["name"])}</span>')
+        dl = (f'<a href="{esc(_href(vm, rec.id, p, disk, part, "download"))}" '
+              f'aria-label="download {esc(e["name"])}">download{" (tar)" if e["type"] == "dir" else ""}</a>'
+              if e["type"] in ("file", "dir") else "")
+        rows.append([link, esc(e["type"]), esc(nbytes(e["size"]) if e["type"] == "file" else ""), dl])
+    return head + table(["name", "type", "size", ""], rows, "entries")
+
+
+def download(svc: Service, vm: str, point: str, path: str, disk: str | None,
+             part: int | None) -> tuple[Iterator[bytes], str, str]:
+    """(body, file name, media type); the temporary directory is removed once the body is consumed."""
+    vault = svc.vaults.get()
+    rec = vault.catalog.point(vm, point)
+    m = vault.manifest(rec)
+    tmp = tempfile.TemporaryDirectory(prefix="cutpoint-console-")
+    try:
+        to = Path(tmp.name) / "out"
+        to.mkdir(mode=0o700)
+        get_files(vault, m, disk, path, to, part, max_bytes=MAX_DOWNLOAD)
+        got = [p for p in to.iterdir()]
+        if len(got) != 1:
+            raise UsageError(f"nothing was extracted from {path!r}")
+        item = got[0]
+        if item.is_file() and not item.is_symlink():
+            return _stream(tmp, item), item.name, "application/octet-stream"
+        archive = Path(tmp.name) / "archive.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(item, arcname=item.name)
+        return _stream(tmp, archive), item.name + ".tar", "application/x-tar"
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _stream(tmp: tempfile.TemporaryDirectory[str], path: Path) -> Iterator[bytes]:
+    try:
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+    finally:
+        tmp.cleanup()
