@@ -284,3 +284,20 @@ def test_running_job_shows_progress_and_the_pages_refresh(env) -> None:
     assert '<meta http-equiv="refresh" content="2">' in job and '<b id="job-bytes">3.0 MiB</b>' in job
     svc.jobs.finish(jid, "succeeded", svc.clock.now())
     assert "http-equiv" not in client.get("/").text and "http-equiv" not in client.get(f"/ui/jobs/{jid}").text
+
+
+def test_dashboard_shows_the_last_drill_verdicts(env) -> None:
+    from cutpoint.catalog.db import DrillRecord
+    client, tokens, svc, fb = env
+    csrf = login(client, tokens["operator"])
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    cat = svc.vaults.get().catalog
+    (pt,) = cat.points("web")
+    assert "Last drill verdicts" in client.get("/").text
+    cat.set_drill(DrillRecord(pt.id, "failed", "2024-06-01T12:05:00Z",
+                              {"verdict": "failed", "rto_s": None, "reasons": [f"console: {HOSTILE}"]}))
+    page = client.get("/").text
+    section = page[page.index('id="h-drill"'):page.index('id="h-al"')]
+    assert pt.id in section and 'class="badge bad">failed<' in section, section
+    assert "<script>" not in section and "console: &lt;script&gt;" in section, section

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from ...jobs.store import STATES, Job, iso, parse_iso
 from ...service.daemon import Service
-from ...service.report import status, usage
+from ...service.report import drills, status, usage
 from .alerts import open_alerts
 from .html import Viewer, esc, nbytes, state_badge, table
 
@@ -36,6 +36,15 @@ def running_table(svc: Service) -> str:
 
 def _vm_link(vm: str | None) -> str:
     return f'<a href="/ui/vms/{esc(vm)}">{esc(vm)}</a>' if vm else ""
+
+
+def drill_table(svc: Service, last: int = 10) -> str:
+    """The newest drills first: a failed one is the thing an operator must see before a disaster does."""
+    rows = sorted(drills(svc.vaults.get()), key=lambda r: r.checked, reverse=True)[:last]
+    return table(["VM", "point", "verdict", "RTO", "checked", "reasons"],
+                 [[esc(r.vm), esc(r.point), f'<span class="badge {"ok" if r.verdict == "passed" else "bad"}">{esc(r.verdict)}</span>',
+                   esc(f"{r.rto_s:.1f} s" if r.rto_s is not None else "–"), esc(r.checked), esc("; ".join(r.reasons))]
+                  for r in rows], "drills")
 
 
 def estimated_full(svc: Service) -> tuple[str, int, int]:
@@ -112,8 +121,7 @@ def _render(svc: Service, viewer: Viewer) -> str:
             f'<div class="card">dedup factor<b>{esc(dedup)}</b></div>'
             f'<div class="card">estimated full<b>{esc(full)}</b>{esc(nbytes(free))} free, '
             f'{esc(nbytes(per_day))}/day</div></div></section>'
-            f'<section aria-labelledby="h-drill"><h2 id="h-drill">Last drill verdicts</h2>'
-            f'<p class="note">Restore drills are not part of this build yet: no verdicts to show.</p></section>'
+            f'<section aria-labelledby="h-drill"><h2 id="h-drill">Last drill verdicts</h2>{drill_table(svc)}</section>'
             f'<section aria-labelledby="h-al"><h2 id="h-al">Alerts</h2>'
             + table(["when", "what", "detail"], alert_rows, "open alerts")
             + '<p><a href="/ui/alerts">all alerts</a></p></section>'
