@@ -180,6 +180,8 @@ def _sweep_drills() -> list[str]:
     """What a killed restore drill left on this host (none while a drill runs: it holds the host's drill lock)."""
     from ..errors import LockedError
     from ..restore import drillstate
+    if not drillstate.present():
+        return []
     try:
         with drillstate.host_lock():
             return drillstate.sweep()

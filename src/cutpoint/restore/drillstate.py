@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import LockedError
+from ..paths import work_home
 from ..workdir import private_dir
 from .nbdserve import unmount
 
@@ -28,6 +29,11 @@ PIDFILES = ("qemu.pid", "nbd.pid")
 
 def base() -> Path:
     return private_dir("drill")
+
+
+def present() -> bool:
+    """Whether a drill ever used this host's work directory: a sweep with nothing to do must not create it."""
+    return (Path(os.path.abspath(work_home())) / ".drill").is_dir()
 
 
 @contextmanager
