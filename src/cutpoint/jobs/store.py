@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import pids
 from ..catalog.sqlite import connect
 from ..errors import NotFoundError, UsageError, VaultError
 
@@ -149,22 +150,12 @@ class JobStore:
             mine = job.pid == os.getpid()
             if mine and (own_running is None or job.id in own_running):
                 continue
-            if not mine and _alive(job.pid):
+            if not mine and pids.alive(job.pid):
                 continue
             self.finish(job.id, "interrupted", now,
                         error=f"the process running it (pid {job.pid}) ended before the job did")
             reaped.append(job.id)
         return reaped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _job(r: tuple[Any, ...]) -> Job:

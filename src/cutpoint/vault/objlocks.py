@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from .. import pids
 from ..errors import CutpointError, LockedError, NotFoundError, UsageError
 from .backend import Backend, ObjectInfo
 
@@ -39,22 +40,10 @@ class LockInfo:
     def stale(self, now: float) -> bool:
         if now > self.expires:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        return self.host == socket.gethostname() and not pids.alive(self.pid)
 
     def describe(self) -> str:
         return f"{self.kind} lock by {self.owner} (pid {self.pid} on {self.host})"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parse(data: bytes) -> LockInfo | None:
