@@ -301,3 +301,28 @@ def test_dashboard_shows_the_last_drill_verdicts(env) -> None:
     section = page[page.index('id="h-drill"'):page.index('id="h-al"')]
     assert pt.id in section and 'class="badge bad">failed<' in section, section
     assert "<script>" not in section and "console: &lt;script&gt;" in section, section
+
+
+def test_editing_a_policy_keeps_what_the_form_does_not_show(env) -> None:
+    from cutpoint.policy.model import Policy
+    client, tokens, svc, _ = env
+    csrf = login(client, tokens["operator"])
+    svc.policies.put(Policy.from_dict({
+        "name": "nightly", "schedule": {"frequency": "daily", "time": "02:00"}, "retention": {"last": 3},
+        "verify": {"frequency": "weekly", "days": ["sun"], "time": "04:00"}, "drill": {"after_backups": 5}}))
+    before = svc.policies.get("nightly")
+    assert before.verify is not None and before.drill is not None
+    r = client.post("/ui/policies/nightly", data={
+        "csrf": csrf, "timezone": "UTC", "schedule.frequency": "daily", "schedule.time": "03:00",
+        "retention.last": "4"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    after = svc.policies.get("nightly")
+    assert after.schedule.time == "03:00" and after.retention.last == 4
+    assert after.verify == before.verify and after.drill == before.drill
+
+
+def test_unreadable_logout_form_is_a_page(env) -> None:
+    client, tokens, svc, _ = env
+    login(client, tokens["operator"])
+    r = client.post("/logout", content=b"\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "text/html" in r.headers["content-type"], (r.status_code, r.text)

@@ -8,6 +8,7 @@ framing and cross-site form targets (Content-Security-Policy).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,10 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
 
     async def logout(request: Request) -> Response:
         viewer = sessions.viewer(request)
-        form = await read_form(request)
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return html("Bad request", f'<p class="bad">{esc(exc)}</p>', viewer, 400)
         if viewer is not None and not csrf_ok(viewer, form):
             return forbidden(viewer, "logout needs your session's CSRF token")
         sessions.logout(request.cookies.get(COOKIE))
@@ -312,6 +316,12 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
             body = (policies.render(svc, viewer, form, errs) if name is None
                     else policies.render_one(svc, viewer, name, form, errs))
             return html("Policies" if name is None else f"Policy {name}", body, viewer, 422)
+        if name is not None:        # the form has no verify or drill fields: an edit keeps the stored ones
+            try:
+                old = svc.policies.get(name)
+                p = dataclasses.replace(p, verify=old.verify, drill=old.drill)
+            except NotFoundError:
+                pass                # put(replace=True) below names the missing policy
         try:
             svc.policies.put(p, replace=name is not None)
         except UsageError as exc:
