@@ -26,7 +26,7 @@ import pytest
 from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as lab
 from cutpoint.lab.qemu_args import DiskSpec, kernel_cmdline
-from cutpoint.restore.config import process_alive
+from cutpoint import pids
 from cutpoint.vault.locks import in_use
 from tests.helpers import cutpoint
 
@@ -196,7 +196,7 @@ def test_damaged_filesystem_fails_naming_disk_and_partition_beside_the_running_o
     assert res["reasons"] and all("disk disk0 partition 2" in r for r in res["reasons"]), res["reasons"]
     assert res["drill_vm"] != "fsbad" and res["drill_vm"].startswith("drill-fsbad-")
     # the original kept running, untouched
-    assert process_alive(vm.pid)
+    assert pids.alive(vm.pid)
     with QmpSession(vm.qmp) as s:
         assert s.cmd("query-status")["status"] == "running"
     assert [_sha(p) for p in disks] == before
@@ -208,23 +208,23 @@ def test_kill_9_leaves_nothing_running_and_cleanup_removes_it(world: World) -> N
     proc = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "drill", "fsbad", "--timeout", "120"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    pids: list[int] = []
-    while time.monotonic() < deadline and not pids:
+    held: list[int] = []
+    while time.monotonic() < deadline and not held:
         for pf in work.glob("*/qemu.pid"):
             try:
-                pids = [int(pf.read_text())] + [int(x.read_text()) for x in pf.parent.glob("nbd.pid")]
+                held = [int(pf.read_text())] + [int(x.read_text()) for x in pf.parent.glob("nbd.pid")]
             except (OSError, ValueError):
                 pass
         time.sleep(0.1)
-    assert pids, "the drill's QEMU never started"
+    assert held, "the drill's QEMU never started"
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    assert all(process_alive(p) for p in pids)                     # what kill -9 leaves ...
+    assert all(pids.alive(p) for p in held)                     # what kill -9 leaves ...
     r = cutpoint("vm", "cleanup", "fsbad", "--json", check=True)   # ... the next command removes
     assert any("stopped qemu" in x for x in json.loads(r.out)["removed"]), r.out
-    assert not any(process_alive(p) for p in pids)
+    assert not any(pids.alive(p) for p in held)
     assert [p.name for p in work.iterdir() if p.name != "lock"] == []
-    assert world.fsbad is not None and process_alive(world.fsbad.pid)
+    assert world.fsbad is not None and pids.alive(world.fsbad.pid)
 
 
 def test_drills_never_change_the_vault(world: World) -> None:

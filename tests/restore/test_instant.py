@@ -13,7 +13,7 @@ from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.lab import vm as lab
 from cutpoint.lab.qemu_args import DiskSpec
 from cutpoint.lab.verify import verify_dir
-from cutpoint.restore.config import process_alive
+from cutpoint import pids
 from cutpoint.restore.launch import stop
 from tests.helpers import cutpoint
 
@@ -62,7 +62,7 @@ def test_instant_restore_runs_at_once_and_finish_cuts_the_link(tmp_path: Path) -
     with QmpSession(res["qmp"]) as s:
         nodes = s.cmd("query-named-block-nodes", flat=True)
         assert s.cmd("query-status")["status"] == "running"
-    assert [n for n in nodes if n["drv"] == "nbd"] == [] and not process_alive(res["server_pid"])
+    assert [n for n in nodes if n["drv"] == "nbd"] == [] and not pids.alive(res["server_pid"])
     assert not Path(res["socket"]).exists()
     assert cutpoint("instant", "finish", "fast").code == 2
     _wait(d / "console.log", r"CUTPOINT-WORKLOAD seq=")

@@ -2,7 +2,7 @@
 
 The VM's configured drill settings (``vm set --drill-console/--drill-command``) apply; ``--console`` overrides the
 pattern for one run. A failed drill prints its result too, raises an alert (a log line, and the webhook of
-``$CUTPOINT_WEBHOOK`` when set) and exits 11.
+``$CUTPOINT_WEBHOOK`` when set) and exits 13.
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """Reading back the VM configuration a backup captured (``drivers/qmp/config.py`` captures it).
 
-Whether the captured QEMU still runs (``--replace``, instant restore), and a command line from QMP facts alone when
-the point has no readable command line.
+A command line from QMP facts alone, when the point has no readable command line. (Whether the captured QEMU still
+runs is ``pids.alive``.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-
-def process_alive(pid: int | None, start_time: int | None = None) -> bool:
-    """Is ``pid`` a live (not zombie) process, and the same one as captured when ``start_time`` is known?"""
-    if not pid:
-        return False
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    if fields[0] in ("Z", "X"):
-        return False
-    return start_time is None or int(fields[19]) == start_time
 
 
 def synthesize_argv(facts: dict[str, Any]) -> list[str]:

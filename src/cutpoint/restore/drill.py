@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import qemuimg
+from .. import pids, qemuimg
 from ..drivers.qmp.agent import SocketAgent, find_channel
 from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, UsageError
@@ -39,7 +39,6 @@ from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
 from . import drillstate, drillvm, fscheck, launch, private, vmsetup
-from .config import process_alive
 from .images import _safe
 from .nbdserve import PointServer, nbdkit_argv, stop_server
 from .names import terminal_safe
@@ -92,11 +91,7 @@ class DrillResult:
     isolation: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"vm": self.vm, "point": self.point, "verdict": self.verdict, "reasons": self.reasons,
-                "rto_s": self.rto_s, "signals": [s.to_json() for s in self.signals],
-                "filesystems": [f.to_json() for f in self.filesystems], "started": self.started,
-                "duration_s": self.duration_s, "drill_vm": self.drill_vm, "console_pattern": self.console_pattern,
-                "console_tail": self.console_tail, "screendump": self.screendump, "isolation": self.isolation}
+        return asdict(self)
 
 
 def options_for(settings: dict[str, Any], *, console: str | None = None, timeout: float | None = None,
@@ -196,8 +191,8 @@ def _check_budget(argv: list[str], opts: DrillOptions) -> None:
     mem = drillvm.memory_mb(argv)
     limit = opts.max_memory_mb or _available_mb() // 2
     if mem > limit:
-        raise UsageError(f"the drill VM needs {mem} MiB of memory, over the drill budget of {limit} MiB; raise it "
-                         "(--max-memory) or drill on a host with more free memory")
+        raise UsageError(f"the drill VM needs {mem} MiB of memory, over the drill budget of {limit} MiB; drill on a "
+                         "host with more free memory, or give the VM less (its -m) before the next backup")
     n = drillvm.cpus(argv)
     cap = opts.max_cpus or (os.cpu_count() or 1)
     if n > cap:
@@ -231,7 +226,7 @@ def _wait_signals(qmp: Path, pid: int, console: Path, pattern: re.Pattern[str], 
         if panic:
             signals.append(Signal("console", None, False, terminal_safe(panic.group(0))))
             return [f"the guest did not boot: {terminal_safe(panic.group(0))}"]
-        if not process_alive(pid):
+        if not pids.alive(pid):
             signals.append(Signal("console", None, False, "QEMU exited"))
             return [f"QEMU exited before the console showed {opts.console!r}"]
         if time.monotonic() > deadline:

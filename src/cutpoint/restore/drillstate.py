@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import pids
 from ..errors import LockedError
 from ..paths import work_home
 from ..workdir import private_dir
+from .launch import read_pid
 from .nbdserve import unmount
 
 PIDFILES = ("qemu.pid", "nbd.pid")
@@ -64,7 +66,7 @@ def sweep() -> list[str]:
         if d.name == "lock" or d.is_symlink() or not d.is_dir():
             continue
         for pf in PIDFILES:
-            pid = _pid(d / pf)
+            pid = read_pid(d / pf)
             if pid and _names(pid, d):
                 _kill(pid)
                 done.append(f"stopped {pf.split('.')[0]} pid {pid} of {d.name}")
@@ -78,13 +80,6 @@ def sweep() -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         done.append(f"removed {d}")
     return done
-
-
-def _pid(p: Path) -> int:
-    try:
-        return int(p.read_text().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 def _names(pid: int, d: Path) -> bool:
@@ -101,7 +96,7 @@ def _kill(pid: int, timeout: float = 10.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    while pids.alive(pid) and time.monotonic() < deadline:     # a zombie that is not our child is gone too
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -131,7 +126,3 @@ def _mounts_under(d: Path) -> list[Path]:
                 out.append(Path(mnt))
     return sorted(out, reverse=True)
 
-
-def live() -> list[Path]:
-    """Drill directories that exist now (for tests and ``vm cleanup``'s report)."""
-    return [d for d in base().iterdir() if d.is_dir() and not d.is_symlink()]

@@ -28,7 +28,7 @@ NET_OPTS = ("netdev", "nic", "net")
 MAX_PPM = 64 << 20                        # 4096x4096x3 and a header: anything larger is not a screen
 
 
-def isolate(rw: Rewritten, vmdir: Path, *, memory_mb: int | None = None) -> list[str]:
+def isolate(rw: Rewritten, vmdir: Path) -> list[str]:
     """Rewrite ``rw.argv`` in place into a drill VM's; returns what was dropped, for the record."""
     binary, opts = split_argv(rw.argv)
     keep: list[Opt] = []

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import qemuimg
+from .. import pids, qemuimg
 from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, UsageError
 from ..workdir import private_dir
@@ -34,7 +34,6 @@ from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
 from . import launch, private, vmsetup
 from .cmdline import SUN_PATH_MAX
-from .config import process_alive
 from .images import Progress, _safe
 from .driver import Registration
 from .nbdserve import PointServer, nbdkit_argv, stop_server
@@ -139,7 +138,7 @@ def _state(vault: Vault, name: str) -> tuple[Any, dict[str, Any]]:
 def status(vault: Vault, name: str) -> dict[str, Any]:
     vm, st = _state(vault, name)
     out: dict[str, Any] = {"vm": name, "server_pid": st["server_pid"],
-                           "server_running": process_alive(st["server_pid"]), "socket": st["socket"]}
+                           "server_running": pids.alive(st["server_pid"]), "socket": st["socket"]}
     try:
         with QmpSession(vm.address, connect_timeout=3) as s:
             jobs = [j for j in s.cmd("query-block-jobs") if j["device"].startswith(JOB_PREFIX)]
@@ -193,7 +192,7 @@ def finish(vault: Vault, name: str, *, progress: Progress | None = None, timeout
     settings.pop("instant")
     settings["instant_finished"] = _now()
     vault.catalog.update_vm(name, settings=settings)
-    return {"vm": name, "state": "finished", "server_stopped": not process_alive(int(st["server_pid"])),
+    return {"vm": name, "state": "finished", "server_stopped": not pids.alive(int(st["server_pid"])),
             "nbd_nodes": [], "duration_s": round(time.monotonic() - t0, 3)}
 
 

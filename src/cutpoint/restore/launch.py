@@ -21,12 +21,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import qemuimg
+from .. import pids, qemuimg
 from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, MonitorBusyError, UsageError
 from . import argcheck, private
 from .cmdline import Rewritten
-from .config import process_alive
 
 
 def start(rw: Rewritten, log: Path, timeout: float = 60.0) -> int:
@@ -56,7 +55,7 @@ def start(rw: Rewritten, log: Path, timeout: float = 60.0) -> int:
             raise CutpointError(f"QEMU did not daemonize within {timeout:.0f} s") from exc
     deadline = time.monotonic() + timeout
     while True:
-        pid = proc.pid if proc is not None else _read_pid(rw.pidfile)
+        pid = proc.pid if proc is not None else read_pid(rw.pidfile)
         if proc is not None and proc.poll() is not None:
             raise CutpointError(f"QEMU exited with status {proc.returncode}: {_tail(log)}")
         if pid and rw.qmp.exists():
@@ -87,7 +86,7 @@ def stop(qmp: Path, pid: int | None, timeout: float = 15.0) -> None:
             except ProcessLookupError:
                 return
         deadline = time.monotonic() + timeout
-        while process_alive(pid):
+        while pids.alive(pid):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -105,7 +104,7 @@ def running_reason(qmp: str | None, pid: int | None, start_time: int | None, fil
             return f"its QMP socket {qmp} is held by another client"
         except HypervisorError:
             pass
-    if process_alive(pid, start_time):
+    if pids.alive(pid, start_time):
         return f"its QEMU process (pid {pid}) still runs"
     for f in files:
         if not f.exists():
@@ -115,7 +114,7 @@ def running_reason(qmp: str | None, pid: int | None, start_time: int | None, fil
     return None
 
 
-def _read_pid(p: Path) -> int:
+def read_pid(p: Path) -> int:
     try:
         return int(p.read_text().strip())
     except (OSError, ValueError):

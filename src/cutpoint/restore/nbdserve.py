@@ -26,10 +26,10 @@ from types import TracebackType
 
 import cutpoint
 
+from .. import pids
 from ..errors import CutpointError, UnsupportedError
 from ..workdir import private_dir
 from . import private
-from .config import process_alive
 
 PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")
 
@@ -153,7 +153,7 @@ def stop_server(pid: int, timeout: float = 10.0) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while process_alive(pid):
+        while pids.alive(pid):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.02)

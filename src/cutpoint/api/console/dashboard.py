@@ -89,7 +89,8 @@ def render(svc: Service, viewer: Viewer) -> tuple[str, bool]:
 def _render(svc: Service, viewer: Viewer) -> str:
     rep = status(svc, 24 * 7)
     use = usage(svc.vaults.get())
-    breaching = [v for v in rep.vms if svc.rpo.open_breach(v.vm.name)]
+    breach = {v.vm.name: bool(svc.rpo.open_breach(v.vm.name)) for v in rep.vms}
+    breaching = [v for v in rep.vms if breach[v.vm.name]]
     protected = [v for v in rep.vms if v.protected]
     unprotected = [v for v in rep.vms if not v.protected]
     cards = "".join(f'<div class="card">{esc(label)}<b>{n}</b></div>' for label, n in (
@@ -97,8 +98,7 @@ def _render(svc: Service, viewer: Viewer) -> str:
         ("breaching RPO", len(breaching))))
     vm_rows = []
     for v in rep.vms:
-        breach = svc.rpo.open_breach(v.vm.name)
-        state = ('<span class="bad">RPO breach</span>' if breach else
+        state = ('<span class="bad">RPO breach</span>' if breach[v.vm.name] else
                  '<span class="ok">protected</span>' if v.protected else '<span class="warn">unprotected</span>')
         vm_rows.append([_vm_link(v.vm.name), state, esc(v.vm.policy or "none"), str(v.vm.points),
                         esc(v.last_success or "never"), esc(v.vm.next_run or ""),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from ...units import human
+
 CSS = """
 :root{--fg:#111;--bg:#fff;--mut:#444;--ok:#0a5d1f;--bad:#a1110f;--warn:#7a4a00;--line:#bbb;--acc:#0b4f9c}
 body{font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg);margin:0}
@@ -109,11 +111,4 @@ def state_badge(state: str) -> str:
 
 
 def nbytes(n: float | int | None) -> str:
-    if n is None:
-        return ""
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{v:.1f} TiB"
+    return "" if n is None else human(float(n))
