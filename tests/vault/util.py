@@ -196,3 +196,77 @@ def chunk_of(point: str, disk: str, index: int, vm: str = "v") -> str:
 
 def chunk_path(cid: str) -> Path:
     return vault_dir() / "chunks" / cid[:2] / cid
+
+
+# -- format-aware damage: a v3 vault keeps a file per chunk, a v4 vault keeps chunks in packs --------------------------
+
+def vault_version() -> int:
+    import json
+    return int(json.loads((vault_dir() / "config.json").read_text())["version"])
+
+
+def v3_vault(monkeypatch=None, *, encrypt: bool = False) -> None:
+    """Make the test's vault one of format v3 (a file per chunk), as made by the previous release."""
+    fresh_vault_dir()
+    Vault.create(vault_dir(), encrypt=encrypt, version=3)
+
+
+def vault_of_format(fmt: int, monkeypatch, *, encrypt: bool = False) -> None:
+    """The test's vault in format ``fmt`` (3 or 4), encrypted if asked."""
+    if encrypt:
+        encrypted_vault(monkeypatch)
+        if fmt == 3:
+            fresh_vault_dir()
+            Vault.create(vault_dir(), encrypt=True, version=3)
+    elif fmt == 3:
+        v3_vault()
+
+
+def pack_of(cid: str) -> tuple[Path, int, int]:
+    """(pack file, offset, length) of a chunk's stored blob in a v4 vault."""
+    from cutpoint.vault.packfile import pack_name
+    v = open_vault()
+    try:
+        loc = v.chunks.location(cid)              # type: ignore[union-attr]
+        assert loc is not None, cid
+        return vault_dir() / pack_name(loc.pid), loc.offset, loc.length
+    finally:
+        v.close()
+
+
+def flip_chunk(cid: str) -> None:
+    """Flip one bit in the middle of a chunk's stored bytes, whatever the format."""
+    if vault_version() >= 4:
+        path, off, length = pack_of(cid)
+        pos = off + length // 2
+    else:
+        path = chunk_path(cid)
+        pos = path.stat().st_size // 2
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def lose_chunk(cid: str) -> set[str]:
+    """Remove a chunk from the storage: its file (v3) or the whole pack holding it (v4, where an object is the
+    unit that can go missing). Returns the ids of every chunk lost with it."""
+    if vault_version() < 4:
+        chunk_path(cid).unlink()
+        return {cid}
+    path, _, _ = pack_of(cid)
+    v = open_vault()
+    try:
+        from cutpoint.vault.packfile import pack_id_of
+        pid = pack_id_of(str(path.relative_to(vault_dir())))
+        lost = {e.bid.hex() for e in v.chunks.index().packs[pid] if e.kind == 0}   # type: ignore[union-attr]
+    finally:
+        v.close()
+    path.unlink()
+    return lost
+
+
+def stored_objects() -> list[Path]:
+    """The files that hold chunk data: chunk files (v3) or packs (v4)."""
+    return files("data") if vault_version() >= 4 else files("chunks")

@@ -23,11 +23,14 @@ from ..drivers.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
 from ..signals import critical
-from ..vault.manifest import DiskManifest, Manifest
+from ..vault.manifest import FORMAT, FORMAT_TREE, DiskManifest, Manifest
+from ..vault.packstore import PackStore
+from ..vault.tree import ChunkTree
 from ..vault.vault import Vault
 from . import validation
 from .consistency import Consistency, Timeouts, requested_type
 from .chunker import WORKERS, Progress, read_disk
+from .treechunker import read_disk_tree
 from .result import BackupResult, DiskResult
 
 log = logging.getLogger(__name__)
@@ -163,13 +166,25 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
             with ExportReader(handle.nbd_socket, t.export, t.bitmap) as r:
                 if r.size() != d.size:
                     raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
-                res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks, prev_chunks=prev_chunks,
-                                progress=opts.progress, pool=pool)
-            disks.append(DiskManifest(name=d.name, size=d.size, chunks=res.chunks, node=d.address, driver=d.driver,
-                                      filename=d.filename, cache=d.cache, read_bytes=res.read_bytes,
-                                      stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes))
+                if isinstance(vault.chunks, PackStore):
+                    assert prev_chunks is None or isinstance(prev_chunks, ChunkTree)
+                    tr = read_disk_tree(r, d.name, d.size, vault.chunk_size, vault.chunks, vault.fanout,
+                                        prev=prev_chunks, progress=opts.progress, pool=pool)
+                    dm = DiskManifest(name=d.name, size=d.size, chunks=tr.tree, read_bytes=tr.read_bytes,
+                                      stored_bytes=tr.stored_bytes, dirty_bytes=tr.dirty_bytes,
+                                      tree=tr.tree.root.hex() if tr.tree.root else None,
+                                      tree_height=tr.tree.height, index_bytes=tr.index_bytes)
+                else:
+                    res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks,
+                                    prev_chunks=list(prev_chunks) if prev_chunks is not None else None,
+                                    progress=opts.progress, pool=pool)
+                    dm = DiskManifest(name=d.name, size=d.size, chunks=res.chunks, read_bytes=res.read_bytes,
+                                      stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes)
+            dm.node, dm.driver, dm.filename, dm.cache = d.address, d.driver, d.filename, d.cache
+            disks.append(dm)
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
-                    pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings))
+                    pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings),
+                    format=FORMAT_TREE if vault.packed else FORMAT, fanout=vault.fanout)
 
 
 def _reason(reasons: dict[str, str], ndisks: int) -> str:

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i.add_argument("--no-encrypt", action="store_true", help="store data unencrypted (still authenticated, with a "
                    "key this host keeps outside the vault)")
     i.add_argument("--chunk-size", default=None, help=f"chunk size, a power of two (default "
-                   f"{DEFAULT_CHUNK_SIZE >> 20}M)")
+                   f"{DEFAULT_CHUNK_SIZE >> 10}K: the dirty bitmap's granularity)")
     i.add_argument("--json", action="store_true")
     add_vault_arg(i)
     i.set_defaults(func=cmd_init)
@@ -69,7 +69,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.encrypt and args.no_encrypt:
         raise UsageError("--encrypt and --no-encrypt contradict each other; give one")
     root = _root(args)
-    size = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK_SIZE
+    size = parse_size(args.chunk_size) if args.chunk_size else None
     Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
                  passphrase=passphrase.source(args.passphrase_file))
     return _show(root, args.json, "created ")

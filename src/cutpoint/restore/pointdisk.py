@@ -12,12 +12,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ..vault.chunks import ChunkStore
+from ..vault.store import ChunkSource
 from ..vault.manifest import DiskManifest
 
 
 class PointDisk:
-    def __init__(self, chunks: ChunkStore, disk: DiskManifest, chunk_size: int, *, cache_chunks: int = 16,
+    def __init__(self, chunks: ChunkSource, disk: DiskManifest, chunk_size: int, *, cache_chunks: int = 16,
                  on_fetch: Callable[[int], None] | None = None) -> None:
         self.chunks = chunks
         self.disk = disk

@@ -55,6 +55,9 @@ class Backend(Protocol):
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """The object's bytes, or ``length`` of them from ``offset``; ``NotFoundError`` if absent."""
 
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` exists now."""
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose name starts with ``prefix``, in no particular order. Malformed names are skipped."""
 
@@ -119,6 +122,9 @@ class LocalBackend:
             return os.pread(fd, max(length, 0), offset)
         finally:
             os.close(fd)
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(self._path(name))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for dirpath, dirnames, filenames in os.walk(self.root):

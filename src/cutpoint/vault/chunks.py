@@ -60,6 +60,16 @@ class ChunkStore:
     def has(self, cid: str) -> bool:
         return self.path(cid).exists()
 
+    def state(self, cid: str) -> str:
+        path = self.path(cid)
+        return "ok" if path.exists() else "bad" if path.with_name(cid + BAD_SUFFIX).exists() else "missing"
+
+    def stored_size(self, cid: str) -> int:
+        try:
+            return self.path(cid).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     @contextmanager
     def dir_lock(self, d: Path, *, exclusive: bool = False) -> Iterator[None]:
         """``flock`` on a chunk directory: shared for writers, exclusive for gc's sweep of it."""

@@ -19,8 +19,9 @@ from ..errors import IntegrityError, NotFoundError, VaultError
 from .crypto import Keys, config_mac
 
 VAULT_FORMAT = "cutpoint-vault"
-VAULT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+VAULT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
+PACKED_VERSION = 4            # from v4: blobs in packs, index trees (docs/format.md §18)
 MIN_CHUNK_SIZE = 4 << 10
 MAX_CHUNK_SIZE = 64 << 20
 CODECS = ("zstd",)
@@ -42,11 +43,11 @@ def read_config(root: Path) -> dict[str, Any]:
     if config.get("format") != VAULT_FORMAT:
         raise VaultError(f"{root} is not a cutpoint vault (config format {config.get('format')!r})")
     if config.get("version") == 1:
-        raise VaultError(f"{root} is a vault of format v1 (a development build); this cutpoint reads v2 and v3 "
+        raise VaultError(f"{root} is a vault of format v1 (a development build); this cutpoint reads v2 to v4 "
                          "and does not convert it: create a new vault with 'cutpoint vault init --vault NEWDIR'")
     if config.get("version") not in READABLE_VERSIONS:
         raise VaultError(f"{root} holds vault format v{config.get('version')}; this cutpoint reads "
-                         f"{VAULT_FORMAT} v2 and v3")
+                         f"{VAULT_FORMAT} v2 to v4")
     return config
 
 
@@ -68,12 +69,19 @@ def validate(config: dict[str, Any], root: Path) -> None:
     if not isinstance(config.get("id"), str) or not _ID.fullmatch(config["id"]):
         raise VaultError(f"{where}: id {config.get('id')!r} is not a vault id")
     keyed = bool(config.get("encryption")) or config["version"] >= 3
-    if config.get("chunk_id") != ("hmac-sha256" if keyed else "sha256"):
+    want = "blake3-keyed" if config["version"] >= PACKED_VERSION else "hmac-sha256" if keyed else "sha256"
+    if config.get("chunk_id") != want:
         raise VaultError(f"{where}: chunk_id {config.get('chunk_id')!r} does not fit this vault's keys")
     enc = config.get("encryption")
     if enc is not None and (not isinstance(enc, dict) or enc.get("cipher") != "aes-256-gcm"
                             or not isinstance(enc.get("key_fingerprint"), str)):
         raise VaultError(f"{where}: encryption {enc!r} is unknown")
+    if config["version"] >= PACKED_VERSION:
+        ps, fan = config.get("pack_size"), config.get("tree_fanout")
+        if not isinstance(ps, int) or isinstance(ps, bool) or not 1 << 20 <= ps <= 256 << 20:
+            raise VaultError(f"{where}: pack_size {ps!r} is not from 1 MiB to 256 MiB")
+        if not isinstance(fan, int) or isinstance(fan, bool) or not 16 <= fan <= 1 << 16:
+            raise VaultError(f"{where}: tree_fanout {fan!r} is not from 16 to 65536")
     if config["version"] >= 3:
         auth = config.get("authentication")
         if not isinstance(auth, dict) or auth.get("mac") != "hmac-sha256" \

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import faults
-from ..errors import IntegrityError
-from . import locks
-from .chunks import BAD_SUFFIX, is_chunk_name
+from ..catalog.db import PointRecord
+from ..errors import IntegrityError, NotFoundError
+from . import locks, packgc
+from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
+from .packstore import PackStore
+from .tree import ChunkTree
 from .vault import Vault
 
 DEFAULT_GRACE = 600.0
@@ -45,6 +48,12 @@ class GcResult:
     removed_temp: int = 0
     removed_bad: int = 0
     freed_bytes: int = 0
+    packs_seen: int = 0                 # format v4
+    packs_removed: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    repacked_bytes: int = 0
+    kept_relied: int = 0                # packs a running backup relies on
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +69,9 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
         res = GcResult(dry_run, datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds"), grace,
                        [w.what for w in writers])
         recs = vault.catalog.points()
+        if isinstance(vault.chunks, PackStore):
+            _gc_packs(vault, vault.chunks, recs, cutoff, res)
+            return res
         referenced: set[str] = set()
         for rec in recs:
             try:
@@ -70,10 +82,27 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
                                      "point") from exc
         res.points, res.referenced_chunks = len(recs), len(referenced)
         _sweep_manifests(vault, {r.manifest for r in recs}, cutoff, res)
+        assert isinstance(vault.chunks, ChunkStore)
         for d in vault.chunks.directories():
             with vault.chunks.dir_lock(d, exclusive=True):
                 _sweep_dir(d, referenced, cutoff, res)
     return res
+
+
+def _gc_packs(vault: Vault, store: PackStore, recs: list[PointRecord], cutoff: float, res: GcResult) -> None:
+    trees: list[ChunkTree] = []
+    try:
+        for rec in recs:
+            trees += [d.chunks for d in vault.manifest(rec).disks if isinstance(d.chunks, ChunkTree)]
+        live = packgc.referenced(trees)
+    except (IntegrityError, NotFoundError) as exc:
+        raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
+                             "chunks the points use. Run 'cutpoint verify', then prune the point it names") from exc
+    res.points, res.referenced_chunks = len(recs), len(live)
+    _sweep_manifests(vault, {r.manifest for r in recs}, cutoff, res)
+    st, counts = packgc.sweep(store, live, cutoff, res.dry_run)
+    for k, v in {**asdict(st), **counts}.items():
+        setattr(res, k, getattr(res, k) + v)
 
 
 def _fs_now(path: Path) -> float:

@@ -11,6 +11,7 @@ truncated, altered, or copied under another point's name fails to open instead o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from .codec import decompress
 from .crypto import Sealer
 
 FORMAT = 2
+FORMAT_TREE = 3          # format v4 vaults: each disk's chunk list is an index tree (vault/tree.py)
+FORMATS = (FORMAT, FORMAT_TREE)
 MAGIC = b"CPM2"
 MAX_MANIFEST = 1 << 30        # decompressed: ~16 million chunk entries, 64 TiB of disk at 4 MiB chunks
 
@@ -30,7 +33,7 @@ MAX_MANIFEST = 1 << 30        # decompressed: ~16 million chunk entries, 64 TiB 
 class DiskManifest:
     name: str
     size: int
-    chunks: list[str | None]
+    chunks: Sequence[str | None]          # format 3: a ChunkTree over ``tree``, attached by Vault.manifest
     node: str = ""
     driver: str = ""
     filename: str = ""
@@ -38,6 +41,9 @@ class DiskManifest:
     read_bytes: int = 0
     stored_bytes: int = 0
     dirty_bytes: int | None = None
+    tree: str | None = None               # format 3: root node id (hex), None for an all-zero disk
+    tree_height: int = 0
+    index_bytes: int = 0                  # format 3: bytes of index nodes this point wrote for the disk
 
 
 @dataclass
@@ -60,20 +66,44 @@ class Manifest:
     vm_config: dict[str, Any] | None = None   # what it takes to start the VM again (driver's capture_config)
     key_fingerprint: str | None = None
     format: int = FORMAT
+    fanout: int = 0                       # format 3: entries per index node
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        chunks = [d.chunks for d in self.disks]
+        try:
+            if self.format == FORMAT_TREE:
+                for d in self.disks:
+                    d.chunks = []
+            doc = asdict(self)
+        finally:
+            for d, c in zip(self.disks, chunks):
+                d.chunks = c
+        if self.format == FORMAT_TREE:
+            for d in doc["disks"]:
+                del d["chunks"]
+        else:
+            doc.pop("fanout")
+            for d in doc["disks"]:
+                for k in ("tree", "tree_height", "index_bytes"):
+                    del d[k]
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "manifest") -> "Manifest":
         try:
             raw: dict[str, Any] = json.loads(data)
+            if raw.get("format") == FORMAT_TREE:
+                for d in raw["disks"]:
+                    if "chunks" in d:
+                        raise TypeError("a format 3 disk lists chunks")
+                    d["chunks"] = []
             disks = [DiskManifest(**d) for d in raw.pop("disks")]
             m = cls(disks=disks, **raw)
         except (ValueError, TypeError, KeyError) as exc:
             raise IntegrityError(f"{where} is damaged or truncated: {exc}") from exc
-        if m.format != FORMAT:
-            raise IntegrityError(f"{where} has format {m.format}; this cutpoint reads format {FORMAT}")
+        if m.format not in FORMATS:
+            raise IntegrityError(f"{where} has format {m.format}; this cutpoint reads formats "
+                                 f"{', '.join(map(str, FORMATS))}")
         return m
 
     def check_shape(self, where: str) -> None:
@@ -82,6 +112,13 @@ class Manifest:
         cs = self.chunk_size
         if not isinstance(cs, int) or isinstance(cs, bool) or not 4096 <= cs <= 1 << 30 or cs & (cs - 1):
             raise IntegrityError(f"{where} is damaged: chunk size {cs!r}")
+        if self.format == FORMAT_TREE:
+            for d in self.disks:
+                ok = (isinstance(d.size, int) and d.size >= 0 and isinstance(d.tree_height, int)
+                      and (d.tree is None or (isinstance(d.tree, str) and len(d.tree) == 64)))
+                if not ok or not isinstance(self.fanout, int) or not 2 <= self.fanout <= 1 << 16:
+                    raise IntegrityError(f"{where} is damaged: disk {d.name} has no well-formed index tree")
+            return
         for d in self.disks:
             n = -(-d.size // cs) if isinstance(d.size, int) and d.size >= 0 else -1
             if not isinstance(d.chunks, list) or len(d.chunks) != n:
@@ -89,6 +126,7 @@ class Manifest:
                 raise IntegrityError(f"{where} is damaged: disk {d.name} lists {count} chunks for {n}")
 
     def referenced(self) -> set[str]:
+        """Chunk ids (format 2; on format 3 this reads every leaf: gc uses the trees' own walk)."""
         return {c for d in self.disks for c in d.chunks if c}
 
     def seal(self, sealer: Sealer) -> bytes:

@@ -129,6 +129,17 @@ class S3Backend:
         except botocore.exceptions.BotoCoreError as e:
             raise self._error(e, name) from e
 
+    def exists(self, name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+            return True
+        except botocore.exceptions.ClientError as e:
+            if int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) == 404:
+                return False
+            raise self._error(e, name) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, name) from e
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(

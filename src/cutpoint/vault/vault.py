@@ -25,17 +25,21 @@ from . import config as cfgmod
 from . import hoststate
 from . import locks
 from . import passphrase as pp
+from .backend import LocalBackend
 from .chunks import ChunkStore
-from .config import VAULT_FORMAT, VAULT_VERSION, read_config
+from .config import PACKED_VERSION, VAULT_FORMAT, VAULT_VERSION, read_config
 from .crypto import Keys, Sealer, auth_key_doc, check_key_file, unwrap_keys, wrap_keys
 from .fsutil import fsync_dir, write_atomic
 from .manifest import MAGIC as MANIFEST_MAGIC
-from .manifest import Manifest, manifest_path
+from .manifest import FORMAT, FORMAT_TREE, Manifest, manifest_path
+from .packstore import DEFAULT_PACK_SIZE, PackStore
+from .tree import DEFAULT_FANOUT, ChunkTree
 
 __all__ = ["VAULT_FORMAT", "VAULT_VERSION", "DEFAULT_CHUNK_SIZE", "KEY_FILE", "Vault", "read_config"]
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_CHUNK_SIZE = 64 << 10      # v4: the dirty bitmap's usual granularity (docs/performance.md)
+V3_CHUNK_SIZE = 4 << 20
 KEY_FILE = "key.json"
 
 
@@ -48,9 +52,16 @@ class Vault:
         # v3: the chunk size is authenticated and never changes, so no chunk can be larger; a v2 config is not
         # authenticated (an edit could shrink it under older points): bounded by the largest chunk size there is
         bound = self.chunk_size if int(config["version"]) >= 3 else cfgmod.MAX_CHUNK_SIZE
-        self.chunks = ChunkStore(root / "chunks", sealer, max_size=bound)
-        self.catalog = Catalog(root / "catalog.sqlite")
         self.locks_dir = root / "locks"
+        self.packed = int(config["version"]) >= PACKED_VERSION
+        self.fanout = int(config.get("tree_fanout") or 0)
+        self.chunks: ChunkStore | PackStore
+        if self.packed:
+            self.chunks = PackStore(LocalBackend(root), sealer, self.locks_dir, max_size=bound,
+                                    pack_size=int(config["pack_size"]))
+        else:
+            self.chunks = ChunkStore(root / "chunks", sealer, max_size=bound)
+        self.catalog = Catalog(root / "catalog.sqlite")
         self.finding: hoststate.Finding | None = None     # what this host's memory says is wrong with the vault
 
     @property
@@ -97,10 +108,15 @@ class Vault:
             raise hoststate.VaultChangedError(f"{what} refused: {self.finding.message(self.root)}")
 
     @staticmethod
-    def create(root: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, encrypt: bool = False,
-               passphrase: pp.Source | None = None, exist_ok: bool = False) -> None:
-        """Create a vault of format v3; the passphrase is asked for before anything is written, and config.json
-        comes last. Unencrypted, it still gets an authentication key, kept in this host's state directory."""
+    def create(root: Path, *, chunk_size: int | None = None, encrypt: bool = False,
+               passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION) -> None:
+        """Create a vault of format v4 (``version=3`` makes the previous format, for compatibility tests); the
+        passphrase is asked for before anything is written, and config.json comes last. Unencrypted, it still gets
+        an authentication key, kept in this host's state directory."""
+        if version not in (3, PACKED_VERSION):
+            raise UsageError(f"cannot create a vault of format v{version}; this cutpoint creates v3 and v4")
+        if chunk_size is None:
+            chunk_size = DEFAULT_CHUNK_SIZE if version >= PACKED_VERSION else V3_CHUNK_SIZE
         root = root.expanduser()
         if (root / "config.json").exists():
             if exist_ok:
@@ -114,18 +130,21 @@ class Vault:
         secret = (passphrase or pp.source())(f"the new vault {root}", True) if encrypt else b""
         vault_id = uuid.uuid4().hex
         config: dict[str, Any] = {
-            "format": VAULT_FORMAT, "version": VAULT_VERSION, "id": vault_id, "chunk_size": chunk_size,
-            "chunk_id": "hmac-sha256", "compression": "zstd",
+            "format": VAULT_FORMAT, "version": version, "id": vault_id, "chunk_size": chunk_size,
+            "chunk_id": "blake3-keyed" if version >= PACKED_VERSION else "hmac-sha256", "compression": "zstd",
             "encryption": {"cipher": "aes-256-gcm", "kdf": "scrypt", "key_fingerprint": keys.fingerprint}
             if encrypt else None,
             "authentication": {"mac": "hmac-sha256", "key_fingerprint": keys.fingerprint,
                                "key": KEY_FILE if encrypt else "host state"},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if version >= PACKED_VERSION:
+            config.update(layout="packs", pack_size=DEFAULT_PACK_SIZE, tree_fanout=DEFAULT_FANOUT)
         try:
             if not encrypt:
                 hoststate.save_auth_key(keys, vault_id)
             root.mkdir(mode=0o700, parents=True, exist_ok=True)      # private whatever the umask
-            for sub in ("chunks", "points", "locks"):
+            for sub in (("data", "index", "points", "locks") if version >= PACKED_VERSION
+                        else ("chunks", "points", "locks")):
                 (root / sub).mkdir(mode=0o700, exist_ok=True)
             if encrypt:
                 write_atomic(root / KEY_FILE, json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode())
@@ -179,6 +198,17 @@ class Vault:
         except OSError as exc:
             raise IntegrityError(f"manifest of point {rec.id} cannot be read: {exc.strerror or exc}") from exc
         m = Manifest.unseal(self.sealer, data, rec.vm, rec.id, f"manifest of point {rec.id}")
+        if m.format != (FORMAT_TREE if self.packed else FORMAT):
+            raise IntegrityError(f"manifest of point {rec.id} has format {m.format}, which a format "
+                                 f"v{self.config['version']} vault does not hold (forged or misplaced)")
+        if self.packed:
+            if m.chunk_size != self.chunk_size or m.fanout != self.fanout:
+                raise IntegrityError(f"manifest of point {rec.id} is damaged: chunks of {m.chunk_size} bytes and "
+                                     f"index nodes of {m.fanout}, the vault {self.chunk_size} and {self.fanout}")
+            assert isinstance(self.chunks, PackStore)
+            for d in m.disks:
+                d.chunks = ChunkTree(self.chunks, bytes.fromhex(d.tree) if d.tree else None, d.tree_height,
+                                     -(-d.size // m.chunk_size), m.fanout)
         if sum(d.size for d in m.disks) != rec.logical_bytes:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.logical_bytes} bytes, its "
                                  f"manifest {sum(d.size for d in m.disks)}")
@@ -201,8 +231,14 @@ class Vault:
         """Held for a whole backup (or prune) of one VM; a backup also registers as a running writer for gc."""
         check_vm_name(vm)               # backup, prune and cleanup pass here: a hostile catalog row is no path
         with locks.hold(self.locks_dir / f"vm-{vm}.lock", f"VM {vm!r}"):
-            with locks.register_writer(self.locks_dir, f"backup {vm}") if writer else nullcontext():
-                yield
+            with locks.register_writer(self.locks_dir, f"backup {vm}") if writer else nullcontext() as w:
+                if isinstance(self.chunks, PackStore) and w is not None:
+                    self.chunks.begin_writer(w.path)
+                try:
+                    yield
+                finally:
+                    if isinstance(self.chunks, PackStore):
+                        self.chunks.begin_writer(None)
 
     def points_lock(self, *, shared: bool) -> Any:
         """Exclusive for prune; shared for restore, verify and gc, which must not see points vanish mid-way."""

@@ -1,0 +1,127 @@
+"""Pack files of format v4: many blobs in one object of about 16 MiB, with a sealed table of contents at its end.
+
+Layout (docs/format.md §18)::
+
+    blob blob ... blob  trailer  trailer_length(u32 LE)  b"CPK4"
+
+The trailer is sealed (magic ``CPT4``, the pack's id as associated data) and lists every blob: kind, id, offset,
+stored length and decoded length. It makes every pack self-describing, so the index can be rebuilt from the packs
+alone (``PackStore.rebuild_index``) and a copy to another vault needs no other object. A pack is assembled in one
+reused buffer (fresh memory is slow here: docs/performance.md) and written with one ``put``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+
+from ..errors import IntegrityError
+from .crypto import Sealer
+
+TRAILER_MAGIC = b"CPT4"
+END_MAGIC = b"CPK4"
+ENTRY = struct.Struct("<B32sQII")          # kind, id, offset, stored length, decoded length
+END = struct.Struct("<I4s")
+MAX_ENTRIES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: int
+    bid: bytes
+    offset: int
+    length: int
+    raw_length: int
+
+
+def new_pack_id() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def pack_name(pid: bytes) -> str:
+    h = pid.hex()
+    return f"data/{h[:2]}/{h}"
+
+
+def pack_id_of(name: str) -> bytes | None:
+    """The id of a pack object name, or None if the name is not one (a listing is untrusted)."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "data" or len(parts[2]) != 64 or parts[1] != parts[2][:2]:
+        return None
+    try:
+        return bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+
+
+class PackBuffer:
+    """The pack being assembled: blobs appended to a reused buffer, finished into one object."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.buf = bytearray(target + (2 << 20))
+        self.buf[:] = bytes(len(self.buf))        # touch it once, now, rather than page by page while packing
+        self.reset()
+
+    def reset(self) -> None:
+        self.pid = new_pack_id()
+        self.used = 0
+        self.entries: list[Entry] = []
+
+    def add(self, kind: int, bid: bytes, blob: bytes | memoryview, raw_length: int) -> Entry:
+        end = self.used + len(blob)
+        if end > len(self.buf):
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[self.used:end] = blob
+        e = Entry(kind, bid, self.used, len(blob), raw_length)
+        self.entries.append(e)
+        self.used = end
+        return e
+
+    def full(self) -> bool:
+        return self.used >= self.target
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.buf[offset:offset + length])
+
+    def finish(self, sealer: Sealer) -> memoryview:
+        """The whole pack (a view into the buffer, valid until the next ``reset``)."""
+        table = b"".join(ENTRY.pack(e.kind, e.bid, e.offset, e.length, e.raw_length) for e in self.entries)
+        trailer = sealer.seal(TRAILER_MAGIC, table, self.pid)
+        tail = trailer + END.pack(len(trailer), END_MAGIC)
+        stop = self.used + len(tail)
+        if stop > len(self.buf):
+            self.buf.extend(bytes(stop - len(self.buf)))
+        self.buf[self.used:stop] = tail
+        return memoryview(self.buf)[:stop]
+
+
+def parse_trailer(sealer: Sealer, pid: bytes, tail: bytes, size: int) -> list[Entry]:
+    """The entries of a pack from its last bytes (``tail``, at least the trailer and end), checked against the
+    pack's size: a hostile trailer cannot name bytes outside the pack."""
+    what = f"pack {pid.hex()}"
+    if len(tail) < END.size:
+        raise IntegrityError(f"{what} is damaged: truncated")
+    tlen, magic = END.unpack_from(tail, len(tail) - END.size)
+    if magic != END_MAGIC or tlen + END.size > len(tail):
+        raise IntegrityError(f"{what} is damaged: no trailer (truncated, or not a pack)")
+    start = len(tail) - END.size - tlen
+    table = sealer.unseal(TRAILER_MAGIC, bytes(tail[start:len(tail) - END.size]), pid, f"trailer of {what}")
+    limit = size - END.size - tlen
+    if len(table) % ENTRY.size or len(table) // ENTRY.size > MAX_ENTRIES:
+        raise IntegrityError(f"trailer of {what} is damaged: {len(table)} bytes")
+    out = []
+    for kind, bid, off, ln, raw in ENTRY.iter_unpack(table):
+        if kind > 1 or off + ln > limit:
+            raise IntegrityError(f"trailer of {what} is damaged: entry {bid.hex()[:12]} out of range")
+        out.append(Entry(kind, bid, off, ln, raw))
+    return out
+
+
+def trailer_length(tail: bytes) -> int | None:
+    """The trailer's length from the pack's last 8 bytes, or None if they are not a pack's end."""
+    if len(tail) < END.size:
+        return None
+    tlen, magic = END.unpack_from(tail, len(tail) - END.size)
+    return int(tlen) if magic == END_MAGIC else None

@@ -1,0 +1,190 @@
+"""Garbage collection of a format v4 vault: delete packs no point needs, repack the ones mostly dead or small.
+
+Safe while backups run, and kill -9 safe at every step (docs/format.md §18, the argument in full). The steps:
+
+1. mark: walk every visible point's index trees (a subtree shared between points is read once) for the ids of
+   nodes and chunks they reference;
+2. under the exclusive ``locks/packs.lock`` (which a backup's registration of a relied-on pack waits for), read
+   the running backups' registrations, and choose: a pack older than the cutoff and registered by none is deleted
+   if nothing in it is referenced, repacked if at least a quarter of it is dead or it is smaller than half a pack;
+3. copy the live blobs of the repacked packs, as stored (no decoding), into new packs; sync;
+4. write one index object for every pack kept and every new pack; sync; delete the index objects read in step 1;
+5. delete the chosen packs, pack files no index lists (a writer killed before its index) that are older than the
+   cutoff, and bad-blob markers of deleted packs.
+
+A kill before step 4 leaves new packs no index lists: young, they are kept, and a later gc deletes them. A kill
+after it leaves duplicate index entries (harmless: any copy reads the same) or old packs no index lists, which the
+next gc deletes. Index objects written meanwhile by backups are not among those read in step 1 and stay.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import faults
+from ..errors import IntegrityError, NotFoundError
+from . import locks, packindex
+from .backend import ObjectInfo
+from .packfile import Entry, PackBuffer, pack_id_of, pack_name
+from .packstore import PACK_LOCK, PackStore
+from .tree import ChunkTree
+
+DEAD_RATIO = 0.25
+
+
+@dataclass
+class PackStats:
+    packs_seen: int = 0
+    packs_removed: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    repacked_bytes: int = 0
+    kept_relied: int = 0
+
+
+def referenced(trees: list[ChunkTree]) -> set[bytes]:
+    """Ids of every node and chunk the trees reference."""
+    seen: set[bytes] = set()
+    chunks: set[bytes] = set()
+    for t in trees:
+        for _nid, level, entries in t.walk(seen):
+            if level == 0:
+                chunks.update(e for e in entries if e is not None)
+    return seen | chunks
+
+
+def relied_packs(locks_dir: Path) -> set[bytes]:
+    """Packs the running backups registered (first line of a registration is what it is; then a pack id each)."""
+    out: set[bytes] = set()
+    for w in locks.running_writers(locks_dir):
+        try:
+            lines = w.path.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                out.add(bytes.fromhex(line.strip()))
+            except ValueError:
+                continue
+    return out
+
+
+def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> tuple[PackStats, dict[str, int]]:
+    """Steps 2 to 5. Returns the statistics and the GcResult counters (removed_chunks, kept_young, freed_bytes,
+    chunks_seen, removed_temp)."""
+    st = PackStats()
+    counts = {"removed_chunks": 0, "kept_young": 0, "freed_bytes": 0, "chunks_seen": 0, "removed_temp": 0}
+    idx = store.reload()
+    listing: dict[bytes, ObjectInfo] = {}
+    for obj in store.backend.list("data/"):
+        pid = pack_id_of(obj.name)
+        if pid is not None:
+            listing[pid] = obj
+    st.packs_seen = len(listing)
+    store.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(store.locks_dir / PACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        relied = relied_packs(store.locks_dir)
+        doomed: list[bytes] = []
+        repack: list[tuple[bytes, list[Entry]]] = []
+        small_only = 0
+        for pid, entries in idx.packs.items():
+            info = listing.get(pid)
+            if info is None:
+                continue                                  # gone: verify reports what it held
+            counts["chunks_seen"] += len(entries)
+            keep = [e for e in entries if e.bid in live and (pid, e.offset) not in idx.bad
+                    and idx.where.get(e.bid) is not None and idx.where[e.bid].pid == pid
+                    and idx.where[e.bid].offset == e.offset]
+            dead = sum(e.length for e in entries) - sum(e.length for e in keep)
+            if not dead and info.size >= store.pack_size // 2:
+                continue
+            if info.mtime >= cutoff:
+                counts["kept_young"] += len(entries) - len(keep)
+                continue
+            if pid in relied:
+                st.kept_relied += 1
+                continue
+            if not keep:
+                doomed.append(pid)
+            elif dead >= DEAD_RATIO * info.size or info.size < store.pack_size // 2:
+                repack.append((pid, keep))
+                small_only += not dead
+            else:
+                continue
+            counts["removed_chunks"] += len(entries) - len(keep)
+        orphans = [pid for pid, info in listing.items()
+                   if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
+        if repack == repack[:1] and small_only:
+            repack = []                                   # one small pack alone gains nothing from a rewrite
+        if dry_run:
+            counts["freed_bytes"] = sum(listing[p].size for p in doomed + orphans)
+            return st, counts
+        if not (doomed or repack or orphans):
+            return st, counts
+        written = _copy(store, repack, st) if repack else []
+        store.backend.sync()
+        faults.hit("gc-repacked")
+        gone = set(doomed) | {p for p, _ in repack}
+        kept = [(pid, entries) for pid, entries in idx.packs.items() if pid in listing and pid not in gone]
+        name = packindex.new_index_name()
+        store.backend.put(name, packindex.encode_index(store.sealer, name, kept + written))
+        store.backend.sync()
+        faults.hit("gc-index-written")
+        for old in sorted(idx.objects):
+            store.backend.delete(old)
+        store.backend.sync()
+        for pid in sorted(gone) + orphans:
+            store.backend.delete(pack_name(pid))
+            counts["freed_bytes"] += listing[pid].size
+            faults.hit("gc-sweep")
+        counts["freed_bytes"] -= sum(_size(entries) for _, entries in written)
+        st.packs_removed = len(doomed) + len(orphans)
+        st.packs_repacked = len(repack)
+        for marker in store.backend.list(packindex.BAD_PREFIX):
+            if packindex.marker_pack(marker.name) in gone | set(orphans):
+                store.backend.delete(marker.name)
+        store.backend.sync()
+    finally:
+        os.close(fd)
+    store.reload()
+    return st, counts
+
+
+def _size(entries: list[Entry]) -> int:
+    return sum(e.length for e in entries)
+
+
+def _copy(store: PackStore, repack: list[tuple[bytes, list[Entry]]], st: PackStats) -> list[tuple[bytes, list[Entry]]]:
+    """The live blobs of ``repack``, copied as stored into new packs (a sealed blob is bound to its id, not to its
+    pack, so it moves without being decoded)."""
+    out: list[tuple[bytes, list[Entry]]] = []
+    buf = PackBuffer(store.pack_size)
+
+    def finish() -> None:
+        if buf.entries:
+            store.backend.put(pack_name(buf.pid), buf.finish(store.sealer))
+            out.append((buf.pid, list(buf.entries)))
+            st.packs_written += 1
+            buf.reset()
+
+    for pid, keep in repack:
+        try:
+            data = store.backend.get(pack_name(pid))
+        except NotFoundError as exc:
+            raise IntegrityError(f"gc stopped: pack {pid.hex()[:12]} vanished while being repacked") from exc
+        for e in keep:
+            blob = data[e.offset:e.offset + e.length]
+            if len(blob) != e.length:
+                raise IntegrityError(f"gc stopped before deleting anything: pack {pid.hex()[:12]} is truncated; "
+                                     "run 'cutpoint verify --read-data'")
+            buf.add(e.kind, e.bid, blob, e.raw_length)
+            st.repacked_bytes += e.length
+            if buf.full():
+                finish()
+    finish()
+    return out

@@ -1,0 +1,142 @@
+"""The index of a format v4 vault: which pack holds each blob, and where in it (docs/format.md §18).
+
+On the storage, the index is a set of *index objects* (``index/<random hex>``), each listing the blobs of some packs:
+a backup writes one at its commit for the packs it wrote, and gc replaces the ones it read by one for what it kept.
+Index objects are sealed and zstd-compressed, with their own name as associated data. In memory, the union of all
+of them is one dict from blob id to location, loaded when a vault's blobs are first needed and again when a pack
+turns out to have moved (gc repacked it).
+
+Verify records a damaged blob as an empty object ``bad/<blob id>-<pack id>-<offset>`` naming the damaged copy: that location
+is then ignored, so the next backup that meets the same content stores it afresh instead of deduplicating against
+the damaged copy, and readers use a good copy where one exists.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import zstandard
+
+from ..errors import IntegrityError, NotFoundError
+from . import codec
+from .backend import Backend
+from .crypto import Sealer
+from .packfile import ENTRY, Entry
+
+MAGIC = b"CPI4"
+PACK_HEAD = struct.Struct("<32sI")
+MAX_INDEX = 1 << 30
+INDEX_PREFIX = "index/"
+BAD_PREFIX = "bad/"
+
+
+@dataclass(frozen=True)
+class Location:
+    pid: bytes
+    offset: int
+    length: int
+    raw_length: int
+    kind: int
+
+
+def new_index_name() -> str:
+    return INDEX_PREFIX + secrets.token_hex(32)
+
+
+def encode_index(sealer: Sealer, name: str, packs: Iterable[tuple[bytes, list[Entry]]]) -> bytes:
+    parts: list[bytes] = []
+    for pid, entries in packs:
+        parts.append(PACK_HEAD.pack(pid, len(entries)))
+        parts.extend(ENTRY.pack(e.kind, e.bid, e.offset, e.length, e.raw_length) for e in entries)
+    body = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
+    return sealer.seal(MAGIC, body, name.encode())
+
+
+def decode_index(sealer: Sealer, name: str, blob: bytes) -> list[tuple[bytes, list[Entry]]]:
+    what = f"index object {name}"
+    raw = codec.decompress(sealer.unseal(MAGIC, blob, name.encode(), what), MAX_INDEX, what)
+    out: list[tuple[bytes, list[Entry]]] = []
+    pos = 0
+    try:
+        while pos < len(raw):
+            pid, n = PACK_HEAD.unpack_from(raw, pos)
+            pos += PACK_HEAD.size
+            if pos + n * ENTRY.size > len(raw):
+                raise IntegrityError(f"{what} is damaged: pack {pid.hex()[:12]} lists {n} blobs past its end")
+            entries = [Entry(*ENTRY.unpack_from(raw, pos + i * ENTRY.size)) for i in range(n)]
+            pos += n * ENTRY.size
+            if any(e.kind > 1 for e in entries):
+                raise IntegrityError(f"{what} is damaged: unknown blob kind")
+            out.append((pid, entries))
+    except struct.error as exc:
+        raise IntegrityError(f"{what} is damaged: {exc}") from exc
+    return out
+
+
+@dataclass
+class Index:
+    where: dict[bytes, Location] = field(default_factory=dict)
+    objects: set[str] = field(default_factory=set)             # the index objects this was loaded from
+    packs: dict[bytes, list[Entry]] = field(default_factory=dict)   # every pack's entries, duplicates included
+    bad: set[tuple[bytes, int]] = field(default_factory=set)
+    bad_ids: set[bytes] = field(default_factory=set)
+
+    def add(self, pid: bytes, entries: list[Entry]) -> None:
+        self.packs[pid] = entries
+        for e in entries:
+            if (pid, e.offset) not in self.bad and e.bid not in self.where:
+                self.where[e.bid] = Location(pid, e.offset, e.length, e.raw_length, e.kind)
+
+    def drop_pack(self, pid: bytes) -> None:
+        for e in self.packs.pop(pid, []):
+            loc = self.where.get(e.bid)
+            if loc is not None and loc.pid == pid:
+                del self.where[e.bid]
+
+    def mark_bad(self, bid: bytes, loc: Location) -> None:
+        self.bad.add((loc.pid, loc.offset))
+        self.bad_ids.add(bid)
+        if self.where.get(bid) == loc:
+            del self.where[bid]
+            for pid, entries in self.packs.items():        # another, good copy of the same content?
+                for e in entries:
+                    if e.bid == bid and (pid, e.offset) not in self.bad:
+                        self.where[bid] = Location(pid, e.offset, e.length, e.raw_length, e.kind)
+                        return
+
+
+def load(backend: Backend, sealer: Sealer) -> Index:
+    """Every index object and bad-blob marker of the vault. A damaged index object stops the load by name: a
+    reader must not mistake 'not in the index' for 'not in the vault'."""
+    idx = Index()
+    for info in backend.list(BAD_PREFIX):
+        try:
+            bid_hex, pid_hex, off = info.name[len(BAD_PREFIX):].split("-")
+            idx.bad.add((bytes.fromhex(pid_hex), int(off)))
+            idx.bad_ids.add(bytes.fromhex(bid_hex))
+        except ValueError:
+            continue                    # a malformed marker marks nothing
+    for info in sorted(backend.list(INDEX_PREFIX), key=lambda i: i.name):
+        try:
+            blob = backend.get(info.name)
+        except NotFoundError:
+            continue                    # replaced by gc since the listing
+        for pid, entries in decode_index(sealer, info.name, blob):
+            idx.add(pid, entries)
+        idx.objects.add(info.name)
+    return idx
+
+
+def bad_marker(bid: bytes, loc: Location) -> str:
+    """The name of the (empty) object that marks one damaged copy of a blob."""
+    return f"{BAD_PREFIX}{bid.hex()}-{loc.pid.hex()}-{loc.offset}"
+
+
+def marker_pack(name: str) -> bytes | None:
+    try:
+        return bytes.fromhex(name[len(BAD_PREFIX):].split("-")[1])
+    except (ValueError, IndexError):
+        return None

@@ -1,0 +1,239 @@
+"""The blob store of a format v4 vault: blobs in packs, found through the index (docs/format.md §18).
+
+It offers what the format v2/v3 ``ChunkStore`` offers (``chunk_id``, ``has``, ``put``, ``get``, ``flush``,
+``mark_bad``), so restore, verify and replace read both formats through one interface, and adds index nodes
+(``put_blob``/``get_blob`` with a kind).
+
+Write order: blobs go into the pack being assembled; a full pack is written as one object; ``flush`` writes the
+last pack, makes every pack durable with one ``Backend.sync``, then writes one index object for them and syncs
+again. Only then may a manifest reference the blobs (``Vault.commit_point``).
+
+Garbage collection runs while backups write. A blob that a running backup stores anew is in a pack younger than
+that backup's start, which gc's cutoff keeps. A blob it finds already present (deduplication) lives in an old pack,
+so before relying on it the backup *registers* the pack: under a shared ``flock`` on ``locks/packs.lock`` it checks
+that the pack still exists and appends its id to its writer registration. Gc holds that lock exclusively from the
+moment it reads the registrations until it has deleted packs, and never deletes or repacks a registered one.
+A blob inherited unread from the parent point is referenced by that point, which cannot be pruned while the backup
+holds the VM's lock; if gc repacks it meanwhile, a read finds the pack gone, reloads the index and reads the copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+from pathlib import Path
+
+from .. import faults
+from ..errors import IntegrityError, NotFoundError, VaultError
+from . import packindex
+from .backend import Backend
+from .blob import DATA, NODE, BlobCodec
+from .crypto import Sealer
+from .packfile import Entry, PackBuffer, pack_name
+from .packindex import Index, Location
+
+DEFAULT_PACK_SIZE = 16 << 20
+PACK_LOCK = "packs.lock"
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class PackStore:
+    def __init__(self, backend: Backend, sealer: Sealer, locks_dir: Path, *, max_size: int,
+                 pack_size: int = DEFAULT_PACK_SIZE) -> None:
+        self.backend = backend
+        self.sealer = sealer
+        self.locks_dir = locks_dir
+        self.max_size = max_size
+        self.pack_size = pack_size
+        self.codec = BlobCodec(sealer, max(max_size, 1 << 20))
+        self._lock = threading.RLock()
+        self._index: Index | None = None
+        self._buf: PackBuffer | None = None
+        self._unindexed: list[tuple[bytes, list[Entry]]] = []   # written packs not yet in an index object
+        self._own: set[bytes] = set()          # packs this store wrote: no registration needed
+        self._relied: set[bytes] = set()
+        self.writer: Path | None = None        # the running backup's registration, where relied packs go
+
+    # -- ids ---------------------------------------------------------------------------------------------------------
+
+    def chunk_id(self, data: bytes | memoryview) -> str:
+        return self.codec.blob_id(data, DATA).hex()
+
+    @staticmethod
+    def bid(cid: str) -> bytes:
+        if not isinstance(cid, str) or not _HEX.fullmatch(cid):
+            raise IntegrityError(f"{cid!r} is not a chunk id (damaged manifest or index node)")
+        return bytes.fromhex(cid)
+
+    # -- the index ---------------------------------------------------------------------------------------------------
+
+    def index(self) -> Index:
+        with self._lock:
+            if self._index is None:
+                self._index = packindex.load(self.backend, self.sealer)
+                for pid, entries in self._unindexed:
+                    self._index.add(pid, entries)
+                if self._buf is not None and self._buf.entries:
+                    self._index.add(self._buf.pid, list(self._buf.entries))
+            return self._index
+
+    def reload(self) -> Index:
+        with self._lock:
+            self._index = None
+            return self.index()
+
+    def location(self, cid: str) -> Location | None:
+        return self.index().where.get(self.bid(cid))
+
+    def has(self, cid: str) -> bool:
+        return self.bid(cid) in self.index().where
+
+    def state(self, cid: str) -> str:
+        """'ok', 'bad' (a damaged copy marked by verify, no good one) or 'missing'."""
+        b = self.bid(cid)
+        idx = self.index()
+        return "ok" if b in idx.where else "bad" if b in idx.bad_ids else "missing"
+
+    def lost_ids(self) -> set[bytes]:
+        """Blobs of which verify found only damaged copies."""
+        idx = self.index()
+        return {b for b in idx.bad_ids if b not in idx.where}
+
+    def stored_size(self, cid: str) -> int:
+        loc = self.location(cid)
+        return loc.length if loc else 0
+
+    # -- writing -----------------------------------------------------------------------------------------------------
+
+    def begin_writer(self, registration: Path | None) -> None:
+        """A backup starts (``Vault.vm_lock``): relied packs are registered in its registration from now on."""
+        with self._lock:
+            self.writer = registration
+            self._relied = set()
+
+    def put(self, data: bytes | memoryview, cid: str | None = None) -> tuple[str, int]:
+        bid, written = self.put_blob(data, DATA, bytes.fromhex(cid) if cid else None)
+        return bid.hex(), written
+
+    def put_blob(self, data: bytes | memoryview, kind: int, bid: bytes | None = None) -> tuple[bytes, int]:
+        """Store ``data`` unless a usable copy exists. Returns (id, bytes written)."""
+        bid = bid or self.codec.blob_id(data, kind)
+        loc = self.index().where.get(bid)
+        if loc is not None and self._rely(loc.pid):
+            return bid, 0
+        blob = self.codec.encode(bid, data, kind)
+        with self._lock:
+            idx = self.index()
+            loc = idx.where.get(bid)
+            if loc is not None and (loc.pid in self._own or (self._buf is not None and loc.pid == self._buf.pid)):
+                return bid, 0                          # another thread stored it meanwhile
+            if self._buf is None:
+                self._buf = PackBuffer(self.pack_size)
+            e = self._buf.add(kind, bid, blob, len(data))
+            idx.where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
+            if self._buf.full():
+                self._write_pack()
+        return bid, len(blob)
+
+    def _rely(self, pid: bytes) -> bool:
+        """May a new point reference a blob of pack ``pid``? Registers the pack for gc (see module doc)."""
+        with self._lock:
+            if pid in self._own or pid in self._relied or (self._buf is not None and pid == self._buf.pid):
+                return True
+            if self.writer is None:
+                return self.backend.exists(pack_name(pid))
+            self.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.locks_dir / PACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)           # waits while gc decides and deletes
+                if not self.backend.exists(pack_name(pid)):
+                    return False                         # deleted by gc: store the blob afresh
+                with open(self.writer, "a") as f:
+                    f.write(pid.hex() + "\n")
+            except OSError as exc:
+                raise VaultError(f"cannot register pack {pid.hex()[:12]} for this backup: "
+                                 f"{exc.strerror or exc}") from exc
+            finally:
+                os.close(fd)
+            self._relied.add(pid)
+            return True
+
+    def _write_pack(self) -> None:
+        buf = self._buf
+        if buf is None or not buf.entries:
+            return
+        view = buf.finish(self.sealer)
+        try:
+            self.backend.put(pack_name(buf.pid), view)
+        except OSError as exc:
+            raise VaultError(f"cannot write pack {buf.pid.hex()[:12]}: {exc.strerror or exc}") from exc
+        faults.hit("pack-written")
+        self._own.add(buf.pid)
+        self._unindexed.append((buf.pid, list(buf.entries)))
+        buf.reset()
+
+    def flush(self) -> None:
+        """Everything stored so far durable and indexed: packs, one sync, the index object, one sync."""
+        with self._lock:
+            self._write_pack()
+            if not self._unindexed:
+                return
+            try:
+                self.backend.sync()
+                faults.hit("after-packs")
+                name = packindex.new_index_name()
+                self.backend.put(name, packindex.encode_index(self.sealer, name, self._unindexed))
+                self.backend.sync()
+            except OSError as exc:
+                raise VaultError(f"cannot write the vault's index: {exc.strerror or exc}") from exc
+            if self._index is not None:
+                self._index.objects.add(name)
+            self._unindexed = []
+
+    # -- reading -----------------------------------------------------------------------------------------------------
+
+    def get(self, cid: str, expect: int | None = None) -> bytes:
+        return self.get_blob(self.bid(cid), DATA, expect)
+
+    def get_blob(self, bid: bytes, kind: int, expect: int | None = None) -> bytes:
+        """Read, decode and check one blob; damage raises ``IntegrityError``, absence ``NotFoundError``."""
+        for attempt in (0, 1):
+            idx = self.index() if attempt == 0 else self.reload()
+            loc = idx.where.get(bid)
+            if loc is None:
+                continue
+            if loc.kind != kind:
+                raise IntegrityError(f"blob {bid.hex()} is a {_KIND[loc.kind]} where a {_KIND[kind]} is expected")
+            try:
+                blob = self._read(loc)
+            except NotFoundError:
+                continue                     # repacked by gc since the index was read
+            if len(blob) != loc.length:
+                raise IntegrityError(f"{_KIND[kind]} {bid.hex()} is damaged: its pack {loc.pid.hex()[:12]} "
+                                     "is truncated")
+            return self.codec.decode(bid, blob, kind, expect)
+        if bid in self.index().bad_ids:
+            raise IntegrityError(f"{_KIND[kind]} {bid.hex()} is damaged (marked by an earlier verify)")
+        raise NotFoundError(f"{_KIND[kind]} {bid.hex()} is missing from the vault")
+
+    def _read(self, loc: Location) -> bytes:
+        with self._lock:
+            if self._buf is not None and loc.pid == self._buf.pid:
+                return self._buf.read(loc.offset, loc.length)
+        return self.backend.get(pack_name(loc.pid), loc.offset, loc.length)
+
+    def mark_bad(self, cid: str) -> bool:
+        """Record the damaged copy of a chunk, so that the next backup stores its content afresh."""
+        bid = self.bid(cid)
+        with self._lock:
+            loc = self.index().where.get(bid)
+            if loc is None:
+                return False
+            self.backend.put(packindex.bad_marker(bid, loc), b"")
+            self.index().mark_bad(bid, loc)
+        return True
+
+
+_KIND = {DATA: "chunk", NODE: "index node"}
