@@ -22,9 +22,12 @@ def raw_nbd_read(qmp: Path, work: Path) -> float:
     from cutpoint.drivers.qmp.qmp import QmpSession
     from cutpoint.reader.export import ExportReader
 
+    from cutpoint.cut.cleanup import workdir_for
+    from cutpoint.paths import work_home
+
     with QmpSession(qmp) as s:
         disks = discover(s).disks
-        cut = plan_cut(qmp, work / "nbd" / "rawread", disks, "bench", {})
+        cut = plan_cut(qmp, workdir_for(work_home(), "bench", "20260101T000000Z-0000"), disks, "bench", {})
         take_cut(s, cut)
     try:
         t0 = time.perf_counter()

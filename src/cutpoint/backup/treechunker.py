@@ -256,12 +256,21 @@ def _do_run(store: PackStore, reader: ExportReader, run: _Run, cs: int, size: in
             data, nread = base, sum(ln for _, ln in ranges)
         return [(i, *_store(store, memoryview(data)), nread)]
     buf = memoryview(reader.pread(off, length))
-    out = []
+    idx, views = [], []
+    out: list[tuple[int, bytes | None, int, int]] = []
     for k in range(run.count):
         a = k * cs
         b = min(a + cs, length)
-        bid, written = _store(store, buf[a:b]) if not zeros.covers(off + a, b - a) else (None, 0)
-        out.append((run.first + k, bid, written, b - a))
+        view = buf[a:b]
+        if zeros.covers(off + a, b - a) or view == _zero(b - a):
+            out.append((run.first + k, None, 0, b - a))
+        else:
+            idx.append(len(out))
+            views.append(view)
+            out.append((run.first + k, None, 0, b - a))
+    for pos, (bid, written) in zip(idx, store.put_many(views, DATA)):
+        i, _, _, nread = out[pos]
+        out[pos] = (i, bid, written, nread)
     return out
 
 

@@ -7,11 +7,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
 from ..vault import passphrase
+from ..vault.packstore import PackStore
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
 from .common import add_vault_arg, open_vault, print_json
 
@@ -43,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       "restore from an older copy, or re-creation)")
     add_vault_arg(t)
     t.set_defaults(func=cmd_trust)
+
+    ri = vs.add_parser("rebuild-index", help="format v4: rebuild the index from the packs' own tables of contents "
+                       "(after index objects were lost or damaged)")
+    ri.add_argument("--json", action="store_true")
+    add_vault_arg(ri)
+    ri.set_defaults(func=cmd_rebuild_index)
 
     k = vs.add_parser("key", help="export or import the key (file) of a vault")
     ks = k.add_subparsers(dest="key_command", metavar="ACTION")
@@ -121,6 +128,24 @@ def cmd_trust(args: argparse.Namespace) -> int:
     vms = {p.vm for p in vault.catalog.points()}
     print(f"this host now trusts vault {vault.root} as it is: id {vault.config['id']}, key "
           f"{vault.sealer.fingerprint or 'none'}, {len(vms)} VM(s) with points")
+    return 0
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    if not isinstance(vault.chunks, PackStore):
+        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, which has no index to rebuild "
+                         "(a file per chunk); nothing done")
+    vault.require_trusted("rebuilding the index")
+    with vault.gc_lock():
+        packs, problems = vault.chunks.rebuild_index()
+    if args.json:
+        print_json({"packs": packs, "problems": problems})
+    else:
+        print(f"indexed {packs} pack(s) of {vault.root}" + (f"; left out: {'; '.join(problems)}" if problems else ""))
+    if problems:
+        raise IntegrityError(f"{len(problems)} pack(s) could not be indexed: {problems[0]}; run 'cutpoint verify' "
+                             "to see which points they affect")
     return 0
 
 

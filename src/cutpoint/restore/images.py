@@ -95,31 +95,49 @@ def _chmod_private(p: Path) -> None:
         os.close(fd)
 
 
-def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
-    """Fetch, check and write every non-zero chunk; worker threads overlap reading, decrypting, decompressing and
-    hashing (all release the GIL), with a bounded number of chunks in flight to keep memory flat."""
+RUN_BYTES = 4 << 20
 
-    def one(i: int, cid: str) -> None:
+
+def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
+    """Fetch, check and write every non-zero chunk, in runs of consecutive chunks (up to 4 MiB): a run is read
+    with as few storage reads as its layout allows (``get_many``: one per stretch of a pack) and written with one
+    ``pwritev``. Worker threads overlap reading, decrypting, decompressing and hashing (all release the GIL), with
+    a bounded number of runs in flight to keep memory flat."""
+    cs = m.chunk_size
+    per_run = max(1, RUN_BYTES // cs)
+
+    def one(first: int, cids: list[str]) -> None:
+        expects = [min(cs, disk.size - (first + k) * cs) for k in range(len(cids))]
         try:
-            data = vault.chunks.get(cid)
+            datas = vault.chunks.get_many(cids, expects)
         except (IntegrityError, NotFoundError) as exc:
             raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing was "
                                  "written; run 'cutpoint verify --read-data' and restore another point") from exc
-        expect = min(m.chunk_size, disk.size - i * m.chunk_size)
-        if len(data) != expect:
-            raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")
-        os.pwrite(fd, data, i * m.chunk_size)
+        for k, (data, expect) in enumerate(zip(datas, expects)):
+            if len(data) != expect:
+                raise CutpointError(f"chunk {first + k} of disk {disk.name} has {len(data)} bytes, expected "
+                                    f"{expect}")
+        os.pwritev(fd, datas, first * cs)
 
     pending: deque[Future[None]] = deque()
+    run: list[str] = []
+    first = 0
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         try:
             for i, cid in enumerate(disk.chunks):
+                if run and (cid is None or len(run) == per_run):
+                    pending.append(pool.submit(one, first, run))
+                    run = []
                 if cid is not None:
-                    pending.append(pool.submit(one, i, cid))
-                    while len(pending) > IN_FLIGHT:
-                        pending.popleft().result()
-                if progress:
-                    progress(disk.name, min((i + 1) * m.chunk_size, disk.size), disk.size)
+                    if not run:
+                        first = i
+                    run.append(cid)
+                while len(pending) > IN_FLIGHT:
+                    pending.popleft().result()
+                if progress and (i % per_run == 0 or i == len(disk.chunks) - 1):
+                    progress(disk.name, min((i + 1) * cs, disk.size), disk.size)
+            if run:
+                pending.append(pool.submit(one, first, run))
             while pending:
                 pending.popleft().result()
         finally:

@@ -143,6 +143,9 @@ class ChunkStore:
             raise IntegrityError(f"chunk {cid} is damaged: its content does not match its id")
         return data
 
+    def get_many(self, cids: list[str], expects: list[int]) -> list[bytes]:
+        return [self.get(c, e) for c, e in zip(cids, expects)]
+
     def decode(self, cid: str, blob: bytes, expect: int | None = None) -> bytes:
         limit = self.max_size if expect is None else min(expect, self.max_size)
         payload = self.sealer.unseal(MAGIC, blob, cid.encode(), f"chunk {cid}")

@@ -31,7 +31,7 @@ from . import packindex
 from .backend import Backend
 from .blob import DATA, NODE, BlobCodec
 from .crypto import Sealer
-from .packfile import Entry, PackBuffer, pack_name
+from .packfile import END, Entry, PackBuffer, pack_id_of, pack_name, parse_trailer, trailer_length
 from .packindex import Index, Location
 
 DEFAULT_PACK_SIZE = 16 << 20
@@ -119,23 +119,42 @@ class PackStore:
 
     def put_blob(self, data: bytes | memoryview, kind: int, bid: bytes | None = None) -> tuple[bytes, int]:
         """Store ``data`` unless a usable copy exists. Returns (id, bytes written)."""
-        bid = bid or self.codec.blob_id(data, kind)
-        loc = self.index().where.get(bid)
-        if loc is not None and self._rely(loc.pid):
-            return bid, 0
-        blob = self.codec.encode(bid, data, kind)
+        return self.put_many([data], kind, [bid] if bid else None)[0]
+
+    def put_many(self, datas: list[memoryview] | list[bytes | memoryview], kind: int,
+                 bids: list[bytes] | None = None) -> list[tuple[bytes, int]]:
+        """Store several blobs (a run of consecutive chunks): each is hashed, checked for a copy and encoded on the
+        calling thread, then the new ones are appended to the pack together, so that a run stays contiguous in its
+        pack and a restore reads it back with one read."""
+        ids = bids or [self.codec.blob_id(d, kind) for d in datas]
+        out: list[tuple[bytes, int]] = []
+        new: list[tuple[int, bytes]] = []
+        queued: set[bytes] = set()
+        where = self.index().where
+        for k, (bid, data) in enumerate(zip(ids, datas)):
+            out.append((bid, 0))
+            loc = where.get(bid)
+            if bid in queued or (loc is not None and self._rely(loc.pid)):
+                continue
+            queued.add(bid)
+            new.append((k, self.codec.encode(bid, data, kind)))
+        if not new:
+            return out
         with self._lock:
             idx = self.index()
-            loc = idx.where.get(bid)
-            if loc is not None and (loc.pid in self._own or (self._buf is not None and loc.pid == self._buf.pid)):
-                return bid, 0                          # another thread stored it meanwhile
-            if self._buf is None:
-                self._buf = PackBuffer(self.pack_size)
-            e = self._buf.add(kind, bid, blob, len(data))
-            idx.where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
-            if self._buf.full():
+            for k, blob in new:
+                bid = ids[k]
+                loc = idx.where.get(bid)
+                if loc is not None and (loc.pid in self._own or (self._buf is not None and loc.pid == self._buf.pid)):
+                    continue                           # another thread stored it meanwhile
+                if self._buf is None:
+                    self._buf = PackBuffer(self.pack_size)
+                e = self._buf.add(kind, bid, blob, len(datas[k]))
+                idx.where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
+                out[k] = (bid, len(blob))
+            if self._buf is not None and self._buf.full():
                 self._write_pack()
-        return bid, len(blob)
+        return out
 
     def _rely(self, pid: bytes) -> bool:
         """May a new point reference a blob of pack ``pid``? Registers the pack for gc (see module doc)."""
@@ -218,11 +237,77 @@ class PackStore:
             raise IntegrityError(f"{_KIND[kind]} {bid.hex()} is damaged (marked by an earlier verify)")
         raise NotFoundError(f"{_KIND[kind]} {bid.hex()} is missing from the vault")
 
+    def get_many(self, cids: list[str], expects: list[int]) -> list[bytes]:
+        """The chunks, reading each stretch of adjacent blobs in one pack with one storage read (a restore's runs
+        were written in order, so a run is usually one read). Anything unusual goes through ``get``."""
+        bids = [self.bid(c) for c in cids]
+        where = self.index().where
+        locs = [where.get(b) for b in bids]
+        out: list[bytes] = []
+        i = 0
+        while i < len(bids):
+            li = locs[i]
+            if li is None or li.kind != DATA:
+                out.append(self.get(cids[i], expects[i]))
+                i += 1
+                continue
+            j, end = i + 1, li.offset + li.length
+            while j < len(bids):
+                lj = locs[j]
+                if lj is None or lj.pid != li.pid or lj.offset != end or lj.kind != DATA:
+                    break
+                end += lj.length
+                j += 1
+            try:
+                blob = self._read(Location(li.pid, li.offset, end - li.offset, 0, DATA))
+            except NotFoundError:
+                blob = b""
+            if len(blob) != end - li.offset:            # moved by gc, or truncated: chunk by chunk, with reloads
+                out += [self.get(cids[k], expects[k]) for k in range(i, j)]
+            else:
+                mv = memoryview(blob)
+                for k in range(i, j):
+                    lk = locs[k]
+                    assert lk is not None
+                    a = lk.offset - li.offset
+                    out.append(self.codec.decode(bids[k], mv[a:a + lk.length], DATA, expects[k]))
+            i = j
+        return out
+
     def _read(self, loc: Location) -> bytes:
         with self._lock:
             if self._buf is not None and loc.pid == self._buf.pid:
                 return self._buf.read(loc.offset, loc.length)
         return self.backend.get(pack_name(loc.pid), loc.offset, loc.length)
+
+    def rebuild_index(self) -> tuple[int, list[str]]:
+        """One index object for every pack, read from the packs' own trailers; the old index objects are deleted
+        once it is durable. Returns (packs indexed, problems: packs whose trailer does not open, left out and
+        named). For a vault whose index objects are lost or damaged; safe to rerun after a kill. The caller holds
+        the gc lock (gc deletes packs); backups may run: index objects written after the listing are kept."""
+        old = [i.name for i in self.backend.list(packindex.INDEX_PREFIX)]   # first: later ones are not ours
+        found: list[tuple[bytes, list[Entry]]] = []
+        problems: list[str] = []
+        for info in self.backend.list("data/"):
+            pid = pack_id_of(info.name)
+            if pid is None:
+                continue
+            try:
+                tlen = trailer_length(self.backend.get(info.name, max(0, info.size - END.size), END.size))
+                if tlen is None or tlen + END.size > info.size:
+                    raise IntegrityError(f"pack {pid.hex()} is damaged: no trailer (truncated, or not a pack)")
+                tail = self.backend.get(info.name, info.size - END.size - tlen, tlen + END.size)
+                found.append((pid, parse_trailer(self.sealer, pid, tail, info.size)))
+            except (IntegrityError, NotFoundError) as exc:
+                problems.append(str(exc))
+        name = packindex.new_index_name()
+        self.backend.put(name, packindex.encode_index(self.sealer, name, found))
+        self.backend.sync()
+        for o in old:
+            self.backend.delete(o)
+        self.backend.sync()
+        self.reload()
+        return len(found), problems
 
     def mark_bad(self, cid: str) -> bool:
         """Record the damaged copy of a chunk, so that the next backup stores its content afresh."""

@@ -11,6 +11,10 @@ class ChunkSource(Protocol):
 
     def get(self, cid: str, expect: int | None = None) -> bytes: ...
 
+    def get_many(self, cids: list[str], expects: list[int]) -> list[bytes]:
+        """``get`` of each, reading adjacent stored chunks together where the format keeps them together."""
+        ...
+
     def has(self, cid: str) -> bool: ...
 
     def state(self, cid: str) -> str:

@@ -1,0 +1,213 @@
+"""Format v4's storage engine on real files, without a VM: packs, the index, index trees, hostile objects, gc's
+repack and its exclusion of packs a running backup relies on (docs/format.md §18)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from cutpoint.catalog.db import VmRecord
+from cutpoint.errors import IntegrityError, NotFoundError
+from cutpoint.vault import locks, packgc, packindex, tree
+from cutpoint.vault.blob import DATA, NODE
+from cutpoint.vault.gc import gc
+from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
+from cutpoint.vault.packfile import pack_id_of, pack_name
+from cutpoint.vault.packstore import PackStore
+from cutpoint.vault.prune import prune
+from cutpoint.vault.retention import Retention
+from cutpoint.vault.tree import ChunkTree
+from cutpoint.vault.verify import verify
+from tests.vault.util import open_vault, vault_dir
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def _store() -> PackStore:
+    v = open_vault()
+    assert isinstance(v.chunks, PackStore)
+    return v.chunks
+
+
+def _packs() -> list[Path]:
+    return sorted(p for p in (vault_dir() / "data").rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def test_blobs_are_packed_deduplicated_and_read_back() -> None:
+    s = _store()
+    datas = [os.urandom(64 * KiB) for _ in range(300)]        # ~19 MiB: more than one pack
+    ids = [s.put(d)[0] for d in datas]
+    assert s.put(datas[0]) == (ids[0], 0)                     # dedup: nothing written
+    s.flush()
+    packs = _packs()
+    assert len(packs) == 2 and max(p.stat().st_size for p in packs) >= 16 * MiB
+    assert len(list((vault_dir() / "index").iterdir())) == 1
+    fresh = _store()                                          # another process: index from the index object
+    assert [fresh.get(c) for c in ids] == datas
+    assert fresh.get_many(ids[:70], [64 * KiB] * 70) == datas[:70]
+
+
+def test_compressible_data_is_compressed_and_random_data_is_not() -> None:
+    s = _store()
+    text = (b"the quick brown fox jumps over the lazy dog " * 2000)[:64 * KiB]
+    rnd = os.urandom(64 * KiB)
+    _, wt = s.put(text)
+    _, wr = s.put(rnd)
+    assert wt < 4 * KiB and wr > 64 * KiB                    # random: stored as is, plus the header
+
+
+def test_rebuild_index_from_pack_trailers() -> None:
+    s = _store()
+    datas = [os.urandom(64 * KiB) for _ in range(40)]
+    ids = [s.put(d)[0] for d in datas]
+    s.flush()
+    for p in (vault_dir() / "index").iterdir():
+        p.unlink()
+    lost = _store()
+    with pytest.raises(NotFoundError):
+        lost.get(ids[0])
+    packs, problems = lost.rebuild_index()
+    assert (packs, problems) == (1, [])
+    assert [_store().get(c) for c in ids] == datas
+
+
+def test_a_flipped_byte_in_a_pack_is_damage_never_data() -> None:
+    s = _store()
+    cid, _ = s.put(os.urandom(64 * KiB))
+    s.flush()
+    [pack] = _packs()
+    loc = _store().location(cid)
+    assert loc is not None
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 1
+    pack.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not match its id|damaged"):
+        _store().get(cid)
+
+
+def test_a_hostile_trailer_cannot_point_outside_its_pack() -> None:
+    s = _store()
+    s.put(os.urandom(64 * KiB))
+    s.flush()
+    [pack] = _packs()
+    pack.write_bytes(pack.read_bytes()[:-100] + bytes(100))      # trailer and end clobbered
+    n, problems = _store().rebuild_index()
+    assert n == 0 and len(problems) == 1 and "no trailer" in problems[0]
+
+
+def test_a_damaged_index_object_stops_the_load_by_name() -> None:
+    s = _store()
+    s.put(os.urandom(64 * KiB))
+    s.flush()
+    [idx] = list((vault_dir() / "index").iterdir())
+    raw = bytearray(idx.read_bytes())
+    raw[-5] ^= 1
+    idx.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=f"index object index/{idx.name}"):
+        _store().index()
+
+
+def test_a_tree_reads_back_as_its_chunk_list_and_shares_unchanged_nodes() -> None:
+    s = _store()
+    fan = 16
+    chunks = [None if i % 5 == 0 else s.put(os.urandom(4 * KiB))[0] for i in range(1000)]
+    leaves = [tree.store_leaf(s, [bytes.fromhex(c) if c else None for c in chunks[j:j + fan]])[0]
+              for j in range(0, 1000, fan)]
+    root, height, _ = tree.build(s, leaves, 1000, fan)
+    t = ChunkTree(s, root, height, 1000, fan)
+    assert height == 3 and list(t) == chunks and t[999] == chunks[999] and t[5] is None
+    # change one chunk: one leaf and the path above it are new, everything else is shared
+    chunks[500] = s.put(os.urandom(4 * KiB))[0]
+    leaves2 = list(leaves)
+    j = 500 // fan
+    lid, w_leaf = tree.store_leaf(s, [bytes.fromhex(c) if c else None for c in chunks[j * fan:(j + 1) * fan]])
+    leaves2[j] = lid
+    root2, _, w_up = tree.build(s, leaves2, 1000, fan)
+    assert list(ChunkTree(s, root2, height, 1000, fan)) == chunks
+    seen: set[bytes] = set()
+    first = sum(1 for _ in t.walk(seen))
+    again = sum(1 for _ in ChunkTree(s, root2, height, 1000, fan).walk(seen))
+    assert again == height                                  # only the changed path is new
+    assert w_leaf + w_up < 3 * (16 * 32 + 100) and first > 60
+
+
+def test_an_all_zero_disk_stores_no_node() -> None:
+    s = _store()
+    root, height, written = tree.build(s, [None] * 64, 64 * 1024, 1024)
+    assert root is None and written == 0
+    assert list(ChunkTree(s, None, height, 64 * 1024, 1024)) == [None] * (64 * 1024)
+
+
+def test_a_node_of_the_wrong_level_is_refused() -> None:
+    s = _store()
+    leaf, _ = tree.store_leaf(s, [b"\x01" * 32] * 4)
+    assert leaf is not None
+    fake_root, _ = s.put_blob(tree.encode_node(0, [leaf, leaf]), NODE)   # a leaf posing as an inner node
+    t = ChunkTree(s, fake_root, 2, 8, 4)
+    with pytest.raises(IntegrityError, match="level"):
+        list(t)
+
+
+def _point(v, n: int, datas: list[bytes]) -> str:
+    """Commit a one-disk point of ``datas`` (64 KiB chunks) the way a backup does."""
+    s = v.chunks
+    ids = [s.put_blob(d, DATA)[0] for d in datas]
+    leaves = [tree.store_leaf(s, ids[j:j + v.fanout])[0] for j in range(0, len(ids), v.fanout)]
+    root, height, _ = tree.build(s, leaves, len(ids), v.fanout)
+    point = f"2026010{n}T000000Z-00{n:02d}"
+    m = Manifest(point=point, vm="v", created=f"2026-01-0{n}T00:00:00.000Z", chunk_size=v.chunk_size,
+                 disks=[DiskManifest("d", len(ids) * v.chunk_size, [], tree=root.hex() if root else None,
+                                     tree_height=height)], format=FORMAT_TREE, fanout=v.fanout)
+    v.commit_point(m, {})
+    return point
+
+
+def test_gc_repacks_partly_dead_packs_and_keeps_every_referenced_chunk() -> None:
+    v = open_vault()
+    v.catalog.add_vm(VmRecord("v", "qmp", "/x", datetime.now(timezone.utc).isoformat(), {}))
+    a = [os.urandom(64 * KiB) for _ in range(200)]
+    b = a[:100] + [os.urandom(64 * KiB) for _ in range(100)]
+    p1 = _point(v, 1, a)
+    p2 = _point(v, 2, b)
+    before = sum(p.stat().st_size for p in _packs())
+    res = prune(v, "v", Retention(last=1))
+    assert [d.id for d in res.decisions if not d.keep] == [p1]
+    g = gc(v, grace=0)
+    assert g.packs_repacked + g.packs_removed >= 1 and g.freed_bytes > 90 * 64 * KiB
+    after = sum(p.stat().st_size for p in _packs())
+    assert after < before - 90 * 64 * KiB
+    fresh = open_vault()
+    m = fresh.manifest(fresh.catalog.point("v", p2))
+    assert [fresh.chunks.get(c) for c in m.disks[0].chunks] == b
+    assert verify(fresh, read_data=True).ok
+
+
+def test_gc_keeps_a_pack_a_running_backup_relies_on(tmp_path: Path) -> None:
+    v = open_vault()
+    s = v.chunks
+    assert isinstance(s, PackStore)
+    data = os.urandom(64 * KiB)
+    cid, _ = s.put(data)
+    s.flush()
+    [pack] = _packs()
+    pid = pack_id_of(str(pack.relative_to(vault_dir())))
+    # a backup (another store: another process) deduplicates against it: it registers the pack
+    other = open_vault()
+    with locks.register_writer(vault_dir() / "locks", "backup v") as w:
+        other.chunks.begin_writer(w.path)                    # type: ignore[union-attr]
+        assert other.chunks.put(data) == (cid, 0)
+        assert packgc.relied_packs(vault_dir() / "locks") == {pid}
+        g = gc(open_vault(), grace=0)                         # nothing references it, but the backup relies on it
+        assert g.kept_relied == 1 and pack.exists()
+    stale = open_vault()
+    stale.chunks.index()                                      # read before gc: says the chunk is present
+    g = gc(open_vault(), grace=0)                             # the backup is gone (killed before its commit)
+    assert g.packs_removed == 1 and not pack.exists()
+    again = stale
+    with locks.register_writer(vault_dir() / "locks", "backup v") as w:
+        again.chunks.begin_writer(w.path)                    # type: ignore[union-attr]
+        _, written = again.chunks.put(data)                  # its stale index says 'present'; the pack is gone
+        assert written > 0
