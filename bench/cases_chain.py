@@ -88,8 +88,7 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
             rsecs.append(t.seconds)
             t0 = time.perf_counter()
             for p in disks.values():
-                subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(p), str(work / "copy.raw")],
-                               check=True)
+                harness.convert_durably(p, work / "copy.raw")
                 (work / "copy.raw").unlink()
             csecs.append(time.perf_counter() - t0)
             shutil.rmtree(target, ignore_errors=True)

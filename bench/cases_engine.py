@@ -23,6 +23,7 @@ from typing import Any
 import blake3
 import zstandard
 
+import harness
 from harness import MiB
 
 CHUNK = 64 << 10
@@ -188,7 +189,7 @@ def run_case(ds: dict[str, Path], work: Path) -> dict[str, object]:
         logical = sum(p.stat().st_size for p in disks.values())
         t0 = time.perf_counter()
         for p in disks.values():
-            subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(p), str(root / "convert.raw")], check=True)
+            harness.convert_durably(p, root / "convert.raw")
             (root / "convert.raw").unlink()
         csecs = time.perf_counter() - t0
         res["restore"] = {"seconds": rsecs, "mib_s": logical / MiB / rsecs, "convert_seconds": csecs,

@@ -57,6 +57,17 @@ def _drain(p: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
 CUTPOINT = [sys.executable, "-m", "cutpoint.cli.main"]
 
 
+def convert_durably(src: Path, dst: Path) -> None:
+    """``qemu-img convert`` to a raw file, then fsync it: a restore is done when its image is durable (cutpoint's
+    restore fsyncs before it renames the image into place), so the copy it is compared with pays the same."""
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(src), str(dst)], check=True)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def cutpoint(*args: str, env: dict[str, str] | None = None) -> Timed:
     return run([*CUTPOINT, *args], env)
 

@@ -211,3 +211,16 @@ def test_gc_keeps_a_pack_a_running_backup_relies_on(tmp_path: Path) -> None:
         again.chunks.begin_writer(w.path)                    # type: ignore[union-attr]
         _, written = again.chunks.put(data)                  # its stale index says 'present'; the pack is gone
         assert written > 0
+
+
+def test_vault_rebuild_index_command(tmp_path: Path) -> None:
+    from tests.helpers import cutpoint
+    s = _store()
+    cid, _ = s.put(os.urandom(64 * KiB))
+    s.flush()
+    for p in (vault_dir() / "index").iterdir():
+        p.unlink()
+    r = cutpoint("vault", "rebuild-index", "--json")
+    assert r.code == 0, r.err
+    assert __import__("json").loads(r.out) == {"packs": 1, "problems": []}
+    assert _store().has(cid)
