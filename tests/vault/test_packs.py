@@ -3,6 +3,7 @@ repack and its exclusion of packs a running backup relies on (docs/format.md §1
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -222,5 +223,5 @@ def test_vault_rebuild_index_command(tmp_path: Path) -> None:
         p.unlink()
     r = cutpoint("vault", "rebuild-index", "--json")
     assert r.code == 0, r.err
-    assert __import__("json").loads(r.out) == {"packs": 1, "problems": []}
+    assert json.loads(r.out) == {"packs": 1, "problems": []}
     assert _store().has(cid)
