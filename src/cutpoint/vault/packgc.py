@@ -77,7 +77,7 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
     chunks_seen, removed_temp)."""
     st = PackStats()
     counts = {"removed_chunks": 0, "kept_young": 0, "freed_bytes": 0, "chunks_seen": 0, "removed_temp": 0}
-    idx = store.reload()
+    idx = store.reload(entries=True)
     listing: dict[bytes, ObjectInfo] = {}
     for obj in store.backend.list("data/"):
         pid = pack_id_of(obj.name)

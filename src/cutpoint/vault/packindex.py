@@ -33,7 +33,7 @@ INDEX_PREFIX = "index/"
 BAD_PREFIX = "bad/"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     pid: bytes
     offset: int
@@ -80,12 +80,14 @@ def decode_index(sealer: Sealer, name: str, blob: bytes) -> list[tuple[bytes, li
 class Index:
     where: dict[bytes, Location] = field(default_factory=dict)
     objects: set[str] = field(default_factory=set)             # the index objects this was loaded from
-    packs: dict[bytes, list[Entry]] = field(default_factory=dict)   # every pack's entries, duplicates included
+    packs: dict[bytes, list[Entry]] = field(default_factory=dict)   # every pack's entries (only if ``entries``)
+    entries: bool = False                                       # keep ``packs``: gc and rebuild need them
     bad: set[tuple[bytes, int]] = field(default_factory=set)
     bad_ids: set[bytes] = field(default_factory=set)
 
     def add(self, pid: bytes, entries: list[Entry]) -> None:
-        self.packs[pid] = entries
+        if self.entries:
+            self.packs[pid] = entries
         for e in entries:
             if (pid, e.offset) not in self.bad and e.bid not in self.where:
                 self.where[e.bid] = Location(pid, e.offset, e.length, e.raw_length, e.kind)
@@ -97,21 +99,18 @@ class Index:
                 del self.where[e.bid]
 
     def mark_bad(self, bid: bytes, loc: Location) -> None:
+        """Forget a damaged copy (the caller reloads to find another copy, if any)."""
         self.bad.add((loc.pid, loc.offset))
         self.bad_ids.add(bid)
         if self.where.get(bid) == loc:
             del self.where[bid]
-            for pid, entries in self.packs.items():        # another, good copy of the same content?
-                for e in entries:
-                    if e.bid == bid and (pid, e.offset) not in self.bad:
-                        self.where[bid] = Location(pid, e.offset, e.length, e.raw_length, e.kind)
-                        return
 
 
-def load(backend: Backend, sealer: Sealer) -> Index:
+def load(backend: Backend, sealer: Sealer, entries: bool = False) -> Index:
     """Every index object and bad-blob marker of the vault. A damaged index object stops the load by name: a
-    reader must not mistake 'not in the index' for 'not in the vault'."""
-    idx = Index()
+    reader must not mistake 'not in the index' for 'not in the vault'. Memory: one dict entry per blob (about
+    200 bytes); every pack's entry list too only with ``entries`` (gc)."""
+    idx = Index(entries=entries)
     for info in backend.list(BAD_PREFIX):
         try:
             bid_hex, pid_hex, off = info.name[len(BAD_PREFIX):].split("-")
@@ -124,8 +123,8 @@ def load(backend: Backend, sealer: Sealer) -> Index:
             blob = backend.get(info.name)
         except NotFoundError:
             continue                    # replaced by gc since the listing
-        for pid, entries in decode_index(sealer, info.name, blob):
-            idx.add(pid, entries)
+        for pid, pack_entries in decode_index(sealer, info.name, blob):
+            idx.add(pid, pack_entries)
         idx.objects.add(info.name)
     return idx
 

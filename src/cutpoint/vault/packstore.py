@@ -50,6 +50,7 @@ class PackStore:
         self.codec = BlobCodec(sealer, max(max_size, 1 << 20))
         self._lock = threading.RLock()
         self._index: Index | None = None
+        self._entries = False
         self._buf: PackBuffer | None = None
         self._unindexed: list[tuple[bytes, list[Entry]]] = []   # written packs not yet in an index object
         self._own: set[bytes] = set()          # packs this store wrote: no registration needed
@@ -72,16 +73,18 @@ class PackStore:
     def index(self) -> Index:
         with self._lock:
             if self._index is None:
-                self._index = packindex.load(self.backend, self.sealer)
+                self._index = packindex.load(self.backend, self.sealer, self._entries)
                 for pid, entries in self._unindexed:
                     self._index.add(pid, entries)
                 if self._buf is not None and self._buf.entries:
                     self._index.add(self._buf.pid, list(self._buf.entries))
             return self._index
 
-    def reload(self) -> Index:
+    def reload(self, entries: bool = False) -> Index:
+        """The index read again; with ``entries``, with every pack's entry list (gc)."""
         with self._lock:
             self._index = None
+            self._entries = entries
             return self.index()
 
     def location(self, cid: str) -> Location | None:
@@ -317,7 +320,7 @@ class PackStore:
             if loc is None:
                 return False
             self.backend.put(packindex.bad_marker(bid, loc), b"")
-            self.index().mark_bad(bid, loc)
+            self.reload(self._entries)          # another, good copy of the same content is used if there is one
         return True
 
 
