@@ -100,9 +100,17 @@ class PackStore:
         return "ok" if b in idx.where else "bad" if b in idx.bad_ids else "missing"
 
     def lost_ids(self) -> set[bytes]:
-        """Blobs of which verify found only damaged copies."""
+        """Blobs an incremental must not inherit: those of which verify found only damaged copies, and those whose
+        pack is listed by the index but gone from the storage (one listing of ``data/``)."""
         idx = self.index()
-        return {b for b in idx.bad_ids if b not in idx.where}
+        lost = {b for b in idx.bad_ids if b not in idx.where}
+        present = {pack_id_of(i.name) for i in self.backend.list("data/")}
+        with self._lock:
+            present |= self._own | ({self._buf.pid} if self._buf is not None else set())
+        gone = {loc.pid for loc in idx.where.values()} - present
+        if gone:
+            lost |= {b for b, loc in idx.where.items() if loc.pid in gone}
+        return lost
 
     def stored_size(self, cid: str) -> int:
         loc = self.location(cid)
