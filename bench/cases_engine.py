@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def _vault(root: Path) -> Any:
 
 def _backup(v: Any, disks: dict[str, Path], prev: Any, dirty: dict[str, list[tuple[int, int]]] | None,
             n: int) -> tuple[float, Any, dict[str, int]]:
+    from cutpoint.backup.chunker import WORKERS
     from cutpoint.backup.treechunker import read_disk_tree
     from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
     t0 = time.perf_counter()
@@ -120,7 +122,8 @@ def _backup(v: Any, disks: dict[str, Path], prev: Any, dirty: dict[str, list[tup
     for name, path in disks.items():
         r = FileReader(path, dirty.get(name) if dirty else None)
         p = next(d.chunks for d in prev.disks if d.name == name) if prev else None
-        res = read_disk_tree(r, name, r.size(), v.chunk_size, v.chunks, v.fanout, prev=p)
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:       # as a backup runs it
+            res = read_disk_tree(r, name, r.size(), v.chunk_size, v.chunks, v.fanout, prev=p, pool=pool)
         r.close()
         out.append(DiskManifest(name=name, size=r.size(), chunks=res.tree, read_bytes=res.read_bytes,
                                 stored_bytes=res.stored_bytes, tree=res.tree.root.hex() if res.tree.root else None,

@@ -36,8 +36,16 @@ def shared_cache() -> Iterator[Path]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_vault: the test's CUTPOINT_VAULT does not exist yet (tests of init)")
+    config.addinivalue_line("markers", "both_formats: run the test on a format v4 vault and on a v3 one (made as the "
+                            "previous release made them), ids v4/v3")
     if os.environ.get("CUTPOINT_FILES_SANDBOX") is None and sandbox.unavailable():
         os.environ["CUTPOINT_FILES_SANDBOX"] = "off"    # a chrooted host: file tests run the tools unconfined
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_formats") is not None:
+        metafunc.fixturenames.append("vault_format")
+        metafunc.parametrize("vault_format", [4, 3], ids=["v4", "v3"])
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -60,7 +68,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
     monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
     if request.node.get_closest_marker("no_vault") is None:
         from cutpoint.vault.vault import Vault
-        Vault.create(tmp_path / "vault")
+        callspec = getattr(request.node, "callspec", None)
+        Vault.create(tmp_path / "vault", version=callspec.params.get("vault_format", 4) if callspec else 4)
     yield short
     _stop_lab_vms(short / "lab")
     shutil.rmtree(short, ignore_errors=True)

@@ -77,6 +77,7 @@ def point(bare_qemu, tmp_path: Path):
     return {"ext": ext_src, "fat": fat_src, "ext2": ext2_src}, res["point"]
 
 
+@pytest.mark.both_formats
 def test_ls_get_and_bad_input(point, tmp_path: Path) -> None:
     src, pid = point
     over = json.loads(cutpoint("files", "ls", "src", pid, "--json", check=True).out)
@@ -136,6 +137,7 @@ def test_ls_get_and_bad_input(point, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["hello.txt"]      # nothing half-written
 
 
+@pytest.mark.both_formats
 def test_mount(point, tmp_path: Path) -> None:
     src, pid = point
     mnt = tmp_path / "mnt"

@@ -30,6 +30,7 @@ def _wait(path: Path, pattern: str, timeout: float = 60) -> re.Match[str]:
     raise AssertionError(f"no {pattern!r} in {path}: {path.read_text(errors='replace')[-2000:]}")
 
 
+@pytest.mark.both_formats
 def test_instant_restore_runs_at_once_and_finish_cuts_the_link(tmp_path: Path) -> None:
     src = lab.up("src", [DiskSpec(64 << 20), DiskSpec(16 << 20, fmt="raw")])
     cutpoint("vm", "add", "src", "--qmp", str(src.qmp), check=True)

@@ -28,6 +28,7 @@ def _wait(path: Path, pattern: str, timeout: float = 60) -> re.Match[str]:
     raise AssertionError(f"no {pattern!r} in {path}: {path.read_text(errors='replace')[-2000:]}")
 
 
+@pytest.mark.both_formats
 def test_new_vm_boots_and_its_workload_continues(tmp_path: Path, vms_home: Path) -> None:
     src = lab.up("src", [DiskSpec(32 << 20), DiskSpec(16 << 20, fmt="raw")])
     cutpoint("vm", "add", "src", "--qmp", str(src.qmp), check=True)
