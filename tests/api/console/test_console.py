@@ -331,3 +331,22 @@ def test_unreadable_logout_form_is_a_page(env) -> None:
     login(client, tokens["operator"])
     r = client.post("/logout", content=b"\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 400 and "text/html" in r.headers["content-type"], (r.status_code, r.text)
+
+
+def test_vm_timeline_shows_each_points_drill_badge(env) -> None:
+    from cutpoint.catalog.db import DrillRecord
+    client, tokens, svc, fb = env
+    csrf = login(client, tokens["operator"])
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    cat = svc.vaults.get().catalog
+    (pt,) = cat.points("web")
+    assert "drill:" not in client.get("/ui/vms/web").text          # never drilled: no badge
+    cat.set_drill(DrillRecord(pt.id, "passed", "2024-06-01T12:05:00Z",
+                              {"verdict": "passed", "rto_s": 4.2, "reasons": []}))
+    assert 'class="badge ok" title="2024-06-01T12:05:00Z, RTO 4.2 s">drill: passed<' in client.get("/ui/vms/web").text
+    cat.set_drill(DrillRecord(pt.id, "failed", "2024-06-02T12:05:00Z",
+                              {"verdict": "failed", "rto_s": None, "reasons": [f"console: {HOSTILE}"]}))
+    page = client.get("/ui/vms/web").text
+    assert 'class="badge bad"' in page and "drill: failed" in page and "console: &lt;script&gt;" in page
+    assert "<script>" not in page

@@ -19,6 +19,14 @@ def badges(svc: Service, p: PointRecord) -> str:
     else:
         cls = "ok" if v.state == "ok" else "bad"
         out.append(f'<span class="badge {cls}" title="{esc(v.checked)}">verify: {esc(v.state)} ({esc(v.level)})</span>')
+    d = vault.catalog.drill(p.id)
+    if d is not None:
+        rto = d.result.get("rto_s")
+        title = d.checked + (f", RTO {rto} s" if isinstance(rto, (int, float)) else "")
+        reasons = d.result.get("reasons")
+        why = "; ".join(str(r) for r in reasons[:3]) if isinstance(reasons, list) and d.verdict != "passed" else ""
+        out.append(f'<span class="badge {"ok" if d.verdict == "passed" else "bad"}" title="{esc(title)}">'
+                   f'drill: {esc(d.verdict)}</span>' + (f' <span class="note">{esc(why)}</span>' if why else ""))
     if in_use(vault.pin_path(p.id)):            # what prune checks: a mount, file view or instant restore holds it
         out.append('<span class="badge warn" title="served right now: prune keeps it">pinned</span>')
     if p.damaged:
