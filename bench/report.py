@@ -14,6 +14,58 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def engine_targets(r: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
+    """The storage engine's targets (issue 15): (what, measured, target, met), from one run's results."""
+    tools = r.get("throughput", {}).get("tools", {})
+    ch, en = r.get("chain", {}), r.get("engine", {})
+
+    def ratio(a: str, b: str) -> float | None:
+        try:
+            return float(tools[a]["mib_s"]) / float(tools[b]["mib_s"])
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+
+    def get(d: dict[str, Any], *path: str) -> float | None:
+        for k in path:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return float(d) if isinstance(d, (int, float)) else None
+
+    lv = r.get("libvirt", {})
+    vnb = None
+    try:
+        vnb = float(lv["tools"]["cutpoint (libvirt)"]["mib_s"]) / float(lv["tools"]["virtnbdbackup -l copy --raw"]["mib_s"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass
+    inc = ch.get("incremental_1pct", {})
+    stored_x = (inc["stored_bytes"] / inc["changed_bytes"]) if inc.get("changed_bytes") else None
+    rows = [("full backup vs restic (whole processes)", ratio("cutpoint", "restic"), ">= 2.5x", 2.5),
+            ("full backup vs borg", ratio("cutpoint", "borg"), ">= 2x", 2.0),
+            ("full backup vs virtnbdbackup (libvirt)", vnb, ">= 1.5x", 1.5),
+            ("engine vs hash+compress on 2 cores (in-process)", get(en, "full", "ratio_to_limit"), ">= 0.7x", 0.7),
+            ("1% in 64 KiB writes: time vs full (whole process)", get(inc, "time_vs_full"), "<= 10%", -0.10),
+            ("1% in 64 KiB writes: time vs full (in-process)", get(en, "incremental_1pct_64k", "time_vs_full"),
+             "<= 10%", -0.10),
+            ("1% in 64 KiB writes: stored / changed (VM, whole process)", stored_x, "<= 3x", -3.0),
+            ("1% in 64 KiB writes: stored+index / changed (random data)",
+             get(en, "incremental_1pct_64k", "stored_vs_changed"), "<= 3x", -3.0),
+            ("1% in 1 MiB runs: time vs full (in-process)", get(en, "incremental_1pct_1m", "time_vs_full"),
+             "<= 5%", -0.05),
+            ("restore vs durable qemu-img convert (whole process)", get(ch, "restore", "ratio"), ">= 0.8x", 0.8),
+            ("restore vs durable qemu-img convert (in-process)", get(en, "restore", "ratio_to_convert"), ">= 0.8x",
+             0.8),
+            ("verify --read-data vs full backup speed (in-process)", get(en, "verify_read_data",
+                                                                          "ratio_to_full_backup"), ">= 1x", 1.0),
+            ("1 TiB sparse disk: incremental's index vs full's", get(en, "index_1tib", "ratio"), "<= 2%", -0.02),
+            ("peak RSS, MiB (4x disk)", get(r.get("rss", {}), "4x", "rss_mib"), "<= 256", -256.0)]
+    out: list[tuple[str, float | None, str, bool | None]] = []
+    for what, v, text, t in rows:
+        met = None if v is None else (v >= t if t > 0 else v <= -t)
+        out.append((what, v, text, met))
+    return out
+
+
 def table(r: dict[str, Any]) -> str:
     lines = []
     tp = r.get("throughput", {})
@@ -31,6 +83,22 @@ def table(r: dict[str, Any]) -> str:
             lines.append(f"{name:24} {v['mib_s']:8.1f} {v.get('ratio_to_raw_read', 0):10.2f} "
                          f"{_fmt(stored / MiB if stored else None):>11} {_fmt(v.get('rss_mib')):>8}")
     lines += _libvirt_block(r.get("libvirt", {}))
+    en = r.get("engine", {})
+    if "full" in en:
+        lines.append("")
+        lines.append(f"engine in-process: {en['full']['mib_s']:.0f} MiB/s of non-zero data vs hash+compress on 2 cores "
+                     f"{en['limit']['mib_s']:.0f} MiB/s; restore {en['restore']['ratio_to_convert']:.2f}x a durable "
+                     f"qemu-img convert; verify --read-data {en['verify_read_data']['ratio_to_full_backup']:.2f}x the "
+                     f"full's speed; 1 TiB sparse disk: index {en['index_1tib']['full_index_bytes']} B full, "
+                     f"{en['index_1tib']['incremental_index_bytes']} B incremental (a flat list: "
+                     f"{en['index_1tib']['flat_index_bytes'] / MiB:.0f} MiB)")
+    targets = engine_targets(r)
+    if any(m is not None for *_, m in targets):
+        lines.append("")
+        lines.append("storage engine targets (issue 15):")
+        for what, v, text, met in targets:
+            val = "-" if v is None else f"{v:.3g}"
+            lines.append(f"  {'met   ' if met else 'MISSED' if met is False else 'n/a   '} {what}: {val} ({text})")
     ch = r.get("chain", {})
     if "full" in ch:
         lines.append("")

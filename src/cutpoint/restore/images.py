@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import qemuimg
 from ..backup.chunker import IN_FLIGHT, WORKERS
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
+from ..vault.fsutil import start_writeback
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import private
@@ -118,6 +119,7 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
                 raise CutpointError(f"chunk {first + k} of disk {disk.name} has {len(data)} bytes, expected "
                                     f"{expect}")
         os.pwritev(fd, datas, first * cs)
+        start_writeback(fd, first * cs, sum(expects))      # the final fsync then waits for little
 
     pending: deque[Future[None]] = deque()
     run: list[str] = []

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import NotFoundError, VaultError
+from .fsutil import start_writeback
 
 # Lower-case letters, digits, '.', '_', '-' in each part; no empty, '.' or '..' part; no leading '/'.
 _NAME = re.compile(r"(?:[a-z0-9_][a-z0-9._-]{0,199})(?:/[a-z0-9_][a-z0-9._-]{0,199}){0,7}")
@@ -87,7 +88,7 @@ class LocalBackend:
                 if len(data) >= WRITEBACK_MIN:
                     # start writing it to the device now, without waiting: the one sync before the index then
                     # finds most of a backup's packs already written instead of all of them at once
-                    _libc.sync_file_range(f.fileno(), ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
+                    start_writeback(f.fileno())
         except BaseException:
             _unlink(tmp)
             raise
@@ -160,8 +161,7 @@ class LocalBackend:
             os.close(fd)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)     # Python has os.sync but no syncfs, nor sync_file_range
-SYNC_FILE_RANGE_WRITE = 2
+_libc = ctypes.CDLL(None, use_errno=True)     # Python has os.sync but no syncfs
 WRITEBACK_MIN = 1 << 20
 
 
