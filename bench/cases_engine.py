@@ -160,6 +160,19 @@ def _scatter(paths: dict[str, Path], fraction: float, run: int, seed: int) -> tu
 
 
 def run_case(ds: dict[str, Path], work: Path) -> dict[str, object]:
+    """In a child process: the case holds the whole dataset in memory for the limit, and a parent that grew by
+    that much would pass its peak RSS on to every later child it forks (the RSS case measured 1.6 GiB so)."""
+    import json
+    import sys
+    p = subprocess.run([sys.executable, __file__, json.dumps({k: str(v) for k, v in ds.items()}), str(work)],
+                       capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise RuntimeError(f"engine case failed ({p.returncode}): {p.stderr[-1500:]}")
+    out: dict[str, object] = json.loads(p.stdout)
+    return out
+
+
+def _run_case(ds: dict[str, Path], work: Path) -> dict[str, object]:
     from cutpoint.restore.images import restore_point
     from cutpoint.vault.verify import verify
     res: dict[str, object] = {}
@@ -235,3 +248,11 @@ def index_1tib(root: Path) -> dict[str, object]:
             "full_index_bytes": t_full["index"], "incremental_index_bytes": t_inc["index"],
             "ratio": t_inc["index"] / t_full["index"], "flat_index_bytes": flat,
             "full_seconds": s_full, "incremental_seconds": s_inc}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    result = _run_case({k: Path(v) for k, v in json.loads(sys.argv[1]).items()}, Path(sys.argv[2]))
+    print(json.dumps(result))

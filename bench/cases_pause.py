@@ -57,6 +57,7 @@ def _app(work: Path, env: dict[str, str], cuts: int) -> dict[str, object]:
     shutil.rmtree(env["CUTPOINT_VAULT"], ignore_errors=True)
     vm = labvm.up("pauseapp", [labvm.DiskSpec(64 * MiB) for _ in range(2)], agent=True)
     try:
+        harness.cutpoint("vault", "init", "--no-encrypt", env=env)     # no command creates a vault implicitly
         harness.cutpoint("vm", "add", "pauseapp", "--qmp", str(vm.qmp), env=env)
         rows = []
         for _ in range(cuts):
