@@ -92,3 +92,53 @@ def guest_write(qmp: Path, target: str, *commands: str) -> None:
                 out = s.cmd("human-monitor-command",
                             command_line=f'qemu-io -d /machine/peripheral/{target}/virtio-backend "{c}"')
             assert not out.strip(), out
+
+
+def synthetic_manifest(vault, point: str, vm: str, created: str, disks: dict[str, list[bytes | None]],
+                       **fields):
+    """A manifest of the vault's own format for disks given as lists of chunk contents (None: a zero chunk), the
+    chunks stored through ``vault.chunks``: format 2 lists the ids (v2/v3 vaults), format 3 stores each disk's
+    index tree (v4 vaults: ``vault.tree.store_leaf``/``build``) as a backup does. Not committed: pass it to
+    ``vault.commit_point`` (or see ``commit_synthetic_point``). Each disk is ``len(chunks) * chunk_size`` long
+    unless ``sizes={disk: bytes}`` says shorter (its last chunk then is that much shorter)."""
+    from cutpoint.vault import tree
+    from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
+
+    cs = vault.chunk_size
+    sizes = fields.pop("sizes", {})
+    out = []
+    for name, blocks in disks.items():
+        size = sizes.get(name, cs * len(blocks))
+        ids: list[str | None] = []
+        stored = 0
+        for b in blocks:
+            if b is None:
+                ids.append(None)
+                continue
+            cid, w = vault.chunks.put(b)
+            ids.append(cid)
+            stored += w
+        if not vault.packed:
+            out.append(DiskManifest(name, size, ids, stored_bytes=stored))
+            continue
+        fan = vault.fanout
+        leaves: list[bytes | None] = []
+        index = 0
+        for j in range(0, len(ids), fan):
+            lid, w = tree.store_leaf(vault.chunks, [bytes.fromhex(c) if c else None for c in ids[j:j + fan]])
+            leaves.append(lid)
+            index += w
+        root, height, w = tree.build(vault.chunks, leaves, len(ids), fan)
+        out.append(DiskManifest(name, size, tree.ChunkTree(vault.chunks, root, height, len(ids), fan),
+                                stored_bytes=stored, tree=root.hex() if root else None, tree_height=height,
+                                index_bytes=index + w))
+    if vault.packed:
+        fields.update(format=FORMAT_TREE, fanout=vault.fanout)
+    return Manifest(point=point, vm=vm, created=created, chunk_size=cs, disks=out, **fields)
+
+
+def commit_synthetic_point(vault, point: str, vm: str, created: str, disks: dict[str, list[bytes | None]],
+                           summary: dict | None = None, **fields):
+    """Commit a point built by ``synthetic_manifest`` (chunks made durable first, as a backup commits)."""
+    m = synthetic_manifest(vault, point, vm, created, disks, **fields)
+    return vault.commit_point(m, summary or {})

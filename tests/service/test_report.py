@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cutpoint.catalog.db import VmRecord
 from cutpoint.policy.model import Policy
 from cutpoint.policy.store import PolicyStore, assign
-from cutpoint.vault.manifest import DiskManifest, Manifest
 from cutpoint.vault.vault import Vault
-from tests.helpers import cutpoint
+from tests.helpers import commit_synthetic_point, cutpoint
 
 CS = 1 << 16
 
@@ -31,11 +33,9 @@ def shape(doc: Any) -> Any:
 
 
 def _point(vault: Vault, vm: str, n: int, blocks: list[bytes | None], consistency: str = "crash") -> str:
-    ids = [vault.chunks.put(b)[0] if b is not None else None for b in blocks]
-    m = Manifest(point=f"2024-06-0{n}T00-00-00-{vm}", vm=vm, created=f"2024-06-0{n}T00:00:00.000Z", chunk_size=CS,
-                 disks=[DiskManifest("vda", CS * len(blocks), ids)], consistency=consistency)
-    vault.commit_point(m, {})
-    return m.point
+    assert vault.chunk_size == CS
+    return commit_synthetic_point(vault, f"2024-06-0{n}T00-00-00-{vm}", vm, f"2024-06-0{n}T00:00:00.000Z",
+                                  {"vda": blocks}, consistency=consistency).id
 
 
 def build_vault() -> tuple[Vault, dict[str, int]]:
@@ -59,9 +59,18 @@ def build_vault() -> tuple[Vault, dict[str, int]]:
     vault.catalog.remove_vm("gone")
     manifest = vault.root / vault.catalog.point("plain", broken).manifest
     manifest.write_bytes(manifest.read_bytes()[:-3])          # truncated: the report names it, the rest goes on
-    sizes = {k: vault.chunks.path(vault.chunks.chunk_id(b)).stat().st_size
+    sizes = {k: _stored(vault, vault.chunks.chunk_id(b))
              for k, b in (("shared", shared), ("a", own_a), ("b", own_b), ("gone", own_gone))}
     return vault, sizes
+
+
+def _stored(vault: Vault, cid: str) -> int:
+    """The bytes a chunk takes in the vault, from the storage itself: its file (v3), its blob in a pack (v4)."""
+    if not vault.packed:
+        return (vault.root / "chunks" / cid[:2] / cid).stat().st_size
+    loc = vault.chunks.location(cid)                              # type: ignore[union-attr]
+    assert loc is not None, cid
+    return loc.length
 
 
 def expected(sizes: dict[str, int], problem: str) -> dict[str, Any]:
@@ -91,8 +100,15 @@ SHAPE = [
 ]
 
 
-def test_cli_report_document_is_unchanged() -> None:
+@pytest.mark.parametrize("fmt", [3, 4], ids=["v3", "v4"])
+def test_cli_report_document_is_unchanged(fmt: int) -> None:
+    if fmt == 3:                                 # the report reads both formats' chunk stores
+        root = Path(os.environ["CUTPOINT_VAULT"])
+        shutil.rmtree(root)
+        shutil.rmtree(os.environ["CUTPOINT_STATE"], ignore_errors=True)
+        Vault.create(root, chunk_size=CS, version=3)
     vault, sizes = build_vault()
+    assert vault.packed == (fmt == 4)
     vault.close()
     out = cutpoint("report", "--json", check=True).out
     doc = json.loads(out)
