@@ -260,7 +260,7 @@ def lose_chunk(cid: str) -> set[str]:
     try:
         from cutpoint.vault.packfile import pack_id_of
         pid = pack_id_of(str(path.relative_to(vault_dir())))
-        lost = {e.bid.hex() for e in v.chunks.index().packs[pid] if e.kind == 0}   # type: ignore[union-attr]
+        lost = {e.bid.hex() for e in v.chunks.reload(entries=True).packs[pid] if e.kind == 0}   # type: ignore[union-attr]
     finally:
         v.close()
     path.unlink()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +126,7 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
     first = 0
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         try:
-            for i, cid in enumerate(disk.chunks):
+            for i, cid in enumerate(_checked(disk.chunks, disk.name, m.point)):
                 if run and (cid is None or len(run) == per_run):
                     pending.append(pool.submit(one, first, run))
                     run = []
@@ -145,6 +145,20 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
         finally:
             for fut in pending:
                 fut.cancel()
+
+
+def _checked(chunks: Iterable[str | None], disk: str, point: str) -> Iterator[str | None]:
+    """A disk's chunk ids; a damaged or incomplete index (format v4) stops the restore naming the disk."""
+    it = iter(chunks)
+    while True:
+        try:
+            cid = next(it)
+        except StopIteration:
+            return
+        except (IntegrityError, NotFoundError) as exc:
+            raise IntegrityError(f"cannot restore disk {disk} of point {point}: {exc}; nothing was written; run "
+                                 "'cutpoint verify' and restore another point") from exc
+        yield cid
 
 
 def _safe(name: str) -> str:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Protocol, overload
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, NotFoundError
 from .blob import NODE
 
 HEAD = struct.Struct("<BI")
@@ -141,7 +141,11 @@ class ChunkTree(Sequence[str | None]):
         yield from visit(self.root, self.height - 1, 0)
 
     def _node(self, nid: bytes, level: int, count: int) -> list[bytes | None]:
-        return decode_node(self.store.get_blob(nid, NODE), level, count, f"index node {nid.hex()[:16]}")
+        try:
+            data = self.store.get_blob(nid, NODE)
+        except NotFoundError as exc:        # a point whose index is incomplete is damaged, like a missing chunk
+            raise IntegrityError(f"index node {nid.hex()} is missing from the vault") from exc
+        return decode_node(data, level, count, f"index node {nid.hex()[:16]}")
 
     def leaf(self, j: int) -> list[bytes | None]:
         """The chunk ids (bytes, None for zeros) of leaf ``j``."""
