@@ -194,13 +194,17 @@ def test_gc_keeps_a_pack_a_running_backup_relies_on(tmp_path: Path) -> None:
     cid, _ = s.put(data)
     s.flush()
     [pack] = _packs()
+    os.utime(pack, (os.stat(pack).st_mtime - 1000,) * 2)   # an old pack
     pid = pack_id_of(str(pack.relative_to(vault_dir())))
     # a backup (another store: another process) deduplicates against it: it registers the pack
     other = open_vault()
     with locks.register_writer(vault_dir() / "locks", "backup v") as w:
         other.chunks.begin_writer(w.path)                    # type: ignore[union-attr]
+        os.utime(w.path, (w.start - 100, w.start - 100))    # registered a while ago
         assert other.chunks.put(data) == (cid, 0)
         assert packgc.relied_packs(vault_dir() / "locks") == {pid}
+        [seen] = locks.running_writers(vault_dir() / "locks")
+        assert (seen.what, seen.start) == ("backup v", w.start - 100)   # relying moves neither its name nor its start
         g = gc(open_vault(), grace=0)                         # nothing references it, but the backup relies on it
         assert g.kept_relied == 1 and pack.exists()
     stale = open_vault()

@@ -120,6 +120,16 @@ class Writer:
     start: float           # the registration file's mtime: the filesystem clock at registration
     what: str
 
+    @property
+    def relied(self) -> Path:
+        """Format v4: the packs this backup deduplicated against, one id per line (``PackStore._rely``). A file of
+        its own: appending to the registration would move its mtime, which is the backup's start for gc."""
+        return relied_path(self.path)
+
+
+def relied_path(registration: Path) -> Path:
+    return registration.with_name(registration.name + ".packs")
+
 
 @contextmanager
 def register_writer(locks_dir: Path, what: str) -> Iterator[Writer]:
@@ -138,6 +148,7 @@ def register_writer(locks_dir: Path, what: str) -> Iterator[Writer]:
         try:
             yield w
         finally:
+            w.relied.unlink(missing_ok=True)
             w.path.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
@@ -161,7 +172,8 @@ def running_writers(locks_dir: Path) -> list[Writer]:
                 st = os.fstat(fd)
                 out.append(Writer(p, st.st_mtime, os.pread(fd, 200, 0).decode(errors="replace").strip()))
                 continue
-            p.unlink(missing_ok=True)                 # lock free: its process is gone
+            relied_path(p).unlink(missing_ok=True)    # lock free: its process is gone
+            p.unlink(missing_ok=True)
         finally:
             os.close(fd)
     for p in locks_dir.glob(f".tmp-{WRITER_PREFIX}*"):   # died while registering; a live one renames in µs

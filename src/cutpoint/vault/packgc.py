@@ -57,11 +57,13 @@ def referenced(trees: list[ChunkTree]) -> set[bytes]:
 
 
 def relied_packs(locks_dir: Path) -> set[bytes]:
-    """Packs the running backups registered (first line of a registration is what it is; then a pack id each)."""
+    """Packs the running backups registered (``locks.Writer.relied``: a pack id per line)."""
     out: set[bytes] = set()
     for w in locks.running_writers(locks_dir):
         try:
-            lines = w.path.read_text().splitlines()[1:]
+            lines = w.relied.read_text().splitlines()
+        except FileNotFoundError:
+            continue                        # relied on no old pack (yet)
         except OSError:
             continue
         for line in lines:

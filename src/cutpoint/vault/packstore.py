@@ -11,7 +11,7 @@ again. Only then may a manifest reference the blobs (``Vault.commit_point``).
 Garbage collection runs while backups write. A blob that a running backup stores anew is in a pack younger than
 that backup's start, which gc's cutoff keeps. A blob it finds already present (deduplication) lives in an old pack,
 so before relying on it the backup *registers* the pack: under a shared ``flock`` on ``locks/packs.lock`` it checks
-that the pack still exists and appends its id to its writer registration. Gc holds that lock exclusively from the
+that the pack still exists and appends its id to the file beside its writer registration. Gc holds that lock exclusively from the
 moment it reads the registrations until it has deleted packs, and never deletes or repacks a registered one.
 A blob inherited unread from the parent point is referenced by that point, which cannot be pruned while the backup
 holds the VM's lock; if gc repacks it meanwhile, a read finds the pack gone, reloads the index and reads the copy.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import faults
 from ..errors import IntegrityError, NotFoundError, VaultError
-from . import packindex
+from . import locks, packindex
 from .backend import Backend
 from .blob import DATA, NODE, BlobCodec
 from .crypto import Sealer
@@ -119,7 +119,8 @@ class PackStore:
     # -- writing -----------------------------------------------------------------------------------------------------
 
     def begin_writer(self, registration: Path | None) -> None:
-        """A backup starts (``Vault.vm_lock``): relied packs are registered in its registration from now on."""
+        """A backup starts (``Vault.vm_lock``): relied packs are registered beside its registration from now on
+        (``locks.Writer.relied``), or not at all with None."""
         with self._lock:
             self.writer = registration
             self._relied = set()
@@ -180,7 +181,7 @@ class PackStore:
                 fcntl.flock(fd, fcntl.LOCK_SH)           # waits while gc decides and deletes
                 if not self.backend.exists(pack_name(pid)):
                     return False                         # deleted by gc: store the blob afresh
-                with open(self.writer, "a") as f:
+                with open(locks.relied_path(self.writer), "a") as f:
                     f.write(pid.hex() + "\n")
             except OSError as exc:
                 raise VaultError(f"cannot register pack {pid.hex()[:12]} for this backup: "
