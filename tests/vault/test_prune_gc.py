@@ -11,28 +11,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cutpoint.catalog.db import VmRecord
-from cutpoint.vault.manifest import DiskManifest, Manifest
 from tests.helpers import cutpoint
-from tests.vault.util import MiB, files, one_line_error, open_vault, points, vault_dir
+from tests.helpers import commit_synthetic_point
+from tests.vault.util import MiB, files, one_line_error, open_vault, points, v3_vault, vault_dir
 
 
 def _points(created: list[str]) -> list[str]:
+    """One point per time, each with 1 MiB of its own random data (v3: one chunk; v4: 16 chunks of 64 KiB)."""
     v = open_vault()
     v.catalog.add_vm(VmRecord("v", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
     ids = []
     for i, c in enumerate(created):
         when = datetime.fromisoformat(c).replace(tzinfo=timezone.utc)
         pid = when.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
-        cid, stored = v.chunks.put(os.urandom(1 * MiB))          # one distinct chunk per point
-        v.commit_point(Manifest(point=pid, vm="v", created=when.isoformat().replace("+00:00", "Z"),
-                                chunk_size=v.chunk_size, disks=[DiskManifest("d", 1 * MiB, [cid],
-                                                                             stored_bytes=stored)]), {"point": pid})
+        cs = min(v.chunk_size, MiB)
+        commit_synthetic_point(v, pid, "v", when.isoformat().replace("+00:00", "Z"),
+                               {"d": [os.urandom(cs) for _ in range(MiB // cs)]}, {"point": pid},
+                               sizes={"d": 1 * MiB})
         ids.append(pid)
     v.close()
     return ids
 
 
 def test_prune_then_gc(tmp_path: Path) -> None:
+    """Format v3: a file per chunk, counted one by one."""
+    v3_vault()
     ids = _points(["2023-12-30T10:00:00", "2023-12-31T09:00:00", "2023-12-31T18:00:00", "2024-01-01T08:00:00",
                    "2024-01-02T08:00:00", "2024-01-02T09:00:00"])
     d30, d31a, d31b, j1, j2a, j2b = ids
@@ -70,6 +73,33 @@ def test_prune_then_gc(tmp_path: Path) -> None:
     v.close()
     g = json.loads(cutpoint("gc", "--json", check=True).out)
     assert g["removed_chunks"] == 0 and g["kept_young"] == 1 and (vault_dir() / "chunks" / cid[:2] / cid).exists()
+
+
+def test_prune_then_gc_of_packs(tmp_path: Path) -> None:
+    """Format v4: each point's chunks and index nodes are one small pack; gc deletes the pruned points' packs whole,
+    merges the small packs that stay into one, and every kept point still reads back."""
+    ids = _points(["2024-01-01T00:00:00", "2024-01-02T00:00:00", "2024-01-03T00:00:00", "2024-01-04T00:00:00"])
+    assert len(files("data")) == 4
+    cutpoint("prune", "v", "--keep-last", "2", check=True)
+    before = sum(p.stat().st_size for p in files("data"))
+    dry = json.loads(cutpoint("gc", "--grace", "0", "--dry-run", "--json", check=True).out)
+    assert (dry["packs_removed"], dry["packs_repacked"]) == (2, 2) and dry["freed_bytes"] > 2 * MiB
+    assert sum(p.stat().st_size for p in files("data")) == before          # dry run: nothing changed
+    out = cutpoint("gc", "--grace", "0", check=True).out
+    assert "packs: 4 seen, 2 deleted, 2 repacked into 1" in out, out
+    after = sum(p.stat().st_size for p in files("data"))
+    assert len(files("data")) == 1 and before - after > 2 * MiB
+    assert points() == ids[2:]
+    assert json.loads(cutpoint("verify", "--read-data", "--json", check=True).out)["ok"]
+    again = json.loads(cutpoint("gc", "--grace", "0", "--json", check=True).out)
+    assert (again["packs_removed"], again["packs_repacked"]) == (0, 0)      # one pack alone stays as it is
+    # the default grace keeps what was just written
+    v = open_vault()
+    cid, _ = v.chunks.put(os.urandom(64 << 10))
+    v.chunks.flush()
+    v.close()
+    g = json.loads(cutpoint("gc", "--json", check=True).out)
+    assert g["packs_removed"] == 0 and open_vault().chunks.has(cid)
 
 
 def test_prune_and_gc_refusals() -> None:

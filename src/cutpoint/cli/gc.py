@@ -33,6 +33,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"gc: {res.points} points reference {res.referenced_chunks} chunks ({res.chunks_seen} chunk files); "
           f"{'would remove' if args.dry_run else 'removed'} {res.removed_chunks} chunks, {res.removed_manifests} "
           f"orphan manifests, {res.removed_temp + res.removed_bad} leftovers: {verb} {human(res.freed_bytes)}")
+    if res.packs_seen:
+        print(f"packs: {res.packs_seen} seen, {res.packs_removed} {'to delete' if args.dry_run else 'deleted'}, "
+              + (f"{res.packs_repacked} to repack" if args.dry_run else f"{res.packs_repacked} repacked into "
+                 f"{res.packs_written} ({human(res.repacked_bytes)} copied)")
+              + (f", {res.kept_relied} kept because a running backup relies on them" if res.kept_relied else ""))
     if res.kept_young:
         print(f"kept {res.kept_young} unreferenced chunks written or reused after the cutoff {res.cutoff}"
               + (f" (running: {', '.join(res.running_backups)})" if res.running_backups else ""))

@@ -123,8 +123,9 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
                    if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
-        if dry_run:
+        if dry_run:                     # what would go; a repack's saving is known only once it is written
             counts["freed_bytes"] = sum(listing[p].size for p in doomed + orphans)
+            st.packs_removed, st.packs_repacked = len(doomed) + len(orphans), len(repack)
             return st, counts
         if not (doomed or repack or orphans):
             return st, counts
