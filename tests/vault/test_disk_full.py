@@ -12,11 +12,11 @@ import pytest
 
 from cutpoint.vault.vault import Vault
 from tests.helpers import blockdev_args, cutpoint, guest_write, make_image
-from tests.vault.util import MiB, add_vm, assert_sound, backup, files, snapshot
+from tests.vault.util import MiB, add_vm, assert_sound, backup, files, snapshot, vault_version
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path, monkeypatch):
+def small_fs(tmp_path: Path, monkeypatch, request):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
@@ -25,11 +25,14 @@ def small_fs(tmp_path: Path, monkeypatch):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
     monkeypatch.setenv("CUTPOINT_VAULT", str(mnt / "vault"))
-    Vault.create(mnt / "vault")                       # 'cutpoint vault init --no-encrypt': nothing creates it implicitly
+    callspec = getattr(request.node, "callspec", None)
+    Vault.create(mnt / "vault",                       # 'cutpoint vault init --no-encrypt': nothing creates it implicitly
+                 version=callspec.params.get("vault_format", 4) if callspec else 4)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.both_formats
 def test_disk_full(bare_qemu, tmp_path: Path, small_fs: Path) -> None:
     noise = tmp_path / "noise"
     noise.write_bytes(os.urandom(24 * MiB))
@@ -47,7 +50,8 @@ def test_disk_full(bare_qemu, tmp_path: Path, small_fs: Path) -> None:
     assert r.code == 5, r.err
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cutpoint: error: ") and "No space left" in lines[0], r.err
-    assert not files("chunks", ".tmp-*") and not files("points", ".tmp-*")
+    assert not list((small_fs / "vault").rglob(".tmp-*"))    # no temporary file anywhere (chunks, packs, points)
+    assert len(files("index")) == (1 if vault_version() >= 4 else 0)   # v4: only the first point's index object
     assert_sound({p1: at_p1}, tmp_path)                 # readable, verifiable, only the committed point
 
     ballast.unlink()

@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cutpoint.vault.prune import prune
 from cutpoint.vault.retention import Retention
 from tests.helpers import cutpoint
 from tests.vault.util import (assert_sound, backup, change, files, gc, one_line_error, open_vault, restored,
+                              stored_objects,
                               snapshot, two_disk_vm, vault_dir)
 
 
+@pytest.mark.both_formats
 def test_truncated_manifest(bare_qemu, tmp_path: Path) -> None:
     vm, images = two_disk_vm(bare_qemu, tmp_path)
     p1 = backup()["point"]
@@ -34,9 +38,10 @@ def test_truncated_manifest(bare_qemu, tmp_path: Path) -> None:
     assert not out.exists() or list(out.iterdir()) == []
     assert restored(p1, tmp_path / "r1") == at_p1
 
-    chunks = files("chunks")
+    chunks = stored_objects()
+    assert chunks
     one_line_error(cutpoint("gc", "--grace", "0"), 6, "gc stopped before deleting anything", p2)
-    assert files("chunks") == chunks
+    assert stored_objects() == chunks
 
     change(vm, 0x31)
     res = backup()
@@ -45,5 +50,6 @@ def test_truncated_manifest(bare_qemu, tmp_path: Path) -> None:
     v = open_vault()
     prune(v, "v", Retention(last=1))
     v.close()
-    assert gc()["removed_chunks"] > 0
+    g = gc()
+    assert g["removed_chunks"] > 0 or g["packs_removed"] + g["packs_repacked"] > 0, g
     assert_sound({res["point"]: at_p3}, tmp_path)
