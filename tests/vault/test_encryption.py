@@ -13,8 +13,8 @@ import pytest
 from cutpoint.errors import IntegrityError
 from cutpoint.vault.manifest import DiskManifest, Manifest
 from cutpoint.vault.vault import Vault
-from tests.helpers import cutpoint
-from tests.vault.util import MiB, encrypted_vault, one_line_error, open_vault, vault_dir
+from tests.helpers import cutpoint, synthetic_manifest
+from tests.vault.util import encrypted_vault, files, one_line_error, open_vault, pack_of, vault_dir
 
 
 @pytest.mark.no_vault
@@ -24,9 +24,9 @@ def test_key_file_uses_a_real_kdf_and_stays_private(monkeypatch) -> None:
     cfg = json.loads(out)
     key = json.loads((vault_dir() / "key.json").read_text())
     assert key["kdf"]["name"] == "scrypt" and key["kdf"]["n"] >= 1 << 17 and key["kdf"]["r"] == 8
-    assert key["fingerprint"] == cfg["encryption"]["key_fingerprint"] and cfg["chunk_id"] == "hmac-sha256"
+    assert key["fingerprint"] == cfg["encryption"]["key_fingerprint"] and cfg["chunk_id"] == "blake3-keyed"
     assert (vault_dir() / "key.json").stat().st_mode & 0o077 == 0
-    assert cfg["version"] == 3 and cfg["not_protected_against"] and cfg["authenticated"]
+    assert cfg["version"] == 4 and cfg["not_protected_against"] and cfg["authenticated"]
     assert not any("confidentiality" in g for g in cfg["not_protected_against"])
     one_line_error(cutpoint("vault", "init", "--encrypt"), 2, "already a cutpoint vault")
 
@@ -47,23 +47,32 @@ def test_init_without_a_passphrase_writes_nothing(monkeypatch) -> None:
 def test_chunks_and_manifests_reveal_nothing(monkeypatch) -> None:
     encrypted_vault(monkeypatch)
     v = open_vault()
-    data = b"secret disk block " * (MiB // 18)
-    cid, stored = v.chunks.put(data)
-    assert cid != hashlib.sha256(data).hexdigest() and stored > 0
-    blob = (vault_dir() / "chunks" / cid[:2] / cid).read_bytes()
-    assert b"secret" not in blob and bytes.fromhex(v.sealer.fingerprint) in blob[:21]
-    assert v.chunks.get(cid) == data
-    m = Manifest(point="20240101T000000Z-abcd", vm="web-server", created="2024-01-01T00:00:00.000Z",
-                 chunk_size=v.chunk_size, disks=[DiskManifest("system-disk", len(data), [cid])])
+    data = b"secret disk block " * (v.chunk_size // 18)
+    m = synthetic_manifest(v, "20240101T000000Z-abcd", "web-server", "2024-01-01T00:00:00.000Z",
+                           {"system-disk": [data]}, sizes={"system-disk": len(data)})
+    cid = m.disks[0].chunks[0]
+    assert cid is not None and cid != hashlib.sha256(data).hexdigest()
     rec = v.commit_point(m, {})
-    sealed = (vault_dir() / rec.manifest).read_bytes()
-    assert b"system-disk" not in sealed and cid.encode() not in sealed
+    assert v.chunks.get(cid) == data
+    stored = [p.read_bytes() for sub in ("data", "index", "points") for p in files(sub)]
+    assert stored and all(b"secret" not in b and b"system-disk" not in b and cid.encode() not in b
+                          and bytes.fromhex(cid) not in b for b in stored)     # packs, index objects, manifests
+    path, off, length = pack_of(cid)
+    assert bytes.fromhex(v.sealer.fingerprint) in path.read_bytes()[off:off + 21]
     assert v.manifest(rec).key_fingerprint == v.sealer.fingerprint
 
-    other, _ = v.chunks.put(os.urandom(MiB))                 # a blob moved under another name is refused
-    (vault_dir() / "chunks" / other[:2] / other).write_bytes(blob)
+    a, b = os.urandom(v.chunk_size), os.urandom(v.chunk_size)   # a blob moved under another id is refused
+    ca, _ = v.chunks.put(a)
+    cb, _ = v.chunks.put(b)
+    v.chunks.flush()
+    pa, oa, la = pack_of(ca)
+    pb, ob, lb = pack_of(cb)
+    assert la == lb
+    raw = bytearray(pb.read_bytes())
+    raw[ob:ob + lb] = pa.read_bytes()[oa:oa + la]
+    pb.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match="authentication failed"):
-        v.chunks.get(other)
+        open_vault().chunks.get(cb)
     v.close()
 
 
@@ -72,8 +81,8 @@ def test_old_formats_and_tampered_configs_are_refused(monkeypatch) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps({**cfg, "version": 1}))
     one_line_error(cutpoint("points"), 5, "format v1", "vault init")
-    cfg_path.write_text(json.dumps({**cfg, "version": 4}))
-    one_line_error(cutpoint("points"), 5, "format v4", "v2 and v3")
+    cfg_path.write_text(json.dumps({**cfg, "version": 5}))
+    one_line_error(cutpoint("points"), 5, "format v5", "v2 to v4")
     cfg_path.write_text(json.dumps(cfg))
     (vault_dir() / "key.json").write_text("{}")              # a key file in a vault that claims to be plain
     one_line_error(cutpoint("points"), 6, "says the vault is unencrypted but it has a key file")
