@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import blockdev_args, cutpoint, drive_args, make_image, raw_bytes
 
 CHUNK = 4 << 20
@@ -51,18 +53,40 @@ def test_backup_json_contract_and_byte_identical_restore(bare_qemu, tmp_path: Pa
     assert st.st_blocks * 512 < 16 << 20
 
 
-def test_identical_chunks_are_stored_once(bare_qemu, tmp_path: Path) -> None:
+@pytest.mark.both_formats
+def test_identical_chunks_are_stored_once(bare_qemu, tmp_path: Path, vault_format: int) -> None:
     vm, _ = _vm(bare_qemu, tmp_path)
     cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), check=True)
     first = json.loads(cutpoint("backup", "web", "--json", check=True).out)
-    # data's chunk at 20M..24M and logs' chunk at 4M..8M hold identical bytes: stored once
     stored = sum(d["stored_bytes"] for d in first["disks"])
-    chunk_files = [p for p in (Path(os.environ["CUTPOINT_VAULT"]) / "chunks").rglob("*") if p.is_file()]
-    # sys: 2 chunks with data (0-4M, 20-24M), data: 2 (0-4M, 4-8M), logs: 1 (same as data's 20-24M)
-    # data's 20-24M chunk == logs' 4-8M chunk == all 0x11: one file. sys's 20-24M chunk holds 0x11 only in 1M.
-    assert len(chunk_files) == 5
-    assert stored == sum(p.stat().st_size for p in chunk_files)
+    if vault_format == 3:
+        # 4 MiB chunks. sys: 2 chunks with data (0-4M, 20-24M), data: 2 (0-4M, 4-8M), logs: 1 (same as data's
+        # 20-24M): data's 20-24M chunk == logs' 4-8M chunk == all 0x11: one file. sys's 20-24M chunk holds 0x11 in 1M.
+        assert _stored() == 5 and stored == _stored_bytes()
+    else:
+        # 64 KiB chunks: every non-zero chunk is all 0xab, all 0x11 or all 0xcd: three blobs for 13 MiB of data
+        assert _stored() == 3 and stored == _stored_bytes()
     second = json.loads(cutpoint("backup", "web", "--full", "--json", check=True).out)
     assert second["mode"] == "full" and "requested" in second["full_reason"]
     assert sum(d["stored_bytes"] for d in second["disks"]) == 0
-    assert len([p for p in (Path(os.environ["CUTPOINT_VAULT"]) / "chunks").rglob("*") if p.is_file()]) == 5
+    assert _stored() == (5 if vault_format == 3 else 3)
+
+
+def _stored() -> int:
+    """Distinct data chunks in the vault: chunk files (v3) or data blobs in the index (v4)."""
+    return len(_sizes())
+
+
+def _stored_bytes() -> int:
+    return sum(_sizes())
+
+
+def _sizes() -> list[int]:
+    from cutpoint.vault.vault import Vault
+    v = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
+    try:
+        if not v.packed:
+            return [p.stat().st_size for p in (v.root / "chunks").rglob("*") if p.is_file()]
+        return [loc.length for loc in v.chunks.index().where.values() if loc.kind == 0]   # type: ignore[union-attr]
+    finally:
+        v.close()

@@ -152,6 +152,7 @@ class PackStore:
             new.append((k, self.codec.encode(bid, data, kind)))
         if not new:
             return out
+        faults.hit("chunk-write")                      # chunks encoded, not yet in a pack
         with self._lock:
             idx = self.index()
             for k, blob in new:
