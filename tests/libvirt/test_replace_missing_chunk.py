@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import libvirt
@@ -14,7 +13,7 @@ import pytest
 
 from cutpoint.vault.vault import Vault
 from tests.helpers import cutpoint, raw_bytes
-from tests.vault.util import chunk_path, one_line_error
+from tests.vault.util import hide_chunk, one_line_error
 
 pytestmark = pytest.mark.vm
 
@@ -37,15 +36,14 @@ def test_replace_with_a_missing_chunk_writes_nothing(lab_domain, tmp_path: Path)
     v.close()
     vdb = next(d for d in m.disks if d.name == "vdb")
     cid = [c for c in vdb.chunks if c][-1]              # on the second disk: the first would be written before it
-    aside = tmp_path / "chunk"
-    shutil.move(chunk_path(cid), aside)
+    put_back = hide_chunk(cid)
     before = {p: _stat(p) for p in lab.disks}
 
     one_line_error(cutpoint("restore", "d", point, "--replace"), 6, "missing from the vault", "nothing was written")
     assert {p: _stat(p) for p in lab.disks} == before
     assert lab.checkpoints() == [f"cutpoint-{point}"]
 
-    shutil.move(aside, chunk_path(cid))
+    put_back()
     res = json.loads(cutpoint("restore", "d", point, "--replace", "--json", check=True).out)
     assert res["mode"] == "replace-domain" and [d["disk"] for d in res["disks"]] == ["vda", "vdb"]
     assert [_stat(p)[0] for p in lab.disks] == [before[p][0] for p in lab.disks]      # written in place

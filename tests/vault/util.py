@@ -270,3 +270,31 @@ def lose_chunk(cid: str) -> set[str]:
 def stored_objects() -> list[Path]:
     """The files that hold chunk data: chunk files (v3) or packs (v4)."""
     return files("data") if vault_version() >= 4 else files("chunks")
+
+
+def hide_chunk(cid: str):
+    """Make exactly one chunk missing from the vault, and return how to put it back: v3 moves its file aside; v4
+    rewrites the index without it (its pack stays, holding the other chunks and the index nodes)."""
+    if vault_version() < 4:
+        aside = chunk_path(cid).with_name(cid + ".aside")
+        shutil.move(chunk_path(cid), aside)
+        return lambda: shutil.move(aside, chunk_path(cid))
+    from cutpoint.vault import packindex
+    v = open_vault()
+    try:
+        idx = v.chunks.reload(entries=True)                           # type: ignore[union-attr]
+        old = {name: (vault_dir() / name).read_bytes() for name in idx.objects}
+        bid = bytes.fromhex(cid)
+        name = packindex.new_index_name()
+        kept = [(pid, [e for e in entries if e.bid != bid]) for pid, entries in idx.packs.items()]
+        (vault_dir() / name).write_bytes(packindex.encode_index(v.sealer, name, kept))
+        for o in old:
+            (vault_dir() / o).unlink()
+    finally:
+        v.close()
+
+    def back() -> None:
+        (vault_dir() / name).unlink()
+        for o, data in old.items():
+            (vault_dir() / o).write_bytes(data)
+    return back
