@@ -35,7 +35,7 @@ def _open_to_others(root: Path) -> list[str]:
 def test_everything_written_into_the_vault_is_private(bare_qemu, tmp_path: Path, open_umask) -> None:
     backed_up_vm(bare_qemu, tmp_path)
     cutpoint("backup", "v", check=True)                        # an incremental: locks, chunks, manifests again
-    assert (vault_dir() / "catalog.sqlite").exists() and list((vault_dir() / "chunks").rglob("*"))
+    assert (vault_dir() / "catalog.sqlite").exists() and list((vault_dir() / "data").rglob("*"))
     assert _open_to_others(vault_dir()) == []
 
 

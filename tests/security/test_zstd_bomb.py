@@ -7,11 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.vault.util import vault_dir
 
-BOMB = 768 << 20          # what the frame decompresses to: 192 times the vault's 4 MiB chunk size
+BOMB = 768 << 20          # what the frame decompresses to: 192 times a v3 vault's 4 MiB chunk size
 
 
+@pytest.mark.both_formats
 def test_zstd_bomb_is_an_integrity_error_with_bounded_memory() -> None:
     code = textwrap.dedent(f"""
         import resource, sys, zstandard
@@ -26,10 +29,22 @@ def test_zstd_bomb_is_an_integrity_error_with_bounded_memory() -> None:
             obj = c.compressobj(size={BOMB} if with_size else -1)
             zero = bytes(16 << 20)
             frame = b"".join(obj.compress(zero) for _ in range({BOMB} // len(zero))) + obj.flush()
-            blob = v.sealer.seal(MAGIC, bytes([CODEC_ZSTD]) + frame, cid.encode())
-            p = v.chunks.path(cid)
-            p.parent.mkdir(exist_ok=True)
-            p.write_bytes(blob)
+            if not v.packed:                      # v3: a chunk file
+                blob = v.sealer.seal(MAGIC, bytes([CODEC_ZSTD]) + frame, cid.encode())
+                p = v.chunks.path(cid)
+                p.parent.mkdir(exist_ok=True)
+                p.write_bytes(blob)
+            else:                                 # v4: a blob in a pack, listed by an index object
+                from cutpoint.vault import blob as blobs, packindex
+                from cutpoint.vault.packfile import PackBuffer, pack_name
+                bid = bytes.fromhex(cid)
+                sealed = v.sealer.seal_blob(blobs.MAGIC, b"\x01" + frame, bytes([blobs.DATA]) + bid)
+                buf = PackBuffer(1 << 20)
+                buf.add(blobs.DATA, bid, sealed, v.chunk_size)
+                v.chunks.backend.put(pack_name(buf.pid), buf.finish(v.sealer))
+                name = packindex.new_index_name()
+                v.chunks.backend.put(name, packindex.encode_index(v.sealer, name, [(buf.pid, list(buf.entries))]))
+                v.chunks.reload()
             del frame, zero, obj
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             try:
