@@ -16,7 +16,7 @@ from cutpoint.vault.chunks import ChunkStore
 from cutpoint.vault.crypto import HEADER, Sealer
 from cutpoint.vault.manifest import MAGIC as MANIFEST_MAGIC
 from tests.helpers import cutpoint
-from tests.vault.util import backup, chunk_of, one_line_error, two_disk_vm, vault_dir
+from tests.vault.util import backup, chunk_of, one_line_error, open_vault, pack_of, two_disk_vm, v3_vault, vault_dir
 
 
 def _payload(blob: bytes) -> bytes:
@@ -26,6 +26,8 @@ def _payload(blob: bytes) -> bytes:
 
 @pytest.mark.parametrize("seal", ["checksum", "forged-tag"])
 def test_forged_chunk_and_resealed_manifest_are_refused(bare_qemu, tmp_path: Path, seal: str) -> None:
+    """Format v3: a chunk file and a manifest that lists chunk ids."""
+    v3_vault()
     vm, images = two_disk_vm(bare_qemu, tmp_path)
     p1 = backup()["point"]
     old = chunk_of(p1, "da", 0)
@@ -56,4 +58,26 @@ def test_forged_chunk_and_resealed_manifest_are_refused(bare_qemu, tmp_path: Pat
     assert p1 in r.err
     out = tmp_path / "r"
     one_line_error(cutpoint("restore", "v", p1, "--to", str(out)), 6, p1)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_forged_blob_in_a_pack_is_refused(bare_qemu, tmp_path: Path) -> None:
+    """Format v4: an unencrypted blob carries no MAC; its keyed content id is its authentication. An attacker who
+    rewrites a chunk's bytes inside a pack, with a well-formed header and the same length, is caught by that id."""
+    from cutpoint.vault import blob as blobs
+    vm, images = two_disk_vm(bare_qemu, tmp_path)
+    p1 = backup()["point"]
+    cid = chunk_of(p1, "da", 0)
+    path, off, length = pack_of(cid)
+    v = open_vault()
+    header = HEADER.pack(blobs.MAGIC, 3, bytes.fromhex(v.sealer.fingerprint))
+    v.close()
+    evil = (header + b"\x00" + b"EVIL" * length)[:length]               # scheme 3, stored codec, attacker's bytes
+    raw = bytearray(path.read_bytes())
+    raw[off:off + length] = evil
+    path.write_bytes(bytes(raw))
+    r = cutpoint("verify", "--read-data")
+    assert r.code == 6 and p1 in r.err, (r.code, r.out, r.err)
+    out = tmp_path / "r"
+    one_line_error(cutpoint("restore", "v", p1, "--to", str(out)), 6, cid, "damaged")   # marked by the verify
     assert not out.exists() or list(out.iterdir()) == []
