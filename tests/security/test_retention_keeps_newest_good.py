@@ -9,9 +9,8 @@ import secrets
 from datetime import datetime, timezone
 
 from cutpoint.catalog.db import VerifyRecord, VmRecord
-from cutpoint.vault.manifest import DiskManifest, Manifest
-from tests.helpers import cutpoint
-from tests.vault.util import MiB, open_vault, points
+from tests.helpers import commit_synthetic_point, cutpoint
+from tests.vault.util import open_vault, points
 
 
 def _points(created: list[str]) -> list[str]:
@@ -21,10 +20,8 @@ def _points(created: list[str]) -> list[str]:
     for c in created:
         when = datetime.fromisoformat(c).replace(tzinfo=timezone.utc)
         pid = when.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
-        cid, stored = v.chunks.put(os.urandom(1 * MiB))
-        v.commit_point(Manifest(point=pid, vm="v", created=when.isoformat().replace("+00:00", "Z"),
-                                chunk_size=v.chunk_size, disks=[DiskManifest("d", 1 * MiB, [cid],
-                                                                             stored_bytes=stored)]), {"point": pid})
+        commit_synthetic_point(v, pid, "v", when.isoformat().replace("+00:00", "Z"),
+                               {"d": [os.urandom(v.chunk_size)]}, {"point": pid})
         ids.append(pid)
     v.close()
     return ids

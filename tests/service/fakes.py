@@ -23,7 +23,7 @@ from cutpoint.policy.store import assign
 from cutpoint.service.clock import FakeClock
 from cutpoint.service.daemon import Service
 from cutpoint.service.scheduler import RetryPolicy
-from cutpoint.vault.manifest import Manifest
+from cutpoint.vault.manifest import FORMAT, FORMAT_TREE, Manifest
 from cutpoint.vault.vault import Vault
 
 
@@ -42,7 +42,8 @@ class FakeBackup:
             raise HypervisorError(f"QMP socket of {vm} refuses connections (injected)")
         if opts.progress:
             opts.progress("d", 1, 1)
-        m = Manifest(point=new_point_id(now), vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=[])
+        m = Manifest(point=new_point_id(now), vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=[],
+                     format=FORMAT_TREE if vault.packed else FORMAT, fanout=vault.fanout)
         res = BackupResult(point=m.point, vm=vm, created=m.created, consistency="crash", requested="crash",
                            fallback_reason=None, pause_ms=0.0, frozen_ms=None, mode="full", full_reason="first backup",
                            parent=None, duration_s=0.0)

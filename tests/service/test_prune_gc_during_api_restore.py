@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cutpoint.vault.vault import Vault
 from tests.helpers import cutpoint, guest_write
-from tests.vault.util import _state, backup, change, chunk_path, one_line_error, restored, two_disk_vm
+from tests.vault.util import _state, backup, change, one_line_error, open_vault, restored, two_disk_vm
 
 
 def _api(url: str, token: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
@@ -73,7 +73,10 @@ def test_prune_is_refused_and_gc_keeps_chunks_while_an_api_restore_runs(bare_qem
 
         one_line_error(cutpoint("prune", "v", "--keep-last", "1"), 8, "prune.lock")
         gone = json.loads(cutpoint("gc", "--grace", "0", "--json", check=True).out)
-        assert [p for p in needed if not chunk_path(p).exists()] == [], gone
+        still = open_vault()                         # a fresh reader: the index as gc left it
+        assert [p for p in needed if still.chunks.state(p) != "ok"] == [], gone
+        assert len(still.chunks.get_many(needed, [still.chunk_size] * len(needed))) == len(needed)   # readable
+        still.close()
         assert [p["point"] for p in json.loads(cutpoint("points", "v", "--json", check=True).out)] == [old, new]
 
         os.kill(proc.pid, signal.SIGCONT)

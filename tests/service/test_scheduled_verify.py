@@ -12,7 +12,7 @@ import pytest
 from cutpoint.policy.model import PolicyError
 from cutpoint.policy.store import assign
 from tests.service.fakes import harness, policy
-from tests.vault.util import backup, change, chunk_of, chunk_path, open_vault, two_disk_vm
+from tests.vault.util import backup, change, chunk_of, flip_chunk, open_vault, two_disk_vm
 
 UTC = timezone.utc
 MIN = timedelta(minutes=1)
@@ -41,10 +41,7 @@ def test_scheduled_verify_fails_and_alerts_on_a_damaged_chunk(bare_qemu, tmp_pat
     assert jobs[0].detail["read_data"] is True and jobs[0].detail["points"] == 2 and jobs[0].bytes > 0
     assert sent == [] and h.backup.calls == []
 
-    path = chunk_path(cid)
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
+    flip_chunk(cid)
     h.run_until(datetime(2024, 6, 6, 12, tzinfo=UTC), MIN)
     jobs = h.svc.jobs.list(kind="verify", limit=10)
     assert [(j.state, j.slot[:10]) for j in jobs] == [("failed", "2024-06-06"), ("succeeded", "2024-06-05")]

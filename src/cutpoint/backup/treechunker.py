@@ -198,6 +198,8 @@ def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: P
             fut.cancel()
         if own_pool:
             pool.shutdown(wait=True)
+    if progress:
+        progress(name, size, size)             # the whole disk is accounted for, read or inherited
     root, height, written = tree.build(store, leaf_ids, n, fanout)
     totals["index"] += written
     t = ChunkTree(store, root, height, n, fanout)

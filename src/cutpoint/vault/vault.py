@@ -162,6 +162,9 @@ class Vault:
     def commit_point(self, manifest: Manifest, summary: dict[str, object]) -> PointRecord:
         """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/format.md §12)."""
         self.require_trusted(f"committing point {manifest.point}")
+        if manifest.format != (FORMAT_TREE if self.packed else FORMAT):
+            raise VaultError(f"point {manifest.point} has manifest format {manifest.format}, which a format "
+                             f"v{self.config['version']} vault does not hold; nothing was committed")
         self.chunks.flush()
         faults.hit("after-chunks")
         path = manifest_path(self.root, manifest.vm, manifest.point)
