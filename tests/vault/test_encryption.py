@@ -11,9 +11,8 @@ import os
 import pytest
 
 from cutpoint.errors import IntegrityError
-from cutpoint.vault.manifest import DiskManifest, Manifest
 from cutpoint.vault.vault import Vault
-from tests.helpers import cutpoint, synthetic_manifest
+from tests.helpers import commit_synthetic_point, cutpoint, synthetic_manifest
 from tests.vault.util import encrypted_vault, files, one_line_error, open_vault, pack_of, vault_dir
 
 
@@ -92,9 +91,8 @@ def test_downgrade_to_plaintext_is_refused(monkeypatch) -> None:
     """Deleting key.json and setting the config's encryption to null must not make later backups write plaintext."""
     encrypted_vault(monkeypatch)
     v = open_vault()
-    cid, _ = v.chunks.put(b"block " * 1000)
-    v.commit_point(Manifest(point="20240101T000000Z-abcd", vm="web", created="2024-01-01T00:00:00.000Z",
-                            chunk_size=v.chunk_size, disks=[DiskManifest("d", 6000, [cid])]), {})
+    commit_synthetic_point(v, "20240101T000000Z-abcd", "web", "2024-01-01T00:00:00.000Z",
+                           {"d": [b"block " * 1000]}, sizes={"d": 6000})
     v.close()
     cfg_path = vault_dir() / "config.json"
     cfg = json.loads(cfg_path.read_text())
