@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cutpoint.catalog.db import VmRecord
-from cutpoint.errors import IntegrityError, NotFoundError
+from cutpoint.errors import IntegrityError, NotFoundError, VaultError
 from cutpoint.vault import locks, packgc, packindex, tree
 from cutpoint.vault.blob import DATA, NODE
 from cutpoint.vault.gc import gc
@@ -229,3 +229,32 @@ def test_vault_rebuild_index_command(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     assert json.loads(r.out) == {"packs": 1, "problems": []}
     assert _store().has(cid)
+
+
+def test_a_failed_pack_write_fails_every_later_write_by_class() -> None:
+    """Disk full while a pack is written (CI saw it in test_disk_full[v4]): the failed write's traceback kept the
+    pack buffer exported, and the next thread's append died with BufferError (exit 1, a traceback). Every later
+    write now fails as VaultError, and nothing of the failed pack is indexed."""
+    s = _store()
+    real_put = s.backend.put
+
+    def full(name: str, data: bytes | memoryview) -> None:      # fault seam: the filesystem is full
+        if name.startswith("data/"):
+            raise OSError(28, "No space left on device")
+        real_put(name, data)
+
+    s.backend.put = full  # type: ignore[method-assign]
+    chunk = os.urandom(64 * KiB)
+    failures = []
+    for i in range(400):                                      # past one pack
+        try:
+            s.put(bytes([i % 256, i // 256]) + chunk[2:])
+        except VaultError as exc:
+            failures.append(exc)                               # kept: its traceback holds the failed write's frames
+            if len(failures) == 60:              # more than the buffer's 2 MiB of slack
+                break
+    assert len(failures) == 60 and all("No space left" in str(e) for e in failures), failures
+    with pytest.raises(VaultError):
+        s.flush()
+    s.backend.put = real_put  # type: ignore[method-assign]
+    assert not list((vault_dir() / "index").iterdir()) and not _packs()

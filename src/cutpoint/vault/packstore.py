@@ -56,6 +56,7 @@ class PackStore:
         self._own: set[bytes] = set()          # packs this store wrote: no registration needed
         self._relied: set[bytes] = set()
         self.writer: Path | None = None        # the running backup's registration, where relied packs go
+        self._failed: VaultError | None = None  # a pack write failed: later writes refuse (the buffer is gone)
 
     # -- ids ---------------------------------------------------------------------------------------------------------
 
@@ -154,6 +155,8 @@ class PackStore:
             return out
         faults.hit("chunk-write")                      # chunks encoded, not yet in a pack
         with self._lock:
+            if self._failed is not None:
+                raise VaultError(f"{self._failed}; nothing more is stored by this backup") from self._failed
             idx = self.index()
             for k, blob in new:
                 bid = ids[k]
@@ -200,7 +203,14 @@ class PackStore:
         try:
             self.backend.put(pack_name(buf.pid), view)
         except OSError as exc:
-            raise VaultError(f"cannot write pack {buf.pid.hex()[:12]}: {exc.strerror or exc}") from exc
+            # The failed write's traceback keeps the buffer exported: drop the buffer and its blobs (no point can
+            # reference them, nothing indexed them) and refuse further writes from other threads, by class.
+            self._failed = VaultError(f"cannot write pack {buf.pid.hex()[:12]}: {exc.strerror or exc}")
+            self._buf = None
+            self._index = None
+            raise self._failed from exc
+        finally:
+            del view
         faults.hit("pack-written")
         self._own.add(buf.pid)
         self._unindexed.append((buf.pid, list(buf.entries)))
@@ -209,6 +219,8 @@ class PackStore:
     def flush(self) -> None:
         """Everything stored so far durable and indexed: packs, one sync, the index object, one sync."""
         with self._lock:
+            if self._failed is not None:
+                raise VaultError(str(self._failed)) from self._failed
             self._write_pack()
             if not self._unindexed:
                 return
