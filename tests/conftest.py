@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cutpoint.restore import sandbox
+from tests.helpers import listening
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,7 +125,7 @@ def bare_qemu(isolated: Path) -> Iterator[Callable[..., BareVM]]:
         vm = BareVM(qmp, proc, d)
         vms.append(vm)
         deadline = time.monotonic() + 20
-        while not qmp.exists():
+        while not listening(qmp):       # the file appears at bind(), before listen(): a connect then is refused
             if proc.poll() is not None:
                 raise RuntimeError(f"qemu exited: {proc.stderr.read().decode() if proc.stderr else ''}")
             if time.monotonic() > deadline:

@@ -56,6 +56,19 @@ def cutpoint(*args: str, check: bool = False, timeout: float = 300) -> Run:
     return r
 
 
+def listening(path: Path) -> bool:
+    """Whether a unix socket listens at ``path`` (__SO_ACCEPTCON in /proc/net/unix), without connecting: the file
+    appears at bind(), before listen(), so a connect in between is refused; and a probe connection would take
+    QEMU's one monitor slot."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 8 and parts[7] == str(path) and int(parts[3], 16) & 0x10000:
+                return True
+    return False
+
+
 def qemu_state(qmp: Path) -> dict[str, object]:
     """What a backup could leave behind in QEMU: jobs, exports, fleecing nodes, and bitmaps per node."""
     from cutpoint.drivers.qmp.qmp import QmpSession

@@ -14,7 +14,7 @@ from cutpoint.restore.cmdline import DiskTarget, rewrite
 from cutpoint.drivers.qmp.config import capture
 from cutpoint.restore.config import synthesize_argv
 from cutpoint.restore.qemuopts import parse_kv, render_kv
-from tests.helpers import blockdev_args, drive_args, make_image
+from tests.helpers import blockdev_args, drive_args, listening, make_image
 
 
 def test_keyval_round_trip() -> None:
@@ -90,7 +90,7 @@ def test_capture_from_a_local_qemu_and_from_qmp_alone(bare_qemu, tmp_path: Path)
         from cutpoint.restore.launch import running_reason
         import time
         deadline = time.monotonic() + 20
-        while not rw.qmp.exists() and p.poll() is None and time.monotonic() < deadline:
+        while not listening(rw.qmp) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert p.poll() is None, p.stderr.read().decode() if p.stderr else ""
         assert running_reason(str(rw.qmp), None, None, []) is not None

@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from ...errors import HypervisorError, MonitorBusyError, QmpCommandError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+GREETING_ATTEMPTS = 3
 COMMAND_TIMEOUT = 30.0
 
 
@@ -64,6 +66,20 @@ class QmpSession:
 
     def open(self) -> "QmpSession":
         check_socket(self.path)
+        for attempt in range(GREETING_ATTEMPTS):
+            try:
+                return self._open_once()
+            except _TornGreeting as torn:
+                if attempt + 1 == GREETING_ATTEMPTS:
+                    raise _connect_error(self.path, torn.exc) from torn.exc
+                log.debug("QMP greeting from %s torn (%s); connecting again", self.path, torn.exc.exc)
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _open_once(self) -> "QmpSession":
+        """One connection attempt. A greeting torn by a socket error is retried by ``open``: a QEMU whose monitor
+        was just let go by another client can hand the next connection a socket that fails its first read (seen
+        as EINVAL from recv with QEMU 7.2), and the connection after it works."""
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient("cutpoint")
         try:
@@ -77,6 +93,8 @@ class QmpSession:
                 "for cutpoint") from None
         except ConnectError as exc:
             self.close()
+            if type(exc.exc) is OSError:            # not refused/reset/EOF: a torn first read, worth one more try
+                raise _TornGreeting(exc) from exc
             raise _connect_error(self.path, exc) from exc
         return self
 
@@ -153,6 +171,14 @@ def check_socket(path: Path) -> None:
             from exc
     if not stat.S_ISSOCK(st.st_mode):
         raise HypervisorError(f"{path} is not a unix socket, so it cannot be a QEMU QMP monitor")
+
+
+class _TornGreeting(Exception):
+    """Internal: a connection whose greeting failed with a bare socket error (``QmpSession.open`` retries)."""
+
+    def __init__(self, exc: ConnectError) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
 
 
 def _connect_error(path: Path, exc: ConnectError) -> HypervisorError:
