@@ -84,26 +84,55 @@ class Index:
     entries: bool = False                                       # keep ``packs``: gc and rebuild need them
     bad: set[tuple[bytes, int]] = field(default_factory=set)
     bad_ids: set[bytes] = field(default_factory=set)
+    # Further copies of a blob (rare: two writers stored the same content, or a lost pack's blobs were stored
+    # again): which copy ``where`` names depends on the order index objects are listed in, so a copy in a pack
+    # that is gone must give way to another one (``forget_pack``), not make the blob look missing.
+    alt: dict[bytes, list[Location]] = field(default_factory=dict)
+    gone: set[bytes] = field(default_factory=set)               # packs found missing from the storage
 
     def add(self, pid: bytes, entries: list[Entry]) -> None:
         if self.entries:
             self.packs[pid] = entries
         for e in entries:
-            if (pid, e.offset) not in self.bad and e.bid not in self.where:
-                self.where[e.bid] = Location(pid, e.offset, e.length, e.raw_length, e.kind)
+            if (pid, e.offset) in self.bad or pid in self.gone:
+                continue
+            loc = Location(pid, e.offset, e.length, e.raw_length, e.kind)
+            if e.bid not in self.where:
+                self.where[e.bid] = loc
+            else:
+                self.alt.setdefault(e.bid, []).append(loc)
+
+    def _replace(self, bid: bytes) -> bool:
+        """``where[bid]`` is unusable: another copy takes its place. False (and no entry) if there is none."""
+        others = [a for a in self.alt.pop(bid, []) if a.pid not in self.gone and (a.pid, a.offset) not in self.bad]
+        if others:
+            self.where[bid] = others[0]
+            if others[1:]:
+                self.alt[bid] = others[1:]
+            return True
+        del self.where[bid]
+        return False
+
+    def forget_pack(self, pid: bytes) -> set[bytes]:
+        """A listed pack found gone from the storage: its copies are dropped and other copies of the same blobs
+        take their place. Returns the blobs left with no copy."""
+        self.gone.add(pid)
+        self.packs.pop(pid, None)
+        return {bid for bid in [b for b, loc in self.where.items() if loc.pid == pid] if not self._replace(bid)}
 
     def drop_pack(self, pid: bytes) -> None:
         for e in self.packs.pop(pid, []):
             loc = self.where.get(e.bid)
             if loc is not None and loc.pid == pid:
-                del self.where[e.bid]
+                self.gone.add(pid)
+                self._replace(e.bid)
 
     def mark_bad(self, bid: bytes, loc: Location) -> None:
-        """Forget a damaged copy (the caller reloads to find another copy, if any)."""
+        """Forget a damaged copy; another copy, if any, takes its place."""
         self.bad.add((loc.pid, loc.offset))
         self.bad_ids.add(bid)
         if self.where.get(bid) == loc:
-            del self.where[bid]
+            self._replace(bid)
 
 
 def load(backend: Backend, sealer: Sealer, entries: bool = False) -> Index:

@@ -109,8 +109,9 @@ class PackStore:
         with self._lock:
             present |= self._own | ({self._buf.pid} if self._buf is not None else set())
         gone = {loc.pid for loc in idx.where.values()} - present
-        if gone:
-            lost |= {b for b, loc in idx.where.items() if loc.pid in gone}
+        with self._lock:
+            for pid in gone:
+                lost |= idx.forget_pack(pid)         # blobs with a copy in a pack still there keep it
         return lost
 
     def stored_size(self, cid: str) -> int:
@@ -245,15 +246,18 @@ class PackStore:
         """Read, decode and check one blob; damage raises ``IntegrityError``, absence ``NotFoundError``."""
         for attempt in (0, 1):
             idx = self.index() if attempt == 0 else self.reload()
-            loc = idx.where.get(bid)
+            while (loc := idx.where.get(bid)) is not None:
+                if loc.kind != kind:
+                    raise IntegrityError(f"blob {bid.hex()} is a {_KIND[loc.kind]} where a {_KIND[kind]} is "
+                                         "expected")
+                try:
+                    blob = self._read(loc)
+                    break
+                except NotFoundError:        # its pack is gone (lost, or repacked by gc): another copy, if any
+                    with self._lock:
+                        idx.forget_pack(loc.pid)
             if loc is None:
-                continue
-            if loc.kind != kind:
-                raise IntegrityError(f"blob {bid.hex()} is a {_KIND[loc.kind]} where a {_KIND[kind]} is expected")
-            try:
-                blob = self._read(loc)
-            except NotFoundError:
-                continue                     # repacked by gc since the index was read
+                continue                     # no copy in this index: reload once (gc may have repacked it)
             if len(blob) != loc.length:
                 raise IntegrityError(f"{_KIND[kind]} {bid.hex()} is damaged: its pack {loc.pid.hex()[:12]} "
                                      "is truncated")

@@ -137,6 +137,8 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
                   report: VerifyReport) -> dict[str, tuple[str, bool]]:
     """id -> (problem, moved aside) for every referenced chunk that is missing or damaged."""
     bad: dict[str, tuple[str, bool]] = {}
+    if isinstance(vault.chunks, PackStore):
+        vault.chunks.lost_ids()             # one listing of the packs: a copy in a lost pack is not "ok"
     for cid in _read_order(vault, refs):
         report.chunks_checked += 1
         try:
