@@ -52,7 +52,7 @@ def test_list_and_delete(backend: Backend) -> None:
     assert [o.name for o in backend.list("packs/aa")] == []
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a//b", "a/../b", "A", "a/.hidden", "", "a/"])
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a//b", "a/../b", "-a", "a/-x", "a b", "a/.hidden", "", "a/"])
 def test_hostile_object_names_refused(backend: Backend, name: str) -> None:
     with pytest.raises(VaultError):
         backend.put(name, b"x")

@@ -4,24 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..paths import default_vault
-from ..vault import passphrase
+from ..vault import location, passphrase
 from ..vault.vault import Vault
 
 
 def add_vault_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vault", type=Path, default=None,
-                   help="vault directory (default: $CUTPOINT_VAULT or ~/.local/share/cutpoint/vault)")
+    p.add_argument("--vault", type=str, default=None, metavar="VAULT",
+                   help="vault directory, or s3://BUCKET/PREFIX (default: $CUTPOINT_VAULT or "
+                        "~/.local/share/cutpoint/vault)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3 vaults: the endpoint (else $CUTPOINT_S3_ENDPOINT; credentials as the AWS tools read "
+                        "them)")
     p.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
                    help="encrypted vault: read the passphrase from FILE (else $CUTPOINT_PASSPHRASE_FILE, "
                         "$CUTPOINT_PASSPHRASE, or a prompt)")
     p.add_argument("--key-file", type=Path, default=None, metavar="FILE",
                    help="encrypted vault: use this key file instead of the vault's own (or $CUTPOINT_KEY_FILE)")
+
+
+def resolve_vault(args: argparse.Namespace) -> None:
+    """Turn ``--vault`` (and ``vault init DIR``) into the vault root every command passes on: a directory, or an
+    S3 vault's directory on this host (``vault/location.py``). Once, right after parsing."""
+    if not hasattr(args, "vault"):
+        return
+    endpoint = getattr(args, "s3_endpoint", None)
+    for attr in ("vault", "dir"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str):
+            setattr(args, attr, location.resolve(value, endpoint))
+    env = os.environ.get("CUTPOINT_VAULT", "")
+    if args.vault is None and getattr(args, "dir", None) is None and location.is_remote(env):
+        args.vault = location.resolve(env, endpoint)
 
 
 def open_vault(args: argparse.Namespace, *, create: bool = False, write: str | None = None) -> Vault:

@@ -20,6 +20,7 @@ from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
 from . import jobs, policy, serve
 from . import files, instant, mount
 from . import report
+from .common import resolve_vault
 from . import drill
 
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # qemu.qmp logs every failed connect at ERROR; our own message says it better
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     try:
+        resolve_vault(args)
         return int(args.func(args) or 0)
     except CutpointError as exc:
         print("cutpoint: error: " + " ".join(str(exc).split()), file=sys.stderr)

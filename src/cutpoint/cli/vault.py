@@ -11,7 +11,7 @@ from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
-from ..vault import passphrase
+from ..vault import location, passphrase, remote
 from ..vault.packstore import PackStore
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
 from .common import add_vault_arg, open_vault, print_json
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vs.required = True
 
     i = vs.add_parser("init", help="create a vault: AES-256-GCM, key protected by a passphrase (unless --no-encrypt)")
-    i.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="where (same as --vault DIR)")
+    i.add_argument("dir", nargs="?", type=str, metavar="DIR", help="where: a directory or s3://BUCKET/PREFIX "
+                   "(same as --vault)")
     i.add_argument("--encrypt", action="store_true", help="encrypt chunks and manifests (the default; kept for "
                    "compatibility)")
     i.add_argument("--no-encrypt", action="store_true", help="store data unencrypted (still authenticated, with a "
@@ -50,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ri.add_argument("--json", action="store_true")
     add_vault_arg(ri)
     ri.set_defaults(func=cmd_rebuild_index)
+
+    rc = vs.add_parser("rebuild-catalog", help="format v4: rebuild this host's catalog of points from the vault's "
+                       "manifests (a second host of an S3 vault, or a lost catalog.sqlite)")
+    rc.add_argument("--json", action="store_true")
+    add_vault_arg(rc)
+    rc.set_defaults(func=cmd_rebuild_catalog)
 
     k = vs.add_parser("key", help="export or import the key (file) of a vault")
     ks = k.add_subparsers(dest="key_command", metavar="ACTION")
@@ -110,16 +117,21 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
     enc = cfg.get("encryption") or {}
     gaps = not_protected(cfg)
     if as_json:
-        print_json({"vault": str(root), **cfg, "authenticated": cfgmod.fingerprint(cfg) is not None,
+        print_json({"vault": location.describe(root), **cfg, "authenticated": cfgmod.fingerprint(cfg) is not None,
                     "not_protected_against": gaps})
         return 0
     fp = cfgmod.fingerprint(cfg)
-    print(f"{verb}vault {root}: {cfg['format']} v{cfg['version']}, chunks of {cfg['chunk_size']} bytes, "
-          + (f"encrypted ({enc['cipher']}, key {enc['key_fingerprint']}, key file {root / KEY_FILE})" if enc
+    print(f"{verb}vault {location.describe(root)}: {cfg['format']} v{cfg['version']}, chunks of {cfg['chunk_size']} bytes, "
+          + (f"encrypted ({enc['cipher']}, key {enc['key_fingerprint']}, key file {_key_where(root)})" if enc
              else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
              else "not encrypted, not authenticated"))
     print("does not protect against: " + "; ".join(gaps))
     return 0
+
+
+def _key_where(root: Path) -> str:
+    loc = location.remote_of(root)
+    return f"{loc.url}/{KEY_FILE}" if loc is not None else str(root / KEY_FILE)
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
@@ -146,6 +158,25 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     if problems:
         raise IntegrityError(f"{len(problems)} pack(s) could not be indexed: {problems[0]}; run 'cutpoint verify' "
                              "to see which points they affect")
+    return 0
+
+
+def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
+    vault = open_vault(args)
+    if not isinstance(vault.chunks, PackStore):
+        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}: its catalog cannot be rebuilt "
+                         "from its manifests (only format v4's can); nothing done")
+    with vault.points_lock(shared=False):
+        res = remote.sync_catalog(vault, rebuild=True)
+    where = location.describe(vault.root)
+    if args.json:
+        print_json({"vault": where, "points": len(res.added), "problems": res.problems})
+    else:
+        print(f"catalog of {where} rebuilt: {len(res.added)} point(s)"
+              + (f"; left out: {'; '.join(res.problems)}" if res.problems else ""))
+    if res.problems:
+        raise IntegrityError(f"{len(res.problems)} manifest(s) could not be read: {res.problems[0]}; run "
+                             "'cutpoint verify' after the next backup")
     return 0
 
 

@@ -26,8 +26,9 @@ from typing import Protocol
 from ..errors import NotFoundError, VaultError
 from .fsutil import start_writeback
 
-# Lower-case letters, digits, '.', '_', '-' in each part; no empty, '.' or '..' part; no leading '/'.
-_NAME = re.compile(r"(?:[a-z0-9_][a-z0-9._-]{0,199})(?:/[a-z0-9_][a-z0-9._-]{0,199}){0,7}")
+# Letters, digits, '.', '_', '-' in each part (point ids and VM names have capitals); no empty, '.' or '..' part,
+# none starting with '.' (temporaries) or '-'; no leading '/'.
+_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,199})(?:/[A-Za-z0-9_][A-Za-z0-9._-]{0,199}){0,7}")
 
 
 def check_name(name: str) -> str:

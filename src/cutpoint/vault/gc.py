@@ -24,7 +24,7 @@ from typing import Any
 from .. import faults
 from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError
-from . import locks, packgc
+from . import locks, packgc, remote
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
 from .tree import ChunkTree
@@ -68,6 +68,8 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
         cutoff = min([start] + [w.start for w in writers]) - grace
         res = GcResult(dry_run, datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds"), grace,
                        [w.what for w in writers])
+        if vault.remote is not None:
+            remote.sync_catalog(vault)      # S3: mark from the bucket's manifests as they are under the lock
         recs = vault.catalog.points()
         if isinstance(vault.chunks, PackStore):
             _gc_packs(vault, vault.chunks, recs, cutoff, res)
@@ -124,6 +126,8 @@ def _remove(path: Path, size: int, res: GcResult) -> bool:
 
 
 def _sweep_manifests(vault: Vault, known: set[str], cutoff: float, res: GcResult) -> None:
+    if vault.remote is not None:
+        return          # S3: every manifest in the bucket is a point (another host's too): none is swept
     root = vault.root / "points"
     if not root.exists():
         return

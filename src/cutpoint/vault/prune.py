@@ -15,6 +15,7 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from .. import faults, names
+from ..catalog.db import PointRecord
 from ..errors import UsageError
 from . import hoststate
 from .fsutil import fsync_dir
@@ -65,6 +66,8 @@ def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
         gone = [d.id for d in res.decisions if not d.keep]
         if gone:
             recs = {p.id: p for p in vault.catalog.points(vm)}
+            if vault.remote is not None:
+                _delete_remote(vault, vm, gone, recs)        # S3: the manifest is the point, so it goes first
             vault.catalog.remove_points(gone)
             left = vault.catalog.points(vm)
             hoststate.forgotten(vault.root, vm, gone, left[-1].id if left else None)   # ours: not a rollback
@@ -75,12 +78,22 @@ def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
                     continue                 # a planted row ('../x'): its row is gone, no path is built from it
                 vault.pin_path(pid).unlink(missing_ok=True)      # unpinned (checked under the exclusive lock)
                 path = vault.root / "points" / vm / f"{pid}.manifest"
-                if recs[pid].manifest == str(path.relative_to(vault.root)):
+                if vault.remote is None and recs[pid].manifest == str(path.relative_to(vault.root)):
                     path.unlink(missing_ok=True)
                     dirs.add(path.parent)
             for d in dirs:
                 fsync_dir(d)
     return res
+
+
+def _delete_remote(vault: Vault, vm: str, gone: list[str], recs: dict[str, PointRecord]) -> None:
+    """An S3 vault's points are their manifest objects (docs/format.md §19.2): delete those first, then the rows.
+    A crash in between leaves rows without manifests, which the next open's catalog sync removes."""
+    for pid in gone:
+        name = f"points/{vm}/{pid}.manifest"
+        if names.is_valid(pid) and recs[pid].manifest == name:
+            vault.backend.delete(name)
+    vault.backend.sync()
 
 
 def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = timezone.utc) -> PruneResult:

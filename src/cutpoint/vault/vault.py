@@ -24,8 +24,11 @@ from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, Vault
 from . import config as cfgmod
 from . import hoststate
 from . import locks
+from . import location
+from . import objlocks
 from . import passphrase as pp
-from .backend import LocalBackend
+from . import remote
+from .backend import Backend
 from .chunks import ChunkStore
 from .config import PACKED_VERSION, VAULT_FORMAT, VAULT_VERSION, read_config
 from .crypto import Keys, Sealer, auth_key_doc, check_key_file, unwrap_keys, wrap_keys
@@ -56,8 +59,11 @@ class Vault:
         self.packed = int(config["version"]) >= PACKED_VERSION
         self.fanout = int(config.get("tree_fanout") or 0)
         self.chunks: ChunkStore | PackStore
+        self.remote = location.remote_of(root)            # an S3 vault: root is this host's directory for it
+        self.backend: Backend = location.backend_for(root)
+        self._objlock: objlocks.HeldLock | None = None     # S3 vaults: the lock object this process holds
         if self.packed:
-            self.chunks = PackStore(LocalBackend(root), sealer, self.locks_dir, max_size=bound,
+            self.chunks = PackStore(self.backend, sealer, self.locks_dir, max_size=bound,
                                     pack_size=int(config["pack_size"]))
         else:
             self.chunks = ChunkStore(root / "chunks", sealer, max_size=bound)
@@ -78,6 +84,7 @@ class Vault:
         A finding of this host's memory is logged as a warning (``warn``) and refused by ``require_trusted``."""
         del create, chunk_size
         root = root.expanduser()
+        remote.fetch_meta(root)                     # S3: this host's copies of config.json and key.json, fresh
         config = read_config(root)
         if not os.access(root, os.W_OK):
             raise VaultError(f"vault directory {root} is not writable; fix its permissions or pass --vault DIR "
@@ -86,6 +93,8 @@ class Vault:
         cfgmod.validate(config, root)
         vault = cls(root, config, sealer)
         try:
+            if vault.remote is not None:
+                remote.sync_catalog(vault)          # the bucket's manifests are the points; the catalog follows
             seen = hoststate.Seen(config["id"], cfgmod.fingerprint(config), vault.encrypted,
                                   {vm: pts[-1].id for vm, pts in _by_vm(vault.catalog.points()).items()})
             if accept_change:
@@ -118,10 +127,13 @@ class Vault:
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE if version >= PACKED_VERSION else V3_CHUNK_SIZE
         root = root.expanduser()
-        if (root / "config.json").exists():
+        on_s3 = location.remote_of(root) is not None
+        if on_s3 and version != PACKED_VERSION:
+            raise UsageError(f"a vault on S3 is format v{PACKED_VERSION}; v{version} vaults are local only")
+        if location.backend_for(root).exists("config.json") if on_s3 else (root / "config.json").exists():
             if exist_ok:
                 return
-            raise UsageError(f"{root} is already a cutpoint vault; choose another --vault DIR")
+            raise UsageError(f"{location.describe(root)} is already a cutpoint vault; choose another --vault")
         try:
             cfgmod.check_chunk_size(chunk_size, "--chunk-size")
         except VaultError as exc:
@@ -143,12 +155,18 @@ class Vault:
             if not encrypt:
                 hoststate.save_auth_key(keys, vault_id)
             root.mkdir(mode=0o700, parents=True, exist_ok=True)      # private whatever the umask
-            for sub in (("data", "index", "points", "locks") if version >= PACKED_VERSION
+            for sub in (("locks",) if on_s3 else ("data", "index", "points", "locks") if version >= PACKED_VERSION
                         else ("chunks", "points", "locks")):
                 (root / sub).mkdir(mode=0o700, exist_ok=True)
-            if encrypt:
-                write_atomic(root / KEY_FILE, json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode())
-            write_atomic(root / "config.json", json.dumps(cfgmod.seal(config, keys), indent=1).encode())
+            key_doc = json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode() if encrypt else None
+            cfg_doc = json.dumps(cfgmod.seal(config, keys), indent=1).encode()
+            if on_s3:
+                remote.create_meta(root, cfg_doc, key_doc)     # the bucket's copy first: it is the vault
+                for stale in root.glob("catalog.sqlite*"):     # this host's index of an earlier vault there
+                    stale.unlink()
+            if key_doc is not None:
+                write_atomic(root / KEY_FILE, key_doc)
+            write_atomic(root / "config.json", cfg_doc)
         except OSError as exc:
             raise VaultError(f"cannot create a vault in {root}: {exc.strerror or exc}; pass --vault DIR "
                              "(or set CUTPOINT_VAULT) to a writable directory") from exc
@@ -168,10 +186,16 @@ class Vault:
         self.chunks.flush()
         faults.hit("after-chunks")
         path = manifest_path(self.root, manifest.vm, manifest.point)
+        if self._objlock is not None:
+            self._objlock.check()                # S3: a lock not refreshed in time no longer protects this commit
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(path, manifest.seal(self.sealer))
-            fsync_dir(path.parent.parent)
+            if self.remote is not None:
+                self.backend.put(str(path.relative_to(self.root)), manifest.seal(self.sealer))
+                self.backend.sync()
+            else:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_atomic(path, manifest.seal(self.sealer))
+                fsync_dir(path.parent.parent)
         except OSError as exc:
             raise VaultError(f"cannot write manifest {path}: {exc.strerror or exc}") from exc
         faults.hit("after-manifest")
@@ -195,8 +219,8 @@ class Vault:
                                  f"expected {expect!r}")
         path = self.root / rec.manifest
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = self.backend.get(rec.manifest) if self.remote is not None else path.read_bytes()
+        except (FileNotFoundError, NotFoundError):
             raise IntegrityError(f"manifest of point {rec.id} is missing ({path})") from None
         except OSError as exc:
             raise IntegrityError(f"manifest of point {rec.id} cannot be read: {exc.strerror or exc}") from exc
@@ -233,7 +257,8 @@ class Vault:
     def vm_lock(self, vm: str, *, writer: bool = True) -> Iterator[None]:
         """Held for a whole backup (or prune) of one VM; a backup also registers as a running writer for gc."""
         check_vm_name(vm)               # backup, prune and cleanup pass here: a hostile catalog row is no path
-        with locks.hold(self.locks_dir / f"vm-{vm}.lock", f"VM {vm!r}"):
+        with locks.hold(self.locks_dir / f"vm-{vm}.lock", f"VM {vm!r}"), \
+                self.object_lock("shared" if writer else "exclusive", f"{'backup' if writer else 'prune'} {vm}"):
             with locks.register_writer(self.locks_dir, f"backup {vm}") if writer else nullcontext() as w:
                 if isinstance(self.chunks, PackStore) and w is not None:
                     self.chunks.begin_writer(w.path)
@@ -245,7 +270,8 @@ class Vault:
 
     def points_lock(self, *, shared: bool) -> Any:
         """Exclusive for prune; shared for restore, verify and gc, which must not see points vanish mid-way."""
-        return locks.hold(self.locks_dir / "prune.lock", "the vault's points", shared=shared)
+        return _both(locks.hold(self.locks_dir / "prune.lock", "the vault's points", shared=shared),
+                     self.object_lock("shared" if shared else "exclusive", "reading points" if shared else "prune"))
 
     def pin(self, point_id: str) -> Any:
         """Held (shared) for as long as a point is served (mount, file view, instant restore): prune keeps a pinned
@@ -257,7 +283,30 @@ class Vault:
         return self.locks_dir / f"pin-{point_id}.lock"
 
     def gc_lock(self) -> Any:
-        return locks.hold(self.locks_dir / "gc.lock", "garbage collection")
+        return _both(locks.hold(self.locks_dir / "gc.lock", "garbage collection"), self.object_lock("exclusive", "gc"))
+
+    @contextmanager
+    def object_lock(self, kind: str, owner: str) -> Iterator[None]:
+        """S3 vaults: a lock object, so that processes on other hosts see this one (docs/format.md §19.4).
+        Nothing for a local vault (flock does it). Re-entrant: a process holding the exclusive lock, or a shared
+        one when shared is asked, takes nothing more."""
+        held = self._objlock
+        if self.remote is None or (held is not None and (held.info.kind == "exclusive" or kind == "shared")):
+            yield
+            return
+        lock = objlocks.acquire(self.backend, kind, f"cutpoint {owner}")
+        self._objlock = lock
+        try:
+            yield
+        finally:
+            self._objlock = held
+            lock.release()
+
+
+@contextmanager
+def _both(first: Any, second: Any) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 def _by_vm(points: list[PointRecord]) -> dict[str, list[PointRecord]]:
@@ -296,15 +345,25 @@ def _refuse_downgrade(root: Path) -> None:
     """An unencrypted config over encrypted manifests means config.json (and key.json) were altered: writing on
     would store plaintext chunks beside encrypted ones. A few manifests' headers tell: magic, scheme 1 (AES-GCM) and
     a key fingerprint, all three: one damaged byte is not mistaken for it (verify reports that)."""
-    for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
-        try:
-            with open(path, "rb") as f:
-                head = f.read(21)
-        except OSError:
-            continue
+    heads: list[tuple[str, bytes]] = []
+    if location.remote_of(root) is not None:
+        backend = location.backend_for(root)
+        for obj in itertools.islice(backend.list("points/"), 3):
+            try:
+                heads.append((obj.name, backend.get(obj.name, 0, 21)))
+            except VaultError:
+                continue
+    else:
+        for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
+            try:
+                with open(path, "rb") as f:
+                    heads.append((path.name, f.read(21)))
+            except OSError:
+                continue
+    for name, head in heads:
         if len(head) == 21 and head[:4] == MANIFEST_MAGIC and head[4] == 1 and any(head[5:]):
             raise IntegrityError(f"{root / 'config.json'} says the vault is unencrypted but its points are "
-                                 f"encrypted ({path.name}): config.json was altered; restore config.json from a "
+                                 f"encrypted ({name}): config.json was altered; restore config.json from a "
                                  "copy, then the key (key.json, or 'cutpoint vault key import FILE')")
 
 
@@ -366,6 +425,7 @@ def export_key(vault: Vault, to: Path, key_file: Path | None = None) -> Path:
 def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> str:
     """Install ``src`` as the vault's key file after proving it is this vault's key and the passphrase opens it."""
     root = root.expanduser()
+    remote.fetch_meta(root)
     config = read_config(root)
     src = src.expanduser()
     if not config.get("encryption"):
@@ -374,6 +434,7 @@ def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> st
     check_belongs(doc, config, src, root)
     unwrap_keys(doc, (passphrase or pp.source())(f"key file {src}", False), str(src))
     try:
+        remote.put_key(root, src.read_bytes())
         write_atomic(root / KEY_FILE, src.read_bytes())
     except OSError as exc:
         raise VaultError(f"cannot write {root / KEY_FILE}: {exc.strerror or exc}") from exc

@@ -1,0 +1,122 @@
+"""Where a vault's objects live: a local directory, or a bucket and prefix on S3-compatible storage.
+
+An S3 vault keeps its objects (config, key file, manifests, packs, index) in the bucket, and what is this host's
+alone in a small local directory: the catalog (an index that ``vault rebuild-catalog`` rebuilds from the manifests),
+flock locks between this host's processes, and pins. ``--vault s3://BUCKET/PREFIX`` resolves to that directory
+(``$CUTPOINT_STATE/s3/<id>``, private), whose ``remote.json`` names the bucket, prefix and endpoint; every other
+part of cutpoint (child processes, the service, the API) keeps passing a vault *root* path, and ``backend_for``
+turns it into the right storage. The endpoint comes from ``--s3-endpoint`` or ``CUTPOINT_S3_ENDPOINT``;
+credentials, region and CA bundle the way the AWS tools read them (boto3's chain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UsageError, VaultError
+from ..paths import state_home
+from .backend import Backend, LocalBackend
+from .fsutil import write_atomic
+
+REMOTE = "remote.json"
+SCHEME = "s3://"
+# S3 bucket names: 3-63 of lower-case letters, digits, '.', '-'; prefix parts as the backend's object names
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"(?:[a-z0-9_][a-z0-9._-]{0,99})(?:/[a-z0-9_][a-z0-9._-]{0,99}){0,7}")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+
+    @property
+    def url(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
+
+
+def is_remote(spec: str | os.PathLike[str]) -> bool:
+    return str(spec).startswith(SCHEME)
+
+
+def parse(url: str, endpoint: str | None = None) -> S3Location:
+    """``s3://BUCKET[/PREFIX]`` checked strictly (the prefix becomes part of every object key)."""
+    rest = url[len(SCHEME):] if url.startswith(SCHEME) else ""
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise UsageError(f"{url!r} is not a valid S3 vault address: give s3://BUCKET/PREFIX with a bucket name of "
+                         "3-63 lower-case letters, digits, '.' and '-'")
+    if prefix and (not _PREFIX.fullmatch(prefix) or any(p in (".", "..") for p in prefix.split("/"))):
+        raise UsageError(f"{url!r} is not a valid S3 vault address: its prefix may hold lower-case letters, "
+                         "digits, '.', '_', '-' and '/' between parts")
+    endpoint = os.environ.get("CUTPOINT_S3_ENDPOINT") if endpoint is None else endpoint
+    endpoint = endpoint or None
+    if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(?:/[^\s]*)?", endpoint):
+        raise UsageError(f"S3 endpoint {endpoint!r} is not an http(s) URL; pass --s3-endpoint URL or set "
+                         "CUTPOINT_S3_ENDPOINT")
+    return S3Location(bucket, prefix, endpoint)
+
+
+def local_root(loc: S3Location) -> Path:
+    """This host's directory for the S3 vault at ``loc`` (created private, with its ``remote.json``)."""
+    key = hashlib.sha256(json.dumps([loc.endpoint, loc.bucket, loc.prefix]).encode()).hexdigest()[:24]
+    root = state_home() / "s3" / f"{loc.bucket}-{key}"
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        path = root / REMOTE
+        doc = asdict(loc)
+        if not path.exists() or json.loads(path.read_text()) != doc:
+            write_atomic(path, json.dumps(doc, indent=1).encode())
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"cannot prepare this host's directory {root} for vault {loc.url}: {exc}; set "
+                         "CUTPOINT_STATE to a writable directory") from exc
+    return root
+
+
+def resolve(spec: str | os.PathLike[str], endpoint: str | None = None) -> Path:
+    """A ``--vault`` value as the vault root cutpoint passes around: a directory, or an S3 vault's local one."""
+    if is_remote(spec):
+        return local_root(parse(str(spec), endpoint))
+    return Path(spec).expanduser()
+
+
+def remote_of(root: Path) -> S3Location | None:
+    """The S3 location a vault root stands for, or None for a local vault. ``remote.json`` is this host's own
+    file (state directory, 0700), but is still parsed strictly."""
+    path = root / REMOTE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"{path} is unreadable ({exc}); remove it and give --vault s3://BUCKET/PREFIX again") \
+            from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("bucket"), str) or \
+            not isinstance(doc.get("prefix"), str) or not isinstance(doc.get("endpoint"), (str, type(None))):
+        raise VaultError(f"{path} is damaged; remove it and give --vault s3://BUCKET/PREFIX again")
+    url = f"{SCHEME}{doc['bucket']}/{doc['prefix']}".rstrip("/")
+    return parse(url, doc["endpoint"] or "")
+
+
+def describe(root: Path) -> str:
+    """How to name the vault at ``root`` to a user: its S3 address, or its directory."""
+    loc = remote_of(root)
+    return loc.url if loc is not None else str(root)
+
+
+def backend_for(root: Path, retention: object | None = None) -> Backend:
+    """The storage of the vault at ``root``. ``retention``: an ``s3backend.Retention`` for every write."""
+    loc = remote_of(root)
+    if loc is None:
+        return LocalBackend(root)
+    from .s3backend import Retention, S3Backend      # boto3 is imported only for S3 vaults
+    assert retention is None or isinstance(retention, Retention)
+    return S3Backend(loc.bucket, loc.prefix, loc.endpoint, retention=retention)

@@ -1,0 +1,145 @@
+"""An S3 vault's metadata and catalog on this host (docs/format.md §19).
+
+The bucket holds the vault; this host keeps copies of ``config.json`` and ``key.json`` (fetched fresh at every
+open, then authenticated exactly as a local vault's: a tampered object is caught by the config MAC and the key
+check) and a catalog that follows the bucket's manifests. On S3 the manifest *is* the commit point: a point is
+visible once its manifest object exists, whichever host wrote it, and the catalog is an index that ``sync_catalog``
+brings up to date at every open (and ``vault rebuild-catalog`` rebuilds from nothing). Object names from a listing
+are untrusted: only names of the manifest pattern with valid VM and point names become rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import names
+from ..catalog.db import PointRecord
+from ..errors import IntegrityError, NotFoundError, UsageError, VaultError
+from . import location
+from .fsutil import write_atomic
+from .manifest import FORMAT_TREE, Manifest
+
+if TYPE_CHECKING:
+    from .vault import Vault
+
+log = logging.getLogger(__name__)
+CONFIG, KEY = "config.json", "key.json"
+MAX_META = 1 << 20              # config and key files are a few KiB: a hostile huge object is not read whole
+
+
+def fetch_meta(root: Path) -> None:
+    """S3 vault: refresh this host's copies of config.json and key.json from the bucket (nothing for a local one)."""
+    loc = location.remote_of(root)
+    if loc is None:
+        return
+    backend = location.backend_for(root)
+    try:
+        cfg = backend.get(CONFIG, 0, MAX_META)
+    except NotFoundError:
+        raise NotFoundError(f"no cutpoint vault at {loc.url} (no config.json there); create one with "
+                            f"'cutpoint vault init {loc.url}'") from None
+    try:
+        key: bytes | None = backend.get(KEY, 0, MAX_META)
+    except NotFoundError:
+        key = None
+    try:
+        write_atomic(root / CONFIG, cfg)
+        if key is None:
+            (root / KEY).unlink(missing_ok=True)
+        else:
+            write_atomic(root / KEY, key)
+    except OSError as exc:
+        raise VaultError(f"cannot keep this host's copy of {loc.url}'s config in {root}: "
+                         f"{exc.strerror or exc}") from exc
+
+
+def create_meta(root: Path, config: bytes, key: bytes | None) -> None:
+    """``vault init s3://…``: the key file, then the config (which makes it a vault), each only if absent."""
+    loc = location.remote_of(root)
+    assert loc is not None
+    backend = location.backend_for(root)
+    if key is not None and not backend.create(KEY, key):
+        raise UsageError(f"{loc.url} already holds a key file (a vault being created, or a damaged one); choose "
+                         "another --vault s3://BUCKET/PREFIX")
+    if not backend.create(CONFIG, config):
+        raise UsageError(f"{loc.url} is already a cutpoint vault; choose another --vault s3://BUCKET/PREFIX")
+    backend.sync()
+
+
+def put_key(root: Path, key: bytes) -> None:
+    """``vault key import`` on an S3 vault: the bucket's key file is replaced too."""
+    if location.remote_of(root) is not None:
+        location.backend_for(root).put(KEY, key)
+
+
+@dataclass
+class SyncResult:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def manifest_names(vault: "Vault") -> dict[str, tuple[str, str]]:
+    """Object name -> (VM, point) of every well-named manifest in the bucket."""
+    out: dict[str, tuple[str, str]] = {}
+    for obj in vault.backend.list("points/"):
+        parts = obj.name.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".manifest"):
+            continue
+        vm, point = parts[1], parts[2][:-len(".manifest")]
+        if names.is_valid(point) and names.is_valid(vm):
+            out[obj.name] = (vm, point)
+    return out
+
+
+def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
+    """Rows for the manifests the bucket has and the catalog lacks; rows removed whose manifest is gone.
+    ``rebuild``: every row is read again from its manifest (``vault rebuild-catalog``)."""
+    res = SyncResult()
+    found = manifest_names(vault)
+    rows = {p.manifest: p for p in vault.catalog.points()}
+    if rebuild:
+        vault.catalog.remove_points([p.id for p in rows.values()])
+        rows = {}
+    for name, (vm, point) in sorted(found.items(), key=lambda kv: kv[1][1]):
+        if name in rows:
+            continue
+        try:
+            m = Manifest.unseal(vault.sealer, vault.backend.get(name), vm, point, f"manifest {name}")
+            if m.format != FORMAT_TREE or m.chunk_size != vault.chunk_size or m.fanout != vault.fanout:
+                raise IntegrityError(f"manifest {name} does not fit this vault (format {m.format}, chunks of "
+                                     f"{m.chunk_size} bytes, index nodes of {m.fanout})")
+        except (IntegrityError, NotFoundError, VaultError) as exc:
+            res.problems.append(str(exc))
+            log.warning("S3 vault %s: %s; that point is not listed", vault.remote.url if vault.remote else "", exc)
+            continue
+        vault.catalog.add_point(record_of(m, name))
+        res.added.append(point)
+    gone = [p.id for n, p in rows.items() if n not in found]
+    if gone:
+        vault.catalog.remove_points(gone)
+        res.removed = gone
+    return res
+
+
+def record_of(m: Manifest, name: str) -> PointRecord:
+    """A catalog row from a manifest alone (another host's backup, or a rebuilt catalog)."""
+    return PointRecord(
+        id=m.point, vm=m.vm, created=m.created, consistency=m.consistency, mode=m.mode, pause_ms=m.pause_ms,
+        logical_bytes=sum(d.size for d in m.disks), read_bytes=sum(d.read_bytes for d in m.disks),
+        stored_bytes=sum(d.stored_bytes for d in m.disks), manifest=name,
+        summary=summary_of(m))
+
+
+def summary_of(m: Manifest) -> dict[str, object]:
+    """The backup's JSON result as far as its manifest tells it (``points --json`` lists these): the same keys,
+    with ``duration_s`` and per-disk ``mode`` unknown (None)."""
+    return {"point": m.point, "vm": m.vm, "created": m.created, "consistency": m.consistency,
+            "requested": m.requested, "fallback_reason": m.fallback_reason, "pause_ms": m.pause_ms,
+            "frozen_ms": m.frozen_ms, "mode": m.mode, "full_reason": m.full_reason, "parent": m.parent,
+            "duration_s": None, "warnings": list(m.warnings), "skipped": list(m.skipped),
+            "disks": [{"name": d.name, "size": d.size, "read_bytes": d.read_bytes, "stored_bytes": d.stored_bytes,
+                       "dirty_bytes": d.dirty_bytes, "mode": None, "cache": dict(d.cache)} for d in m.disks]}

@@ -1,0 +1,141 @@
+"""Vaults on S3-compatible storage (a real SeaweedFS, tests/vault/conftest.py), through the real CLI: the same
+format as a local vault, the objects in the bucket, this host's catalog rebuilt from the bucket's manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import blockdev_args, cutpoint, guest_write, make_image, raw_bytes
+
+
+def _vm(bare_qemu, tmp_path: Path):
+    a = make_image(tmp_path / "a.qcow2", "64M", writes=["write -P 0xab 1M 3M", "write -P 0x11 20M 1M"])
+    b = make_image(tmp_path / "b.qcow2", "32M", writes=["write -P 0xcd 0 5M"])
+    vm = bare_qemu(blockdev_args(a, "sys") + blockdev_args(b, "data"))
+    return vm, {"sys": a, "data": b}
+
+
+def _restored(tmp_path: Path, name: str, point: str, *vault: str) -> dict[str, bytes]:
+    out = tmp_path / name
+    r = cutpoint("restore", "web", point, "--to", str(out), "--json", *vault, check=True)
+    return {f["disk"]: raw_bytes(Path(f["path"])) for f in json.loads(r.out)["files"]}
+
+
+def test_backup_into_s3_restores_byte_identical(bare_qemu, tmp_path: Path, s3_bucket: str, s3_env) -> None:
+    url = f"s3://{s3_bucket}/vaults/one"
+    r = cutpoint("vault", "init", url, "--no-encrypt", "--json", check=True)
+    assert json.loads(r.out)["vault"] == url
+    v = ("--vault", url)
+    vm, images = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    full = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert f"vaults/one/points/web/{full['point']}.manifest" in keys and "vaults/one/config.json" in keys
+    assert any(k.startswith("vaults/one/data/") for k in keys) and any(k.startswith("vaults/one/index/") for k in keys)
+    before = {d: raw_bytes(p) for d, p in images.items()}
+    guest_write(vm.qmp, "data-dev", "write -P 0x5a 7M 64k", "write -P 0x5b 30M 128k")
+    inc = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)
+    assert inc["mode"] == "incremental", inc
+    assert sum(d["read_bytes"] for d in inc["disks"]) <= 1 << 20
+    assert _restored(tmp_path, "r1", full["point"], *v) == before
+    assert _restored(tmp_path, "r2", inc["point"], *v) == {d: raw_bytes(p) for d, p in images.items()}
+    r = cutpoint("verify", "--read-data", "--json", *v)
+    assert r.code == 0, r.err
+    assert {p["point"]: p["state"] for p in json.loads(r.out)["points"]} == {full["point"]: "ok", inc["point"]: "ok"}
+
+
+@pytest.mark.vm
+def test_lab_guest_under_load_into_s3_passes_the_verifier(tmp_path: Path, s3_bucket: str, s3_env) -> None:
+    """The consistency judge on S3 points: a guest writing ordered blocks across 3 disks, cut twice."""
+    from cutpoint.lab import vm as labvm
+    from cutpoint.lab.verify import verify_dir
+
+    url = f"s3://{s3_bucket}/lab"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)
+    vm = labvm.up("s3lab", [labvm.DiskSpec(64 << 20) for _ in range(3)])
+    cutpoint("vm", "add", "s3lab", "--qmp", str(vm.qmp), *v, check=True)
+    ks = []
+    for i in range(2):
+        res = json.loads(cutpoint("backup", "s3lab", "--json", *v, check=True).out)
+        assert res["mode"] == ("full" if i == 0 else "incremental"), res
+        out = tmp_path / res["point"]
+        cutpoint("restore", "s3lab", res["point"], "--to", str(out), *v, check=True)
+        verdict = verify_dir(out)
+        assert verdict.ok and verdict.ndisks == 3, verdict.violations[:5]
+        ks.append(verdict.k)
+    assert 0 < ks[0] <= ks[1], ks
+
+
+def test_a_second_host_finds_the_points_and_restores(bare_qemu, tmp_path: Path, s3_bucket: str, s3_env,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encrypted: the key file lives in the bucket; another host (its own state directory, no catalog) lists the
+    points from the manifests alone and restores with the passphrase."""
+    url = f"s3://{s3_bucket}/enc"
+    v = ("--vault", url)
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")
+    cutpoint("vault", "init", url, check=True)
+    vm, images = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    point = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert "enc/key.json" in keys
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-b"))
+    r = cutpoint("points", "web", "--json", *v, check=True)
+    listed = json.loads(r.out)
+    assert [p["point"] for p in listed] == [point]
+    assert listed[0]["mode"] == "full" and {d["name"] for d in listed[0]["disks"]} == {"sys", "data"}
+    assert _restored(tmp_path, "b", point, *v) == {d: raw_bytes(p) for d, p in images.items()}
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "wrong")
+    r = cutpoint("points", "web", *v)
+    assert r.code == 10 and "passphrase" in r.err, r.err
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")
+    r = cutpoint("vault", "rebuild-catalog", "--json", *v, check=True)
+    assert json.loads(r.out) == {"vault": url, "points": 1, "problems": []}
+
+
+def test_prune_and_gc_on_s3_free_packs_and_keep_the_rest(bare_qemu, tmp_path: Path, s3_bucket: str,
+                                                          s3_env) -> None:
+    url = f"s3://{s3_bucket}/pg"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)
+    vm, images = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    first = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    guest_write(vm.qmp, "sys-dev", "write -P 0x77 1M 3M")            # overwrites all of the first point's data there
+    second = json.loads(cutpoint("backup", "web", "--json", "--full", *v, check=True).out)["point"]
+    r = cutpoint("prune", "web", "--keep-last", "1", "--json", *v, check=True)
+    assert [p["point"] for p in json.loads(r.out)["remove"]] == [first]
+    client = s3_env.client()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert f"pg/points/web/{first}.manifest" not in keys and f"pg/points/web/{second}.manifest" in keys
+    r = cutpoint("gc", "--json", "--grace", "0", *v)
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    assert res["points"] == 1 and res["packs_removed"] + res["packs_repacked"] >= 1 and res["freed_bytes"] > 0, res
+    assert len({o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="pg/data/")["Contents"]}) \
+        == res["packs_seen"] - res["packs_removed"] - res["packs_repacked"] + res["packs_written"]
+    assert _restored(tmp_path, "after", second, *v) == {d: raw_bytes(p) for d, p in images.items()}
+    r = cutpoint("verify", "--read-data", *v)
+    assert r.code == 0, r.err
+
+
+def test_gc_is_refused_while_a_backup_elsewhere_holds_the_vault(tmp_path: Path, s3_bucket: str, s3_env) -> None:
+    """Lock objects, not flock: a backup's shared lock (here another process's, as on another host) makes gc and
+    prune refuse with exit 8, naming the holder; the vault's data is untouched."""
+    from cutpoint.vault import objlocks
+    from cutpoint.vault.location import backend_for, resolve
+
+    url = f"s3://{s3_bucket}/lk"
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)
+    held = objlocks.acquire(backend_for(resolve(url)), "shared", "cutpoint backup web")
+    try:
+        r = cutpoint("gc", "--vault", url)
+        assert r.code == 8 and "cutpoint backup web" in r.err, r.err
+    finally:
+        held.release()
+    r = cutpoint("gc", "--vault", url)
+    assert r.code == 0, r.err
