@@ -4,8 +4,11 @@ field errors instead of 500s, and hostile strings escaped. The real-browser run 
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +25,7 @@ from cutpoint.errors import HypervisorError
 from cutpoint.service.clock import FakeClock
 from cutpoint.service.daemon import Service
 from cutpoint.vault.vault import Vault
+from tests.helpers import blockdev_args, cutpoint
 from tests.service.fakes import FakeBackup
 
 HOSTILE = '<script>alert("x")</script>&<img src=x onerror=alert(1)>'
@@ -350,3 +354,62 @@ def test_vm_timeline_shows_each_points_drill_badge(env) -> None:
     page = client.get("/ui/vms/web").text
     assert 'class="badge bad"' in page and "drill: failed" in page and "console: &lt;script&gt;" in page
     assert "<script>" not in page
+
+
+@pytest.fixture
+def two_partitions(bare_qemu, tmp_path: Path):
+    """A real point of VM 'parts' whose one disk holds a GPT with two ext4 partitions with different files (the
+    second labelled with markup, as a guest may); returns (point id, {partition: {name: bytes}})."""
+    files = {1: {"only-in-one.txt": b"partition one\n"},
+             2: {"only-in-two.txt": os.urandom(70_000), "sub/deeper.txt": b"two, nested\n"}}
+    disk = tmp_path / "parts.raw"
+    subprocess.run(["truncate", "-s", "40M", str(disk)], check=True)
+    subprocess.run(["sfdisk", "-q", str(disk)], input=b"label: gpt\nstart=2048, size=32768, type=L\n"
+                   b"start=36864, size=32768, type=L\n", check=True)
+    for num, sector, label in ((1, 2048, "one"), (2, 36864, "<b>two</b>")):
+        src = tmp_path / f"src{num}"
+        for name, data in files[num].items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(data)
+        img = tmp_path / f"p{num}.img"
+        subprocess.run(["mkfs.ext4", "-q", "-L", label, "-d", str(src), str(img), "16M"], check=True)
+        subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=512", f"seek={sector}", "conv=notrunc,sparse",
+                        "status=none"], check=True)
+    vm = bare_qemu(blockdev_args(disk, "d0", "raw"))
+    cutpoint("vm", "add", "parts", "--qmp", str(vm.qmp), check=True)
+    point = json.loads(cutpoint("backup", "parts", "--json", check=True).out)["point"]
+    return point, files
+
+
+@pytest.mark.vm
+def test_file_browser_lets_the_user_pick_a_partition(two_partitions, env) -> None:
+    point, files = two_partitions
+    client, tokens, _, _ = env
+    login(client, tokens["read-only"])
+    page = client.get(f"/ui/vms/parts/points/{point}/files")
+    assert page.status_code == 200, page.text
+    assert "<caption>filesystems" in page.text, page.text                    # the disk's filesystems, to pick
+    picker = page.text[page.text.index("<caption>filesystems"):]
+    picker = picker[:picker.index("</table>")]
+    assert "&lt;b" in picker and "two" in picker and "<b>" not in picker      # a guest's label is text
+    hrefs = re.findall(r'href="([^"]*part=(\d+)[^"]*)"', picker)
+    assert sorted(n for _, n in hrefs) == ["1", "2"], picker                 # both partitions offered
+    for href, num in hrefs:
+        listing = client.get(html.unescape(href))
+        assert listing.status_code == 200, listing.text
+        names = set(re.findall(r'<span class="fname">([^<]*)</span>', listing.text))
+        dirs = set(re.findall(r'>([^<>/]+)/</a>', listing.text))
+        want = {n.split("/")[0] for n in files[int(num)]} | {"lost+found"}
+        assert names | dirs == want, (num, names, dirs)
+        assert f"partition {num}" in listing.text
+        for name, data in files[int(num)].items():             # every link below keeps the partition
+            if "/" in name:
+                sub = re.search(rf'href="([^"]+)">{name.split("/")[0]}/</a>', listing.text)
+                assert sub and f"part={num}" in sub.group(1), listing.text
+                inner = client.get(html.unescape(sub.group(1))).text
+                dl = re.search(rf'href="([^"]+)" aria-label="download {name.split("/")[1]}"', inner)
+            else:
+                dl = re.search(rf'href="([^"]+)" aria-label="download {name}"', listing.text)
+            assert dl and f"part={num}" in dl.group(1), listing.text
+            got = client.get(html.unescape(dl.group(1)))
+            assert got.status_code == 200 and got.content == data, (num, name)

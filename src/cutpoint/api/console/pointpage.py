@@ -2,7 +2,9 @@
 
 The browser lists through ``restore.browse.list_files`` and downloads through ``restore.browse.get_files``: the same
 sandboxed, hostile-guest-safe extraction as ``cutpoint files get``, into a private temporary directory, then sent as
-the file itself or, for a directory, a tar archive of what the extraction wrote. Guest names are shown escaped.
+the file itself or, for a directory, a tar archive of what the extraction wrote. A disk with several filesystems
+(partitions) lists them above the listing, each a link carrying its ``part``. Guest names and labels are shown
+escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import quote
 
 from ...errors import UsageError
 from ...restore.browse import get_files, list_files
+from ...restore.files import SUPPORTED
 from ...restore.images import FORMATS
 from ...service.daemon import Service
 from .html import Viewer, esc, field, form, nbytes, table
@@ -73,25 +76,45 @@ def render(svc: Service, viewer: Viewer, vm: str, point: str, restore_root: Path
               "filesystems</a></p>")
 
 
+def _volumes(vm: str, point: str, vols: list[tuple[str, dict[str, Any]]], link_disk: str | None,
+             shown: int | None, caption: str) -> str:
+    """A table of filesystems (disk, volume) with a link to browse each readable one; ``shown`` is the volume
+    listed below it. Labels are the guest's (escaped for the terminal by blkid's reader, and here for HTML)."""
+    rows = []
+    for disk, v in vols:
+        num = int(v.get("partition") or 0)
+        where = f"partition {num}" if num else "whole disk"
+        if v.get("fstype") in SUPPORTED:
+            href = _href(vm, point, "/", link_disk if link_disk is not None else disk, num)
+            current = ' aria-current="page"' if num == shown else ""
+            act = (f'<a href="{esc(href)}" aria-label="browse disk {esc(disk)} {esc(where)}"{current}>browse</a>'
+                   + (' <span class="badge ok">listed below</span>' if current else ""))
+        else:
+            act = f'<span class="note">not readable here (reads {esc(", ".join(SUPPORTED))})</span>'
+        rows.append([esc(disk), esc(where), esc(v.get("fstype") or "unknown"), esc(v.get("label") or ""),
+                     esc(nbytes(v.get("size"))), act])
+    return table(["disk", "volume", "filesystem", "label", "size", ""], rows, caption)
+
+
 def browse(svc: Service, viewer: Viewer, vm: str, point: str, path: str, disk: str | None,
            part: int | None) -> str:
+    """A directory listing of one filesystem; when the disk holds several (partitions), a picker above it."""
     vault = svc.vaults.get()
     rec = vault.catalog.point(vm, point)
     m = vault.manifest(rec)
     res = list_files(vault, m, disk, path, part)
     if "disks" in res:                        # a multi-disk point without a disk chosen: its volumes
-        rows = []
-        for d in res["disks"]:
-            for v in d["volumes"]:
-                part = v.get("partition")
-                rows.append([esc(d["disk"]), esc(part or "whole disk"), esc(v.get("fstype") or "unknown"),
-                             esc(nbytes(v.get("size"))),
-                             f'<a href="{esc(_href(vm, rec.id, "/", d["disk"], part))}">open</a>'
-                             if v.get("fstype") else ""])
-        return table(["disk", "partition", "filesystem", "size", ""], rows, "filesystems")
+        return _volumes(vm, rec.id, [(d["disk"], v) for d in res["disks"] for v in d["volumes"]], None, None,
+                        "filesystems")
+    picker = ""
+    vols: list[dict[str, Any]] = res.get("volumes") or []
     vol: dict[str, Any] = res.get("volume") or {}
+    if len(vols) > 1:                         # several filesystems on this disk: offer each, pin the one listed
+        part = int(vol.get("partition") or 0)
+        picker = _volumes(vm, rec.id, [(res["disk"], v) for v in vols], disk, part,
+                          f"filesystems on disk {res['disk']}")
     where = "whole disk" if not vol.get("partition") else f"partition {vol.get('partition')}"
-    head = (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
+    head = picker + (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
             f"path <code>{esc(res['path'])}</code></p>")
     rows = []
     cur = res["path"] if res["type"] == "dir" else posixpath.dirname(res["path"])
