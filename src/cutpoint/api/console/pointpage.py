@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ...errors import UsageError
+from ...catalog.db import Catalog
+from ...errors import NotFoundError, UsageError
+from ...names import check_vm_name
 from ...restore.browse import get_files, list_files
 from ...restore.files import SUPPORTED
 from ...restore.images import FORMATS
+from ...restore.targets import Instant, NewVm, Replace, Target
 from ...service.daemon import Service
 from .html import Viewer, esc, field, form, nbytes, table
 
@@ -74,6 +77,43 @@ def render(svc: Service, viewer: Viewer, vm: str, point: str, restore_root: Path
             + (f"<h2>Restore</h2>{wizard}{other}" if viewer.operator else "")
             + f'<h2>Files</h2><p><a href="{esc(_href(vm, rec.id, "/", None, None))}">browse this point\'s '
               "filesystems</a></p>")
+
+
+def target_of(catalog: Catalog, vm: str, kind: str, form: dict[str, str]) -> tuple[Target, dict[str, str]]:
+    """The restore target a wizard form asks for (new-vm, replace, instant) and its field errors; every field is
+    checked here, before any job exists (replace needs the VM's name typed exactly)."""
+    errs: dict[str, str] = {}
+
+    def new_name(fld: str) -> str:
+        value = form.get(fld, "").strip()
+        try:
+            check_vm_name(value, what="new VM name")
+            catalog.vm(value)
+            errs[fld] = f"a VM named {value!r} is already protected; pick another name"
+        except NotFoundError:
+            pass
+        except UsageError as exc:
+            errs[fld] = str(exc)
+        return value
+
+    target: Target
+    if kind == "new-vm":
+        vname = new_name("new_name")
+        fmt = form.get("new_format", "")
+        if fmt not in FORMATS:
+            errs["new_format"] = f"{fmt!r} is not one of {', '.join(FORMATS)}"
+        if form.get("start", "no") not in ("no", "yes"):
+            errs["start"] = "choose yes or no"
+        target = NewVm(vname, format=fmt, start=form.get("start") == "yes")
+    elif kind == "replace":
+        if form.get("confirm", "").strip() != vm:
+            errs["confirm"] = f"type the VM name {vm!r} exactly to confirm that its disks are overwritten"
+        target = Replace()
+    elif kind == "instant":
+        target = Instant(new_name("instant_name"))
+    else:
+        raise NotFoundError(f"no restore kind {kind!r} (new-vm, replace, instant)")
+    return target, errs
 
 
 def _volumes(vm: str, point: str, vols: list[tuple[str, dict[str, Any]]], link_disk: str | None,
