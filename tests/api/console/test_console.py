@@ -12,6 +12,7 @@ import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,7 +33,8 @@ HOSTILE = '<script>alert("x")</script>&<img src=x onerror=alert(1)>'
 
 
 @pytest.fixture
-def env(tmp_path: Path):
+def env(tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CUTPOINT_VMS", str(isolated / "vms"))      # a restore that runs stays in the test's dirs
     vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
     clock = FakeClock(datetime(2024, 6, 1, 12, tzinfo=timezone.utc))
     fb = FakeBackup(clock)
@@ -413,3 +415,73 @@ def test_file_browser_lets_the_user_pick_a_partition(two_partitions, env) -> Non
             assert dl and f"part={num}" in dl.group(1), listing.text
             got = client.get(html.unescape(dl.group(1)))
             assert got.status_code == 200 and got.content == data, (num, name)
+
+
+def test_unknown_console_addresses_are_pages(env) -> None:
+    """A console address that no page answers (an empty or slash-holding VM name, a typo, a wrong method) is the
+    login page without credentials, so that an anonymous caller learns nothing, and an HTML not-found page with
+    them; never the API's JSON."""
+    client, tokens, _, _ = env
+    paths = ("/ui/vms/", "/ui/vms/a%2Fb", "/ui/vms/web/points/", "/ui/nope", "/ui/policies/a%2F..%2Fb",
+             "/ui/vms/web/points/x/files/more", "/ui/")
+    for path in paths:
+        r = client.get(path)
+        assert r.status_code == 401 and 'name="token"' in r.text, (path, r.status_code, r.text)
+    r = client.post("/ui/jobs", data={"csrf": "x"})
+    assert r.status_code == 401 and 'name="token"' in r.text, r.text
+    login(client, tokens["read-only"])
+    for method, path in [("GET", p) for p in paths] + [("POST", "/ui/jobs"), ("POST", "/ui/vms/web/points/x")]:
+        r = client.request(method, path)
+        assert r.status_code == 404 and "text/html" in r.headers["content-type"], (path, r.status_code, r.text)
+        assert "<h1>Not found</h1>" in r.text and "no such console page" in r.text, (path, r.text)
+
+
+@pytest.mark.vm
+def test_hostile_input_on_every_console_form_and_query_is_a_page(two_partitions, env) -> None:
+    """Every form field and query parameter of the console, and every path parameter, given values a hand or a
+    script might send (empty, NUL, newline, huge numbers, 5000 characters, traversal, markup, undecodable bytes):
+    a 4xx HTML page or an ordinary answer, never a 500 or a stack trace; no restore starts from a bad form."""
+    point, _ = two_partitions
+    client, tokens, svc, _ = env
+    csrf = login(client, tokens["operator"])
+    bad = ["", " ", "\x00", "\n", "-1", "-99999999999999999999999", "a" * 5000, "../../etc/passwd", "/",
+           "/\x00/x", "<b>x</b>"]
+    pt = f"/ui/vms/parts/points/{point}"
+    seen = []
+
+    def ok(r, path: str, may_download: bool = False) -> None:
+        seen.append(r.status_code)
+        assert r.status_code < 500 and "Traceback" not in r.text, (path, r.status_code, r.text[-500:])
+        assert "text/html" in r.headers["content-type"] or (may_download and r.status_code == 200), (path, r.text)
+
+    for b in bad + ["99999999999999999999999", "\udcff"]:
+        q = quote(b.encode("utf-8", "surrogateescape"), safe="")
+        paths = [f"/ui/vms/{q}", f"/ui/vms/parts/points/{q}", f"/ui/vms/parts/points/{q}/files", f"/ui/jobs/{q}",
+                 f"/ui/policies/{q}", f"/ui/jobs?vm={q}&state={q}&kind={q}", f"/ui/alerts?all={q}",
+                 f"{pt}/files?part={q}", f"{pt}/files?disk={q}", f"{pt}/download?part={q}&path=/only-in-one.txt",
+                 f"{pt}/download?disk={q}&path=/lost%2Bfound"]
+        if b not in (" ", "\n", "-1", "<b>x</b>"):         # each listing serves the disk: the telling paths only
+            paths += [f"{pt}/files?path={q}", f"{pt}/download?path={q}"]
+        for path in paths:
+            ok(client.get(path), path, may_download=True)
+            ok(client.post(path, data={"csrf": csrf}), path)
+    forms = {"/ui/vms/web/backup": {"consistency": "", "full": "no"}, "/ui/vms/web/policy": {"policy": ""},
+             f"{pt}/restore": {"to": "/nonexistent/x", "format": "raw"},
+             f"{pt}/restore/new-vm": {"new_name": "-x", "new_format": "qcow2", "start": "no"},
+             f"{pt}/restore/replace": {"confirm": ""}, f"{pt}/restore/instant": {"instant_name": "-x"},
+             "/ui/alerts/ack": {"key": ""},
+             "/ui/policies": {"name": "p", "timezone": "UTC", "schedule.frequency": "weekly", "schedule.time": "02:00",
+                              "schedule.days": "mon", "schedule.every": "2", "schedule.window_start": "01:00",
+                              "schedule.window_hours": "4", "retention.last": "3", "retention.daily": "2",
+                              "retention.weekly": "1", "retention.monthly": "1", "retention.yearly": "1",
+                              "consistency": "crash", "rpo_grace_minutes": "5"}}
+    forms["/ui/policies/p"] = forms["/ui/policies"]
+    assert client.post("/ui/policies", data={"csrf": csrf, **forms["/ui/policies"]}).status_code == 200
+    for path, good in forms.items():
+        for fld in good:
+            for b in bad:
+                ok(client.post(path, data={"csrf": csrf, **good, fld: b}), f"{path} {fld}={b!r}")
+            ok(client.post(path, data={"csrf": csrf, **{k: v for k, v in good.items() if k != fld}}), path)
+    wait_idle(svc)
+    assert {j.kind for j in svc.jobs.list()} <= {"backup"}                      # no restore from a bad form
+    assert 200 in seen and 404 in seen and 422 in seen and 400 in seen

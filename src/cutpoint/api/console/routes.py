@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ...errors import CutpointError, NotFoundError, UsageError
 from ...restore.images import FORMATS
@@ -351,4 +352,21 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
                       include_in_schema=False)
     app.add_api_route("/ui/vault/verify", action(verify_now), methods=["POST"], include_in_schema=False)
     app.add_api_route("/ui/vault/gc", action(gc_now), methods=["POST"], include_in_schema=False)
+
+    json_miss = app.exception_handlers.get(HTTPException)
+
+    async def no_page(request: Request, exc: Exception) -> Response:
+        """A console address or method that no route answers: the login page without credentials, so that an
+        anonymous caller learns nothing; else an HTML not-found page. Other paths keep the API's JSON answer."""
+        if not (isinstance(exc, HTTPException) and exc.status_code in (404, 405) and is_console(request.url.path)):
+            if json_miss is None:
+                raise exc
+            got = json_miss(request, exc)
+            return await got if isinstance(got, Awaitable) else got
+        viewer = sessions.viewer(request)
+        if viewer is None:
+            return login_page("log in to see this page", 401)
+        return error_page(NotFoundError(f"no such console page ({request.method} {request.url.path})"), viewer)
+
+    app.add_exception_handler(HTTPException, no_page)
     return sessions
