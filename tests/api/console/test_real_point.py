@@ -21,8 +21,8 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture
 def two_partitions(bare_qemu, tmp_path: Path):
-    """A real point of VM 'parts' whose one disk holds a GPT with two ext4 partitions with different files (the
-    second labelled with markup, as a guest may); returns (point id, {partition: {name: bytes}})."""
+    """A real point of VM 'parts': disk d0 holds a GPT with two ext4 partitions with different files (the second
+    labelled with markup, as a guest may), disk sw is swap; returns (point id, {partition of d0: {name: bytes}})."""
     files = {1: {"only-in-one.txt": b"partition one\n"},
              2: {"only-in-two.txt": os.urandom(70_000), "sub/deeper.txt": b"two, nested\n"}}
     disk = tmp_path / "parts.raw"
@@ -38,7 +38,10 @@ def two_partitions(bare_qemu, tmp_path: Path):
         subprocess.run(["mkfs.ext4", "-q", "-L", label, "-d", str(src), str(img), "16M"], check=True)
         subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=512", f"seek={sector}", "conv=notrunc,sparse",
                         "status=none"], check=True)
-    vm = bare_qemu(blockdev_args(disk, "d0", "raw"))
+    swap = tmp_path / "swap.raw"
+    subprocess.run(["truncate", "-s", "8M", str(swap)], check=True)
+    subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
+    vm = bare_qemu(blockdev_args(disk, "d0", "raw") + blockdev_args(swap, "sw", "raw"))
     cutpoint("vm", "add", "parts", "--qmp", str(vm.qmp), check=True)
     point = json.loads(cutpoint("backup", "parts", "--json", check=True).out)["point"]
     return point, files
@@ -48,14 +51,22 @@ def test_file_browser_lets_the_user_pick_a_partition(two_partitions, env) -> Non
     point, files = two_partitions
     client, tokens, _, _ = env
     login(client, tokens["read-only"])
-    page = client.get(f"/ui/vms/parts/points/{point}/files")
+    over = client.get(f"/ui/vms/parts/points/{point}/files")                 # two disks: every filesystem
+    assert over.status_code == 200, over.text
+    rows = re.findall(r"<tr><td>(d0|sw)</td><td>([^<]*)</td><td>([^<]*)</td>.*?</tr>", over.text)
+    assert rows == [("d0", "partition 1", "ext4"), ("d0", "partition 2", "ext4"), ("sw", "whole disk", "swap")]
+    links = re.findall(r'href="([^"]*disk=(\w+)&amp;part=(\d+))"', over.text)
+    assert [(d, n) for _, d, n in links] == [("d0", "1"), ("d0", "2")], over.text   # swap: nothing to browse
+    assert "not readable here" in over.text
+    page = client.get(html.unescape(links[1][0]))
     assert page.status_code == 200, page.text
-    assert "<caption>filesystems" in page.text, page.text                    # the disk's filesystems, to pick
+    assert "<caption>filesystems on disk d0" in page.text, page.text          # the disk's filesystems, to pick
     picker = page.text[page.text.index("<caption>filesystems"):]
     picker = picker[:picker.index("</table>")]
     assert "&lt;b" in picker and "two" in picker and "<b>" not in picker      # a guest's label is text
     hrefs = re.findall(r'href="([^"]*part=(\d+)[^"]*)"', picker)
     assert sorted(n for _, n in hrefs) == ["1", "2"], picker                 # both partitions offered
+    assert re.search(r'part=2"[^>]*aria-current="page"', picker), picker     # the one listed below
     for href, num in hrefs:
         listing = client.get(html.unescape(href))
         assert listing.status_code == 200, listing.text
@@ -98,10 +109,10 @@ def test_hostile_input_on_every_console_form_and_query_is_a_page(two_partitions,
         q = quote(b.encode("utf-8", "surrogateescape"), safe="")
         paths = [f"/ui/vms/{q}", f"/ui/vms/parts/points/{q}", f"/ui/vms/parts/points/{q}/files", f"/ui/jobs/{q}",
                  f"/ui/policies/{q}", f"/ui/jobs?vm={q}&state={q}&kind={q}", f"/ui/alerts?all={q}",
-                 f"{pt}/files?part={q}", f"{pt}/files?disk={q}", f"{pt}/download?part={q}&path=/only-in-one.txt",
-                 f"{pt}/download?disk={q}&path=/lost%2Bfound"]
+                 f"{pt}/files?disk=d0&part={q}", f"{pt}/files?disk={q}",
+                 f"{pt}/download?disk=d0&part={q}&path=/only-in-one.txt", f"{pt}/download?disk={q}&path=/lost%2Bfound"]
         if b not in (" ", "\n", "-1", "<b>x</b>"):         # each listing serves the disk: the telling paths only
-            paths += [f"{pt}/files?path={q}", f"{pt}/download?path={q}"]
+            paths += [f"{pt}/files?disk=d0&path={q}", f"{pt}/download?disk=d0&path={q}", f"{pt}/files?path={q}"]
         for path in paths:
             ok(client.get(path), path, may_download=True)
             ok(client.post(path, data={"csrf": csrf}), path)
