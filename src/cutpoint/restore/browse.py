@@ -77,7 +77,9 @@ def _result(m: Manifest, view: View, vol: fsmod.Volume | None, t0: float) -> dic
 
 def list_files(vault: Vault, m: Manifest, disk: str | None, path: str, part: int | None,
                key_file: Path | None = None) -> dict[str, Any]:
-    """List ``path`` (a directory's children, or one file); without a disk on a multi-disk point, the volumes."""
+    """List ``path`` (a directory's children, or one file); without a disk on a multi-disk point, the volumes.
+
+    A listing also names every volume of its disk (``volumes``), so that a caller can offer the other partitions."""
     t0 = time.monotonic()
     if disk is None and len(m.disks) > 1:
         out = []
@@ -88,10 +90,11 @@ def list_files(vault: Vault, m: Manifest, disk: str | None, path: str, part: int
         return {"vm": m.vm, "point": m.point, "disks": out, "duration_s": round(time.monotonic() - t0, 3)}
     d = choose_disk(m, disk)
     with disk_view(vault, m, d, key_file) as v:
-        vol = fsmod.pick(fsmod.volumes(v.image, v.sandbox), part, d.name)
+        vols = fsmod.volumes(v.image, v.sandbox)
+        vol = fsmod.pick(vols, part, d.name)
         entry, children = fsmod.Fs(v.image, vol, v.sandbox).ls(path)
         res = _result(m, v, vol, t0)
-    res.update(path=terminal_safe(path), type=entry.type,
+    res.update(volumes=[x.to_json() for x in vols], path=terminal_safe(path), type=entry.type,
                entries=[e.to_json() for e in (children if entry.type == "dir" else [entry])])
     return res
 

@@ -3,16 +3,21 @@ against a real ``cutpoint serve`` and a paused QEMU whose disk holds a real ext4
 
 One walk covers what issue 18 asks of it: log in with the token, the dashboard lists the lab VM, Back up now and watch
 the job's progress until it succeeds, browse the point's files (a hostile file name shows as text) and download one
-byte-identical, a policy's invalid field refused with the message beside it, and a read-only session that sees no
-action button and whose forged post is refused. With ``CUTPOINT_CONSOLE_SHOTS=DIR`` it also saves a screenshot of
+byte-identical, a policy's invalid field refused with the message beside it, the restore wizard's new VM, replace
+(refused while QEMU runs; once it is stopped, the damaged disk is byte-identical to the point again) and instant
+restore (the new VM answers QMP while its NBD server runs; ``cutpoint instant finish`` cuts it loose), and a
+read-only session that sees no action button and whose forged post is refused. With ``CUTPOINT_CONSOLE_SHOTS=DIR`` it also saves a screenshot of
 each page there (how docs/console/ was made).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -69,13 +74,25 @@ def lab(bare_qemu, tmp_path: Path):
     subprocess.run(["mkfs.ext4", "-q", "-d", str(src), str(disk), "64M"], check=True)
     vm = bare_qemu(blockdev_args(disk, "d0", "raw"))
     cutpoint("vm", "add", "lab", "--qmp", str(vm.qmp), check=True)
-    served = Served(tmp_path, "console", env={"CUTPOINT_TEST_JOB_DELAY": "0.3",
-                                                          "CUTPOINT_VMS": str(tmp_path / "vms")})
+    started: list[Served] = []
+
+    def serve(slow: bool) -> Served:
+        """``cutpoint serve``; slow: each job's progress step takes 0.3 s, so that a page can show it running (a
+        replace of the 64 MiB disk has a step per chunk: it runs on a service started without the delay)."""
+        env = {"CUTPOINT_VMS": str(tmp_path / "vms")} | ({"CUTPOINT_TEST_JOB_DELAY": "0.3"} if slow else {})
+        started.append(Served(tmp_path, f"console-{len(started)}", env=env))
+        return started[-1]
     try:
-        yield served, src
+        yield serve, src, vm, disk
     finally:
-        served.proc.terminate()
-        served.proc.wait(60)
+        for served in started:
+            served.proc.terminate()
+            served.proc.wait(60)
+        for pidfile in (tmp_path / "vms").glob("*/*.pid"):      # restored VMs and NBD servers never outlive it
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
 
 
 def watch(d, want: str = "succeeded") -> list[str]:
@@ -128,6 +145,13 @@ def click(driver, element) -> None:
     WebDriverWait(driver, 30).until(ec.staleness_of(old))
 
 
+def job_result(driver) -> dict:
+    """The restore result a finished job page shows in its detail."""
+    from selenium.webdriver.common.by import By
+
+    return dict(json.loads(driver.find_element(By.CSS_SELECTOR, "main pre").text)["result"])
+
+
 def h1(driver) -> str:
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -142,7 +166,9 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    served, src = lab
+    serve, src, vm, disk = lab
+    served = serve(slow=True)
+    original = hashlib.sha256(disk.read_bytes()).hexdigest()        # the paused guest never writes: the point's
     url, d = served.url, browser
     d.get(url + "/")
     shot(d, "login")
@@ -239,6 +265,55 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
             assert "restore job" in d.find_element(By.TAG_NAME, "main").text
         assert "Traceback" not in d.page_source
         shot(d, name)
+
+    # replace for real: the VM stopped, its disk damaged, then put back to the first point (typed confirmation).
+    # The service restarts without the progress delay (a new port; the browser session ends with the process).
+    assert served.stop() == 0
+    served = serve(slow=False)
+    point_url = served.url + point_url[len(url):]
+    url = served.url
+    d.get(url + "/")
+    assert h1(d) == "Log in"
+    log_in(d, url, served.token)
+    vm.quit()
+    with open(disk, "r+b") as f:
+        for at in (1 << 20, 40 << 20):
+            f.seek(at)
+            f.write(os.urandom(256 << 10))
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() != original
+    d.get(point_url)
+    d.find_element(By.ID, "f-confirm").send_keys("lab")
+    click(d, d.find_element(By.ID, "restore-replace"))
+    watch(d)
+    res = job_result(d)
+    assert res["mode"] == "replace" and res["bytes_written"] >= 512 << 10, res
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == original     # byte-identical to the point again
+
+    # instant restore: a new VM runs from the point at once; its QMP answers and its NBD server runs
+    d.get(point_url)
+    name = d.find_element(By.ID, "f-instant_name")
+    name.clear()
+    name.send_keys("lab-now")
+    click(d, d.find_element(By.ID, "restore-instant"))
+    watch(d)
+    res = job_result(d)
+    assert res["mode"] == "instant" and res["new_vm"] == "lab-now", res
+    from cutpoint.drivers.qmp.qmp import QmpSession
+    from cutpoint.restore.launch import stop
+    try:
+        with QmpSession(Path(res["qmp"])) as s:
+            assert s.cmd("query-status")["status"] in ("prelaunch", "paused", "running")   # the lab VM was paused
+        st = json.loads(cutpoint("instant", "status", "lab-now", "--json", check=True).out)
+        assert st["server_running"] and st["state"] in ("streaming", "streamed"), st
+        d.get(url + "/")
+        click(d, d.find_element(By.LINK_TEXT, "lab-now"))                  # a VM of the console now
+        assert h1(d) == "VM lab-now"
+        fin = json.loads(cutpoint("instant", "finish", "lab-now", "--timeout", "300", "--json", check=True).out)
+        assert fin["state"] == "finished" and fin["server_stopped"], fin
+        with QmpSession(Path(res["qmp"])) as s:
+            assert [n for n in s.cmd("query-named-block-nodes", flat=True) if n["drv"] == "nbd"] == []
+    finally:
+        stop(Path(res["qmp"]), res["pid"])
 
     click(d, d.find_element(By.XPATH, "//button[text()='Log out']"))
     assert h1(d) == "Log in"

@@ -1,63 +1,21 @@
 """The console over a real vault and service (fake backups on a fake clock): login and sessions, CSRF and roles,
-field errors instead of 500s, and hostile strings escaped. The real-browser run is tests/api/console/test_browser.py.
+field errors instead of 500s, and hostile strings escaped (the service is conftest.py's ``env``). Points with real
+filesystems are in test_real_point.py; the real-browser run is test_browser.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
-import pytest
-from fastapi.testclient import TestClient
-
-from cutpoint.api import auth
-from cutpoint.api.app import create_app
 from cutpoint.api.console import routes as console
 from cutpoint.api.console.session import COOKIE
 from cutpoint.catalog.db import VmRecord
 from cutpoint.errors import HypervisorError
-from cutpoint.service.clock import FakeClock
-from cutpoint.service.daemon import Service
-from cutpoint.vault.vault import Vault
-from tests.service.fakes import FakeBackup
+from tests.api.console.helpers import login, wait_idle
 
 HOSTILE = '<script>alert("x")</script>&<img src=x onerror=alert(1)>'
-
-
-@pytest.fixture
-def env(tmp_path: Path):
-    vault = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
-    clock = FakeClock(datetime(2024, 6, 1, 12, tzinfo=timezone.utc))
-    fb = FakeBackup(clock)
-    svc = Service(vault, clock=clock, backup_fn=fb)
-    vault.catalog.add_vm(VmRecord("web", "qmp", "/nonexistent.sock", "2024-06-01T00:00:00Z", {}))
-    tokens = auth.tokens(vault.root)
-    with TestClient(create_app(svc, tokens, restore_root=tmp_path)) as client:
-        yield client, tokens, svc, fb
-    svc.runner.wait(10)
-    svc.close()
-
-
-def login(client: TestClient, token: str) -> str:
-    """Log in; returns the session's CSRF token (as the pages' forms carry it)."""
-    r = client.post("/login", data={"token": token}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    cookie = r.headers["set-cookie"]
-    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower(), cookie
-    page = client.get("/").text
-    m = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert m, page
-    return m.group(1)
-
-
-def wait_idle(svc: Service) -> None:
-    deadline = time.monotonic() + 10
-    while not svc.runner.idle():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 def test_root_is_the_login_page_without_credentials_and_the_dashboard_with_them(env) -> None:
@@ -350,3 +308,22 @@ def test_vm_timeline_shows_each_points_drill_badge(env) -> None:
     page = client.get("/ui/vms/web").text
     assert 'class="badge bad"' in page and "drill: failed" in page and "console: &lt;script&gt;" in page
     assert "<script>" not in page
+
+
+def test_unknown_console_addresses_are_pages(env) -> None:
+    """A console address that no page answers (an empty or slash-holding VM name, a typo, a wrong method) is the
+    login page without credentials, so that an anonymous caller learns nothing, and an HTML not-found page with
+    them; never the API's JSON."""
+    client, tokens, _, _ = env
+    paths = ("/ui/vms/", "/ui/vms/a%2Fb", "/ui/vms/web/points/", "/ui/nope", "/ui/policies/a%2F..%2Fb",
+             "/ui/vms/web/points/x/files/more", "/ui/")
+    for path in paths:
+        r = client.get(path)
+        assert r.status_code == 401 and 'name="token"' in r.text, (path, r.status_code, r.text)
+    r = client.post("/ui/jobs", data={"csrf": "x"})
+    assert r.status_code == 401 and 'name="token"' in r.text, r.text
+    login(client, tokens["read-only"])
+    for method, path in [("GET", p) for p in paths] + [("POST", "/ui/jobs"), ("POST", "/ui/vms/web/points/x")]:
+        r = client.request(method, path)
+        assert r.status_code == 404 and "text/html" in r.headers["content-type"], (path, r.status_code, r.text)
+        assert "<h1>Not found</h1>" in r.text and "no such console page" in r.text, (path, r.text)

@@ -2,7 +2,9 @@
 
 The browser lists through ``restore.browse.list_files`` and downloads through ``restore.browse.get_files``: the same
 sandboxed, hostile-guest-safe extraction as ``cutpoint files get``, into a private temporary directory, then sent as
-the file itself or, for a directory, a tar archive of what the extraction wrote. Guest names are shown escaped.
+the file itself or, for a directory, a tar archive of what the extraction wrote. A disk with several filesystems
+(partitions) lists them above the listing, each a link carrying its ``part``. Guest names and labels are shown
+escaped.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ...errors import UsageError
+from ...catalog.db import Catalog
+from ...errors import NotFoundError, UsageError
+from ...names import check_vm_name
 from ...restore.browse import get_files, list_files
+from ...restore.files import SUPPORTED
 from ...restore.images import FORMATS
+from ...restore.targets import Instant, NewVm, Replace, Target
 from ...service.daemon import Service
 from .html import Viewer, esc, field, form, nbytes, table
 
@@ -73,25 +79,82 @@ def render(svc: Service, viewer: Viewer, vm: str, point: str, restore_root: Path
               "filesystems</a></p>")
 
 
+def target_of(catalog: Catalog, vm: str, kind: str, form: dict[str, str]) -> tuple[Target, dict[str, str]]:
+    """The restore target a wizard form asks for (new-vm, replace, instant) and its field errors; every field is
+    checked here, before any job exists (replace needs the VM's name typed exactly)."""
+    errs: dict[str, str] = {}
+
+    def new_name(fld: str) -> str:
+        value = form.get(fld, "").strip()
+        try:
+            check_vm_name(value, what="new VM name")
+            catalog.vm(value)
+            errs[fld] = f"a VM named {value!r} is already protected; pick another name"
+        except NotFoundError:
+            pass
+        except UsageError as exc:
+            errs[fld] = str(exc)
+        return value
+
+    target: Target
+    if kind == "new-vm":
+        vname = new_name("new_name")
+        fmt = form.get("new_format", "")
+        if fmt not in FORMATS:
+            errs["new_format"] = f"{fmt!r} is not one of {', '.join(FORMATS)}"
+        if form.get("start", "no") not in ("no", "yes"):
+            errs["start"] = "choose yes or no"
+        target = NewVm(vname, format=fmt, start=form.get("start") == "yes")
+    elif kind == "replace":
+        if form.get("confirm", "").strip() != vm:
+            errs["confirm"] = f"type the VM name {vm!r} exactly to confirm that its disks are overwritten"
+        target = Replace()
+    elif kind == "instant":
+        target = Instant(new_name("instant_name"))
+    else:
+        raise NotFoundError(f"no restore kind {kind!r} (new-vm, replace, instant)")
+    return target, errs
+
+
+def _volumes(vm: str, point: str, vols: list[tuple[str, dict[str, Any]]], link_disk: str | None,
+             shown: int | None, caption: str) -> str:
+    """A table of filesystems (disk, volume) with a link to browse each readable one; ``shown`` is the volume
+    listed below it. Labels are the guest's (escaped for the terminal by blkid's reader, and here for HTML)."""
+    rows = []
+    for disk, v in vols:
+        num = int(v.get("partition") or 0)
+        where = f"partition {num}" if num else "whole disk"
+        if v.get("fstype") in SUPPORTED:
+            href = _href(vm, point, "/", link_disk if link_disk is not None else disk, num)
+            current = ' aria-current="page"' if num == shown else ""
+            act = (f'<a href="{esc(href)}" aria-label="browse disk {esc(disk)} {esc(where)}"{current}>browse</a>'
+                   + (' <span class="badge ok">listed below</span>' if current else ""))
+        else:
+            act = f'<span class="note">not readable here (reads {esc(", ".join(SUPPORTED))})</span>'
+        rows.append([esc(disk), esc(where), esc(v.get("fstype") or "unknown"), esc(v.get("label") or ""),
+                     esc(nbytes(v.get("size"))), act])
+    return table(["disk", "volume", "filesystem", "label", "size", ""], rows, caption)
+
+
 def browse(svc: Service, viewer: Viewer, vm: str, point: str, path: str, disk: str | None,
            part: int | None) -> str:
+    """A directory listing of one filesystem; when the disk holds several (partitions), a picker above it."""
     vault = svc.vaults.get()
     rec = vault.catalog.point(vm, point)
     m = vault.manifest(rec)
     res = list_files(vault, m, disk, path, part)
     if "disks" in res:                        # a multi-disk point without a disk chosen: its volumes
-        rows = []
-        for d in res["disks"]:
-            for v in d["volumes"]:
-                part = v.get("partition")
-                rows.append([esc(d["disk"]), esc(part or "whole disk"), esc(v.get("fstype") or "unknown"),
-                             esc(nbytes(v.get("size"))),
-                             f'<a href="{esc(_href(vm, rec.id, "/", d["disk"], part))}">open</a>'
-                             if v.get("fstype") else ""])
-        return table(["disk", "partition", "filesystem", "size", ""], rows, "filesystems")
+        return _volumes(vm, rec.id, [(d["disk"], v) for d in res["disks"] for v in d["volumes"]], None, None,
+                        "filesystems")
+    picker = ""
+    vols: list[dict[str, Any]] = res.get("volumes") or []
     vol: dict[str, Any] = res.get("volume") or {}
+    if len(vols) > 1:                         # several filesystems on this disk: offer each, pin the one listed
+        part = int(vol.get("partition") or 0)
+        picker = _volumes(vm, rec.id, [(res["disk"], v) for v in vols], disk, part,
+                          f"filesystems on disk {res['disk']}")
     where = "whole disk" if not vol.get("partition") else f"partition {vol.get('partition')}"
-    head = (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
+    head = picker + (f"<p>disk <b>{esc(res['disk'])}</b>, {esc(where)} ({esc(vol.get('fstype'))}); "
             f"path <code>{esc(res['path'])}</code></p>")
     rows = []
     cur = res["path"] if res["type"] == "dir" else posixpath.dirname(res["path"])

@@ -17,13 +17,12 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ...errors import CutpointError, NotFoundError, UsageError
 from ...restore.images import FORMATS
 from ...restore.targets import confine
 from ...service.daemon import Service
-from ...names import check_vm_name
-from ...restore.targets import Instant, NewVm, Replace, Target
 from ...service.work import backup_job, gc_job, restore_job, target_job, verify_job
 from ...policy.store import assign
 from .. import errors as api_errors
@@ -227,37 +226,7 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
         name, point, kind = (request.path_params[k] for k in ("name", "point", "kind"))
         catalog = svc.vaults.get().catalog
         rec = catalog.point(name, point)
-        errs: dict[str, str] = {}
-        target: Target | None = None
-
-        def new_name(fld: str) -> str:
-            value = form.get(fld, "").strip()
-            try:
-                check_vm_name(value, what="new VM name")
-                catalog.vm(value)
-                errs[fld] = f"a VM named {value!r} is already protected; pick another name"
-            except NotFoundError:
-                pass
-            except UsageError as exc:
-                errs[fld] = str(exc)
-            return value
-
-        if kind == "new-vm":
-            vname = new_name("new_name")
-            fmt = form.get("new_format", "")
-            if fmt not in FORMATS:
-                errs["new_format"] = f"{fmt!r} is not one of {', '.join(FORMATS)}"
-            if form.get("start", "no") not in ("no", "yes"):
-                errs["start"] = "choose yes or no"
-            target = NewVm(vname, format=fmt, start=form.get("start") == "yes")
-        elif kind == "replace":
-            if form.get("confirm", "").strip() != name:
-                errs["confirm"] = f"type the VM name {name!r} exactly to confirm that its disks are overwritten"
-            target = Replace()
-        elif kind == "instant":
-            target = Instant(new_name("instant_name"))
-        else:
-            raise NotFoundError(f"no restore kind {kind!r} (new-vm, replace, instant)")
+        target, errs = pointpage.target_of(catalog, name, kind, form)
         if errs:
             return html(f"Point {rec.id}", pointpage.render(svc, viewer, name, rec.id, restore_root, errs, form),
                         viewer, 422)
@@ -383,4 +352,21 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
                       include_in_schema=False)
     app.add_api_route("/ui/vault/verify", action(verify_now), methods=["POST"], include_in_schema=False)
     app.add_api_route("/ui/vault/gc", action(gc_now), methods=["POST"], include_in_schema=False)
+
+    json_miss = app.exception_handlers.get(HTTPException)
+
+    async def no_page(request: Request, exc: Exception) -> Response:
+        """A console address or method that no route answers: the login page without credentials, so that an
+        anonymous caller learns nothing; else an HTML not-found page. Other paths keep the API's JSON answer."""
+        if not (isinstance(exc, HTTPException) and exc.status_code in (404, 405) and is_console(request.url.path)):
+            if json_miss is None:
+                raise exc
+            got = json_miss(request, exc)
+            return await got if isinstance(got, Awaitable) else got
+        viewer = sessions.viewer(request)
+        if viewer is None:
+            return login_page("log in to see this page", 401)
+        return error_page(NotFoundError(f"no such console page ({request.method} {request.url.path})"), viewer)
+
+    app.add_exception_handler(HTTPException, no_page)
     return sessions
