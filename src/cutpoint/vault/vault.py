@@ -33,6 +33,7 @@ from .fsutil import fsync_dir, write_atomic
 from .manifest import MAGIC as MANIFEST_MAGIC
 from .manifest import FORMAT, FORMAT_TREE, Manifest, manifest_path
 from .packstore import DEFAULT_PACK_SIZE, PackStore
+from .protection import Protection
 from .tree import DEFAULT_FANOUT, ChunkTree
 
 __all__ = ["VAULT_FORMAT", "VAULT_VERSION", "DEFAULT_CHUNK_SIZE", "KEY_FILE", "Vault", "read_config"]
@@ -109,10 +110,12 @@ class Vault:
 
     @staticmethod
     def create(root: Path, *, chunk_size: int | None = None, encrypt: bool = False,
-               passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION) -> None:
+               passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION,
+               protection: Protection = Protection()) -> None:
         """Create a vault of format v4 (``version=3`` makes the previous format, for compatibility tests); the
         passphrase is asked for before anything is written, and config.json comes last. Unencrypted, it still gets
-        an authentication key, kept in this host's state directory."""
+        an authentication key, kept in this host's state directory. ``protection``: none unless asked ('vault
+        init' asks for 14 days of soft delete)."""
         if version not in (3, PACKED_VERSION):
             raise UsageError(f"cannot create a vault of format v{version}; this cutpoint creates v3 and v4")
         if chunk_size is None:
@@ -136,7 +139,7 @@ class Vault:
             if encrypt else None,
             "authentication": {"mac": "hmac-sha256", "key_fingerprint": keys.fingerprint,
                                "key": KEY_FILE if encrypt else "host state"},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **protection.to_config()}
         if version >= PACKED_VERSION:
             config.update(layout="packs", pack_size=DEFAULT_PACK_SIZE, tree_fanout=DEFAULT_FANOUT)
         try:
