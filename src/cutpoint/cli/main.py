@@ -21,6 +21,7 @@ from . import jobs, policy, serve
 from . import files, instant, mount
 from . import report
 from . import drill
+from . import delete
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
-                  files, mount, instant, report, drill):
+                  files, mount, instant, report, drill, delete):
         group.register(sub)
     return p
 

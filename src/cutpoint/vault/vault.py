@@ -188,15 +188,16 @@ class Vault:
         hoststate.committed(self.root, manifest.vm, manifest.point)
         return rec
 
-    def manifest(self, rec: PointRecord) -> Manifest:
-        """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``."""
+    def manifest(self, rec: PointRecord, *, at: Path | None = None) -> Manifest:
+        """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``.
+        ``at``: read it from there (a soft-deleted point's, in ``deleted/``) instead of the row's path."""
         if rec.damaged:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.damaged}")
         expect = str(manifest_path(self.root, rec.vm, rec.id).relative_to(self.root))
         if rec.manifest != expect:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: it names manifest {rec.manifest!r}, "
                                  f"expected {expect!r}")
-        path = self.root / rec.manifest
+        path = at or self.root / rec.manifest
         try:
             data = path.read_bytes()
         except FileNotFoundError:
