@@ -122,3 +122,23 @@ def test_delete_refusals_leave_everything_as_it_was() -> None:
     one_line_error(cutpoint("delete", "nosuch"), 3, "no restore point 'nosuch'", "cutpoint points")
     one_line_error(cutpoint("undelete", p1), 3, "no soft-deleted point")   # visible: nothing to undelete
     assert points() == [p1] and not (vault_dir() / "deleted").exists()
+
+
+def test_a_planted_deletion_record_never_becomes_a_path(tmp_path: Path) -> None:
+    """Vault contents are untrusted: a record whose row names a manifest outside points/ is refused by undelete, and
+    names that are not valid point or VM names are not even listed."""
+    protected_vault(4, soft_delete_days=14)
+    p1, p2 = synthetic_points([2, 1])
+    cutpoint("delete", p1, check=True)
+    rec = vault_dir() / "deleted" / "v" / f"{p1}.deleted"
+    doc = json.loads(rec.read_text())
+    outside = tmp_path / "outside.manifest"
+    doc["row"]["manifest"] = str(Path("..") / ".." / outside.relative_to("/"))
+    rec.write_text(json.dumps(doc))
+    one_line_error(cutpoint("undelete", p1), 6, "damaged", "names manifest")
+    assert not outside.exists() and (vault_dir() / "deleted" / "v" / f"{p1}.manifest").is_file()
+    assert points() == [p2]
+    (vault_dir() / "deleted" / "-x").mkdir()
+    (vault_dir() / "deleted" / "-x" / "y.deleted").write_text("{}")
+    (vault_dir() / "deleted" / "v" / "..bad.deleted").write_text("{}")
+    assert [d["point"] for d in _deleted()] == [p1]

@@ -168,6 +168,9 @@ def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection) 
         dp.row = PointRecord(**{k: row[k] for k in _ROW_FIELDS})
         if dp.row.id != pid or dp.row.vm != vm:
             raise ValueError("its row names another point")
+        for name, typ in (("created", str), ("logical_bytes", int), ("manifest", str), ("summary", dict)):
+            if not isinstance(row[name], typ):
+                raise ValueError(f"its row's {name} is {row[name]!r}")
         dp.verified = VerifyRecord(**doc["verified"]) if doc.get("verified") else None
         dp.deleted, dp.expires = t, protection.expires(t)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -300,7 +300,8 @@ def _refuse_downgrade(root: Path) -> None:
     """An unencrypted config over encrypted manifests means config.json (and key.json) were altered: writing on
     would store plaintext chunks beside encrypted ones. A few manifests' headers tell: magic, scheme 1 (AES-GCM) and
     a key fingerprint, all three: one damaged byte is not mistaken for it (verify reports that)."""
-    for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
+    found = itertools.chain(root.glob("points/*/*.manifest"), root.glob("deleted/*/*.manifest"))
+    for path in itertools.islice(found, 3):
         try:
             with open(path, "rb") as f:
                 head = f.read(21)
