@@ -142,3 +142,17 @@ def test_a_planted_deletion_record_never_becomes_a_path(tmp_path: Path) -> None:
     (vault_dir() / "deleted" / "-x" / "y.deleted").write_text("{}")
     (vault_dir() / "deleted" / "v" / "..bad.deleted").write_text("{}")
     assert [d["point"] for d in _deleted()] == [p1]
+
+
+@pytest.mark.parametrize("fmt", [3, 4], ids=["v3", "v4"])
+def test_soft_delete_in_an_encrypted_vault(fmt: int, monkeypatch, tmp_path: Path) -> None:
+    """The manifest moves sealed as it is (bound to <vm>/<point>, not to its directory): undelete and gc read it."""
+    from tests.vault.util import vault_of_format
+    vault_of_format(fmt, monkeypatch, encrypt=True)
+    cutpoint("vault", "protect", "--soft-delete-days", "3", check=True)
+    disks = synthetic_points([2, 1])
+    p1, p2 = disks
+    cutpoint("delete", p1, check=True)
+    assert gc()["soft_deleted"] == [p1]
+    cutpoint("undelete", p1, check=True)
+    assert read_back(p1, tmp_path / "p1") == disks[p1] and verified().ok

@@ -59,7 +59,7 @@ def current(vault: "Vault") -> Protection:
     """The protection in ``config.json`` as it is now, authenticated again: prune, delete and gc read it under their
     locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted."""
     config = cfgmod.read_config(vault.root)
-    if vault.sealer.keys is not None and int(config["version"]) >= 3:
+    if vault.sealer.keys is not None and (int(config["version"]) >= 3 or "mac" in vault.config):
         cfgmod.check_mac(config, vault.sealer.keys, vault.root)
     cfgmod.validate(config, vault.root)
     return Protection.of(config)
