@@ -101,6 +101,11 @@ class RetentionError(VaultError):
     exit_code = 12
 
 
+class ImmutableError(RetentionError):
+    """cutpoint refused to remove a point younger than the vault's immutability, or to reduce the vault's
+    immutability or soft delete (exit 12, as a refusal by Object Lock)."""
+
+
 class DrillFailedError(CutpointError):
     """A restore drill ran and its point failed it (did not boot, a signal missing, a filesystem damaged)."""
 

@@ -14,7 +14,10 @@ Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``after-ch
 ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before
 COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone, manifests not yet
 deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut),
-``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``).
+``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``); soft delete
+(``vault/softdelete.py``): ``delete-recorded`` (deletion records durable, rows still there; then ``prune-commit`` and
+``after-prune-commit`` as for prune, which shares the order), ``undelete-moved`` (manifest back in ``points/``, no
+row yet), ``after-undelete-commit`` (row back, record not yet removed).
 """
 
 from __future__ import annotations

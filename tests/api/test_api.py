@@ -207,3 +207,19 @@ def test_a_second_job_on_a_busy_vm_is_a_409(api: Api) -> None:
     _is_error(api.post("/vms/web/restore", json={"point": "x", "to": "/tmp/x"}), 404, "no restore point")
     release.set()
     assert api.wait_job(first)["state"] == "succeeded"
+
+
+def test_soft_deleted_points_are_listed_with_deleted_true(api: Api) -> None:
+    from cutpoint.vault import protection
+    from cutpoint.vault.delete import delete_point
+    from tests.helpers import commit_synthetic_point
+
+    vault = api.svc.vaults.get()
+    protection.change(vault, None, 14)                  # 'vault protect --soft-delete-days 14'
+    rec = commit_synthetic_point(vault, "20240601T110000Z-abcd", "web", "2024-06-01T11:00:00Z",
+                                 {"d": [os.urandom(vault.chunk_size)]})
+    assert [p["id"] for p in api.get("/points").json()] == [rec.id] and api.get("/points?deleted=true").json() == []
+    delete_point(vault, rec.id)
+    assert api.get("/points").json() == []
+    [d] = api.get("/points?deleted=true&vm=web").json()
+    assert d["point"] == rec.id and d["vm"] == "web" and d["deleted"] and d["expires"] and d["problem"] is None

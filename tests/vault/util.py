@@ -298,3 +298,54 @@ def hide_chunk(cid: str):
         for o, data in old.items():
             (vault_dir() / o).write_bytes(data)
     return back
+
+
+# -- immutability and soft delete (docs/format.md §19) ------------------------------------------------------------------
+
+def protected_vault(fmt: int = 4, *, immutable_days: int = 0, soft_delete_days: int = 14) -> None:
+    """The test's vault made afresh in format ``fmt`` with this protection (as 'vault init --immutable-days N
+    --soft-delete-days N' makes it)."""
+    from cutpoint.vault.protection import Protection
+    fresh_vault_dir()
+    Vault.create(vault_dir(), version=fmt, protection=Protection(immutable_days, soft_delete_days))
+
+
+def synthetic_points(ages_days: list[float], vm: str = "v") -> dict[str, bytes]:
+    """Commit one point per age (days before now, oldest first), each a 2-chunk disk ``d`` of its own random bytes,
+    with no VM; returns {point: the disk's bytes}, for byte-identical read-back."""
+    import secrets
+    from datetime import timedelta
+
+    from cutpoint.catalog.db import VmRecord
+    from tests.helpers import commit_synthetic_point
+
+    v = open_vault()
+    try:
+        if vm not in {r.name for r in v.catalog.vms()}:
+            v.catalog.add_vm(VmRecord(vm, "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+        out = {}
+        for age in ages_days:
+            when = (datetime.now(timezone.utc) - timedelta(days=age)).replace(microsecond=0)
+            pid = when.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
+            blocks = [os.urandom(v.chunk_size) for _ in range(2)]
+            commit_synthetic_point(v, pid, vm, when.isoformat().replace("+00:00", "Z"), {"d": list(blocks)},
+                                   {"point": pid})
+            out[pid] = b"".join(blocks)
+        return out
+    finally:
+        v.close()
+
+
+def read_back(point: str, to: Path, vm: str = "v") -> bytes:
+    """Restore a visible point's disk ``d`` into ``to`` and return its bytes."""
+    return restored(point, to, vm)["d"]
+
+
+def age_deletion(vm: str, point: str, days: float) -> None:
+    """Pretend a soft-deleted point was deleted ``days`` ago: rewrite the deletion time in its record on disk."""
+    import json
+    from datetime import timedelta
+    path = vault_dir() / "deleted" / vm / f"{point}.deleted"
+    doc = json.loads(path.read_text())
+    doc["deleted"] = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="seconds")
+    path.write_text(json.dumps(doc))

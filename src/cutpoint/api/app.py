@@ -32,6 +32,7 @@ from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
 from ..service.report import drills, status, usage
 from ..service.work import backup_job, drill_job, restore_job
+from ..vault import protection, softdelete
 from . import auth, errors
 from .console import routes as console
 from .views import point_json, vm_json
@@ -132,8 +133,12 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
         return [point_json(p, catalog.drill(p.id)) for p in catalog.points(name)]
 
     @app.get("/points", tags=["points"])
-    def points(vm: str | None = None) -> list[dict[str, Any]]:
-        catalog = svc.vaults.get().catalog
+    def points(vm: str | None = None, deleted: bool = False) -> list[dict[str, Any]]:
+        """``deleted=true``: the soft-deleted points instead, as 'cutpoint points --deleted --json' lists them."""
+        vault = svc.vaults.get()
+        if deleted:
+            return [d.to_json() for d in softdelete.scan(vault, protection.current(vault), vm)]
+        catalog = vault.catalog
         if vm is not None:
             catalog.vm(vm)
         return [point_json(p, catalog.drill(p.id)) for p in catalog.points(vm)]

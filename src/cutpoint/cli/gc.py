@@ -38,6 +38,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
               + (f"{res.packs_repacked} to repack" if args.dry_run else f"{res.packs_repacked} repacked into "
                  f"{res.packs_written} ({human(res.repacked_bytes)} copied)")
               + (f", {res.kept_relied} kept because a running backup relies on them" if res.kept_relied else ""))
+    if res.soft_deleted or res.purged:
+        print(f"soft delete: kept the data of {len(res.soft_deleted)} soft-deleted point(s) (recoverable "
+              f"{res.soft_delete_days} days after deletion); {'would purge' if args.dry_run else 'purged'} "
+              f"{len(res.purged)} expired" + (f": {', '.join(res.purged)}" if res.purged else ""))
+    if res.kept_immutable:
+        print(f"immutability kept {len(res.kept_immutable)} expired soft-deleted point(s) younger than "
+              f"{res.immutable_days} days: {', '.join(res.kept_immutable)}")
     if res.kept_young:
         print(f"kept {res.kept_young} unreferenced chunks written or reused after the cutoff {res.cutoff}"
               + (f" (running: {', '.join(res.running_backups)})" if res.running_backups else ""))

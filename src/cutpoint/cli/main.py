@@ -22,6 +22,7 @@ from . import files, instant, mount
 from . import report
 from .common import resolve_vault
 from . import drill
+from . import delete
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
-                  files, mount, instant, report, drill):
+                  files, mount, instant, report, drill, delete):
         group.register(sub)
     return p
 

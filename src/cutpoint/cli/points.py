@@ -1,17 +1,22 @@
-"""``cutpoint points``: list the complete restore points of one VM or all."""
+"""``cutpoint points``: list the complete restore points of one VM or all (``--deleted``: the soft-deleted ones)."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 
 from ..catalog.db import DrillRecord
 from ..units import human
+from ..vault import protection, softdelete
+from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("points", help="list restore points")
     p.add_argument("name", nargs="?", help="only this VM's points")
+    p.add_argument("--deleted", action="store_true", help="list soft-deleted points instead: when they were "
+                   "deleted and when their soft delete expires ('cutpoint undelete POINT' brings one back)")
     p.add_argument("--json", action="store_true")
     add_vault_arg(p)
     p.set_defaults(func=cmd_points)
@@ -22,6 +27,8 @@ def cmd_points(args: argparse.Namespace) -> int:
     if args.name:
         if not vault.catalog.points(args.name):
             vault.catalog.vm(args.name)   # unknown VM: a clear error; a known one simply has no points yet
+    if args.deleted:
+        return _deleted(vault, args.name, args.json)
     pts = vault.catalog.points(args.name)
     drills = {p.id: vault.catalog.drill(p.id) for p in pts}
     if args.json:
@@ -31,6 +38,24 @@ def cmd_points(args: argparse.Namespace) -> int:
                 [[p.id, p.vm, p.created, p.consistency, p.mode, f"{p.pause_ms:.1f}", human(p.logical_bytes),
                   human(p.read_bytes), human(p.stored_bytes), _drill_cell(drills[p.id])] for p in pts]))
     return 0
+
+
+def _deleted(vault: Vault, vm: str | None, as_json: bool) -> int:
+    prot = protection.current(vault)
+    pts = softdelete.scan(vault, prot, vm)
+    if as_json:
+        print_json([p.to_json() for p in pts])
+        return 0
+    print(table(["point", "vm", "created", "deleted", "expires", "size", "note"],
+                [[p.id, p.vm, p.row.created if p.row else "?", _t(p.deleted), _t(p.expires),
+                  human(p.row.logical_bytes) if p.row else "?", p.problem or ""] for p in pts]))
+    if not prot.soft_delete_days:
+        print(f"vault {vault.root} keeps no soft-deleted points (soft delete is off)")
+    return 0
+
+
+def _t(t: datetime | None) -> str:
+    return f"{t:%Y-%m-%d %H:%M:%S}Z" if t else "?"
 
 
 def _drill_cell(d: DrillRecord | None) -> str:

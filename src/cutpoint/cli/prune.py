@@ -39,6 +39,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
                       d.created.strftime("%Y-%m-%d %H:%M:%S"), ", ".join(d.reasons) or "no rule keeps it"]
                      for d in res.decisions]))
     gone = sum(not d.keep for d in res.decisions)
+    soft = res.protection.soft_delete_days
     print(f"{len(res.decisions) - gone} kept, {gone} {'to remove' if args.dry_run else 'removed'}"
-          + ("; run 'cutpoint gc' to free their space" if gone and not args.dry_run else ""))
+          + (f"; recoverable {soft} days ('cutpoint points --deleted', 'cutpoint undelete POINT')" if gone and soft
+             else "; run 'cutpoint gc' to free their space" if gone and not args.dry_run else ""))
+    if res.immutable:
+        print(f"immutability kept {len(res.immutable)} point(s) younger than {res.protection.immutable_days} days "
+              f"that the policy would remove: {', '.join(res.immutable)}")
     return 0

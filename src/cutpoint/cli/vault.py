@@ -1,5 +1,6 @@
-"""``cutpoint vault``: create a vault (encrypted unless --no-encrypt), show its format and what it does not protect
-against, accept a deliberately changed vault (trust), export and import its key."""
+"""``cutpoint vault``: create a vault (encrypted unless --no-encrypt; immutability and soft delete), show its format
+and what it does not protect against, lengthen its protection, accept a deliberately changed vault (trust), export
+and import its key."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
-from ..vault import location, passphrase, remote
+from ..vault import location, passphrase, protection, remote
 from ..vault.packstore import PackStore
+from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
 from .common import add_vault_arg, open_vault, print_json
 
@@ -31,9 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "key this host keeps outside the vault)")
     i.add_argument("--chunk-size", default=None, help=f"chunk size, a power of two (default "
                    f"{DEFAULT_CHUNK_SIZE >> 10}K: the dirty bitmap's granularity)")
+    i.add_argument("--immutable-days", type=int, default=0, metavar="N", help="no point may be pruned or deleted "
+                   "before it is N days old, and soft delete cannot be shortened (default 0: off)")
+    i.add_argument("--soft-delete-days", type=int, default=DEFAULT_SOFT_DELETE_DAYS, metavar="N",
+                   help=f"a pruned or deleted point stays recoverable N days (default {DEFAULT_SOFT_DELETE_DAYS}; "
+                        "0: off)")
+    i.add_argument("--object-lock", choices=("compliance", "governance"), default=None,
+                   help="S3 vaults (s3://BUCKET/PREFIX) only: the Object Lock mode that enforces --immutable-days")
     i.add_argument("--json", action="store_true")
     add_vault_arg(i)
     i.set_defaults(func=cmd_init)
+
+    pr = vs.add_parser("protect", help="lengthen the vault's immutability or soft delete (an immutable vault "
+                       "refuses to shorten either)")
+    pr.add_argument("--immutable-days", type=int, default=None, metavar="N")
+    pr.add_argument("--soft-delete-days", type=int, default=None, metavar="N")
+    pr.add_argument("--json", action="store_true")
+    add_vault_arg(pr)
+    pr.set_defaults(func=cmd_protect)
 
     info = vs.add_parser("info", help="show the vault's format, encryption, key fingerprint and what it does not "
                          "protect against")
@@ -83,10 +100,35 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.encrypt and args.no_encrypt:
         raise UsageError("--encrypt and --no-encrypt contradict each other; give one")
     root = _root(args)
+    if getattr(args, "object_lock", None) is not None and not str(args.vault).startswith("s3:/"):   # Path: 's3:/
+        raise UsageError(f"--object-lock is for vaults on S3 (s3://BUCKET/PREFIX), not the directory {root}: a local "
+                         "directory has no Object Lock; drop --object-lock (--immutable-days N alone makes cutpoint "
+                         "refuse early deletion there); nothing was created")
+    prot = Protection(check_days(getattr(args, "immutable_days", 0), "--immutable-days"),
+                      check_days(getattr(args, "soft_delete_days", DEFAULT_SOFT_DELETE_DAYS), "--soft-delete-days"))
     size = parse_size(args.chunk_size) if args.chunk_size else None
     Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
-                 passphrase=passphrase.source(args.passphrase_file))
+                 passphrase=passphrase.source(args.passphrase_file), protection=prot)
     return _show(root, args.json, "created ")
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    if args.immutable_days is None and args.soft_delete_days is None:
+        raise UsageError("vault protect needs --immutable-days N or --soft-delete-days N; nothing was changed")
+    vault = open_vault(args, write="changing the vault's protection")
+    prot = protection.change(vault, args.immutable_days, args.soft_delete_days)
+    if args.json:
+        print_json(prot.to_config())
+    else:
+        print(f"vault {vault.root}: {_describe(prot)}")
+    return 0
+
+
+def _describe(prot: Protection) -> str:
+    return ((f"immutable: no point is pruned or deleted before it is {prot.immutable_days} days old" if
+             prot.immutable_days else "not immutable") + "; "
+            + (f"soft delete: removed points stay recoverable {prot.soft_delete_days} days" if prot.soft_delete_days
+               else "no soft delete: removed points are gone at the next gc"))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -107,6 +149,9 @@ def not_protected(cfg: dict[str, Any]) -> list[str]:
                        "data undetected; create a v3 vault with 'cutpoint vault init' and back up into it")
     if cfg.get("version", 0) < 3:
         out.append("an edited config.json (format v2 does not authenticate it; its parameters are still checked)")
+    out.append("deletion by root or by anyone who can write the vault directory: on a local directory, immutability "
+               "and soft delete are enforced by cutpoint, not by the filesystem; they protect against mistakes, "
+               "not against root")
     out.append("deletion, or replacement by an older copy, on a host that has never used this vault (a host "
                "that has refuses writes and warns on reads)")
     return out
@@ -117,14 +162,15 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
     enc = cfg.get("encryption") or {}
     gaps = not_protected(cfg)
     if as_json:
-        print_json({"vault": location.describe(root), **cfg, "authenticated": cfgmod.fingerprint(cfg) is not None,
-                    "not_protected_against": gaps})
+        print_json({"vault": location.describe(root), **cfg, **Protection.of(cfg).to_config(),
+                    "authenticated": cfgmod.fingerprint(cfg) is not None, "not_protected_against": gaps})
         return 0
     fp = cfgmod.fingerprint(cfg)
     print(f"{verb}vault {location.describe(root)}: {cfg['format']} v{cfg['version']}, chunks of {cfg['chunk_size']} bytes, "
           + (f"encrypted ({enc['cipher']}, key {enc['key_fingerprint']}, key file {_key_where(root)})" if enc
              else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
              else "not encrypted, not authenticated"))
+    print(_describe(Protection.of(cfg)))
     print("does not protect against: " + "; ".join(gaps))
     return 0
 

@@ -25,6 +25,7 @@ PACKED_VERSION = 4            # from v4: blobs in packs, index trees (docs/forma
 MIN_CHUNK_SIZE = 4 << 10
 MAX_CHUNK_SIZE = 64 << 20
 CODECS = ("zstd",)
+MAX_DAYS = 36500              # immutable_days, soft_delete_days (docs/format.md §19)
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -82,6 +83,10 @@ def validate(config: dict[str, Any], root: Path) -> None:
             raise VaultError(f"{where}: pack_size {ps!r} is not from 1 MiB to 256 MiB")
         if not isinstance(fan, int) or isinstance(fan, bool) or not 16 <= fan <= 1 << 16:
             raise VaultError(f"{where}: tree_fanout {fan!r} is not from 16 to 65536")
+    for name in ("immutable_days", "soft_delete_days"):       # absent: 0 (vaults made before they existed)
+        days = config.get(name, 0)
+        if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_DAYS:
+            raise VaultError(f"{where}: {name} {days!r} is not a number of days from 0 to {MAX_DAYS}")
     if config["version"] >= 3:
         auth = config.get("authentication")
         if not isinstance(auth, dict) or auth.get("mac") != "hmac-sha256" \

@@ -10,7 +10,8 @@ found it (``ChunkStore.put``), under the directory lock gc holds while it sweeps
 unread from its parent point is referenced by that parent, which cannot be pruned while the backup holds the VM's
 lock. Starts and mtimes come from one clock, the filesystem's; the grace covers clock steps. The same age rule
 removes manifests without a catalog row (a backup killed before its commit point, a prune killed after its) and
-``.tmp-*`` leftovers of killed writers.
+``.tmp-*`` leftovers of killed writers. A soft-deleted point is a root like a visible one until its soft delete
+expires; then gc purges it (docs/format.md §19).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 from .. import faults
 from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError
-from . import locks, packgc, remote
+from . import locks, packgc, protection, remote, softdelete
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
+from .prune import parse_created
 from .tree import ChunkTree
 from .vault import Vault
 
@@ -39,7 +41,7 @@ class GcResult:
     cutoff: str
     grace_s: float
     running_backups: list[str] = field(default_factory=list)
-    points: int = 0
+    points: int = 0                     # visible points (soft-deleted ones: ``soft_deleted``)
     referenced_chunks: int = 0
     chunks_seen: int = 0
     removed_chunks: int = 0
@@ -54,6 +56,12 @@ class GcResult:
     packs_written: int = 0
     repacked_bytes: int = 0
     kept_relied: int = 0                # packs a running backup relies on
+    immutable_days: int = 0             # the vault's protection (docs/format.md §19)
+    soft_delete_days: int = 0
+    soft_deleted: list[str] = field(default_factory=list)     # soft-deleted points whose data is kept (roots)
+    purged: list[str] = field(default_factory=list)           # expired soft-deleted points removed
+    kept_immutable: list[str] = field(default_factory=list)   # expired, but younger than the immutability
+    removed_records: int = 0            # stale deletion records of visible points
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,20 +78,21 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
                        [w.what for w in writers])
         if vault.remote is not None:
             remote.sync_catalog(vault)      # S3: mark from the bucket's manifests as they are under the lock
-        recs = vault.catalog.points()
+        roots, expired = _roots(vault, res)
         if isinstance(vault.chunks, PackStore):
-            _gc_packs(vault, vault.chunks, recs, cutoff, res)
+            _gc_packs(vault, vault.chunks, roots, expired, cutoff, res)
             return res
         referenced: set[str] = set()
-        for rec in recs:
+        for rec, at in roots:
             try:
-                referenced |= vault.manifest(rec).referenced()
+                referenced |= vault.manifest(rec, at=at).referenced()
             except IntegrityError as exc:
                 raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
                                      f"chunks point {rec.id} uses. Run 'cutpoint verify', then prune that "
                                      "point") from exc
-        res.points, res.referenced_chunks = len(recs), len(referenced)
-        _sweep_manifests(vault, {r.manifest for r in recs}, cutoff, res)
+        res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(referenced)
+        _purge(vault, expired, res)
+        _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
         assert isinstance(vault.chunks, ChunkStore)
         for d in vault.chunks.directories():
             with vault.chunks.dir_lock(d, exclusive=True):
@@ -91,17 +100,62 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
     return res
 
 
-def _gc_packs(vault: Vault, store: PackStore, recs: list[PointRecord], cutoff: float, res: GcResult) -> None:
+def _roots(vault: Vault, res: GcResult) -> tuple[list[tuple[PointRecord, Path]], list[softdelete.DeletedPoint]]:
+    """The points whose data gc keeps, each with where its manifest is: every visible point, and every soft-deleted
+    one not yet expired (or expired but still immutable); and the expired ones, which ``_purge`` removes after the
+    mark and before anything is swept, so that no point still listed as recoverable ever loses a chunk."""
+    prot, now = protection.current(vault), protection.now()
+    res.immutable_days, res.soft_delete_days = prot.immutable_days, prot.soft_delete_days
+    roots = [(rec, vault.root / rec.manifest) for rec in vault.catalog.points()]
+    expired = []
+    for dp in softdelete.scan(vault, prot):
+        if dp.expired(now) and dp.row is not None and not _immutable(prot, dp.row, now):
+            expired.append(dp)
+            continue
+        if dp.expired(now):
+            res.kept_immutable.append(dp.id)
+        if dp.manifest is None:
+            continue                    # nothing left to keep (its record is listed with the problem)
+        if dp.row is None:
+            raise IntegrityError(f"gc stopped before deleting anything: soft-deleted point {dp.id}: {dp.problem}; "
+                                 "without it gc cannot read which chunks the point uses. Restore the record from "
+                                 "a copy, or remove it and its manifest to give the point up")
+        res.soft_deleted.append(dp.id)
+        roots.append((dp.row, dp.manifest))
+    return roots, expired
+
+
+def _purge(vault: Vault, expired: list[softdelete.DeletedPoint], res: GcResult) -> None:
+    """After the mark: expired soft-deleted points go (record, then manifest), and stale deletion records."""
+    for dp in expired:
+        res.purged.append(dp.id)
+        res.freed_bytes += softdelete.purge(vault, dp, res.dry_run)
+    for path in softdelete.stale_records(vault):
+        if not res.dry_run:
+            softdelete.drop_stale(vault, path)
+        res.removed_records += 1
+
+
+def _immutable(prot: protection.Protection, row: PointRecord, now: datetime) -> bool:
+    try:
+        return prot.is_immutable(parse_created(row.created), now)
+    except (TypeError, ValueError):
+        return prot.immutable_days > 0          # age unknown: kept while the vault is immutable
+
+
+def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Path]],
+              expired: list[softdelete.DeletedPoint], cutoff: float, res: GcResult) -> None:
     trees: list[ChunkTree] = []
     try:
-        for rec in recs:
-            trees += [d.chunks for d in vault.manifest(rec).disks if isinstance(d.chunks, ChunkTree)]
+        for rec, at in roots:
+            trees += [d.chunks for d in vault.manifest(rec, at=at).disks if isinstance(d.chunks, ChunkTree)]
         live = packgc.referenced(trees)
     except (IntegrityError, NotFoundError) as exc:
         raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
                              "chunks the points use. Run 'cutpoint verify', then prune the point it names") from exc
-    res.points, res.referenced_chunks = len(recs), len(live)
-    _sweep_manifests(vault, {r.manifest for r in recs}, cutoff, res)
+    res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
+    _purge(vault, expired, res)
+    _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     st, counts = packgc.sweep(store, live, cutoff, res.dry_run)
     for k, v in {**asdict(st), **counts}.items():
         setattr(res, k, getattr(res, k) + v)
@@ -128,9 +182,14 @@ def _remove(path: Path, size: int, res: GcResult) -> bool:
 def _sweep_manifests(vault: Vault, known: set[str], cutoff: float, res: GcResult) -> None:
     if vault.remote is not None:
         return          # S3: every manifest in the bucket is a point (another host's too): none is swept
-    root = vault.root / "points"
-    if not root.exists():
-        return
+    """Manifests that are neither a visible point's nor a kept soft-deleted point's, in ``points/`` and
+    ``deleted/``, and ``.tmp-*`` leftovers; deletion records are never swept here (``_roots``)."""
+    for top in (vault.root / "points", vault.root / softdelete.DELETED):
+        if top.exists():
+            _sweep_manifests_in(vault, top, known, cutoff, res)
+
+
+def _sweep_manifests_in(vault: Vault, root: Path, known: set[str], cutoff: float, res: GcResult) -> None:
     for path in root.rglob("*"):
         if not path.is_file() or str(path.relative_to(vault.root)) in known:
             continue

@@ -5,21 +5,21 @@ the points are gone for every reader, before it nothing changed), then their man
 between leaves manifests without rows, which gc removes. Chunks are never touched here: freeing space is gc's job,
 because only gc knows what other points and running backups still use. A point that is being served (mounted, or
 running an instant-restored VM) holds a pin and is kept, with that reason, until it is released. The newest good
-point (last verify not ``failed``, catalog row readable) is always kept (``retention.decide``).
+point (last verify not ``failed``, catalog row readable) is always kept (``retention.decide``). A point younger than
+the vault's immutability is kept, with that reason (``kept_by_immutability``). In a vault with soft delete the
+removed points' manifests move to ``deleted/`` instead (``softdelete.remove``, docs/format.md §19).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from .. import faults, names
-from ..catalog.db import PointRecord
 from ..errors import UsageError
-from . import hoststate
-from .fsutil import fsync_dir
+from . import protection, softdelete
 from .locks import in_use
+from .protection import Protection
 from .retention import Decision, Retention, decide
 from .vault import Vault
 
@@ -33,6 +33,8 @@ class PruneResult:
     policy: Retention
     dry_run: bool
     decisions: list[Decision]
+    protection: Protection = field(default_factory=Protection)
+    immutable: list[str] = field(default_factory=list)     # points the policy would remove, kept by immutability
 
     def to_json(self) -> dict[str, Any]:
         def one(d: Decision) -> dict[str, Any]:
@@ -40,7 +42,9 @@ class PruneResult:
                     "reasons": list(d.reasons)}
         return {"vm": self.vm, "policy": self.policy.describe(), "dry_run": self.dry_run,
                 "keep": [one(d) for d in self.decisions if d.keep],
-                "remove": [one(d) for d in self.decisions if not d.keep]}
+                "remove": [one(d) for d in self.decisions if not d.keep],
+                "immutable_days": self.protection.immutable_days, "kept_by_immutability": list(self.immutable),
+                "soft_delete_days": self.protection.soft_delete_days}
 
 
 def parse_created(s: str) -> datetime:
@@ -63,37 +67,10 @@ def prune(vault: Vault, vm: str, policy: Retention, *, dry_run: bool = False,
     vault.require_trusted(f"prune of VM {vm!r}")
     with vault.points_lock(shared=False), vault.vm_lock(vm, writer=False):
         res = _plan(vault, vm, policy, False, tz)
-        gone = [d.id for d in res.decisions if not d.keep]
-        if gone:
-            recs = {p.id: p for p in vault.catalog.points(vm)}
-            if vault.remote is not None:
-                _delete_remote(vault, vm, gone, recs)        # S3: the manifest is the point, so it goes first
-            vault.catalog.remove_points(gone)
-            left = vault.catalog.points(vm)
-            hoststate.forgotten(vault.root, vm, gone, left[-1].id if left else None)   # ours: not a rollback
-            faults.hit("after-prune-commit")
-            dirs = set()
-            for pid in gone:
-                if not names.is_valid(pid):
-                    continue                 # a planted row ('../x'): its row is gone, no path is built from it
-                vault.pin_path(pid).unlink(missing_ok=True)      # unpinned (checked under the exclusive lock)
-                path = vault.root / "points" / vm / f"{pid}.manifest"
-                if vault.remote is None and recs[pid].manifest == str(path.relative_to(vault.root)):
-                    path.unlink(missing_ok=True)
-                    dirs.add(path.parent)
-            for d in dirs:
-                fsync_dir(d)
+        gone = {d.id for d in res.decisions if not d.keep}
+        softdelete.remove(vault, vm, [p for p in vault.catalog.points(vm) if p.id in gone], res.protection,
+                          protection.now())
     return res
-
-
-def _delete_remote(vault: Vault, vm: str, gone: list[str], recs: dict[str, PointRecord]) -> None:
-    """An S3 vault's points are their manifest objects (docs/format.md §19.2): delete those first, then the rows.
-    A crash in between leaves rows without manifests, which the next open's catalog sync removes."""
-    for pid in gone:
-        name = f"points/{vm}/{pid}.manifest"
-        if names.is_valid(pid) and recs[pid].manifest == name:
-            vault.backend.delete(name)
-    vault.backend.sync()
 
 
 def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = timezone.utc) -> PruneResult:
@@ -109,8 +86,13 @@ def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = 
         except (TypeError, ValueError):
             raise UsageError(f"catalog row of point {p.id} has no valid creation time ({p.created!r}); run "
                              "'cutpoint verify' and fix the catalog before pruning") from None
-    decisions = []
+    prot, now = protection.current(vault), protection.now()
+    res = PruneResult(vm, policy, dry_run, [], prot)
     for d in decide(pts, policy, tz, bad):
-        served = not d.keep and in_use(vault.pin_path(d.id))
-        decisions.append(replace(d, keep=True, reasons=(SERVED,)) if served else d)
-    return PruneResult(vm, policy, dry_run, decisions)
+        if not d.keep and prot.is_immutable(d.created, now):
+            res.immutable.append(d.id)
+            d = replace(d, keep=True, reasons=(f"immutable until {prot.immutable_until(d.created):%Y-%m-%d %H:%M}Z",))
+        elif not d.keep and in_use(vault.pin_path(d.id)):
+            d = replace(d, keep=True, reasons=(SERVED,))
+        res.decisions.append(d)
+    return res

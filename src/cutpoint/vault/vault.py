@@ -36,6 +36,7 @@ from .fsutil import fsync_dir, write_atomic
 from .manifest import MAGIC as MANIFEST_MAGIC
 from .manifest import FORMAT, FORMAT_TREE, Manifest, manifest_path
 from .packstore import DEFAULT_PACK_SIZE, PackStore
+from .protection import Protection
 from .tree import DEFAULT_FANOUT, ChunkTree
 
 __all__ = ["VAULT_FORMAT", "VAULT_VERSION", "DEFAULT_CHUNK_SIZE", "KEY_FILE", "Vault", "read_config"]
@@ -118,10 +119,12 @@ class Vault:
 
     @staticmethod
     def create(root: Path, *, chunk_size: int | None = None, encrypt: bool = False,
-               passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION) -> None:
+               passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION,
+               protection: Protection = Protection()) -> None:
         """Create a vault of format v4 (``version=3`` makes the previous format, for compatibility tests); the
         passphrase is asked for before anything is written, and config.json comes last. Unencrypted, it still gets
-        an authentication key, kept in this host's state directory."""
+        an authentication key, kept in this host's state directory. ``protection``: none unless asked ('vault
+        init' asks for 14 days of soft delete)."""
         if version not in (3, PACKED_VERSION):
             raise UsageError(f"cannot create a vault of format v{version}; this cutpoint creates v3 and v4")
         if chunk_size is None:
@@ -148,7 +151,7 @@ class Vault:
             if encrypt else None,
             "authentication": {"mac": "hmac-sha256", "key_fingerprint": keys.fingerprint,
                                "key": KEY_FILE if encrypt else "host state"},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **protection.to_config()}
         if version >= PACKED_VERSION:
             config.update(layout="packs", pack_size=DEFAULT_PACK_SIZE, tree_fanout=DEFAULT_FANOUT)
         try:
@@ -209,17 +212,19 @@ class Vault:
         hoststate.committed(self.root, manifest.vm, manifest.point)
         return rec
 
-    def manifest(self, rec: PointRecord) -> Manifest:
-        """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``."""
+    def manifest(self, rec: PointRecord, *, at: Path | None = None) -> Manifest:
+        """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``.
+        ``at``: read it from there (a soft-deleted point's, in ``deleted/``) instead of the row's path."""
         if rec.damaged:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.damaged}")
         expect = str(manifest_path(self.root, rec.vm, rec.id).relative_to(self.root))
         if rec.manifest != expect:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: it names manifest {rec.manifest!r}, "
                                  f"expected {expect!r}")
-        path = self.root / rec.manifest
+        path = at or self.root / rec.manifest
         try:
-            data = self.backend.get(rec.manifest) if self.remote is not None else path.read_bytes()
+            data = self.backend.get(str(path.relative_to(self.root))) if self.remote is not None \
+                else path.read_bytes()
         except (FileNotFoundError, NotFoundError):
             raise IntegrityError(f"manifest of point {rec.id} is missing ({path})") from None
         except OSError as exc:
@@ -348,13 +353,15 @@ def _refuse_downgrade(root: Path) -> None:
     heads: list[tuple[str, bytes]] = []
     if location.remote_of(root) is not None:
         backend = location.backend_for(root)
-        for obj in itertools.islice(backend.list("points/"), 3):
+        found_objs = itertools.chain(backend.list("points/"), backend.list("deleted/"))
+        for obj in itertools.islice((o for o in found_objs if o.name.endswith(".manifest")), 3):
             try:
                 heads.append((obj.name, backend.get(obj.name, 0, 21)))
             except VaultError:
                 continue
     else:
-        for path in itertools.islice(root.glob("points/*/*.manifest"), 3):
+        found = itertools.chain(root.glob("points/*/*.manifest"), root.glob("deleted/*/*.manifest"))
+        for path in itertools.islice(found, 3):
             try:
                 with open(path, "rb") as f:
                     heads.append((path.name, f.read(21)))
