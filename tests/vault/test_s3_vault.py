@@ -139,3 +139,80 @@ def test_gc_is_refused_while_a_backup_elsewhere_holds_the_vault(tmp_path: Path, 
         held.release()
     r = cutpoint("gc", "--vault", url)
     assert r.code == 0, r.err
+
+
+def test_object_lock_vault_refuses_early_deletion_by_cutpoint_and_by_the_store(
+        bare_qemu, tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--immutable-days with --object-lock compliance: cutpoint keeps and refuses (exit 12), the server itself
+    refuses a delete that goes around cutpoint, gc extends retention, and the protection lives in the bucket."""
+    import botocore.exceptions
+
+    url = f"s3://{s3_lock_bucket}/imm"
+    v = ("--vault", url)
+    r = cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "compliance",
+                 "--json", check=True)
+    assert json.loads(r.out)["object_lock"] == "compliance"
+    vm, _ = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    first = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    second = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    client = s3_env.client()
+    key = f"imm/points/web/{first}.manifest"
+    ret = client.get_object_retention(Bucket=s3_lock_bucket, Key=key)["Retention"]
+    assert ret["Mode"] == "COMPLIANCE"
+    [version] = client.list_object_versions(Bucket=s3_lock_bucket, Prefix=key)["Versions"]
+    with pytest.raises(botocore.exceptions.ClientError) as refused:           # around cutpoint: the store says no
+        client.delete_object(Bucket=s3_lock_bucket, Key=key, VersionId=version["VersionId"])
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    r = cutpoint("delete", first, *v)
+    assert r.code == 12 and "immutable" in r.err, r.err
+    r = cutpoint("prune", "web", "--keep-last", "1", "--json", *v, check=True)
+    assert json.loads(r.out)["kept_by_immutability"] == [first]
+    r = cutpoint("gc", "--json", "--grace", "0", *v, check=True)
+    assert json.loads(r.out)["retention_extended"] >= 2, r.out
+    r = cutpoint("vault", "protect", "--soft-delete-days", "0", *v)
+    assert r.code == 12, r.err
+    cutpoint("vault", "protect", "--immutable-days", "2", *v, check=True)
+    cutpoint("vault", "key", "export", "--to", str(tmp_path / "auth.json"), *v, check=True)
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-b"))          # another host reads the bucket's
+    r = cutpoint("points", "web", *v)
+    assert r.code == 10 and f"vault {url} is authenticated" in r.err, r.err
+    info = json.loads(cutpoint("vault", "info", "--json", *v, check=True).out)
+    assert info["immutable_days"] == 2 and info["soft_delete_days"] == 14
+    r = cutpoint("points", "web", "--json", "--key-file", str(tmp_path / "auth.json"), *v, check=True)
+    assert [p["point"] for p in json.loads(r.out)] == [first, second]
+
+
+def test_object_lock_needs_a_bucket_with_object_lock(s3_bucket: str, s3_env) -> None:
+    url = f"s3://{s3_bucket}/nolock"
+    r = cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance")
+    assert r.code == 2 and "Object Lock" in r.err and r.err.count("\n") == 1, r.err
+    assert "Contents" not in s3_env.client().list_objects_v2(Bucket=s3_bucket)      # nothing was created
+    r = cutpoint("vault", "init", url, "--no-encrypt", "--object-lock", "governance")
+    assert r.code == 2 and "--immutable-days" in r.err, r.err
+
+
+def test_soft_delete_and_undelete_on_s3(bare_qemu, tmp_path: Path, s3_bucket: str, s3_env) -> None:
+    """A deleted point's manifest leaves points/ (so no host lists it) for deleted/; gc keeps its data; undelete
+    brings it back byte-identical."""
+    url = f"s3://{s3_bucket}/sd"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)             # 14 days of soft delete by default
+    vm, images = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    first = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    at_first = {d: raw_bytes(p) for d, p in images.items()}
+    guest_write(vm.qmp, "sys-dev", "write -P 0x77 1M 3M")
+    json.loads(cutpoint("backup", "web", "--json", "--full", *v, check=True).out)
+    cutpoint("delete", first, *v, check=True)
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert f"sd/points/web/{first}.manifest" not in keys
+    assert {f"sd/deleted/web/{first}.manifest", f"sd/deleted/web/{first}.deleted"} <= keys
+    deleted = json.loads(cutpoint("points", "--deleted", "--json", *v, check=True).out)
+    assert [d["point"] for d in deleted] == [first] and deleted[0]["expires"] is not None
+    r = cutpoint("gc", "--json", "--grace", "0", *v, check=True)
+    assert json.loads(r.out)["soft_deleted"] == [first]
+    cutpoint("undelete", first, *v, check=True)
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert f"sd/points/web/{first}.manifest" in keys and not any(k.startswith("sd/deleted/") for k in keys)
+    assert _restored(tmp_path, "back", first, *v) == at_first

@@ -100,7 +100,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.encrypt and args.no_encrypt:
         raise UsageError("--encrypt and --no-encrypt contradict each other; give one")
     root = _root(args)
-    if getattr(args, "object_lock", None) is not None and not str(args.vault).startswith("s3:/"):   # Path: 's3:/
+    if getattr(args, "object_lock", None) is not None and location.remote_of(root) is None:
         raise UsageError(f"--object-lock is for vaults on S3 (s3://BUCKET/PREFIX), not the directory {root}: a local "
                          "directory has no Object Lock; drop --object-lock (--immutable-days N alone makes cutpoint "
                          "refuse early deletion there); nothing was created")
@@ -108,7 +108,8 @@ def cmd_init(args: argparse.Namespace) -> int:
                       check_days(getattr(args, "soft_delete_days", DEFAULT_SOFT_DELETE_DAYS), "--soft-delete-days"))
     size = parse_size(args.chunk_size) if args.chunk_size else None
     Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
-                 passphrase=passphrase.source(args.passphrase_file), protection=prot)
+                 passphrase=passphrase.source(args.passphrase_file), protection=prot,
+                 object_lock=getattr(args, "object_lock", None))
     return _show(root, args.json, "created ")
 
 
@@ -132,6 +133,7 @@ def _describe(prot: Protection) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    remote.fetch_meta(_root(args))          # S3: the bucket's config, as it is now
     return _show(_root(args), args.json, "")
 
 

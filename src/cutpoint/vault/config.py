@@ -83,6 +83,8 @@ def validate(config: dict[str, Any], root: Path) -> None:
             raise VaultError(f"{where}: pack_size {ps!r} is not from 1 MiB to 256 MiB")
         if not isinstance(fan, int) or isinstance(fan, bool) or not 16 <= fan <= 1 << 16:
             raise VaultError(f"{where}: tree_fanout {fan!r} is not from 16 to 65536")
+    if config.get("object_lock") not in (None, "compliance", "governance"):      # S3 Object Lock mode (§20.5)
+        raise VaultError(f"{where}: object_lock {config.get('object_lock')!r} is not compliance or governance")
     for name in ("immutable_days", "soft_delete_days"):       # absent: 0 (vaults made before they existed)
         days = config.get(name, 0)
         if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_DAYS:

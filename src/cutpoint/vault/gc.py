@@ -25,7 +25,7 @@ from typing import Any
 from .. import faults
 from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError
-from . import locks, packgc, protection, remote, softdelete
+from . import location, locks, packgc, protection, remote, softdelete
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
 from .prune import parse_created
@@ -56,6 +56,8 @@ class GcResult:
     packs_written: int = 0
     repacked_bytes: int = 0
     kept_relied: int = 0                # packs a running backup relies on
+    kept_retained: int = 0              # S3 Object Lock: packs the store keeps until their retain-until date
+    retention_extended: int = 0         # S3 Object Lock: objects whose retention gc extended
     immutable_days: int = 0             # the vault's protection (docs/format.md §19)
     soft_delete_days: int = 0
     soft_deleted: list[str] = field(default_factory=list)     # soft-deleted points whose data is kept (roots)
@@ -157,6 +159,9 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     _purge(vault, expired, res)
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     st, counts = packgc.sweep(store, live, cutoff, res.dry_run)
+    retention = location.retention_of(vault.config) if vault.remote is not None else None
+    if retention is not None and not res.dry_run:
+        st.retention_extended = packgc.extend_retention(store, live, res.immutable_days)
     for k, v in {**asdict(st), **counts}.items():
         setattr(res, k, getattr(res, k) + v)
 

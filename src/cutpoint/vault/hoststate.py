@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import AuthError, IntegrityError, VaultError
 from ..paths import state_home
+from . import location
 from .crypto import Keys, auth_key_doc, auth_key_from
 from .fsutil import write_atomic
 
@@ -204,7 +205,8 @@ def load_auth_key(fingerprint: str, vault_id: str, root: Path, key_file: Path | 
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AuthError(f"vault {root} is authenticated with key {fingerprint}, which this host does not hold "
+        raise AuthError(f"vault {location.describe(root)} is authenticated with key {fingerprint}, which this host "
+                        "does not hold "
                         f"({path}); import the key exported on the host that created the vault with 'cutpoint "
                         "vault key import FILE' (or pass --key-file FILE)") from None
     except (OSError, ValueError) as exc:
@@ -214,7 +216,8 @@ def load_auth_key(fingerprint: str, vault_id: str, root: Path, key_file: Path | 
         raise IntegrityError(f"{root / 'config.json'} was altered: its vault id {vault_id!r} is not the one its "
                              f"key {fingerprint} belongs to; restore config.json from a copy")
     if keys.fingerprint != fingerprint:
-        raise AuthError(f"key file {path} belongs to another vault (key {keys.fingerprint}); vault {root} needs "
+        raise AuthError(f"key file {path} belongs to another vault (key {keys.fingerprint}); vault "
+                        f"{location.describe(root)} needs "
                         f"key {fingerprint}")
     return keys
 

@@ -112,6 +112,15 @@ def describe(root: Path) -> str:
     return loc.url if loc is not None else str(root)
 
 
+def retention_of(config: dict[str, object]) -> object | None:
+    """The Object Lock retention every write of an S3 vault carries (docs/format.md §20.5), or None."""
+    mode, days = config.get("object_lock"), config.get("immutable_days")
+    if not isinstance(mode, str) or not isinstance(days, int) or days <= 0:
+        return None
+    from .s3backend import Retention
+    return Retention(mode.upper(), days)
+
+
 def backend_for(root: Path, retention: object | None = None) -> Backend:
     """The storage of the vault at ``root``. ``retention``: an ``s3backend.Retention`` for every write."""
     loc = remote_of(root)

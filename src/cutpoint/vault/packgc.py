@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import faults
-from ..errors import IntegrityError, NotFoundError
+from ..errors import IntegrityError, NotFoundError, RetentionError
 from . import locks, packindex
 from .backend import ObjectInfo
 from .packfile import Entry, PackBuffer, pack_id_of, pack_name
@@ -43,6 +43,8 @@ class PackStats:
     packs_written: int = 0
     repacked_bytes: int = 0
     kept_relied: int = 0
+    kept_retained: int = 0          # S3 Object Lock: packs the store refused to delete before their retain-until
+    retention_extended: int = 0     # S3 Object Lock: live packs and index objects whose retention was extended
 
 
 def referenced(trees: list[ChunkTree]) -> set[bytes]:
@@ -139,10 +141,12 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         store.backend.sync()
         faults.hit("gc-index-written")
         for old in sorted(idx.objects):
-            store.backend.delete(old)
+            _delete(store, old)               # one kept under retention only lists packs twice: harmless
         store.backend.sync()
         for pid in sorted(gone) + orphans:
-            store.backend.delete(pack_name(pid))
+            if not _delete(store, pack_name(pid)):
+                st.kept_retained += 1
+                continue
             counts["freed_bytes"] += listing[pid].size
             faults.hit("gc-sweep")
         counts["freed_bytes"] -= sum(_size(entries) for _, entries in written)
@@ -156,6 +160,33 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         os.close(fd)
     store.reload()
     return st, counts
+
+
+def _delete(store: PackStore, name: str) -> bool:
+    """Delete ``name``; False when the store keeps it under Object Lock retention (S3, docs/format.md §20.5)."""
+    try:
+        store.backend.delete(name)
+        return True
+    except RetentionError:
+        return False
+
+
+def extend_retention(store: PackStore, live: set[bytes], days: int) -> int:
+    """S3 Object Lock: every pack holding a referenced blob, and every index object, retained ``days`` from now,
+    so that a point's data outlives its immutability even where it was inherited from an old pack (§20.5)."""
+    extend = getattr(store.backend, "extend_retention", None)
+    if extend is None:
+        return 0
+    idx = store.reload(entries=True)
+    names = [pack_name(pid) for pid, entries in idx.packs.items() if any(e.bid in live for e in entries)
+             and pid not in idx.gone] + sorted(idx.objects)
+    for name in names:
+        try:
+            extend(name, days)
+        except NotFoundError:
+            continue                      # repacked or lost meanwhile
+    store.reload()
+    return len(names)
 
 
 def _size(entries: list[Entry]) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ImmutableError, UsageError
 from . import config as cfgmod
+from . import remote
 from .fsutil import write_atomic
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def check_days(value: int, option: str) -> int:
 def current(vault: "Vault") -> Protection:
     """The protection in ``config.json`` as it is now, authenticated again: prune, delete and gc read it under their
     locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted."""
+    remote.fetch_meta(vault.root)           # S3: the bucket's config as it is now (another host may have changed it)
     config = cfgmod.read_config(vault.root)
     if vault.sealer.keys is not None and (int(config["version"]) >= 3 or "mac" in vault.config):
         cfgmod.check_mac(config, vault.sealer.keys, vault.root)
@@ -95,8 +97,9 @@ def change(vault: "Vault", immutable_days: int | None, soft_delete_days: int | N
         if new != old:
             config = {k: v for k, v in cfgmod.read_config(vault.root).items() if k != "mac"}
             config.update(new.to_config())
-            write_atomic(vault.root / "config.json",
-                         json.dumps(cfgmod.seal(config, vault.sealer.keys), indent=1).encode())
+            doc = json.dumps(cfgmod.seal(config, vault.sealer.keys), indent=1).encode()
+            remote.put_config(vault, doc)           # S3: the bucket's copy is the vault's
+            write_atomic(vault.root / "config.json", doc)
             vault.config = cfgmod.seal(config, vault.sealer.keys)
         return new
 

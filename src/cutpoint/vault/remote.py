@@ -56,17 +56,36 @@ def fetch_meta(root: Path) -> None:
                          f"{exc.strerror or exc}") from exc
 
 
-def create_meta(root: Path, config: bytes, key: bytes | None) -> None:
+def create_meta(root: Path, config: bytes, key: bytes | None, retention: object | None = None) -> None:
     """``vault init s3://…``: the key file, then the config (which makes it a vault), each only if absent."""
     loc = location.remote_of(root)
     assert loc is not None
-    backend = location.backend_for(root)
+    backend = location.backend_for(root, retention)
     if key is not None and not backend.create(KEY, key):
         raise UsageError(f"{loc.url} already holds a key file (a vault being created, or a damaged one); choose "
                          "another --vault s3://BUCKET/PREFIX")
     if not backend.create(CONFIG, config):
         raise UsageError(f"{loc.url} is already a cutpoint vault; choose another --vault s3://BUCKET/PREFIX")
     backend.sync()
+
+
+def check_object_lock(root: Path) -> None:
+    """``vault init s3://… --object-lock``: the bucket must have Object Lock enabled (made so by its creator)."""
+    loc = location.remote_of(root)
+    assert loc is not None
+    from .s3backend import S3Backend
+    backend = location.backend_for(root)
+    assert isinstance(backend, S3Backend)
+    if not backend.object_lock_enabled():
+        raise UsageError(f"bucket {loc.bucket} has no Object Lock enabled, so --object-lock cannot make the vault "
+                         "immutable; create the bucket with Object Lock enabled (and no default retention), or drop "
+                         "--object-lock; nothing was created")
+
+
+def put_config(vault: "Vault", config: bytes) -> None:
+    """``vault protect`` on an S3 vault: the bucket's config is replaced (a new version, under retention)."""
+    if vault.remote is not None:
+        vault.backend.put(CONFIG, config)
 
 
 def put_key(root: Path, key: bytes) -> None:

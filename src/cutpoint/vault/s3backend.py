@@ -185,6 +185,19 @@ class S3Backend:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
 
+    def object_lock_enabled(self) -> bool:
+        try:
+            r = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration") or \
+                    int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) == 404:
+                return False
+            raise self._error(e, "the bucket's Object Lock configuration") from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, "the bucket's Object Lock configuration") from e
+        return r.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
     def extend_retention(self, name: str, days: int) -> None:
         """Move ``name``'s retain-until date to at least ``days`` from now (a store refuses shortening)."""
         if self.retention is None:

@@ -61,7 +61,7 @@ class Vault:
         self.fanout = int(config.get("tree_fanout") or 0)
         self.chunks: ChunkStore | PackStore
         self.remote = location.remote_of(root)            # an S3 vault: root is this host's directory for it
-        self.backend: Backend = location.backend_for(root)
+        self.backend: Backend = location.backend_for(root, location.retention_of(config) if self.remote else None)
         self._objlock: objlocks.HeldLock | None = None     # S3 vaults: the lock object this process holds
         if self.packed:
             self.chunks = PackStore(self.backend, sealer, self.locks_dir, max_size=bound,
@@ -120,7 +120,7 @@ class Vault:
     @staticmethod
     def create(root: Path, *, chunk_size: int | None = None, encrypt: bool = False,
                passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION,
-               protection: Protection = Protection()) -> None:
+               protection: Protection = Protection(), object_lock: str | None = None) -> None:
         """Create a vault of format v4 (``version=3`` makes the previous format, for compatibility tests); the
         passphrase is asked for before anything is written, and config.json comes last. Unencrypted, it still gets
         an authentication key, kept in this host's state directory. ``protection``: none unless asked ('vault
@@ -152,6 +152,12 @@ class Vault:
             "authentication": {"mac": "hmac-sha256", "key_fingerprint": keys.fingerprint,
                                "key": KEY_FILE if encrypt else "host state"},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **protection.to_config()}
+        if object_lock is not None:
+            if not on_s3 or protection.immutable_days <= 0 or object_lock not in ("compliance", "governance"):
+                raise UsageError("--object-lock compliance|governance is for an S3 vault with --immutable-days N "
+                                 "(N > 0): the retention it sets on every object is N days; nothing was created")
+            remote.check_object_lock(root)
+            config["object_lock"] = object_lock
         if version >= PACKED_VERSION:
             config.update(layout="packs", pack_size=DEFAULT_PACK_SIZE, tree_fanout=DEFAULT_FANOUT)
         try:
@@ -164,7 +170,7 @@ class Vault:
             key_doc = json.dumps(wrap_keys(keys, secret, vault_id), indent=1).encode() if encrypt else None
             cfg_doc = json.dumps(cfgmod.seal(config, keys), indent=1).encode()
             if on_s3:
-                remote.create_meta(root, cfg_doc, key_doc)     # the bucket's copy first: it is the vault
+                remote.create_meta(root, cfg_doc, key_doc, location.retention_of(config))   # the bucket's: the vault
                 for stale in root.glob("catalog.sqlite*"):     # this host's index of an earlier vault there
                     stale.unlink()
             if key_doc is not None:
