@@ -56,10 +56,12 @@ def check_days(value: int, option: str) -> int:
     return value
 
 
-def current(vault: "Vault") -> Protection:
+def current(vault: "Vault", *, fetch: bool = True) -> Protection:
     """The protection in ``config.json`` as it is now, authenticated again: prune, delete and gc read it under their
-    locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted."""
-    remote.fetch_meta(vault.root)           # S3: the bucket's config as it is now (another host may have changed it)
+    locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted.
+    ``fetch=False``: an S3 vault's copy on this host, without asking the bucket (pages that only show it)."""
+    if fetch:
+        remote.fetch_meta(vault.root)       # S3: the bucket's config as it is now (another host may have changed it)
     config = cfgmod.read_config(vault.root)
     if vault.sealer.keys is not None and (int(config["version"]) >= 3 or "mac" in vault.config):
         cfgmod.check_mac(config, vault.sealer.keys, vault.root)

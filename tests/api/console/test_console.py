@@ -327,3 +327,19 @@ def test_unknown_console_addresses_are_pages(env) -> None:
         r = client.request(method, path)
         assert r.status_code == 404 and "text/html" in r.headers["content-type"], (path, r.status_code, r.text)
         assert "<h1>Not found</h1>" in r.text and "no such console page" in r.text, (path, r.text)
+
+
+def test_vm_timeline_shows_whether_a_point_is_immutable(env) -> None:
+    from cutpoint.vault import protection
+    client, tokens, svc, fb = env
+    csrf = login(client, tokens["operator"])
+    client.post("/ui/vms/web/backup", data={"csrf": csrf})
+    wait_idle(svc)
+    assert "immutable until" not in client.get("/ui/vms/web").text        # a vault without immutability
+    vault = svc.vaults.get()
+    protection.change(vault, 36500, None)
+    (pt,) = vault.catalog.points("web")
+    from datetime import timedelta
+    from cutpoint.vault.prune import parse_created
+    until = parse_created(pt.created) + timedelta(days=36500)
+    assert f'(vault: 36500 days)">immutable until {until:%Y-%m-%d %H:%M}Z</span>' in client.get("/ui/vms/web").text

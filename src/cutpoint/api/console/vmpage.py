@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from ...catalog.db import PointRecord
 from ...service.daemon import Service
+from ...vault import protection
 from ...vault.locks import in_use
+from ...vault.protection import Protection
+from ...vault.prune import parse_created
 from .html import Viewer, esc, field, form, nbytes, state_badge, table
 
 CONSISTENCY_CHOICES = ("", "crash", "app")
 
 
-def badges(svc: Service, p: PointRecord) -> str:
+def badges(svc: Service, p: PointRecord, prot: Protection) -> str:
     vault = svc.vaults.get()
     out = []
     v = vault.catalog.verified(p.id)
@@ -27,6 +30,13 @@ def badges(svc: Service, p: PointRecord) -> str:
         why = "; ".join(str(r) for r in reasons[:3]) if isinstance(reasons, list) and d.verdict != "passed" else ""
         out.append(f'<span class="badge {"ok" if d.verdict == "passed" else "bad"}" title="{esc(title)}">'
                    f'drill: {esc(d.verdict)}</span>' + (f' <span class="note">{esc(why)}</span>' if why else ""))
+    try:
+        created = parse_created(p.created)
+    except (TypeError, ValueError):
+        created = None                          # a damaged row: its own badge says so
+    if created is not None and prot.is_immutable(created, protection.now()):
+        out.append(f'<span class="badge ok" title="no prune or delete before then (vault: {prot.immutable_days} '
+                   f'days)">immutable until {prot.immutable_until(created):%Y-%m-%d %H:%M}Z</span>')
     if in_use(vault.pin_path(p.id)):            # what prune checks: a mount, file view or instant restore holds it
         out.append('<span class="badge warn" title="served right now: prune keeps it">pinned</span>')
     if p.damaged:
@@ -71,6 +81,7 @@ def render(svc: Service, viewer: Viewer, name: str, errors: dict[str, str] | Non
     vault = svc.vaults.get()
     vm = vault.catalog.vm(name)
     pts = vault.catalog.points(name)
+    prot = protection.current(vault, fetch=False)      # as configured now ('vault protect' may have changed it)
     rows = []
     for p in reversed(pts):
         s = p.summary or {}
@@ -78,7 +89,7 @@ def render(svc: Service, viewer: Viewer, name: str, errors: dict[str, str] | Non
         if s.get("fallback_reason"):
             cons += f' <span class="warn">(fell back: {esc(s.get("fallback_reason"))})</span>'
         rows.append([f'<code>{esc(p.id)}</code>', esc(p.created), cons, esc(p.mode), f"{p.pause_ms:.1f}",
-                     esc(nbytes(p.read_bytes)), esc(nbytes(p.stored_bytes)), badges(svc, p),
+                     esc(nbytes(p.read_bytes)), esc(nbytes(p.stored_bytes)), badges(svc, p, prot),
                      f'<a href="/ui/vms/{esc(name)}/points/{esc(p.id)}">restore / files</a>'])
     policy = vm.settings.get("policy") or ""
     busy = svc.runner.busy(name)
