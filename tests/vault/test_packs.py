@@ -283,3 +283,46 @@ def test_a_copy_in_a_lost_pack_gives_way_to_another_copy() -> None:
     assert fresh.index().where[bytes.fromhex(cid)].pid == pack_id_of(f"data/{lost_pack.parent.name}/{lost_pack.name}")
     assert fresh.get(cid) == data
     assert _store().lost_ids() == set()
+
+
+def _upload_store() -> PackStore:
+    s = _store()
+    return PackStore(s.backend, s.sealer, s.locks_dir, max_size=s.max_size, pack_size=s.pack_size, uploads=2)
+
+
+def test_background_uploads_write_read_back_and_index_every_pack() -> None:
+    """Object storage: packs are written by background uploads while the next ones fill; blobs of a pack still
+    uploading read back from its buffer, and flush indexes only once every upload is done."""
+    s = _upload_store()
+    datas = [os.urandom(64 * KiB) for _ in range(600)]        # ~38 MiB: several packs in flight
+    ids = [s.put(d)[0] for d in datas]
+    assert s.get(ids[-1]) == datas[-1] and s.get(ids[0]) == datas[0]
+    s.flush()
+    assert not s._inflight and len(_packs()) >= 2
+    fresh = _store()
+    assert [fresh.get(c) for c in ids] == datas
+    s.close()
+
+
+def test_a_failed_background_upload_fails_the_store_by_class() -> None:
+    s = _upload_store()
+    real_put = s.backend.put
+
+    def full(name: str, data: bytes | memoryview) -> None:      # fault seam: the store refuses the write
+        if name.startswith("data/"):
+            raise OSError(28, "No space left on device")
+        real_put(name, data)
+
+    s.backend.put = full  # type: ignore[method-assign]
+    chunk = os.urandom(64 * KiB)
+    with pytest.raises(VaultError, match="No space left"):
+        for i in range(2000):
+            s.put(bytes([i % 256, i // 256]) + chunk[2:])
+        s.flush()
+    with pytest.raises(VaultError):
+        s.put(os.urandom(64 * KiB))
+    with pytest.raises(VaultError):
+        s.flush()
+    s.close()
+    s.backend.put = real_put  # type: ignore[method-assign]
+    assert not list((vault_dir() / "index").iterdir()) and not _packs()

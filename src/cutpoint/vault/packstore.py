@@ -23,10 +23,11 @@ import fcntl
 import os
 import re
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .. import faults
-from ..errors import IntegrityError, NotFoundError, VaultError
+from ..errors import CutpointError, IntegrityError, NotFoundError, VaultError
 from . import locks, packindex
 from .backend import Backend
 from .blob import DATA, NODE, BlobCodec
@@ -41,7 +42,9 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 class PackStore:
     def __init__(self, backend: Backend, sealer: Sealer, locks_dir: Path, *, max_size: int,
-                 pack_size: int = DEFAULT_PACK_SIZE) -> None:
+                 pack_size: int = DEFAULT_PACK_SIZE, uploads: int = 0) -> None:
+        """``uploads``: packs written in the background at once (object storage, where a PUT takes longer than
+        filling the next pack); 0 writes each pack on the thread that filled it (a directory)."""
         self.backend = backend
         self.sealer = sealer
         self.locks_dir = locks_dir
@@ -57,6 +60,10 @@ class PackStore:
         self._relied: set[bytes] = set()
         self.writer: Path | None = None        # the running backup's registration, where relied packs go
         self._failed: VaultError | None = None  # a pack write failed: later writes refuse (the buffer is gone)
+        self._uploads = uploads
+        self._uploader: ThreadPoolExecutor | None = None
+        self._inflight: dict[bytes, tuple[Future[None], PackBuffer]] = {}   # packs being written, by id
+        self._spare: list[PackBuffer] = []     # finished buffers, reused (fresh memory is slow here)
 
     # -- ids ---------------------------------------------------------------------------------------------------------
 
@@ -165,7 +172,7 @@ class PackStore:
                 if loc is not None and (loc.pid in self._own or (self._buf is not None and loc.pid == self._buf.pid)):
                     continue                           # another thread stored it meanwhile
                 if self._buf is None:
-                    self._buf = PackBuffer(self.pack_size)
+                    self._buf = self._spare.pop() if self._spare else PackBuffer(self.pack_size)
                 e = self._buf.add(kind, bid, blob, len(datas[k]))
                 idx.where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
                 out[k] = (bid, len(blob))
@@ -200,6 +207,17 @@ class PackStore:
         buf = self._buf
         if buf is None or not buf.entries:
             return
+        if self._uploads:
+            self._reap(self._uploads - 1)               # at most ``uploads`` in flight: wait for the oldest
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(self._uploads, thread_name_prefix="pack-upload")
+            view = buf.finish(self.sealer)
+            fut = self._uploader.submit(self.backend.put, pack_name(buf.pid), view)
+            self._inflight[buf.pid] = (fut, buf)
+            self._own.add(buf.pid)
+            self._unindexed.append((buf.pid, list(buf.entries)))
+            self._buf = None
+            return
         view = buf.finish(self.sealer)
         try:
             self.backend.put(pack_name(buf.pid), view)
@@ -217,12 +235,43 @@ class PackStore:
         self._unindexed.append((buf.pid, list(buf.entries)))
         buf.reset()
 
+    def _reap(self, keep: int) -> None:
+        """Wait until at most ``keep`` background writes are in flight (oldest first); their buffers are reused.
+        A failed write fails the store as a synchronous one does: no later write, nothing of it indexed."""
+        while self._inflight:
+            pid, (fut, buf) = next(iter(self._inflight.items()))
+            if len(self._inflight) <= keep and not fut.done():
+                return
+            try:
+                fut.result()
+            except (OSError, CutpointError) as exc:
+                self._inflight.clear()
+                self._buf = None
+                self._index = None
+                self._failed = VaultError(f"cannot write pack {pid.hex()[:12]}: "
+                                          f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+                raise self._failed from exc
+            del self._inflight[pid]
+            faults.hit("pack-written")
+            buf.reset()
+            if len(self._spare) <= self._uploads:
+                self._spare.append(buf)
+
+    def close(self) -> None:
+        """Wait for background writes (a store closed without ``flush`` leaves only unindexed packs, as a kill)."""
+        with self._lock:
+            if self._uploader is not None:
+                self._uploader.shutdown(wait=True)
+                self._uploader = None
+            self._inflight.clear()
+
     def flush(self) -> None:
         """Everything stored so far durable and indexed: packs, one sync, the index object, one sync."""
         with self._lock:
             if self._failed is not None:
                 raise VaultError(str(self._failed)) from self._failed
             self._write_pack()
+            self._reap(0)
             if not self._unindexed:
                 return
             try:
@@ -307,6 +356,8 @@ class PackStore:
         with self._lock:
             if self._buf is not None and loc.pid == self._buf.pid:
                 return self._buf.read(loc.offset, loc.length)
+            if loc.pid in self._inflight:
+                return self._inflight[loc.pid][1].read(loc.offset, loc.length)
         return self.backend.get(pack_name(loc.pid), loc.offset, loc.length)
 
     def rebuild_index(self) -> tuple[int, list[str]]:

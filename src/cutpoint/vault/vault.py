@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 << 10      # v4: the dirty bitmap's usual granularity (docs/performance.md)
 V3_CHUNK_SIZE = 4 << 20
 KEY_FILE = "key.json"
+UPLOADS = 4                         # S3: packs uploading at once while the next ones fill (docs/performance.md)
 
 
 class Vault:
@@ -65,7 +66,7 @@ class Vault:
         self._objlock: objlocks.HeldLock | None = None     # S3 vaults: the lock object this process holds
         if self.packed:
             self.chunks = PackStore(self.backend, sealer, self.locks_dir, max_size=bound,
-                                    pack_size=int(config["pack_size"]))
+                                    pack_size=int(config["pack_size"]), uploads=UPLOADS if self.remote else 0)
         else:
             self.chunks = ChunkStore(root / "chunks", sealer, max_size=bound)
         self.catalog = Catalog(root / "catalog.sqlite")
@@ -182,6 +183,8 @@ class Vault:
         hoststate.trust(root, hoststate.Seen(vault_id, keys.fingerprint, encrypt, {}))
 
     def close(self) -> None:
+        if isinstance(self.chunks, PackStore):
+            self.chunks.close()
         self.catalog.close()
 
     # -- points ------------------------------------------------------------------------------------------------------
