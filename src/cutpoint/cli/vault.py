@@ -16,6 +16,7 @@ from ..vault import location, passphrase, protection, remote
 from ..vault.packstore import PackStore
 from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
+from . import approvals
 from .common import add_vault_arg, open_vault, print_json
 
 
@@ -45,9 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i.set_defaults(func=cmd_init)
 
     pr = vs.add_parser("protect", help="lengthen the vault's immutability or soft delete (an immutable vault "
-                       "refuses to shorten either)")
+                       "refuses to shorten either; a guarded one shortens only with its guard's approval)")
     pr.add_argument("--immutable-days", type=int, default=None, metavar="N")
     pr.add_argument("--soft-delete-days", type=int, default=None, metavar="N")
+    pr.add_argument("--request", default=None, metavar="ID", help="a guarded vault: the request its guard approved "
+                    "for this reduction ('cutpoint approvals')")
     pr.add_argument("--json", action="store_true")
     add_vault_arg(pr)
     pr.set_defaults(func=cmd_protect)
@@ -74,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("--json", action="store_true")
     add_vault_arg(rc)
     rc.set_defaults(func=cmd_rebuild_catalog)
+
+    approvals.register_vault(vs)
 
     k = vs.add_parser("key", help="export or import the key (file) of a vault")
     ks = k.add_subparsers(dest="key_command", metavar="ACTION")
@@ -116,7 +121,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if args.immutable_days is None and args.soft_delete_days is None:
         raise UsageError("vault protect needs --immutable-days N or --soft-delete-days N; nothing was changed")
     vault = open_vault(args, write="changing the vault's protection")
-    prot = protection.change(vault, args.immutable_days, args.soft_delete_days)
+    prot = protection.change(vault, args.immutable_days, args.soft_delete_days, args.request)
     if args.json:
         print_json(prot.to_config())
     else:
