@@ -47,8 +47,8 @@ def _listed() -> dict[str, dict]:
     return {r["id"]: r for r in json.loads(cutpoint("approvals", "--json", check=True).out)}
 
 
-def _events() -> list[tuple[str, str]]:
-    return [(e["event"], e["request"]) for e in json.loads(cutpoint("approvals", "--audit", "--json",
+def _events(*vault: str) -> list[tuple[str, str]]:
+    return [(e["event"], e["request"]) for e in json.loads(cutpoint("approvals", "--audit", "--json", *vault,
                                                                     check=True).out)]
 
 
@@ -298,3 +298,33 @@ def test_an_unguarded_vault_behaves_as_before(tmp_path: Path) -> None:
     cutpoint("vault", "protect", "--soft-delete-days", "0", check=True)
     assert _info()["soft_delete_days"] == 0
     one_line_error(cutpoint("approve", "0" * 32, "--guard-key", str(tmp_path / "none.key")), 2, "does not exist")
+
+
+def test_the_guard_on_an_s3_vault_keeps_its_objects_in_the_bucket(tmp_path: Path, s3_bucket: str, s3_env) -> None:
+    url = f"s3://{s3_bucket}/g"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "7", check=True)
+    key = tmp_path / "guard.key"
+    cutpoint("vault", "guard", "init", "--to", str(key), *v, check=True)
+    rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "2", *v))
+    client = s3_env.client()
+
+    def keys() -> set[str]:
+        return {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])}
+    assert f"g/requests/{rid}.json" in keys()
+    cutpoint("approve", rid, "--guard-key", str(key), *v, check=True)
+    assert f"g/requests/{rid}.decision" in keys()
+    cutpoint("vault", "protect", "--soft-delete-days", "2", "--request", rid, *v, check=True)
+    cfg = json.loads(client.get_object(Bucket=s3_bucket, Key="g/config.json")["Body"].read())
+    assert cfg["soft_delete_days"] == 2 and cfg["guard"]["public_key"]          # in the bucket, not only here
+    one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "1", "--request", rid, *v), 15, "it is for")
+    assert [e for e, _ in _events(*v)] == ["requested", "approved", "used", "refused"]
+
+    vid = json.loads(cutpoint("vault", "info", "--json", *v, check=True).out)["id"]
+    rid = _requested(cutpoint("vault", "delete", "--confirm", vid, *v))
+    cutpoint("approve", rid, "--guard-key", str(key), *v, check=True)
+    cutpoint("vault", "delete", "--confirm", vid, "--request", rid, *v, check=True)
+    left = keys()
+    assert left and all(k.startswith(("g/requests/", "g/audit/")) for k in left), left
+    assert "g/config.json" not in left
+
