@@ -328,3 +328,32 @@ def test_the_guard_on_an_s3_vault_keeps_its_objects_in_the_bucket(tmp_path: Path
     assert left and all(k.startswith(("g/requests/", "g/audit/")) for k in left), left
     assert "g/config.json" not in left
 
+
+
+def test_a_config_resealed_without_its_guard_is_refused_by_a_host_that_saw_the_guard(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """The vault key holder can re-seal config.json without the guard (its MAC is the vault key's): this host
+    remembers the guard and refuses writes; a host that never saw the guard cannot tell (docs/threat-model.md)."""
+    from cutpoint.vault import config as cfgmod
+    from tests.vault.util import open_vault
+
+    _guarded(tmp_path, soft_delete_days=14)
+    cutpoint("vault", "key", "export", "--to", str(tmp_path / "auth.key"), check=True)
+    v = open_vault()
+    try:
+        cfg = {k: val for k, val in json.loads((vault_dir() / "config.json").read_text()).items()
+               if k not in ("mac", "guard")}
+        (vault_dir() / "config.json").write_text(json.dumps(cfgmod.seal(cfg, v.sealer.keys)))
+    finally:
+        v.close()
+    before = _state()
+    one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "1"), 6, "was unguarded",
+                   "this host knew it guarded by key")
+    assert _state() == before
+    r = cutpoint("points", check=True)
+    assert "was unguarded" in r.err                                     # reads warn
+    # another host, which never saw the guard, takes the config as it is: the limit of a MAC the operator can make
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "other-host"))
+    cutpoint("vault", "key", "import", str(tmp_path / "auth.key"), check=True)
+    cutpoint("vault", "protect", "--soft-delete-days", "1", check=True)
+    assert _info()["soft_delete_days"] == 1

@@ -161,7 +161,7 @@ def check_key_for(key: GuardKey, config: dict[str, Any], path: Path) -> Guard:
 def install(vault: "Vault", key: GuardKey) -> None:
     """Put ``key``'s public half in the vault's config (new MAC). The caller holds the points and gc locks."""
     from . import config as cfgmod
-    from . import protection
+    from . import hoststate, protection
     if vault.sealer.keys is None or int(vault.config["version"]) < 3:
         raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold a guard; create a new vault with 'cutpoint vault init'")
@@ -169,3 +169,4 @@ def install(vault: "Vault", key: GuardKey) -> None:
     config["guard"] = key.guard.to_config()
     validate(config, str(vault.root / "config.json"))
     protection.write_config(vault, cfgmod.seal(config, vault.sealer.keys))
+    hoststate.guarded(vault.root, key.guard.fingerprint)
