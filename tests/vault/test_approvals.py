@@ -12,7 +12,7 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
-from cutpoint.vault import approvals, guard
+from cutpoint.vault import approvals, audit, guard
 from tests.helpers import cutpoint
 from tests.vault.util import one_line_error, points, protected_vault, synthetic_points, tree, vault_dir
 
@@ -163,8 +163,8 @@ def test_an_expired_request_is_refused(tmp_path: Path) -> None:
     rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "0"))
     path = vault_dir() / "requests" / f"{rid}.json"
     doc = json.loads(path.read_text())
-    created = approvals.now() - timedelta(hours=30)
-    doc["created"], doc["expires"] = approvals.iso(created), approvals.iso(created + approvals.TTL)
+    created = audit.now() - timedelta(hours=30)
+    doc["created"], doc["expires"] = audit.iso(created), audit.iso(created + approvals.TTL)
     path.write_text(json.dumps(doc))
     assert _listed()[rid]["state"] == "expired"
     one_line_error(cutpoint("approve", rid, "--guard-key", str(key)), 15, "is expired, not pending")
@@ -184,9 +184,9 @@ def test_a_forged_approval_or_a_request_edited_after_approval_is_refused(tmp_pat
     rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "0"))
     backend, config = approvals.unopened(vault_dir())
     forger = guard.generate(cfg["id"])
-    req = approvals.status(backend, rid, cfg["id"], guard.of(cfg), approvals.now()).request
+    req = approvals.status(backend, rid, cfg["id"], guard.of(cfg), audit.now()).request
     assert req is not None
-    t, by, fp = approvals.iso(approvals.now()), "forger@host", cfg["guard"]["fingerprint"]
+    t, by, fp = audit.iso(audit.now()), "forger@host", cfg["guard"]["fingerprint"]
     sig = forger.sign(approvals.signed_message(req.doc, "approved", t, by, fp))
     (vault_dir() / "requests" / f"{rid}.decision").write_text(json.dumps(
         {"format": approvals.DECISION_FORMAT, "version": 1, "request": rid, "decision": "approved", "decided": t,

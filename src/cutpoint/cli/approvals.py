@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..paths import default_vault
-from ..vault import approvals, guard, location, protection
+from ..vault import approvals, audit, guard, location, protection
 from ..vault.guard import GuardKey
 from ..vault.vaultdelete import delete_vault
 from .common import add_vault_arg, open_vault, print_json, table
@@ -106,14 +106,14 @@ def cmd_vault_delete(args: argparse.Namespace) -> int:
 def cmd_approvals(args: argparse.Namespace) -> int:
     backend, config = approvals.unopened(_root(args))
     if args.audit:
-        events = approvals.audit(backend)
+        events = audit.events(backend)
         if args.json:
             print_json([e.to_json() for e in events])
         else:
             print(table(["time", "event", "request", "by", "what"],
-                        [[approvals.iso(e.time), e.event, e.request, e.by, e.what] for e in events]))
+                        [[audit.iso(e.time), e.event, e.request, e.by, e.what] for e in events]))
         return 0
-    found = approvals.listing(backend, str(config["id"]), guard.of(config), approvals.now())
+    found = approvals.listing(backend, str(config["id"]), guard.of(config), audit.now())
     if args.json:
         print_json([s.to_json() for s in found])
         return 0
@@ -122,8 +122,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         return 0
     print(table(["request", "state", "what", "requested by", "created", "expires"],
                 [[s.id, s.state, s.request.operation.describe() if s.request else s.problem,
-                  s.request.requested_by if s.request else "", approvals.iso(s.request.created) if s.request else "",
-                  approvals.iso(s.request.expires) if s.request else ""] for s in found]))
+                  s.request.requested_by if s.request else "", audit.iso(s.request.created) if s.request else "",
+                  audit.iso(s.request.expires) if s.request else ""] for s in found]))
     return 0
 
 
@@ -136,6 +136,6 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print_json({"request": req.id, "decision": args.decision, "what": req.operation.describe()})
     else:
         print(f"{args.decision} request {req.id} ({req.operation.describe()}, requested by {req.requested_by})"
-              + (f"; the operator runs it with --request {req.id} before {approvals.iso(req.expires)}"
+              + (f"; the operator runs it with --request {req.id} before {audit.iso(req.expires)}"
                  if args.decision == "approved" else ""))
     return 0

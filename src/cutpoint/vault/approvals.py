@@ -12,12 +12,9 @@ a size bound and parsed strictly, and a bad one is listed as ``invalid``, never 
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import re
 import secrets
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ApprovalRefusedError, ApprovalRequiredError, NotFoundError, UsageError, VaultError
 from . import guard as guardmod
+from .audit import RID, get, iso, load, now, parse_time, parse_who, record, who
 from .backend import Backend
 from .guard import Guard, GuardKey
 
@@ -32,16 +30,12 @@ if TYPE_CHECKING:
     from .protection import Protection
     from .vault import Vault
 
-REQUESTS, AUDIT = "requests", "audit"
+REQUESTS = "requests"
 TTL = timedelta(hours=24)
-MAX_OBJECT = 64 << 10
-REQUEST_FORMAT, DECISION_FORMAT, USE_FORMAT, EVENT_FORMAT = (
-    "cutpoint-guard-request", "cutpoint-guard-decision", "cutpoint-guard-use", "cutpoint-guard-event")
+REQUEST_FORMAT, DECISION_FORMAT, USE_FORMAT = ("cutpoint-guard-request", "cutpoint-guard-decision",
+                                               "cutpoint-guard-use")
 SIGNED = b"cutpoint-guard-decision-v1\0"
-_RID = re.compile(r"[0-9a-f]{32}")
 _VID = re.compile(r"[0-9a-f]{32}")
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z")
-_WHO = re.compile(r"[\x21-\x7e]{1,200}")
 _POINT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 # operation -> its parameters and their types: a request must carry exactly these
 OPERATIONS: dict[str, dict[str, type]] = {
@@ -51,7 +45,6 @@ OPERATIONS: dict[str, dict[str, type]] = {
     "delete-vault": {},
     "guard-replace": {"guard": str},
 }
-EVENTS = ("requested", "approved", "denied", "used", "refused")
 
 
 @dataclass(frozen=True)
@@ -121,36 +114,6 @@ class Status:
                 "used": self.used, "problem": self.problem}
 
 
-@dataclass(frozen=True)
-class Event:
-    time: datetime
-    event: str
-    request: str
-    what: str
-    by: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"time": iso(self.time), "event": self.event, "request": self.request, "what": self.what,
-                "by": self.by}
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid{os.geteuid()}"
-    out = re.sub(r"[^\x21-\x7e]", "_", f"{user}@{socket.gethostname()}")[:200]
-    return out or "unknown"
-
-
 def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -163,29 +126,8 @@ def signed_message(request_doc: dict[str, Any], decision: str, decided: str, by:
 
 # -- strict parsing of untrusted objects ----------------------------------------------------------------------------
 
-def _time(v: object) -> datetime:
-    if not isinstance(v, str) or not _TIME.fullmatch(v):
-        raise ValueError(f"time {v!r} is not UTC ISO 8601")
-    return datetime.fromisoformat(v.replace("Z", "+00:00"))
-
-
-def _who(v: object) -> str:
-    if not isinstance(v, str) or not _WHO.fullmatch(v):
-        raise ValueError(f"principal {v!r} is not a printable name")
-    return v
-
-
-def _load(data: bytes, keys: set[str], fmt: str) -> dict[str, Any]:
-    if len(data) > MAX_OBJECT:
-        raise ValueError("too large")
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or set(doc) != keys or doc["format"] != fmt or doc["version"] != 1:
-        raise ValueError(f"not a {fmt} object")
-    return doc
-
-
 def parse_request(data: bytes, rid: str) -> Request:
-    doc = _load(data, {"format", "version", "id", "vault", "operation", "params", "requested_by", "created",
+    doc = load(data, {"format", "version", "id", "vault", "operation", "params", "requested_by", "created",
                        "expires"}, REQUEST_FORMAT)
     if doc["id"] != rid:
         raise ValueError(f"it names request {doc['id']!r}")
@@ -201,22 +143,22 @@ def parse_request(data: bytes, rid: str) -> Request:
             raise ValueError(f"parameter {k} {v!r} is not a number of days")
         if typ is str and (not isinstance(v, str) or not _POINT.fullmatch(v)):
             raise ValueError(f"parameter {k} {v!r} is not a name")
-    created, expires = _time(doc["created"]), _time(doc["expires"])
+    created, expires = parse_time(doc["created"]), parse_time(doc["expires"])
     if not created < expires <= created + TTL:
         raise ValueError("its expiry is not within 24 hours of its creation")
-    return Request(rid, doc["vault"], Operation(doc["operation"], dict(params)), _who(doc["requested_by"]),
+    return Request(rid, doc["vault"], Operation(doc["operation"], dict(params)), parse_who(doc["requested_by"]),
                    created, expires, doc)
 
 
 def parse_decision(data: bytes, rid: str) -> Decision:
-    doc = _load(data, {"format", "version", "request", "decision", "decided", "by", "guard", "signature"},
+    doc = load(data, {"format", "version", "request", "decision", "decided", "by", "guard", "signature"},
                 DECISION_FORMAT)
     if doc["request"] != rid or doc["decision"] not in ("approved", "denied"):
         raise ValueError("not a decision about this request")
     if not isinstance(doc["guard"], str) or not re.fullmatch(r"[0-9a-f]{16}", doc["guard"]) \
             or not isinstance(doc["signature"], str) or not re.fullmatch(r"[0-9a-f]{128}", doc["signature"]):
         raise ValueError("its guard or signature is malformed")
-    return Decision(rid, doc["decision"], _time(doc["decided"]), _who(doc["by"]), doc["guard"],
+    return Decision(rid, doc["decision"], parse_time(doc["decided"]), parse_who(doc["by"]), doc["guard"],
                     bytes.fromhex(doc["signature"]))
 
 
@@ -228,21 +170,14 @@ def verify(guard: Guard, req: Request, dec: Decision) -> bool:
 # -- the objects ----------------------------------------------------------------------------------------------------
 
 def _name(rid: str, suffix: str) -> str:
-    if not _RID.fullmatch(rid):
+    if not RID.fullmatch(rid):
         raise UsageError(f"{rid!r} is not a request id (32 hex digits; 'cutpoint approvals' lists them)")
     return f"{REQUESTS}/{rid}{suffix}"
 
 
-def _get(backend: Backend, name: str) -> bytes | None:
-    try:
-        return backend.get(name, 0, MAX_OBJECT + 1)
-    except NotFoundError:
-        return None
-
-
 def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: datetime) -> Status:
     """Everything known about request ``rid``, each object checked; the signature against ``guard``."""
-    data = _get(backend, _name(rid, ".json"))
+    data = get(backend, _name(rid, ".json"))
     if data is None:
         raise NotFoundError(f"no request {rid} in this vault; 'cutpoint approvals' lists them")
     try:
@@ -253,14 +188,14 @@ def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: d
     if req.vault != vault_id:
         st.state, st.problem = "invalid", f"it is for vault {req.vault}, not this one ({vault_id})"
         return st
-    used = _get(backend, _name(rid, ".used"))
+    used = get(backend, _name(rid, ".used"))
     if used is not None:
         try:
-            doc = _load(used, {"format", "version", "request", "used", "by"}, USE_FORMAT)
-            st.used = f"{iso(_time(doc['used']))} by {_who(doc['by'])}"
+            doc = load(used, {"format", "version", "request", "used", "by"}, USE_FORMAT)
+            st.used = f"{iso(parse_time(doc['used']))} by {parse_who(doc['by'])}"
         except (ValueError, TypeError, KeyError):
             st.used = "yes (its record is malformed)"
-    dec_data = _get(backend, _name(rid, ".decision"))
+    dec_data = get(backend, _name(rid, ".decision"))
     if dec_data is not None:
         try:
             st.decision = parse_decision(dec_data, rid)
@@ -283,37 +218,9 @@ def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: d
 def listing(backend: Backend, vault_id: str, guard: Guard | None, at: datetime) -> list[Status]:
     """Every request of the vault, oldest first; names from the listing checked before they are read."""
     ids = sorted({o.name[len(REQUESTS) + 1:-len(".json")] for o in backend.list(f"{REQUESTS}/")
-                  if o.name.endswith(".json") and _RID.fullmatch(o.name[len(REQUESTS) + 1:-len(".json")])})
+                  if o.name.endswith(".json") and RID.fullmatch(o.name[len(REQUESTS) + 1:-len(".json")])})
     out = [status(backend, rid, vault_id, guard, at) for rid in ids]
     return sorted(out, key=lambda s: (s.request.created if s.request else at, s.id))
-
-
-def record(backend: Backend, event: str, rid: str, what: str, by: str, at: datetime | None = None) -> None:
-    """One audit event, one new object (never rewritten): ``audit/<time>-<random>.json``."""
-    t = at or now()
-    doc = {"format": EVENT_FORMAT, "version": 1, "time": t.astimezone(timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"), "event": event, "request": rid, "what": what, "by": by}
-    name = f"{AUDIT}/{t.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}.json"
-    backend.create(name, json.dumps(doc, indent=1).encode())
-    backend.sync()
-
-
-def audit(backend: Backend) -> list[Event]:
-    """The audit log, oldest first. An object that does not parse is listed as such, not skipped silently."""
-    out = []
-    for o in backend.list(f"{AUDIT}/"):
-        data = _get(backend, o.name) or b""
-        try:
-            doc = _load(data, {"format", "version", "time", "event", "request", "what", "by"}, EVENT_FORMAT)
-            if doc["event"] not in EVENTS or not isinstance(doc["request"], str) \
-                    or not _RID.fullmatch(doc["request"]) or not isinstance(doc["what"], str) \
-                    or len(doc["what"]) > 500 or not doc["what"].isprintable():
-                raise ValueError("unknown event")
-            out.append(Event(_time(doc["time"]), doc["event"], doc["request"], doc["what"], _who(doc["by"])))
-        except (ValueError, TypeError, KeyError) as exc:
-            out.append(Event(datetime.fromtimestamp(o.mtime, timezone.utc), "invalid", "-",
-                             f"audit object {o.name} is malformed ({exc})", "-"))
-    return sorted(out, key=lambda e: e.time)
 
 
 def unopened(root: Path) -> tuple[Backend, dict[str, Any]]:

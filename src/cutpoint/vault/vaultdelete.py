@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ImmutableError, LockedError, UsageError
-from . import approvals, guard, location, protection, softdelete
+from . import approvals, audit, guard, location, protection, softdelete
 from .locks import in_use
 from .prune import parse_created
 from .vault import KEY_FILE, Vault
 
-KEPT = (f"{approvals.REQUESTS}/", f"{approvals.AUDIT}/")
+KEPT = (f"{approvals.REQUESTS}/", f"{audit.AUDIT}/")
 LAST = (KEY_FILE, "config.json")
 HOST_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
 

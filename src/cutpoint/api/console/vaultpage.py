@@ -4,7 +4,7 @@ waiting for its approval (read only: deciding needs the guard key), verify and g
 from __future__ import annotations
 
 from ...service.daemon import Service
-from ...vault import approvals, guard
+from ...vault import approvals, audit, guard
 from .html import Viewer, esc, form, nbytes, state_badge, table
 
 
@@ -22,12 +22,12 @@ def render(svc: Service, viewer: Viewer, message: str = "") -> str:
     g = guard.of(cfg)
     rows.append(["guard (multi-user authorization)",
                  f"<code>{esc(g.fingerprint)}</code>" if g else "none: reducing protection needs no second principal"])
-    found = approvals.listing(vault.backend, str(cfg.get("id")), g, approvals.now())
+    found = approvals.listing(vault.backend, str(cfg.get("id")), g, audit.now())
     reqs = [[f"<code>{esc(r.id)}</code>", state_badge(r.state),
              esc(r.request.operation.describe() if r.request else r.problem),
              esc(r.request.requested_by if r.request else ""),
-             esc(approvals.iso(r.request.created) if r.request else ""),
-             esc(approvals.iso(r.request.expires) if r.request else "")] for r in reversed(found)]
+             esc(audit.iso(r.request.created) if r.request else ""),
+             esc(audit.iso(r.request.expires) if r.request else "")] for r in reversed(found)]
     pending = sum(1 for r in found if r.state == "pending")
     approval = (f"<h2>Approval requests ({pending} pending)</h2>"
                 + '<p class="note">The guard decides with <code>cutpoint approve REQUEST --guard-key FILE</code> '
