@@ -357,3 +357,20 @@ def test_a_config_resealed_without_its_guard_is_refused_by_a_host_that_saw_the_g
     cutpoint("vault", "key", "import", str(tmp_path / "auth.key"), check=True)
     cutpoint("vault", "protect", "--soft-delete-days", "1", check=True)
     assert _info()["soft_delete_days"] == 1
+
+
+def test_the_guard_of_an_encrypted_vault_decides_without_its_passphrase(tmp_path: Path, monkeypatch) -> None:
+    from tests.vault.util import encrypted_vault
+
+    encrypted_vault(monkeypatch)
+    key = tmp_path / "guard.key"
+    cutpoint("vault", "guard", "init", "--to", str(key), check=True)
+    assert "guarded by key" in cutpoint("vault", "info", check=True).out
+    cutpoint("vault", "protect", "--soft-delete-days", "14", check=True)          # lengthening needs nobody
+    rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "1"))
+    monkeypatch.delenv("CUTPOINT_PASSPHRASE")                       # the guard's host: no passphrase
+    assert _listed()[rid]["state"] == "pending"
+    cutpoint("approve", rid, "--guard-key", str(key), check=True)
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")
+    cutpoint("vault", "protect", "--soft-delete-days", "1", "--request", rid, check=True)
+    assert _info()["soft_delete_days"] == 1

@@ -12,7 +12,7 @@ from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
-from ..vault import location, passphrase, protection, remote
+from ..vault import guard, location, passphrase, protection, remote
 from ..vault.packstore import PackStore
 from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
@@ -176,6 +176,10 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
              else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
              else "not encrypted, not authenticated"))
     print(_describe(Protection.of(cfg)))
+    g = guard.of(cfg)
+    print(f"guarded by key {g.fingerprint}: reducing protection, early deletes and deleting the vault need its "
+          "approval ('cutpoint approvals')" if g else "no guard: reducing protection needs no second principal "
+          "('cutpoint vault guard init')")
     print("does not protect against: " + "; ".join(gaps))
     return 0
 
