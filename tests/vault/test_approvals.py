@@ -250,6 +250,11 @@ def test_hostile_request_objects_are_listed_as_invalid_and_never_acted_on(tmp_pa
         one_line_error(cutpoint("approve", rid, "--guard-key", str(key)), 15, "cannot be decided")
         assert not (vault_dir() / "requests" / f"{rid}.decision").exists()
     one_line_error(cutpoint("approve", "../../config", "--guard-key", str(key)), 2, "is not a request id")
+    path.write_text(json.dumps({**good, "operation": "x" * 2000 + "\u001b[2J"}))
+    one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "0", "--request", rid), 15, "cannot be used")
+    events = json.loads(cutpoint("approvals", "--audit", "--json", check=True).out)
+    assert [e["event"] for e in events] == ["requested", "refused"]          # the refusal, quoted safely
+    assert len(events[1]["what"]) <= 500 and "\u001b" not in events[1]["what"]
     assert _info()["soft_delete_days"] == 14
 
 

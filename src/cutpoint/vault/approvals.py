@@ -250,6 +250,8 @@ def create_request(backend: Backend, vault_id: str, op: Operation, at: datetime)
 def decide(backend: Backend, config: dict[str, Any], key: GuardKey, key_path: Path, rid: str, decision: str,
            at: datetime | None = None) -> Request:
     """The guard approves or denies a pending request: its signature over the request as it is now."""
+    if decision not in ("approved", "denied"):
+        raise UsageError(f"a decision is 'approved' or 'denied', not {decision!r}")
     guard = guardmod.check_key_for(key, config, key_path)
     t = at or now()
     st = status(backend, rid, str(config["id"]), guard, t)

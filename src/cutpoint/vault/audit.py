@@ -85,8 +85,11 @@ def get(backend: Backend, name: str) -> bytes | None:
 
 
 def record(backend: Backend, event: str, rid: str, what: str, by: str, at: datetime | None = None) -> None:
-    """One audit event, one new object (never rewritten): ``audit/<time>-<random>.json``."""
+    """One audit event, one new object (never rewritten): ``audit/<time>-<random>.json``. ``what`` may quote a
+    hostile object: kept printable and at most 500 characters, as ``events`` requires."""
     t = at or now()
+    what = "".join(c if c.isprintable() else "?" for c in what)
+    what = what if len(what) <= 500 else what[:497] + "..."
     doc = {"format": EVENT_FORMAT, "version": 1, "time": t.astimezone(timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"), "event": event, "request": rid, "what": what, "by": by}
     name = f"{AUDIT}/{t.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}.json"
