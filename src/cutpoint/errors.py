@@ -110,3 +110,17 @@ class DrillFailedError(CutpointError):
     """A restore drill ran and its point failed it (did not boot, a signal missing, a filesystem damaged)."""
 
     exit_code = 13
+
+
+class ApprovalRequiredError(CutpointError):
+    """The vault is guarded (multi-user authorization): this operation needs a request approved by the holder of
+    the guard key; the message names the request and how to approve it. Nothing was changed."""
+
+    exit_code = 14
+
+
+class ApprovalRefusedError(CutpointError):
+    """An approval cannot be used: denied, expired, already used, for another operation or vault, or its signature
+    does not verify against the vault's guard key (forged, or the request was edited). Nothing was changed."""
+
+    exit_code = 15

@@ -32,7 +32,7 @@ from ..restore.targets import confine, default_restore_root
 from ..service.daemon import Service
 from ..service.report import drills, status, usage
 from ..service.work import backup_job, drill_job, restore_job
-from ..vault import protection, softdelete
+from ..vault import approvals, audit, guard, protection, softdelete
 from . import auth, errors
 from .console import routes as console
 from .views import point_json, vm_json
@@ -142,6 +142,24 @@ def create_app(svc: Service, tokens: str | Mapping[str, str], *, restore_root: P
         if vm is not None:
             catalog.vm(vm)
         return [point_json(p, catalog.drill(p.id)) for p in catalog.points(vm)]
+
+    # -- multi-user authorization: read only; deciding needs the guard key, which no API token is ----------------
+
+    @app.get("/approvals", tags=["approvals"])
+    def list_approvals(state: Literal["pending", "approved", "denied", "expired", "used", "invalid"] | None = None
+                       ) -> dict[str, Any]:
+        """The vault's guard and its requests (``cutpoint approvals --json``). Approving or denying one needs the
+        guard key ('cutpoint approve REQUEST --guard-key FILE'): no token can, the point being a second principal."""
+        vault = svc.vaults.get()
+        g = guard.of(vault.config)
+        found = approvals.listing(vault.backend, str(vault.config["id"]), g, audit.now())
+        return {"guard": g.to_config() if g else None,
+                "requests": [s.to_json() for s in found if state is None or s.state == state]}
+
+    @app.get("/approvals/audit", tags=["approvals"])
+    def approvals_audit() -> list[dict[str, Any]]:
+        """The guard's audit log: every request, approval, denial, use and refusal (``cutpoint approvals --audit``)."""
+        return [e.to_json() for e in audit.events(svc.vaults.get().backend)]
 
     @app.get("/vms/{name}/points/{point}", tags=["points"])
     def get_point(name: str, point: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = sub.add_parser("delete", help="delete one restore point (recoverable with 'undelete' while the vault's soft "
                        "delete lasts; refused before its immutability ends)")
     d.add_argument("point", metavar="POINT", help="its id, or a unique prefix of it (see 'cutpoint points')")
+    d.add_argument("--request", default=None, metavar="ID", help="a guarded vault: the request its guard approved "
+                   "for deleting this point before its immutability ends")
     d.add_argument("--json", action="store_true")
     add_vault_arg(d)
     d.set_defaults(func=cmd_delete)
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_delete(args: argparse.Namespace) -> int:
     vault = open_vault(args, write=f"deleting point {args.point!r}")
-    res = delete_point(vault, args.point)
+    res = delete_point(vault, args.point, args.request)
     if args.json:
         print_json(res.to_json())
     elif res.soft and res.recoverable_until is not None:

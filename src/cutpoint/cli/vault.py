@@ -12,10 +12,11 @@ from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
-from ..vault import location, passphrase, protection, remote
+from ..vault import guard, location, passphrase, protection, remote
 from ..vault.packstore import PackStore
 from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
+from . import approvals
 from .common import add_vault_arg, open_vault, print_json
 
 
@@ -45,9 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i.set_defaults(func=cmd_init)
 
     pr = vs.add_parser("protect", help="lengthen the vault's immutability or soft delete (an immutable vault "
-                       "refuses to shorten either)")
+                       "refuses to shorten either; a guarded one shortens only with its guard's approval)")
     pr.add_argument("--immutable-days", type=int, default=None, metavar="N")
     pr.add_argument("--soft-delete-days", type=int, default=None, metavar="N")
+    pr.add_argument("--request", default=None, metavar="ID", help="a guarded vault: the request its guard approved "
+                    "for this reduction ('cutpoint approvals')")
     pr.add_argument("--json", action="store_true")
     add_vault_arg(pr)
     pr.set_defaults(func=cmd_protect)
@@ -74,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("--json", action="store_true")
     add_vault_arg(rc)
     rc.set_defaults(func=cmd_rebuild_catalog)
+
+    approvals.register_vault(vs)
 
     k = vs.add_parser("key", help="export or import the key (file) of a vault")
     ks = k.add_subparsers(dest="key_command", metavar="ACTION")
@@ -117,7 +122,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if args.immutable_days is None and args.soft_delete_days is None:
         raise UsageError("vault protect needs --immutable-days N or --soft-delete-days N; nothing was changed")
     vault = open_vault(args, write="changing the vault's protection")
-    prot = protection.change(vault, args.immutable_days, args.soft_delete_days)
+    prot = protection.change(vault, args.immutable_days, args.soft_delete_days, args.request)
     if args.json:
         print_json(prot.to_config())
     else:
@@ -173,6 +178,10 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
              else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
              else "not encrypted, not authenticated"))
     print(_describe(Protection.of(cfg)))
+    g = guard.of(cfg)
+    print(f"guarded by key {g.fingerprint}: reducing protection, early deletes and deleting the vault need its "
+          "approval ('cutpoint approvals')" if g else "no guard: reducing protection needs no second principal "
+          "('cutpoint vault guard init')")
     print("does not protect against: " + "; ".join(gaps))
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError, NotFoundError, VaultError
+from . import guard
 from .crypto import Keys, config_mac
 
 VAULT_FORMAT = "cutpoint-vault"
@@ -89,6 +90,7 @@ def validate(config: dict[str, Any], root: Path) -> None:
         days = config.get(name, 0)
         if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_DAYS:
             raise VaultError(f"{where}: {name} {days!r} is not a number of days from 0 to {MAX_DAYS}")
+    guard.validate(config, where)                             # absent: not guarded (docs/format.md §21)
     if config["version"] >= 3:
         auth = config.get("authentication")
         if not isinstance(auth, dict) or auth.get("mac") != "hmac-sha256" \

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..catalog.db import PointRecord
 from ..errors import ImmutableError, LockedError, NotFoundError, UsageError
-from . import protection, softdelete
+from . import approvals, guard, protection, softdelete
 from .locks import in_use
 from .prune import parse_created
 from .vault import Vault
@@ -43,25 +43,32 @@ def find_visible(vault: Vault, ref: str) -> PointRecord:
     raise UsageError(f"point {ref!r} is ambiguous: {', '.join(p.id for p in match)}; give more of its id")
 
 
-def delete_point(vault: Vault, ref: str) -> DeleteResult:
+def delete_point(vault: Vault, ref: str, request: str | None = None) -> DeleteResult:
+    """Refused while the vault's immutability protects the point, unless the vault is guarded and ``request`` is
+    the guard's approval of this early delete (``approvals.authorize``)."""
     if not ref:
         raise UsageError("delete needs a point id (see 'cutpoint points'); nothing was removed")
     vault.require_trusted(f"deleting point {ref!r}")
     rec = find_visible(vault, ref)
     with vault.points_lock(shared=False), vault.vm_lock(rec.vm, writer=False):
         rec = find_visible(vault, rec.id)             # under the lock: still there
-        prot, now = protection.current(vault), protection.now()
+        config, now = protection.current_config(vault), protection.now()
+        prot = protection.Protection.of(config)
         try:
             created = parse_created(rec.created)
         except (TypeError, ValueError):
             created = None                            # a damaged row: its age is unknown
-        if prot.immutable_days > 0 and (created is None or prot.is_immutable(created, now)):
+        early = prot.immutable_days > 0 and (created is None or prot.is_immutable(created, now))
+        if early and guard.of(config) is None:
             until = f"until {prot.immutable_until(created):%Y-%m-%d %H:%M}Z" if created else "(its age is unknown)"
             raise ImmutableError(f"point {rec.id} is immutable {until}: the vault keeps every point "
                                  f"{prot.immutable_days} days; nothing was removed")
         if in_use(vault.pin_path(rec.id)):
             raise LockedError(f"point {rec.id} is being served (a mount, a file view or an instant-restored VM); "
                               "stop that first; nothing was removed")
+        if early:                                     # guarded: only with the guard's approval, used up here
+            approvals.authorize(vault, config, approvals.Operation("delete-point", {"point": rec.id, "vm": rec.vm}),
+                                request)
         softdelete.remove(vault, rec.vm, [rec], prot, now)
         soft = prot.soft_delete_days > 0 and softdelete.softly_deletable(vault, rec)
         return DeleteResult(rec.id, rec.vm, soft, prot.expires(now) if soft else None)

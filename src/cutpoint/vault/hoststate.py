@@ -1,13 +1,13 @@
 """What this host remembers about the vaults it uses, kept outside them (``paths.state_home()``, a 0700 directory
 owned by the user cutpoint runs as, root in production):
 
-- ``known-vaults.json``: per vault path, the vault id, the key fingerprint, whether it is encrypted, and the newest
-  point this host committed (or saw at first use) per VM;
+- ``known-vaults.json``: per vault path, the vault id, the key fingerprint, whether it is encrypted, the newest
+  point this host committed (or saw at first use) per VM, and the fingerprint of its guard once seen (§21);
 - ``keys/<fingerprint>.json``: the authentication keys of the unencrypted vaults this host created or imported.
 
 At every open the vault is compared with the record (docs/format.md §8): another id at the same path
 is *swapped*; a key gone or changed, or encrypted turned unencrypted, is *downgraded*; a recorded point missing
-from the catalog is *rolled back*. A first open records the vault as it is (trust on first use). Writes into a
+from the catalog is *rolled back*; a guard gone or changed is *unguarded*. A first open records the vault as it is (trust on first use). Writes into a
 vault with any finding are refused, reads warn, except a downgrade, which is refused for reads too (nothing read
 could be authenticated); ``cutpoint vault trust`` records the vault as it is now, deliberately.
 """
@@ -40,7 +40,7 @@ class VaultChangedError(IntegrityError):
 
 @dataclass
 class Finding:
-    kind: str                   # 'swapped' | 'downgraded' | 'rolled back'
+    kind: str                   # 'swapped' | 'downgraded' | 'rolled back' | 'unguarded'
     detail: str
     missing: list[str] = field(default_factory=list)
 
@@ -56,6 +56,7 @@ class Seen:
     fingerprint: str | None
     encrypted: bool
     newest: dict[str, str]      # vm -> newest point in the catalog
+    guard: str | None = None    # the config's guard fingerprint (docs/format.md §21)
 
 
 def state_dir() -> Path:
@@ -111,8 +112,11 @@ def _now() -> str:
 
 
 def _record(seen: Seen) -> dict[str, Any]:
-    return {"id": seen.id, "key_fingerprint": seen.fingerprint, "encrypted": seen.encrypted,
-            "points": dict(seen.newest), "recorded": _now()}
+    rec = {"id": seen.id, "key_fingerprint": seen.fingerprint, "encrypted": seen.encrypted,
+           "points": dict(seen.newest), "recorded": _now()}
+    if seen.guard is not None:
+        rec["guard"] = seen.guard
+    return rec
 
 
 def check(root: Path, seen: Seen, points_of: Any) -> Finding | None:
@@ -134,6 +138,13 @@ def check(root: Path, seen: Seen, points_of: Any) -> Finding | None:
     lost = _lost_key(seen)
     if lost:
         return lost
+    guard = rec.get("guard")
+    if guard and seen.guard != guard:
+        return Finding("unguarded", f"this host knew it guarded by key {guard}, now it is "
+                                    + (f"guarded by key {seen.guard}" if seen.guard else "not guarded")
+                                    + " (a config re-sealed without its guard, or an older copy of it)")
+    if seen.guard and not guard:
+        guarded(root, seen.guard)            # a guard added (here or elsewhere): remembered from now on
     missing = []
     for vm, pid in sorted(dict(rec.get("points") or {}).items()):
         if pid not in set(points_of(vm)):
@@ -161,6 +172,14 @@ def trust(root: Path, seen: Seen) -> None:
         for fp in held_keys(seen.id):
             p = state_dir() / "keys" / f"{fp}.json"
             p.rename(p.with_name(f"{fp}.json.retired"))
+
+
+def guarded(root: Path, fingerprint: str) -> None:
+    """The vault at ``root`` is guarded by ``fingerprint`` (set or replaced with approval, or first seen)."""
+    with _locked() as doc:
+        rec = doc["vaults"].get(_key(root))
+        if rec is not None:
+            rec["guard"] = fingerprint
 
 
 def committed(root: Path, vm: str, point: str) -> None:

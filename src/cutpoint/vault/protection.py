@@ -2,9 +2,10 @@
 
 Both are fields of ``config.json`` (``immutable_days``, ``soft_delete_days``; absent means 0, as in every vault made
 before they existed), so the config MAC covers them: an edit of config.json is refused at open (docs/format.md §7,
-§19). ``vault protect`` may lengthen them; while a vault is immutable it refuses to shorten either (reducing them
-needs a second principal, issue 16 item 6, which does not exist yet). On a local directory these rules are enforced by
-cutpoint, not by the filesystem: they protect against mistakes, not against root (docs/threat-model.md).
+§19). ``vault protect`` may lengthen them; while a vault is immutable it refuses to shorten either, and a guarded
+vault (``guard.py``, §21) shortens either only with a request its guard approved. On a local directory these rules
+are enforced by cutpoint, not by the filesystem: they protect against mistakes, not against root
+(docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -56,21 +57,41 @@ def check_days(value: int, option: str) -> int:
     return value
 
 
-def current(vault: "Vault", *, fetch: bool = True) -> Protection:
-    """The protection in ``config.json`` as it is now, authenticated again: prune, delete and gc read it under their
-    locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted.
-    ``fetch=False``: an S3 vault's copy on this host, without asking the bucket (pages that only show it)."""
+def current_config(vault: "Vault", *, fetch: bool = True) -> dict[str, Any]:
+    """``config.json`` as it is now, authenticated again and validated. ``fetch=False``: an S3 vault's copy on this
+    host, without asking the bucket (pages that only show it)."""
     if fetch:
         remote.fetch_meta(vault.root)       # S3: the bucket's config as it is now (another host may have changed it)
     config = cfgmod.read_config(vault.root)
     if vault.sealer.keys is not None and (int(config["version"]) >= 3 or "mac" in vault.config):
         cfgmod.check_mac(config, vault.sealer.keys, vault.root)
     cfgmod.validate(config, vault.root)
-    return Protection.of(config)
+    return config
+
+
+def current(vault: "Vault", *, fetch: bool = True) -> Protection:
+    """The protection in ``config.json`` as it is now, authenticated again: prune, delete and gc read it under their
+    locks, so a change made by 'vault protect' after they opened the vault is not missed, nor an edit accepted."""
+    return Protection.of(current_config(vault, fetch=fetch))
+
+
+def write_config(vault: "Vault", sealed: dict[str, Any]) -> None:
+    """Replace the vault's (sealed) config: on S3 the bucket's object, which is the vault's, then this host's copy."""
+    data = json.dumps(sealed, indent=1).encode()
+    if vault.remote is not None:
+        vault.backend.put("config.json", data)
+        vault.backend.sync()
+    write_atomic(vault.root / "config.json", data)
+    vault.config = sealed
+
+
+def reduces(old: Protection, new: Protection) -> bool:
+    return new.immutable_days < old.immutable_days or new.soft_delete_days < old.soft_delete_days
 
 
 def check_change(old: Protection, new: Protection) -> None:
-    """Lengthening is always allowed; while the vault is immutable, nothing may be shortened."""
+    """Lengthening is always allowed; while the vault is immutable, nothing may be shortened (unless the vault's
+    guard approved it: ``change``)."""
     if old.immutable_days == 0:
         return
     if new.immutable_days < old.immutable_days:
@@ -81,9 +102,13 @@ def check_change(old: Protection, new: Protection) -> None:
                              f"{old.soft_delete_days} to {new.soft_delete_days} days; nothing was changed")
 
 
-def change(vault: "Vault", immutable_days: int | None, soft_delete_days: int | None) -> Protection:
+def change(vault: "Vault", immutable_days: int | None, soft_delete_days: int | None,
+           request: str | None = None) -> Protection:
     """'vault protect': write the config with the new protection and a new MAC. Holds the points lock exclusively
-    and the gc lock, so no prune, delete, undelete or gc is deciding meanwhile."""
+    and the gc lock, so no prune, delete, undelete or gc is deciding meanwhile. In a guarded vault any reduction
+    needs ``request``, approved by the guard for exactly this change (``approvals.authorize``); then the
+    immutability rule of ``check_change`` is lifted too (that is what the second principal is for)."""
+    from . import approvals, guard
     if vault.sealer.keys is None or int(vault.config["version"]) < 3:
         raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold immutability or soft delete; create a new vault with "
@@ -95,14 +120,15 @@ def change(vault: "Vault", immutable_days: int | None, soft_delete_days: int | N
                          else check_days(immutable_days, "--immutable-days"),
                          old.soft_delete_days if soft_delete_days is None
                          else check_days(soft_delete_days, "--soft-delete-days"))
-        check_change(old, new)
+        config = current_config(vault)
+        if guard.of(config) is not None and reduces(old, new):
+            approvals.authorize(vault, config, approvals.protect_operation(old, new), request)
+        else:
+            check_change(old, new)
         if new != old:
-            config = {k: v for k, v in cfgmod.read_config(vault.root).items() if k != "mac"}
+            config = {k: v for k, v in config.items() if k != "mac"}
             config.update(new.to_config())
-            doc = json.dumps(cfgmod.seal(config, vault.sealer.keys), indent=1).encode()
-            remote.put_config(vault, doc)           # S3: the bucket's copy is the vault's
-            write_atomic(vault.root / "config.json", doc)
-            vault.config = cfgmod.seal(config, vault.sealer.keys)
+            write_config(vault, cfgmod.seal(config, vault.sealer.keys))
         return new
 
 

@@ -82,12 +82,6 @@ def check_object_lock(root: Path) -> None:
                          "--object-lock; nothing was created")
 
 
-def put_config(vault: "Vault", config: bytes) -> None:
-    """``vault protect`` on an S3 vault: the bucket's config is replaced (a new version, under retention)."""
-    if vault.remote is not None:
-        vault.backend.put(CONFIG, config)
-
-
 def put_key(root: Path, key: bytes) -> None:
     """``vault key import`` on an S3 vault: the bucket's key file is replaced too."""
     if location.remote_of(root) is not None:

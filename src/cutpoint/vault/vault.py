@@ -22,6 +22,7 @@ from ..catalog.db import Catalog, PointRecord
 from ..names import check_vm_name
 from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, VaultError
 from . import config as cfgmod
+from . import guard
 from . import hoststate
 from . import locks
 from . import location
@@ -97,8 +98,10 @@ class Vault:
         try:
             if vault.remote is not None:
                 remote.sync_catalog(vault)          # the bucket's manifests are the points; the catalog follows
+            g = guard.of(config)
             seen = hoststate.Seen(config["id"], cfgmod.fingerprint(config), vault.encrypted,
-                                  {vm: pts[-1].id for vm, pts in _by_vm(vault.catalog.points()).items()})
+                                  {vm: pts[-1].id for vm, pts in _by_vm(vault.catalog.points()).items()},
+                                  g.fingerprint if g else None)
             if accept_change:
                 hoststate.trust(root, seen)
                 return vault
