@@ -23,6 +23,7 @@ from . import report
 from .common import resolve_vault
 from . import drill
 from . import delete
+from . import copy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
-                  files, mount, instant, report, drill, delete):
+                  files, mount, instant, report, drill, delete, copy):
         group.register(sub)
     return p
 

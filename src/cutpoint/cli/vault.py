@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "0: off)")
     i.add_argument("--object-lock", choices=("compliance", "governance"), default=None,
                    help="S3 vaults (s3://BUCKET/PREFIX) only: the Object Lock mode that enforces --immutable-days")
+    i.add_argument("--copy-of", default=None, metavar="VAULT", help="make a target for 'cutpoint copy' from VAULT "
+                   "(a directory or s3://BUCKET/PREFIX): the same keys, encryption and chunk parameters, its own id")
     i.add_argument("--json", action="store_true")
     add_vault_arg(i)
     i.set_defaults(func=cmd_init)
@@ -107,8 +109,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     prot = Protection(check_days(getattr(args, "immutable_days", 0), "--immutable-days"),
                       check_days(getattr(args, "soft_delete_days", DEFAULT_SOFT_DELETE_DAYS), "--soft-delete-days"))
     size = parse_size(args.chunk_size) if args.chunk_size else None
-    Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
-                 passphrase=passphrase.source(args.passphrase_file), protection=prot)
+    source = None
+    if args.copy_of is not None:
+        src_root = location.resolve(args.copy_of, args.s3_endpoint)
+        if src_root == root:
+            raise UsageError(f"--copy-of {args.copy_of} names the vault being created; give the source vault")
+        source = Vault.open(src_root, passphrase=passphrase.source(args.passphrase_file))
+    try:
+        Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
+                     passphrase=passphrase.source(args.passphrase_file), protection=prot, copy_of=source)
+    finally:
+        if source is not None:
+            source.close()
     return _show(root, args.json, "created ")
 
 
