@@ -1,0 +1,174 @@
+"""Offsite copies (issue 16 item 3): 'cutpoint copy --from VAULT --to VAULT2' into a vault made with 'vault init
+--copy-of', through the real CLI, with real vaults (a directory, a real SeaweedFS) and a real paused QEMU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cutpoint.vault.packgc import referenced
+from cutpoint.vault.tree import ChunkTree
+from cutpoint.vault.vault import Vault
+from tests.helpers import blockdev_args, cutpoint, drive_args, guest_write, make_image, raw_bytes
+from tests.vault.util import one_line_error
+
+MiB = 1 << 20
+
+
+def _vm(bare_qemu, tmp_path: Path, vault: str, random_mib: int = 6):
+    """A paused VM 'web' registered in ``vault``: a qcow2 disk with patterns, a raw one with random bytes (which
+    do not compress, so the copy has packs to write)."""
+    sys_img = make_image(tmp_path / "sys.qcow2", "32M", writes=["write -P 0xab 1M 3M", "write -P 0x11 20M 1M"])
+    data = tmp_path / "data.raw"
+    with open(data, "wb") as f:
+        f.write(os.urandom(random_mib * MiB))
+        f.truncate(16 * MiB)
+    vm = bare_qemu(blockdev_args(sys_img, "sys") + drive_args(data, "data", "raw"))
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), "--vault", vault, check=True)
+    return vm, {"sys": sys_img, "data": data}
+
+
+def _now(images: dict[str, Path]) -> dict[str, bytes]:
+    return {d: raw_bytes(p) for d, p in images.items()}
+
+
+def _backup(vault: str) -> dict:
+    return json.loads(cutpoint("backup", "web", "--json", "--vault", vault, check=True).out)
+
+
+def _copy(src: str, dst: str, *extra: str) -> dict:
+    r = cutpoint("copy", "web", "--from", src, "--to", dst, "--json", *extra)
+    assert r.code == 0, r.err
+    return json.loads(r.out)
+
+
+def _restored(tmp_path: Path, vault: str, point: str) -> dict[str, bytes]:
+    out = tmp_path / f"restore-{point}-{len(list(tmp_path.iterdir()))}"
+    r = cutpoint("restore", "web", point, "--to", str(out), "--json", "--vault", vault, check=True)
+    return {f["disk"]: raw_bytes(Path(f["path"])) for f in json.loads(r.out)["files"]}
+
+
+def _refs(vault: Path, point: str) -> set[bytes]:
+    """Ids of every node and chunk ``point`` references (read in-process from the source)."""
+    v = Vault.open(vault)
+    try:
+        m = v.manifest(v.catalog.point("web", point))
+        return referenced([d.chunks for d in m.disks if isinstance(d.chunks, ChunkTree)])
+    finally:
+        v.close()
+
+
+def test_copy_local_to_local_restores_identical_copies_only_what_the_target_lacks(bare_qemu, tmp_path: Path) -> None:
+    src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
+    vm, images = _vm(bare_qemu, tmp_path, src)
+    full = _backup(src)["point"]
+    at_full = _now(images)
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    first = _copy(src, dst)
+    assert first["copied"] == [full] and first["skipped"] == [] and first["reused"] == 0, first
+    assert first["blobs"] == len(_refs(Path(src), full)) and first["bytes"] >= 6 * MiB, first
+    again = _copy(src, dst)                                  # nothing left to transfer
+    assert again["copied"] == [] and again["skipped"] == [full] and again["blobs"] == 0 and again["bytes"] == 0
+
+    guest_write(vm.qmp, "data", "write -P 0x5a 2M 256k")
+    guest_write(vm.qmp, "sys-dev", "write -P 0x5b 8M 128k")
+    inc = _backup(src)                                       # the source still opens: the shared key is its own
+    assert inc["mode"] == "incremental", inc
+    at_inc = _now(images)
+    third = _copy(src, dst)
+    new = _refs(Path(src), inc["point"]) - _refs(Path(src), full)
+    assert third["copied"] == [inc["point"]] and third["skipped"] == [full], third
+    assert third["blobs"] == len(new) and 0 < third["bytes"] < first["bytes"] // 10, third
+
+    shutil.rmtree(src)                                       # the original vault and its catalog are gone
+    assert _restored(tmp_path, dst, full) == at_full
+    assert _restored(tmp_path, dst, inc["point"]) == at_inc
+    r = cutpoint("verify", "--read-data", "--json", "--vault", dst)
+    assert r.code == 0, r.err
+    assert {p["point"]: p["state"] for p in json.loads(r.out)["points"]} == {full: "ok", inc["point"]: "ok"}
+
+
+def test_encrypted_copy_to_s3_restores_from_a_fresh_host_with_the_source_gone(
+        bare_qemu, tmp_path: Path, s3_bucket: str, s3_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")
+    src, dst = str(tmp_path / "src"), f"s3://{s3_bucket}/offsite"
+    cutpoint("vault", "init", src, check=True)
+    vm, images = _vm(bare_qemu, tmp_path, src)
+    point = _backup(src)["point"]
+    at = _now(images)
+    cutpoint("vault", "init", dst, "--copy-of", src, check=True)
+    res = _copy(src, dst, "--verify")
+    assert res["copied"] == [point] and res["verified"] == len(_refs(Path(src), point)) == res["blobs"], res
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert f"offsite/points/web/{point}.manifest" in keys and "offsite/key.json" in keys
+    manifest = (Path(src) / "points" / "web" / f"{point}.manifest").read_bytes()
+    got = s3_env.client().get_object(Bucket=s3_bucket, Key=f"offsite/points/web/{point}.manifest")["Body"].read()
+    assert got == manifest                                   # the sealed manifest travelled as is
+    assert _copy(src, dst)["blobs"] == 0
+
+    shutil.rmtree(src)
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-b"))     # a fresh host: no catalog, no key
+    assert [p["point"] for p in json.loads(cutpoint("points", "web", "--json", "--vault", dst, check=True).out)] \
+        == [point]
+    assert _restored(tmp_path, dst, point) == at
+
+
+@pytest.mark.parametrize("stage", ["pack-written@6", "copy-manifest"])
+def test_a_killed_copy_shows_no_point_and_a_rerun_copies_only_the_rest(bare_qemu, tmp_path: Path,
+                                                                       stage: str) -> None:
+    """Packs of 1 MiB: killed after its 6th pack (an index object lists the first 4), or with every blob durable
+    and indexed but no manifest yet. The point is not visible in the target; the rerun reuses what arrived."""
+    src, dst, control = (str(tmp_path / n) for n in ("src", "dst", "control"))
+    Vault.create(Path(src), pack_size=MiB)
+    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=10)
+    point = _backup(src)["point"]
+    at = _now(images)
+    for d in (dst, control):
+        cutpoint("vault", "init", d, "--copy-of", src, "--no-encrypt", check=True)
+    whole = _copy(src, control)
+    assert whole["packs"] >= 8, whole
+
+    env = {**os.environ, "CUTPOINT_FAULT": stage}
+    p = subprocess.run([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr
+    assert not (Path(dst) / "points" / "web").exists()
+    assert json.loads(cutpoint("points", "--json", "--vault", dst, check=True).out) == []
+
+    rerun = _copy(src, dst)
+    assert rerun["copied"] == [point], rerun
+    if stage == "copy-manifest":
+        assert rerun["blobs"] == 0 and rerun["reused"] == whole["blobs"], rerun
+    else:
+        assert 0 < rerun["blobs"] < whole["blobs"] and rerun["reused"] + rerun["blobs"] == whole["blobs"], rerun
+        assert rerun["bytes"] <= whole["bytes"] - 3 * MiB, rerun     # at least 4 packs (of about 1 MiB) reused
+    assert _restored(tmp_path, dst, point) == at
+    r = cutpoint("verify", "--read-data", "--vault", dst)
+    assert r.code == 0, r.err
+
+
+def test_copy_into_a_vault_with_other_keys_is_refused_naming_the_fix(bare_qemu, tmp_path: Path) -> None:
+    src, other = os.environ["CUTPOINT_VAULT"], str(tmp_path / "other")
+    _vm(bare_qemu, tmp_path, src)
+    _backup(src)
+    cutpoint("vault", "init", other, "--no-encrypt", check=True)
+    r = cutpoint("copy", "--from", src, "--to", other)
+    one_line_error(r, 2, "--copy-of", "key")
+    assert not list((Path(other) / "data").iterdir()) and not list((Path(other) / "index").iterdir())
+    assert not (Path(other) / "points" / "web").exists()
+
+
+def test_limit_rate_limits_the_bytes_written_per_second(bare_qemu, tmp_path: Path) -> None:
+    src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
+    _vm(bare_qemu, tmp_path, src, random_mib=8)
+    _backup(src)
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    res = _copy(src, dst, "--limit-rate", "2M")
+    assert res["bytes"] >= 8 * MiB, res
+    assert res["duration_s"] >= 0.8 * res["bytes"] / (2 * MiB), res       # about 4 s for 8 MiB at 2 MiB/s
