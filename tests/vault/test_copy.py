@@ -172,3 +172,17 @@ def test_limit_rate_limits_the_bytes_written_per_second(bare_qemu, tmp_path: Pat
     res = _copy(src, dst, "--limit-rate", "2M")
     assert res["bytes"] >= 8 * MiB, res
     assert res["duration_s"] >= 0.8 * res["bytes"] / (2 * MiB), res       # about 4 s for 8 MiB at 2 MiB/s
+
+
+def test_bad_copy_input_gets_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    one_line_error(cutpoint("copy", "--from", src, "--to", str(tmp_path / "none")), 3, "no cutpoint vault",
+                   "vault init")
+    one_line_error(cutpoint("copy", "web", "--from", src, "--to", dst), 3, "VM 'web' has no points")
+    one_line_error(cutpoint("copy", "--from", src, "--to", dst, "--points", "nosuch"), 3, "'nosuch' is not in")
+    one_line_error(cutpoint("copy", "--from", src, "--to", dst, "--limit-rate", "fast"), 2, "'fast'")
+    one_line_error(cutpoint("copy", "--from", src, "--to", src), 2, "same vault")
+    one_line_error(cutpoint("vault", "init", str(tmp_path / "enc"), "--copy-of", src), 2, "--no-encrypt")
+    assert not (tmp_path / "enc").exists()
+    assert not list((Path(dst) / "data").iterdir()) and not list((Path(dst) / "index").iterdir())
