@@ -20,6 +20,7 @@ A point is visible in the target only once step 5 wrote its manifest, with every
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -38,6 +39,7 @@ from .vault import Vault
 
 FLUSH_EVERY = 4                 # packs between index objects: what a rerun after a kill finds already there
 MAX_READ = 8 << 20              # one ranged read of a source pack covers at most this
+Progress = Callable[[str, int, int], None]
 GAP = 256 << 10                 # needed blobs closer than this in one pack are read together (the gap is dropped)
 
 
@@ -116,8 +118,10 @@ def select(src: Vault, vm: str | None, points: list[str] | None) -> list[PointRe
 
 
 def copy(src: Vault, dst: Vault, vm: str | None = None, points: list[str] | None = None, *,
-         rate: int | None = None, verify_data: bool = False) -> CopyResult:
-    """Copy the selected points of ``src`` into ``dst``; returns once every one is complete there."""
+         rate: int | None = None, verify_data: bool = False, progress: Progress | None = None) -> CopyResult:
+    """Copy the selected points of ``src`` into ``dst``; returns once every one is complete there. ``progress``
+    is called with (VM, stored bytes copied, stored bytes to copy) after each read of the source; an exception it
+    raises (a service's shutdown) stops the copy, which a rerun resumes."""
     t0 = time.monotonic()
     check_compatible(src, dst)
     dst.require_trusted("copying points into it")
@@ -129,13 +133,13 @@ def copy(src: Vault, dst: Vault, vm: str | None = None, points: list[str] | None
             by_vm.setdefault(rec.vm, []).append(rec)
         for name, recs in by_vm.items():
             with dst.vm_lock(name):
-                _copy_vm(src, dst, recs, res, limit, verify_data)
+                _copy_vm(src, dst, recs, res, limit, verify_data, progress)
     res.duration_s = round(time.monotonic() - t0, 3)
     return res
 
 
 def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, limit: RateLimit,
-             verify_data: bool) -> None:
+             verify_data: bool, progress: Progress | None) -> None:
     sstore, dstore = src.chunks, dst.chunks
     assert isinstance(sstore, PackStore) and isinstance(dstore, PackStore)
     have = {p.id for p in dst.catalog.points(recs[0].vm)}
@@ -165,6 +169,7 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
                                  f"{res.target}")
         missing.append((sloc, bid))
     missing.sort(key=lambda m: (m[0].pid, m[0].offset))
+    total, done = sum(loc.length for loc, _ in missing), 0
     i = 0
     while i < len(missing):
         first = missing[i][0]
@@ -183,6 +188,9 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
             limit.take(len(blob))
             if dstore.unindexed() >= FLUSH_EVERY:
                 dstore.flush()
+            done += len(blob)
+        if progress is not None:
+            progress(recs[0].vm, done, total)
         i = j
     dstore.flush()
     res.packs += dstore.own_packs() - packs_before
