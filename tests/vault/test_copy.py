@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,10 @@ def _vm(bare_qemu, tmp_path: Path, vault: str, random_mib: int = 6):
 
 def _now(images: dict[str, Path]) -> dict[str, bytes]:
     return {d: raw_bytes(p) for d, p in images.items()}
+
+
+def _images(tmp_path: Path) -> dict[str, Path]:
+    return {"sys": tmp_path / "sys.qcow2", "data": tmp_path / "data.raw"}
 
 
 def _backup(vault: str) -> dict:
@@ -117,6 +123,11 @@ def test_encrypted_copy_to_s3_restores_from_a_fresh_host_with_the_source_gone(
     assert [p["point"] for p in json.loads(cutpoint("points", "web", "--json", "--vault", dst, check=True).out)] \
         == [point]
     assert _restored(tmp_path, dst, point) == at
+    back = str(tmp_path / "back")                            # and from S3 (ranged reads of its packs) to a directory
+    cutpoint("vault", "init", back, "--copy-of", dst, check=True)
+    home = _copy(dst, back)
+    assert home["copied"] == [point] and home["blobs"] == res["blobs"] and home["bytes"] == res["bytes"], home
+    assert _restored(tmp_path, back, point) == at
 
 
 @pytest.mark.parametrize("stage", ["pack-written@6", "copy-manifest"])
@@ -186,3 +197,38 @@ def test_bad_copy_input_gets_one_line_and_changes_nothing(tmp_path: Path) -> Non
     one_line_error(cutpoint("vault", "init", str(tmp_path / "enc"), "--copy-of", src), 2, "--no-encrypt")
     assert not (tmp_path / "enc").exists()
     assert not list((Path(dst) / "data").iterdir()) and not list((Path(dst) / "index").iterdir())
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_running_copy_holds_off_source_prune_and_target_gc_keeps_its_packs(bare_qemu, tmp_path: Path) -> None:
+    """The copy stopped with every blob written and indexed, before its manifest: prune of the source is refused
+    (exit 8: the copy holds its points lock), gc of the target (grace 0) deletes none of the copy's packs, and the
+    resumed copy completes a point that restores identical."""
+    src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
+    _vm(bare_qemu, tmp_path, src)
+    point = _backup(src)["point"]
+    at = _now(_images(tmp_path))
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst, "--json"],
+                         env={**os.environ, "CUTPOINT_FAULT": "copy-manifest=stop"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _stopped(p.pid):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            time.sleep(0.05)
+        packs = {f.name for f in (Path(dst) / "data").rglob("*") if f.is_file()}
+        assert packs
+        one_line_error(cutpoint("prune", "web", "--keep-last", "1", "--vault", src), 8, "busy")
+        r = cutpoint("gc", "--grace", "0", "--json", "--vault", dst)
+        assert r.code == 0, r.err
+        assert {f.name for f in (Path(dst) / "data").rglob("*") if f.is_file()} == packs
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert json.loads(out)["copied"] == [point]
+    assert _restored(tmp_path, dst, point) == at
