@@ -142,7 +142,9 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
              verify_data: bool, progress: Progress | None) -> None:
     sstore, dstore = src.chunks, dst.chunks
     assert isinstance(sstore, PackStore) and isinstance(dstore, PackStore)
-    have = {p.id for p in dst.catalog.points(recs[0].vm)}
+    rows = {p.id for p in dst.catalog.points(recs[0].vm)}
+    have = {r for r in rows                                    # a row whose manifest is gone is copied again
+            if dst.backend.exists(str(manifest_path(dst.root, recs[0].vm, r).relative_to(dst.root)))}
     todo: list[tuple[PointRecord, Manifest]] = []
     for rec in recs:
         if rec.id in have:
@@ -205,6 +207,8 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
         Manifest.unseal(dst.sealer, sealed, rec.vm, rec.id, f"manifest of point {rec.id}")   # opens as is
         faults.hit("copy-manifest")
         dst.write_manifest(rec.vm, rec.id, sealed)
+        if rec.id in rows:
+            dst.catalog.remove_points([rec.id])                # its stale row (the manifest was gone)
         dst.catalog.add_point(replace(rec, manifest=name, damaged=None))
         hoststate.committed(dst.root, rec.vm, rec.id)
         res.copied.append(rec.id)
