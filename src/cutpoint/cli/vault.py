@@ -110,10 +110,11 @@ def cmd_init(args: argparse.Namespace) -> int:
                       check_days(getattr(args, "soft_delete_days", DEFAULT_SOFT_DELETE_DAYS), "--soft-delete-days"))
     size = parse_size(args.chunk_size) if args.chunk_size else None
     source = None
-    if args.copy_of is not None:
-        src_root = location.resolve(args.copy_of, args.s3_endpoint)
+    copy_of = getattr(args, "copy_of", None)                # callers such as 'demo' pass a Namespace of their own
+    if copy_of is not None:
+        src_root = location.resolve(copy_of, getattr(args, "s3_endpoint", None))
         if src_root == root:
-            raise UsageError(f"--copy-of {args.copy_of} names the vault being created; give the source vault")
+            raise UsageError(f"--copy-of {copy_of} names the vault being created; give the source vault")
         source = Vault.open(src_root, passphrase=passphrase.source(args.passphrase_file))
     try:
         Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
