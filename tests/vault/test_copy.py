@@ -70,7 +70,8 @@ def _refs(vault: Path, point: str) -> set[bytes]:
         v.close()
 
 
-def test_copy_local_to_local_restores_identical_copies_only_what_the_target_lacks(bare_qemu, tmp_path: Path) -> None:
+def test_copy_local_to_local_restores_identical_copies_only_what_the_target_lacks(
+        bare_qemu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
     vm, images = _vm(bare_qemu, tmp_path, src)
     full = _backup(src)["point"]
@@ -95,7 +96,12 @@ def test_copy_local_to_local_restores_identical_copies_only_what_the_target_lack
     assert third["copied"] == [inc["point"]] and third["skipped"] == [full], third
     assert third["blobs"] == len(new) and 0 < third["bytes"] < first["bytes"] // 10, third
 
+    key = tmp_path / "offsite.key"
+    cutpoint("vault", "key", "export", "--to", str(key), "--vault", dst, check=True)
     shutil.rmtree(src)                                       # the original vault and its catalog are gone
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-b"))     # and a host that never saw either
+    one_line_error(cutpoint("points", "--vault", dst), 10, "vault key import")
+    cutpoint("vault", "key", "import", str(key), "--vault", dst, check=True)
     assert _restored(tmp_path, dst, full) == at_full
     assert _restored(tmp_path, dst, inc["point"]) == at_inc
     r = cutpoint("verify", "--read-data", "--json", "--vault", dst)

@@ -184,6 +184,9 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
              else f"not encrypted, authenticated (key {fp}, held by this host)" if fp
              else "not encrypted, not authenticated"))
     print(_describe(Protection.of(cfg)))
+    if cfg.get("copy_of"):
+        print(f"a copy target of vault {cfg['copy_of']} (its keys and chunk parameters): 'cutpoint copy --from "
+              f"THAT --to {location.describe(root)}' fills it")
     print("does not protect against: " + "; ".join(gaps))
     return 0
 

@@ -167,8 +167,8 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
         sloc = sindex.where.get(bid)
         if sloc is None:
             raise IntegrityError(f"blob {bid.hex()} of the points being copied is missing from vault {res.source}; "
-                                 f"run 'cutpoint verify --vault {res.source}'; no point was made visible in "
-                                 f"{res.target}")
+                                 f"run 'cutpoint verify --vault {res.source}'; none of VM {recs[0].vm}'s points "
+                                 f"being copied was made visible in {res.target}")
         missing.append((sloc, bid))
     missing.sort(key=lambda m: (m[0].pid, m[0].offset))
     total, done = sum(loc.length for loc, _ in missing), 0
