@@ -241,3 +241,43 @@ def test_a_running_copy_holds_off_source_prune_and_target_gc_keeps_its_packs(bar
     assert p.returncode == 0, err
     assert json.loads(out)["copied"] == [point]
     assert _restored(tmp_path, dst, point) == at
+
+
+def test_a_copy_to_s3_cut_off_by_a_network_failure_resumes(bare_qemu, tmp_path: Path, s3_bucket: str, s3_env,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 6th pack PUT fails as an unreachable endpoint does (the fault seam: the S3 backend's put): the copy stops
+    with the error, no manifest is in the bucket, and the rerun copies only what the index objects did not list."""
+    from cutpoint.errors import VaultError
+    from cutpoint.vault import copy as vault_copy
+    from cutpoint.vault import location
+    from cutpoint.vault.s3backend import S3Backend
+
+    src, dst = str(tmp_path / "src"), f"s3://{s3_bucket}/off"
+    Vault.create(Path(src), pack_size=MiB)
+    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=10)
+    point = _backup(src)["point"]
+    at = _now(images)
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    real, packs = S3Backend.put, [0]
+
+    def flaky(self: S3Backend, name: str, data: bytes | memoryview) -> None:
+        if name.startswith("data/"):
+            packs[0] += 1
+            if packs[0] == 6:
+                raise VaultError(f"cannot reach the endpoint for {name}: EndpointConnectionError (injected)")
+        real(self, name, data)
+    monkeypatch.setattr(S3Backend, "put", flaky)
+    s, d = Vault.open(Path(src)), Vault.open(location.resolve(dst))
+    try:
+        with pytest.raises(VaultError, match="injected"):
+            vault_copy.copy(s, d, "web")
+    finally:
+        s.close()
+        d.close()
+    monkeypatch.setattr(S3Backend, "put", real)
+    listed = s3_env.client().list_objects_v2(Bucket=s3_bucket, Prefix="off/points/").get("Contents", [])
+    assert listed == []
+    rerun = _copy(src, dst)
+    total = len(_refs(Path(src), point))
+    assert rerun["copied"] == [point] and rerun["reused"] > 0 and rerun["blobs"] + rerun["reused"] == total, rerun
+    assert _restored(tmp_path, dst, point) == at
