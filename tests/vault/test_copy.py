@@ -281,3 +281,28 @@ def test_a_copy_to_s3_cut_off_by_a_network_failure_resumes(bare_qemu, tmp_path: 
     total = len(_refs(Path(src), point))
     assert rerun["copied"] == [point] and rerun["reused"] > 0 and rerun["blobs"] + rerun["reused"] == total, rerun
     assert _restored(tmp_path, dst, point) == at
+
+
+def test_copy_verify_reads_back_and_refuses_a_damaged_blob_before_any_manifest(bare_qemu, tmp_path: Path) -> None:
+    """A chunk damaged in the source travels as stored; --verify decodes every blob at the target, stops with
+    exit 6 naming it, and the point is not made visible."""
+    from cutpoint.vault.blob import DATA
+    from cutpoint.vault.packfile import pack_name
+
+    src, dst = os.environ["CUTPOINT_VAULT"], str(tmp_path / "offsite")
+    _vm(bare_qemu, tmp_path, src)
+    _backup(src)
+    v = Vault.open(Path(src))
+    try:
+        bid, loc = next((b, loc) for b, loc in v.chunks.index().where.items() if loc.kind == DATA)
+    finally:
+        v.close()
+    with open(Path(src) / pack_name(loc.pid), "r+b") as f:
+        f.seek(loc.offset + loc.length // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    one_line_error(cutpoint("copy", "--from", src, "--to", dst, "--verify"), 6, bid.hex())
+    assert not (Path(dst) / "points" / "web").exists()
+    assert json.loads(cutpoint("points", "--json", "--vault", dst, check=True).out) == []
