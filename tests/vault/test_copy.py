@@ -306,3 +306,27 @@ def test_copy_verify_reads_back_and_refuses_a_damaged_blob_before_any_manifest(b
     one_line_error(cutpoint("copy", "--from", src, "--to", dst, "--verify"), 6, bid.hex())
     assert not (Path(dst) / "points" / "web").exists()
     assert json.loads(cutpoint("points", "--json", "--vault", dst, check=True).out) == []
+
+
+def test_an_encrypted_copy_with_another_passphrase_opens_with_to_passphrase_file(tmp_path: Path) -> None:
+    """The target's key file wraps the same keys under its own passphrase (as 'vault init --copy-of' does when the
+    prompt is answered differently): copy unlocks it with --to-passphrase-file, and refuses (exit 10) without."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    a, b = tmp_path / "a.pass", tmp_path / "b.pass"
+    a.write_text("passphrase of the source\n")
+    b.write_text("passphrase of the copy\n")
+    cutpoint("vault", "init", str(src), "--passphrase-file", str(a), check=True)
+    s = Vault.open(src, passphrase=lambda what, confirm: a.read_text().strip().encode())
+    try:
+        Vault.create(dst, encrypt=True, copy_of=s, passphrase=lambda what, confirm: b.read_text().strip().encode())
+    finally:
+        s.close()
+    r = cutpoint("copy", "--from", str(src), "--to", str(dst), "--passphrase-file", str(a))
+    one_line_error(r, 10, "passphrase")
+    r = cutpoint("copy", "--from", str(src), "--to", str(dst), "--passphrase-file", str(a),
+                 "--to-passphrase-file", str(b), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["copied"] == []
+    d = json.loads((dst / "key.json").read_text())
+    assert d["vault"] != json.loads((src / "key.json").read_text())["vault"]
+    assert d["fingerprint"] == json.loads((src / "key.json").read_text())["fingerprint"]

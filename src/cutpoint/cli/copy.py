@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--s3-endpoint", default=None, metavar="URL",
                    help="S3 vaults: the endpoint (else $CUTPOINT_S3_ENDPOINT)")
     p.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
-                   help="encrypted vaults: read the passphrase (of both vaults' key files) from FILE")
+                   help="encrypted vaults: read the passphrase of the source's key file (and of the target's, "
+                        "unless --to-passphrase-file) from FILE (else $CUTPOINT_PASSPHRASE_FILE, "
+                        "$CUTPOINT_PASSPHRASE, or a prompt)")
+    p.add_argument("--to-passphrase-file", type=Path, default=None, metavar="FILE",
+                   help="encrypted vaults: the target's key file has another passphrase, read from FILE")
     p.set_defaults(func=cmd_copy)
 
 
@@ -43,7 +47,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     secret = passphrase.source(args.passphrase_file)
     src = Vault.open(location.resolve(args.source, args.s3_endpoint), passphrase=secret)
     try:
-        dst = Vault.open(location.resolve(args.target, args.s3_endpoint), passphrase=secret, warn=False)
+        dst = Vault.open(location.resolve(args.target, args.s3_endpoint), warn=False,
+                         passphrase=passphrase.source(args.to_passphrase_file) if args.to_passphrase_file else secret)
         try:
             res = copy(src, dst, args.vm, args.points, rate=rate, verify_data=args.verify)
         finally:
