@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -92,3 +93,18 @@ def test_copy_policy_is_validated_naming_the_field() -> None:
                                    "limit_rate": 20 << 20}
     assert policy(daily, copy={"to": "/mnt/o", "after_backup": True}).to_dict()["copy"] == \
         {"after_backup": True, "to": "/mnt/o"}
+
+
+def test_policy_create_takes_the_copy_flags() -> None:
+    from tests.helpers import cutpoint
+    from tests.vault.util import one_line_error
+
+    cutpoint("policy", "create", "nightly", "--daily", "02:00", "--copy-to", "s3://offsite/web", "--copy-daily",
+             "04:00", "--copy-limit-rate", "20M", check=True)
+    shown = json.loads(cutpoint("policy", "show", "nightly", "--json", check=True).out)
+    assert shown["copy"] == {"frequency": "daily", "time": "04:00", "to": "s3://offsite/web", "limit_rate": 20 << 20}
+    cutpoint("policy", "create", "each", "--daily", "02:00", "--copy-to", "/mnt/offsite", check=True)
+    assert json.loads(cutpoint("policy", "show", "each", "--json", check=True).out)["copy"] == \
+        {"after_backup": True, "to": "/mnt/offsite"}
+    one_line_error(cutpoint("policy", "create", "bad", "--daily", "02:00", "--copy-daily", "04:00"), 2, "--copy-to")
+    one_line_error(cutpoint("policy", "create", "bad", "--daily", "02:00", "--copy-to", "offsite"), 2, "copy.to")
