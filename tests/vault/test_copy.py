@@ -330,3 +330,38 @@ def test_an_encrypted_copy_with_another_passphrase_opens_with_to_passphrase_file
     d = json.loads((dst / "key.json").read_text())
     assert d["vault"] != json.loads((src / "key.json").read_text())["vault"]
     assert d["fingerprint"] == json.loads((src / "key.json").read_text())["fingerprint"]
+
+
+def test_a_copy_reads_on_when_source_gc_repacks_its_packs_mid_way(bare_qemu, tmp_path: Path) -> None:
+    """Source packs of 1 MiB, half of each dead once the first point is pruned. The copy of the second point is
+    stopped after choosing where to read; gc of the source (grace 0) repacks those packs; the copy, resumed, finds
+    them gone, reads the blobs from the reloaded index, and the copy restores identical."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    Vault.create(Path(src), pack_size=MiB)
+    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=8)
+    _backup(src)
+    guest_write(vm.qmp, "data", *(f"write -P 0x33 {k * 512}k 256k" for k in range(16)))
+    second = _backup(src)["point"]
+    at = _now(images)
+    cutpoint("prune", "web", "--keep-last", "1", "--vault", src, check=True)
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst, "--json"],
+                         env={**os.environ, "CUTPOINT_FAULT": "copy-read=stop"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _stopped(p.pid):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            time.sleep(0.05)
+        r = cutpoint("gc", "--grace", "0", "--json", "--vault", src)
+        assert r.code == 0, r.err
+        gc = json.loads(r.out)
+        assert gc["packs_repacked"] >= 2, gc
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert json.loads(out)["copied"] == [second]
+    assert _restored(tmp_path, dst, second) == at
+    r = cutpoint("verify", "--read-data", "--vault", dst)
+    assert r.code == 0, r.err

@@ -39,8 +39,8 @@ from .vault import Vault
 
 FLUSH_EVERY = 4                 # packs between index objects: what a rerun after a kill finds already there
 MAX_READ = 8 << 20              # one ranged read of a source pack covers at most this
-Progress = Callable[[str, int, int], None]
 GAP = 256 << 10                 # needed blobs closer than this in one pack are read together (the gap is dropped)
+Progress = Callable[[str, int, int], None]      # (VM, stored bytes copied, stored bytes to copy)
 
 
 @dataclass
@@ -182,6 +182,7 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
                 break
             end = max(end, nxt.offset + nxt.length)
             j += 1
+        faults.hit("copy-read")
         blobs = _read_run(sstore, missing[i:j], end)
         for (loc, bid), blob in zip(missing[i:j], blobs):
             dstore.put_stored(loc.kind, bid, blob, loc.raw_length)
@@ -228,7 +229,10 @@ def _read_run(store: PackStore, run: list[tuple[Location, bytes]], end: int) -> 
     index = store.reload()
     for _, bid in run:
         loc = index.where.get(bid)
-        blob = b"" if loc is None else store.backend.get(pack_name(loc.pid), loc.offset, loc.length)
+        try:
+            blob = b"" if loc is None else store.backend.get(pack_name(loc.pid), loc.offset, loc.length)
+        except NotFoundError:
+            blob = b""
         if loc is None or len(blob) != loc.length:
             raise IntegrityError(f"blob {bid.hex()} cannot be read from its pack in the source vault (gone or "
                                  "truncated); run 'cutpoint verify --read-data' there")
