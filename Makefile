@@ -1,4 +1,5 @@
 # make demo: install everything, then run the main job on the embedded default.
+# make demo OFFSITE=DIR (or s3://BUCKET/PREFIX): also copy the points there and restore one from the copy.
 # make test: install everything, then run all tests.
 SHELL := /bin/bash
 VENV  := .venv
@@ -26,7 +27,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
-	$(VENV)/bin/cutpoint demo
+	$(VENV)/bin/cutpoint demo $(if $(OFFSITE),--offsite $(OFFSITE))
 
 bench: venv
 	@scripts/install-deps --bench

@@ -17,7 +17,10 @@ deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup 
 ``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``); soft delete
 (``vault/softdelete.py``): ``delete-recorded`` (deletion records durable, rows still there; then ``prune-commit`` and
 ``after-prune-commit`` as for prune, which shares the order), ``undelete-moved`` (manifest back in ``points/``, no
-row yet), ``after-undelete-commit`` (row back, record not yet removed).
+row yet), ``after-undelete-commit`` (row back, record not yet removed); copies (``vault/copy.py``): ``pack-written`` (each
+pack written, also a backup's), ``copy-read`` (each ranged read of a source pack, its locations already
+chosen), ``copy-manifest`` (every blob durable and indexed in the target, a manifest about to
+be written).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ from ..restore.orchestrator import restore
 from ..restore.targets import Images
 from ..units import human, parse_size
 from ..paths import default_vault
+from ..vault import location, passphrase
+from ..vault.copy import copy
+from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, table
 from .vault import cmd_init
 
@@ -33,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--disks", type=int, default=3)
     p.add_argument("--size", default="128M")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between backups")
+    p.add_argument("--offsite", default=None, metavar="VAULT", help="also copy the points into VAULT (a directory "
+                   "or s3://BUCKET/PREFIX; created with --copy-of if new) and restore the newest from the copy")
     add_vault_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -71,6 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          f"consistent (k={verdict.k})" if verdict.ok else "VIOLATION: " + "; ".join(
                              verdict.violations[:2])])
             print(f"point {n + 1}/{args.points}: {rows[-1][-1]}")
+        if args.offsite and rows:
+            ok &= _offsite(vault, args, scratch)
     finally:
         labvm.down(DEMO_VM)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -80,6 +87,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("every point is a prefix of the guest's global write order: the cut is atomic across all disks" if ok
           else "a point failed verification")
     return 0 if ok else 7
+
+
+def _offsite(vault: Vault, args: argparse.Namespace, scratch: Path) -> bool:
+    """The demo's points copied into ``--offsite`` ('cutpoint copy'), the newest restored from the copy alone and
+    judged by the lab verifier."""
+    target = location.resolve(args.offsite, getattr(args, "s3_endpoint", None))
+    secret = passphrase.source(args.passphrase_file)
+    if not location.backend_for(target).exists("config.json"):
+        print(f"creating the offsite vault {location.describe(target)} with the same keys "
+              f"('cutpoint vault init {args.offsite} --copy-of {location.describe(vault.root)}')")
+        Vault.create(target, encrypt=vault.encrypted, passphrase=secret, copy_of=vault)
+    dst = Vault.open(target, passphrase=secret)
+    try:
+        res = copy(vault, dst, DEMO_VM)
+        newest = dst.catalog.points(DEMO_VM)[-1]
+        out = scratch / f"offsite-{newest.id}"
+        restore(dst, DEMO_VM, newest.id, Images(out))
+    finally:
+        dst.close()
+    verdict = verify_dir(out)
+    print(f"offsite copy {res.target}: {len(res.copied)} point(s) copied ({len(res.skipped)} already there), "
+          f"{human(res.bytes)} in {res.duration_s:.1f} s; point {newest.id} restored from the copy: "
+          + (f"consistent (k={verdict.k})" if verdict.ok else "VIOLATION: " + "; ".join(verdict.violations[:2])))
+    return verdict.ok
 
 
 def _exists(name: str) -> bool:

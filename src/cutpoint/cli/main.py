@@ -24,6 +24,7 @@ from .common import resolve_vault
 from . import drill
 from . import delete
 from . import approvals
+from . import copy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve,
-                  files, mount, instant, report, drill, delete, approvals):
+                  files, mount, instant, report, drill, delete, approvals, copy):
         group.register(sub)
     return p
 

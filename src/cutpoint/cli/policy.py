@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..units import human
 from ..errors import UsageError
 from ..policy import files
 from ..policy.model import Policy, RETENTION_KEYS, Schedule
@@ -51,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--verify-at", metavar="HH:MM", help="time of day of a weekly verify")
     c.add_argument("--verify-structure", action="store_true",
                    help="scheduled verify checks structure only (default: --read-data, every chunk read)")
+    c.add_argument("--copy-to", metavar="VAULT", help="copy the VMs' points into VAULT (made with 'vault init VAULT "
+                   "--copy-of ...') after each successful backup, or at --copy-daily")
+    c.add_argument("--copy-daily", metavar="HH:MM", help="copy once a day at this time instead")
+    c.add_argument("--copy-limit-rate", metavar="RATE", help="at most RATE bytes per second to the copy (e.g. 20M)")
     c.add_argument("--json", action="store_true")
     add_vault_arg(c)
     c.set_defaults(func=cmd_create)
@@ -111,6 +116,12 @@ def _from_flags(args: argparse.Namespace) -> dict[str, Any]:
     verify = _verify_flags(args)
     if verify is not None:
         data["verify"] = verify
+    if (args.copy_daily or args.copy_limit_rate) and not args.copy_to:
+        raise UsageError("--copy-daily and --copy-limit-rate go with --copy-to VAULT")
+    if args.copy_to:
+        data["copy"] = {"to": args.copy_to, **({"frequency": "daily", "time": args.copy_daily} if args.copy_daily
+                                               else {"after_backup": True}),
+                        **({"limit_rate": args.copy_limit_rate} if args.copy_limit_rate else {})}
     return data
 
 
@@ -133,6 +144,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.file:
         flags = [f for f in ("daily", "weekly", "hourly", "every_seconds", "at", "window_start", "window_hours",
                              "consistency", "timezone", "rpo_grace", "verify_daily", "verify_weekly", "verify_at",
+                             "copy_to", "copy_daily", "copy_limit_rate",
                              *(f"keep_{k}" for k in RETENTION_KEYS))
                  if getattr(args, f) is not None] + (["verify_structure"] if args.verify_structure else [])
         if flags:
@@ -217,4 +229,8 @@ def describe(p: Policy) -> str:
         extra += f", verify {_sched_text(p.verify.schedule)} ({'read data' if p.verify.read_data else 'structure'})"
     if p.rpo_grace_minutes is not None:
         extra += f", RPO grace {p.rpo_grace_minutes} min"
+    if p.copy is not None:
+        extra += (f", copied to {p.copy.to} "
+                  + (_sched_text(p.copy.schedule) if p.copy.schedule is not None else "after each backup")
+                  + (f" at most {human(p.copy.limit_rate)}/s" if p.copy.limit_rate else ""))
     return f"{_sched(p)} ({p.timezone}), keep {_keep(p)}, {cons}{extra}"

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "0: off)")
     i.add_argument("--object-lock", choices=("compliance", "governance"), default=None,
                    help="S3 vaults (s3://BUCKET/PREFIX) only: the Object Lock mode that enforces --immutable-days")
+    i.add_argument("--copy-of", default=None, metavar="VAULT", help="make a target for 'cutpoint copy' from VAULT "
+                   "(a directory or s3://BUCKET/PREFIX): the same keys, encryption and chunk parameters, its own id")
     i.add_argument("--json", action="store_true")
     add_vault_arg(i)
     i.set_defaults(func=cmd_init)
@@ -112,9 +114,20 @@ def cmd_init(args: argparse.Namespace) -> int:
     prot = Protection(check_days(getattr(args, "immutable_days", 0), "--immutable-days"),
                       check_days(getattr(args, "soft_delete_days", DEFAULT_SOFT_DELETE_DAYS), "--soft-delete-days"))
     size = parse_size(args.chunk_size) if args.chunk_size else None
-    Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
-                 passphrase=passphrase.source(args.passphrase_file), protection=prot,
-                 object_lock=getattr(args, "object_lock", None))
+    source = None
+    copy_of = getattr(args, "copy_of", None)                # callers such as 'demo' pass a Namespace of their own
+    if copy_of is not None:
+        src_root = location.resolve(copy_of, getattr(args, "s3_endpoint", None))
+        if src_root == root:
+            raise UsageError(f"--copy-of {copy_of} names the vault being created; give the source vault")
+        source = Vault.open(src_root, passphrase=passphrase.source(args.passphrase_file))
+    try:
+        Vault.create(root, chunk_size=size, encrypt=not args.no_encrypt,
+                     passphrase=passphrase.source(args.passphrase_file), protection=prot, copy_of=source,
+                     object_lock=getattr(args, "object_lock", None))
+    finally:
+        if source is not None:
+            source.close()
     return _show(root, args.json, "created ")
 
 
@@ -182,6 +195,9 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
     print(f"guarded by key {g.fingerprint}: reducing protection, early deletes and deleting the vault need its "
           "approval ('cutpoint approvals')" if g else "no guard: reducing protection needs no second principal "
           "('cutpoint vault guard init')")
+    if cfg.get("copy_of"):
+        print(f"a copy target of vault {cfg['copy_of']} (its keys and chunk parameters): 'cutpoint copy --from "
+              f"THAT --to {location.describe(root)}' fills it")
     print("does not protect against: " + "; ".join(gaps))
     return 0
 

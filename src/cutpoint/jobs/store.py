@@ -22,7 +22,7 @@ from .. import pids
 from ..catalog.sqlite import connect
 from ..errors import NotFoundError, UsageError, VaultError
 
-KINDS = ("backup", "restore", "prune", "verify", "gc", "drill")
+KINDS = ("backup", "restore", "prune", "verify", "gc", "drill", "copy")
 STATES = ("running", "succeeded", "failed", "interrupted")
 FINAL = ("succeeded", "failed", "interrupted")
 

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import names
 from ..errors import UsageError
+from ..units import parse_size
+from ..vault import location
 from ..vault.retention import Retention
 
 FREQUENCIES = ("hourly", "daily", "weekly")
@@ -96,6 +98,24 @@ class DrillSchedule:
 
 
 @dataclass(frozen=True)
+class CopyPolicy:
+    """Offsite copies of a policy's VMs' points ('cutpoint copy' as a job, into a vault made with 'vault init
+    --copy-of'): after every successful backup (``after_backup``), or at a schedule's slots (daily, ...)."""
+
+    to: str                              # the target vault: an absolute directory or s3://BUCKET/PREFIX
+    schedule: Schedule | None = None
+    after_backup: bool = False
+    limit_rate: int | None = None        # bytes per second written to the target
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = self.schedule.to_dict() if self.schedule is not None else {"after_backup": True}
+        d["to"] = self.to
+        if self.limit_rate:
+            d["limit_rate"] = self.limit_rate
+        return d
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     schedule: Schedule
@@ -105,6 +125,7 @@ class Policy:
     rpo_grace_minutes: int | None = None  # None: DEFAULT_RPO_GRACE_MINUTES
     verify: VerifySchedule | None = None  # scheduled verify of its VMs' points; None: none
     drill: DrillSchedule | None = None    # restore drills of its VMs' points; None: none
+    copy: CopyPolicy | None = None        # offsite copies of its VMs' points; None: none
 
     @property
     def rpo_grace(self) -> int:
@@ -125,7 +146,15 @@ class Policy:
             out["verify"] = self.verify.to_dict()
         if self.drill is not None:
             out["drill"] = self.drill.to_dict()
+        if self.copy is not None:
+            out["copy"] = self.copy.to_dict()
         return out
+
+    def copy_policy(self) -> "Policy | None":
+        """This policy with its copy schedule as *the* schedule (None without a scheduled copy)."""
+        if self.copy is None or self.copy.schedule is None:
+            return None
+        return replace(self, schedule=self.copy.schedule, verify=None, drill=None, copy=None)
 
     def drill_policy(self) -> "Policy | None":
         """This policy with its drill schedule as *the* schedule (None without a scheduled drill)."""
@@ -152,7 +181,7 @@ class Policy:
             raise PolicyError(None, "name", f"{pname!r} is not a valid name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
         _unknown(pname, "", data, ("name", "timezone", "consistency", "schedule", "retention", "rpo_grace_minutes",
-                                     "verify", "drill"))
+                                     "verify", "drill", "copy"))
         tz = data.get("timezone", "UTC")
         if not isinstance(tz, str) or not tz:
             raise PolicyError(pname, "timezone", f"{tz!r} is not a time zone name such as Europe/Berlin")
@@ -175,7 +204,8 @@ class Policy:
             grace = _int(pname, "rpo_grace_minutes", grace, 0, MAX_RPO_GRACE_MINUTES)
         verify = _verify(pname, data["verify"]) if data.get("verify") is not None else None
         drill = _drill(pname, data["drill"]) if data.get("drill") is not None else None
-        return cls(pname, schedule, retention, consistency, tz, grace, verify, drill)
+        copy = _copy(pname, data["copy"]) if data.get("copy") is not None else None
+        return cls(pname, schedule, retention, consistency, tz, grace, verify, drill, copy)
 
 
 def _unknown(name: str, prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -263,6 +293,41 @@ def _drill(name: str, v: Any) -> DrillSchedule:
     if not rest:
         raise PolicyError(name, "drill", "needs after_backups: N or a schedule (frequency: weekly, ...)")
     return DrillSchedule(_schedule(name, rest, "drill"), 0, pick)
+
+
+def _copy(name: str, v: Any) -> CopyPolicy:
+    if not isinstance(v, dict):
+        raise PolicyError(name, "copy", "must be a mapping such as {to: 's3://offsite/web', after_backup: true} or "
+                          "{to: /mnt/offsite, frequency: daily, time: '03:00'}")
+    to = v.get("to")
+    if not isinstance(to, str) or not to:
+        raise PolicyError(name, "copy.to", f"{to!r} is not a vault: give an absolute directory or s3://BUCKET/PREFIX")
+    if location.is_remote(to):
+        try:
+            location.parse(to, "")
+        except UsageError as exc:
+            raise PolicyError(name, "copy.to", str(exc)) from exc
+    elif not to.startswith("/"):
+        raise PolicyError(name, "copy.to", f"{to!r} is not an absolute directory (or s3://BUCKET/PREFIX)")
+    rate = v.get("limit_rate")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, str)):
+            raise PolicyError(name, "copy.limit_rate", f"{rate!r} is not a rate such as 20M (bytes per second)")
+        try:
+            rate = rate if isinstance(rate, int) and rate > 0 else parse_size(str(rate))
+        except UsageError as exc:
+            raise PolicyError(name, "copy.limit_rate", str(exc)) from exc
+    after = v.get("after_backup", False)
+    if not isinstance(after, bool):
+        raise PolicyError(name, "copy.after_backup", f"{after!r} is not true or false")
+    rest = {k: x for k, x in v.items() if k not in ("to", "limit_rate", "after_backup")}
+    if after and rest:
+        raise PolicyError(name, "copy", "give either after_backup: true or a schedule (frequency ...), not both")
+    if after:
+        return CopyPolicy(to, None, True, rate)
+    if not rest:
+        raise PolicyError(name, "copy", "needs after_backup: true or a schedule (frequency: daily, time: ...)")
+    return CopyPolicy(to, _schedule(name, rest, "copy"), False, rate)
 
 
 def _retention(name: str, r: Any) -> Retention:

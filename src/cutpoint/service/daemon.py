@@ -41,6 +41,7 @@ class Service:
         self.state = StateStore(path)
         self.verify_state = StateStore(path, "verify_state")
         self.drill_state = StateStore(path, "drill_state")
+        self.copy_state = StateStore(path, "copy_state")
         self.policies = PolicyStore(path)
         self.alerter = Alerter(webhook)
         self.rpo = RpoWatch(path, self.alerter)
@@ -48,7 +49,8 @@ class Service:
                              abandon=job_abandon)
         self.scheduler = Scheduler(self.vaults, self.runner, self.state, self.policies, self.clock, self.alerter,
                                    self.rpo, self.verify_state, retry=retry, backup_fn=backup_fn,
-                                   gc_interval=gc_interval, gc_grace=gc_grace, drill_state=self.drill_state)
+                                   gc_interval=gc_interval, gc_grace=gc_grace, drill_state=self.drill_state,
+                                   copy_state=self.copy_state)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.running = False
@@ -96,5 +98,6 @@ class Service:
         return clean and not left
 
     def close(self) -> None:
-        for store in (self.jobs, self.state, self.verify_state, self.policies, self.rpo):
+        for store in (self.jobs, self.state, self.verify_state, self.drill_state, self.copy_state, self.policies,
+                      self.rpo):
             store.close()

@@ -18,6 +18,8 @@ Rules (docs/design.md, "Service and policies"):
   raises one RPO alert per breach, cleared by the next success (``rpo.py``).
 * A policy's ``verify`` schedule runs a ``verify`` job of each of its VMs (baselined like backups, one per owed
   slot, waiting while the VM has another job, never retried); a failure (damage found) alerts.
+* A policy's ``copy`` copies each of its VMs' points into another vault (``vault/copy.py``): right after each
+  successful backup (and its prune), in the same thread, or at its own schedule's slots (baselined like verify).
 * A VM whose catalog row is damaged is skipped with one failed job and alert per damage (per process); the other
   VMs are scheduled as usual.
 """
@@ -41,7 +43,7 @@ from .rpo import RpoWatch
 from .runner import JobContext, Outcome, Runner
 from .state import StateStore, VmState
 from .vaults import VaultSource
-from .work import BackupFn, backup_job, drill_job, gc_job, prune_job, verify_job
+from .work import BackupFn, backup_job, copy_job, drill_job, gc_job, prune_job, verify_job
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Scheduler:
                  alerter: Alerter, rpo: RpoWatch, verify_state: StateStore, *, retry: RetryPolicy = RetryPolicy(),
                  backup_fn: BackupFn | None = None, gc_interval: timedelta = timedelta(hours=1),
                  gc_grace: float | None = None, late: timedelta = timedelta(minutes=5),
-                 drill_state: StateStore | None = None) -> None:
+                 drill_state: StateStore | None = None, copy_state: StateStore | None = None) -> None:
         self.vaults = vaults
         self.runner = runner
         self.state = state
@@ -74,6 +76,7 @@ class Scheduler:
         self.rpo = rpo
         self.verify_state = verify_state
         self.drill_state = drill_state
+        self.copy_state = copy_state
         self.retry = retry
         self.backup_fn = backup_fn
         self.gc_interval = gc_interval
@@ -120,6 +123,9 @@ class Scheduler:
             if job is not None:
                 started.append(job)
             job = self._consider_drill(vm.name, policy, now)
+            if job is not None:
+                started.append(job)
+            job = self._consider_copy(vm.name, policy, now)
             if job is not None:
                 started.append(job)
         gc = self._maybe_gc(now)
@@ -204,6 +210,9 @@ class Scheduler:
                                        detail={"policy": policy.name, "after_job": job.id})
             if pruned.state == "succeeded" and pruned.detail.get("removed"):
                 self.gc_wanted = True
+            if policy.copy is not None and policy.copy.after_backup:
+                self.runner.chain("copy", vm, copy_job(vm, policy.copy, policy.name), trigger="service",
+                                  detail={"policy": policy.name, "after_job": job.id, "to": policy.copy.to})
             return
         final = attempt >= self.retry.attempts or bool(job.detail.get("timed_out"))   # a hung VM: the next slot
         if final:
@@ -301,6 +310,41 @@ class Scheduler:
         if st.handled is None or slot > st.handled:
             st.handled = slot
             ds.put(st)
+
+    def _consider_copy(self, vm: str, policy: Policy, now: datetime) -> int | None:
+        """Scheduled offsite copy (``policy.copy`` with a schedule): baselined like verify; the latest owed slot
+        runs once (a failure alerts; the next slot's copy resumes where it stopped); an interrupted one stays owed."""
+        cs = self.copy_state
+        if cs is None:
+            return None
+        cp = policy.copy_policy()
+        st = cs.get(vm)
+        if cp is None or policy.copy is None:
+            if st is not None:
+                cs.drop(vm)
+            return None
+        latest = latest_slot(cp, now)
+        if st is None or st.schedule != cp.schedule_key():
+            cs.put(VmState(vm, cp.schedule_key(), handled=latest))
+            return None
+        if latest is None or (st.handled is not None and latest <= st.handled) or self.runner.busy(vm) is not None:
+            return None
+        try:
+            return self.runner.submit(
+                "copy", vm, copy_job(vm, policy.copy, policy.name), trigger="schedule", slot=iso(latest),
+                detail={"policy": policy.name, "to": policy.copy.to},
+                on_done=lambda job: self._copy_done(vm, cp, latest, job))
+        except LockedError:
+            return None
+
+    def _copy_done(self, vm: str, cp: Policy, slot: datetime, job: Job) -> None:
+        cs = self.copy_state
+        st = cs.get(vm) if cs is not None else None
+        if cs is None or st is None or st.schedule != cp.schedule_key() or job.state == "interrupted":
+            return
+        if st.handled is None or slot > st.handled:
+            st.handled = slot
+            cs.put(st)
 
     def _maybe_gc(self, now: datetime) -> int | None:
         if not self.gc_wanted or not self.runner.idle():

@@ -37,7 +37,7 @@ class VmState:
     retry_at: datetime | None = None
 
 
-TABLES = ("schedule_state", "verify_state", "drill_state")
+TABLES = ("schedule_state", "verify_state", "drill_state", "copy_state")
 
 
 class StateStore:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..backup.result import BackupResult
 from ..backup.run import BackupOptions, backup
-from ..policy.model import Policy
+from ..policy.model import CopyPolicy, Policy
 from ..restore.orchestrator import restore
 from ..restore.results import ImagesResult
 from ..restore.targets import Images, Target
@@ -129,4 +129,21 @@ def gc_job(grace: float | None = None) -> JobFn:
     def run(ctx: JobContext) -> Outcome:
         res = vault_gc.gc(ctx.vault) if grace is None else vault_gc.gc(ctx.vault, grace=grace)
         return Outcome(bytes=res.freed_bytes, detail=res.to_json())
+    return run
+
+
+def copy_job(vm: str, cp: CopyPolicy, policy: str) -> JobFn:
+    """'cutpoint copy VM --from VAULT --to cp.to' (``vault/copy.py``): the VM's points the target lacks. The target
+    is opened as the CLI opens it (passphrase from CUTPOINT_PASSPHRASE_FILE, endpoint from CUTPOINT_S3_ENDPOINT); a
+    shutdown stops the copy at its next read, and the next one resumes it."""
+    def run(ctx: JobContext) -> Outcome:
+        from ..vault import copy as vault_copy
+        from ..vault import location
+        dst = Vault.open(location.resolve(cp.to), warn=False)
+        try:
+            res = vault_copy.copy(ctx.vault, dst, vm, rate=cp.limit_rate,
+                                  progress=lambda name, done, total: ctx.progress(f"copy {name}", done, total))
+        finally:
+            dst.close()
+        return Outcome(bytes=res.bytes, detail={"policy": policy, **res.to_json()})
     return run

@@ -236,12 +236,24 @@ def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
 
 # -- the authentication key of an unencrypted vault (kept in the host's state directory, never in the vault) --------
 
-def auth_key_doc(keys: Keys, vault_id: str) -> dict[str, Any]:
+def auth_key_doc(keys: Keys, vault_id: str, copies: list[str] | None = None) -> dict[str, Any]:
     """The file form of an unencrypted vault's authentication key: not passphrase-protected (it guards integrity,
-    not secrecy); its protection is where it lives (a root-only 0700 directory) and who gets an export."""
-    return {"format": AUTHKEY_FORMAT, "version": 1, "vault": vault_id, "fingerprint": keys.fingerprint,
-            "keys": base64.b64encode(keys.enc + keys.ids).decode(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    not secrecy); its protection is where it lives (a root-only 0700 directory) and who gets an export.
+    ``copies``: ids of further vaults made with the same key ('vault init --copy-of', docs/format.md §22)."""
+    doc: dict[str, Any] = {"format": AUTHKEY_FORMAT, "version": 1, "vault": vault_id,
+                           "fingerprint": keys.fingerprint, "keys": base64.b64encode(keys.enc + keys.ids).decode(),
+                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if copies:
+        doc["copies"] = sorted(set(copies))
+    return doc
+
+
+def auth_key_copies(doc: dict[str, Any], where: str) -> list[str]:
+    """The ids of the copies sharing an authentication key (absent: none)."""
+    got = doc.get("copies", [])
+    if not isinstance(got, list) or not all(isinstance(v, str) and len(v) <= 64 for v in got):
+        raise VaultError(f"authentication key file {where} is damaged: 'copies' is not a list of vault ids")
+    return list(got)
 
 
 def auth_key_from(doc: object, where: str) -> tuple[Keys, str]:

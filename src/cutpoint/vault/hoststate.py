@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import AuthError, IntegrityError, VaultError
 from ..paths import state_home
 from . import location
-from .crypto import Keys, auth_key_doc, auth_key_from
+from .crypto import Keys, auth_key_copies, auth_key_doc, auth_key_from
 from .fsutil import write_atomic
 
 KNOWN = "known-vaults.json"
@@ -207,10 +207,22 @@ def forgotten(root: Path, vm: str, gone: list[str], newest: str | None) -> None:
 # -- authentication keys of unencrypted vaults ---------------------------------------------------------------------
 
 def save_auth_key(keys: Keys, vault_id: str) -> Path:
+    """Keep ``keys`` for vault ``vault_id``. This host already holding the same key for another vault (a copy made
+    with 'vault init --copy-of', or its source) adds the id to the key's list of copies instead of replacing it."""
     d = state_dir() / "keys"
     d.mkdir(mode=0o700, exist_ok=True)
     path = d / f"{keys.fingerprint}.json"
-    write_atomic(path, json.dumps(auth_key_doc(keys, vault_id), indent=1).encode())     # mkstemp: 0600
+    primary, copies = vault_id, []
+    try:
+        doc = json.loads(path.read_text())
+        old, vid = auth_key_from(doc, str(path))
+        if old == keys:
+            primary, copies = vid, auth_key_copies(doc, str(path))
+            if vault_id != vid and vault_id not in copies:
+                copies.append(vault_id)
+    except (OSError, ValueError, VaultError):
+        pass                                             # none (or unusable): written afresh
+    write_atomic(path, json.dumps(auth_key_doc(keys, primary, copies), indent=1).encode())     # mkstemp: 0600
     return path
 
 
@@ -231,7 +243,7 @@ def load_auth_key(fingerprint: str, vault_id: str, root: Path, key_file: Path | 
     except (OSError, ValueError) as exc:
         raise VaultError(f"authentication key file {path} is unreadable ({exc})") from exc
     keys, vid = auth_key_from(doc, str(path))
-    if keys.fingerprint == fingerprint and vid != vault_id:
+    if keys.fingerprint == fingerprint and vid != vault_id and vault_id not in auth_key_copies(doc, str(path)):
         raise IntegrityError(f"{root / 'config.json'} was altered: its vault id {vault_id!r} is not the one its "
                              f"key {fingerprint} belongs to; restore config.json from a copy")
     if keys.fingerprint != fingerprint:
@@ -247,9 +259,11 @@ def held_keys(vault_id: str) -> list[str]:
     out = []
     for p in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
-            _, vid = auth_key_from(json.loads(p.read_text()), str(p))
+            doc = json.loads(p.read_text())
+            _, vid = auth_key_from(doc, str(p))
+            copies = auth_key_copies(doc, str(p))
         except (OSError, ValueError, VaultError):
             continue
-        if vid == vault_id:
+        if vid == vault_id or vault_id in copies:
             out.append(p.stem)
     return out

@@ -180,6 +180,34 @@ class PackStore:
                 self._write_pack()
         return out
 
+    def rely(self, pid: bytes) -> bool:
+        """May a new point (a backup's, or a copy's) reference the blobs of pack ``pid``? Registers the pack with
+        the running writer, so that gc keeps it; False if the pack is gone."""
+        return self._rely(pid)
+
+    def put_stored(self, kind: int, bid: bytes, blob: bytes | memoryview, raw_length: int) -> int:
+        """Append a blob *as stored* (sealed and encoded by a vault with the same keys: ``vault/copy.py``) to the
+        pack being assembled; a full pack is written. Returns the packs written by this call (0 or 1)."""
+        with self._lock:
+            if self._failed is not None:
+                raise VaultError(f"{self._failed}; nothing more is stored") from self._failed
+            if self._buf is None:
+                self._buf = PackBuffer(self.pack_size)
+            e = self._buf.add(kind, bid, blob, raw_length)
+            self.index().where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
+            if self._buf.full():
+                self._write_pack()
+                return 1
+            return 0
+
+    def own_packs(self) -> int:
+        """Packs this store has written so far."""
+        return len(self._own)
+
+    def unindexed(self) -> int:
+        """Packs written and not yet listed by an index object (``flush`` lists them)."""
+        return len(self._unindexed)
+
     def _rely(self, pid: bytes) -> bool:
         """May a new point reference a blob of pack ``pid``? Registers the pack for gc (see module doc)."""
         with self._lock:

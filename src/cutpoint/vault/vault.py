@@ -124,11 +124,28 @@ class Vault:
     @staticmethod
     def create(root: Path, *, chunk_size: int | None = None, encrypt: bool = False,
                passphrase: pp.Source | None = None, exist_ok: bool = False, version: int = VAULT_VERSION,
-               protection: Protection = Protection(), object_lock: str | None = None) -> None:
+               protection: Protection = Protection(), object_lock: str | None = None,
+               copy_of: "Vault | None" = None, pack_size: int = DEFAULT_PACK_SIZE) -> None:
         """Create a vault of format v4 (``version=3`` makes the previous format, for compatibility tests); the
         passphrase is asked for before anything is written, and config.json comes last. Unencrypted, it still gets
         an authentication key, kept in this host's state directory. ``protection``: none unless asked ('vault
-        init' asks for 14 days of soft delete)."""
+        init' asks for 14 days of soft delete). ``copy_of``: a copy target of that (open) vault, which 'cutpoint
+        copy' fills with blobs as stored: its keys, encryption, chunk size, pack size and fanout, its own id
+        (docs/format.md §22)."""
+        fanout = DEFAULT_FANOUT
+        if copy_of is not None:
+            if not copy_of.packed or copy_of.sealer.keys is None:
+                raise UsageError(f"vault {location.describe(copy_of.root)} is format v{copy_of.config['version']}; "
+                                 "only a format v4 vault can be copied (back it up into a new vault instead)")
+            if encrypt != copy_of.encrypted:
+                raise UsageError(f"vault {location.describe(copy_of.root)} is "
+                                 f"{'encrypted' if copy_of.encrypted else 'not encrypted'}, and its copy must be "
+                                 f"too (blobs travel as stored): {'drop --no-encrypt' if copy_of.encrypted else 'add --no-encrypt'}; "
+                                 "nothing was created")
+            if chunk_size not in (None, copy_of.chunk_size):
+                raise UsageError(f"--chunk-size: a copy of {location.describe(copy_of.root)} has its chunks of "
+                                 f"{copy_of.chunk_size} bytes; drop --chunk-size; nothing was created")
+            chunk_size, pack_size, fanout = copy_of.chunk_size, int(copy_of.config["pack_size"]), copy_of.fanout
         if version not in (3, PACKED_VERSION):
             raise UsageError(f"cannot create a vault of format v{version}; this cutpoint creates v3 and v4")
         if chunk_size is None:
@@ -145,7 +162,7 @@ class Vault:
             cfgmod.check_chunk_size(chunk_size, "--chunk-size")
         except VaultError as exc:
             raise UsageError(str(exc)) from None
-        keys = Keys.generate()
+        keys = copy_of.sealer.keys if copy_of is not None and copy_of.sealer.keys is not None else Keys.generate()
         secret = (passphrase or pp.source())(f"the new vault {root}", True) if encrypt else b""
         vault_id = uuid.uuid4().hex
         config: dict[str, Any] = {
@@ -163,7 +180,9 @@ class Vault:
             remote.check_object_lock(root)
             config["object_lock"] = object_lock
         if version >= PACKED_VERSION:
-            config.update(layout="packs", pack_size=DEFAULT_PACK_SIZE, tree_fanout=DEFAULT_FANOUT)
+            config.update(layout="packs", pack_size=pack_size, tree_fanout=fanout)
+        if copy_of is not None:
+            config["copy_of"] = copy_of.config["id"]
         try:
             if not encrypt:
                 hoststate.save_auth_key(keys, vault_id)
@@ -200,19 +219,7 @@ class Vault:
                              f"v{self.config['version']} vault does not hold; nothing was committed")
         self.chunks.flush()
         faults.hit("after-chunks")
-        path = manifest_path(self.root, manifest.vm, manifest.point)
-        if self._objlock is not None:
-            self._objlock.check()                # S3: a lock not refreshed in time no longer protects this commit
-        try:
-            if self.remote is not None:
-                self.backend.put(str(path.relative_to(self.root)), manifest.seal(self.sealer))
-                self.backend.sync()
-            else:
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                write_atomic(path, manifest.seal(self.sealer))
-                fsync_dir(path.parent.parent)
-        except OSError as exc:
-            raise VaultError(f"cannot write manifest {path}: {exc.strerror or exc}") from exc
+        path = self.write_manifest(manifest.vm, manifest.point, manifest.seal(self.sealer))
         faults.hit("after-manifest")
         rec = PointRecord(
             id=manifest.point, vm=manifest.vm, created=manifest.created, consistency=manifest.consistency,
@@ -223,6 +230,23 @@ class Vault:
         self.catalog.add_point(rec)
         hoststate.committed(self.root, manifest.vm, manifest.point)
         return rec
+
+    def write_manifest(self, vm: str, point: str, sealed: bytes) -> Path:
+        """Write a sealed manifest durably (the commit point on S3); its blobs must be durable and indexed."""
+        path = manifest_path(self.root, vm, point)
+        if self._objlock is not None:
+            self._objlock.check()                # S3: a lock not refreshed in time no longer protects this commit
+        try:
+            if self.remote is not None:
+                self.backend.put(str(path.relative_to(self.root)), sealed)
+                self.backend.sync()
+            else:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_atomic(path, sealed)
+                fsync_dir(path.parent.parent)
+        except OSError as exc:
+            raise VaultError(f"cannot write manifest {path}: {exc.strerror or exc}") from exc
+        return path
 
     def manifest(self, rec: PointRecord, *, at: Path | None = None) -> Manifest:
         """The authenticated manifest of a catalog row; any mismatch between the two raises ``IntegrityError``.

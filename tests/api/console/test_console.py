@@ -272,16 +272,17 @@ def test_editing_a_policy_keeps_what_the_form_does_not_show(env) -> None:
     csrf = login(client, tokens["operator"])
     svc.policies.put(Policy.from_dict({
         "name": "nightly", "schedule": {"frequency": "daily", "time": "02:00"}, "retention": {"last": 3},
-        "verify": {"frequency": "weekly", "days": ["sun"], "time": "04:00"}, "drill": {"after_backups": 5}}))
+        "verify": {"frequency": "weekly", "days": ["sun"], "time": "04:00"}, "drill": {"after_backups": 5},
+        "copy": {"to": "s3://offsite/web", "after_backup": True}}))
     before = svc.policies.get("nightly")
-    assert before.verify is not None and before.drill is not None
+    assert before.verify is not None and before.drill is not None and before.copy is not None
     r = client.post("/ui/policies/nightly", data={
         "csrf": csrf, "timezone": "UTC", "schedule.frequency": "daily", "schedule.time": "03:00",
         "retention.last": "4"}, follow_redirects=False)
     assert r.status_code == 303, r.text
     after = svc.policies.get("nightly")
     assert after.schedule.time == "03:00" and after.retention.last == 4
-    assert after.verify == before.verify and after.drill == before.drill
+    assert after.verify == before.verify and after.drill == before.drill and after.copy == before.copy
 
 
 def test_unreadable_logout_form_is_a_page(env) -> None:

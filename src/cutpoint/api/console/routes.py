@@ -285,10 +285,10 @@ def install(app: FastAPI, svc: Service, accepted: dict[str, str], restore_root: 
             body = (policies.render(svc, viewer, form, errs) if name is None
                     else policies.render_one(svc, viewer, name, form, errs))
             return html("Policies" if name is None else f"Policy {name}", body, viewer, 422)
-        if name is not None:        # the form has no verify or drill fields: an edit keeps the stored ones
+        if name is not None:        # the form has no verify, drill or copy fields: an edit keeps the stored ones
             try:
                 old = svc.policies.get(name)
-                p = dataclasses.replace(p, verify=old.verify, drill=old.drill)
+                p = dataclasses.replace(p, verify=old.verify, drill=old.drill, copy=old.copy)
             except NotFoundError:
                 pass                # put(replace=True) below names the missing policy
         try:
