@@ -94,8 +94,8 @@ def remote_of(root: Path) -> S3Location | None:
     path = root / REMOTE
     try:
         doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None                     # a local vault (or none there: opening it says so)
     except (OSError, ValueError) as exc:
         raise VaultError(f"{path} is unreadable ({exc}); remove it and give --vault s3://BUCKET/PREFIX again") \
             from exc
