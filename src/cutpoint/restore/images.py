@@ -97,6 +97,7 @@ def _chmod_private(p: Path) -> None:
 
 
 RUN_BYTES = 4 << 20
+REMOTE_WORKERS = 8          # S3: runs read at once (ranged GETs in parallel: the read-ahead of an image restore)
 
 
 def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
@@ -106,6 +107,8 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
     a bounded number of runs in flight to keep memory flat."""
     cs = m.chunk_size
     per_run = max(1, RUN_BYTES // cs)
+    remote = getattr(vault, "remote", None) is not None      # S3: reads wait on the network, not on the CPU
+    workers, in_flight = (REMOTE_WORKERS, 2 * REMOTE_WORKERS) if remote else (WORKERS, IN_FLIGHT)
 
     def one(first: int, cids: list[str]) -> None:
         expects = [min(cs, disk.size - (first + k) * cs) for k in range(len(cids))]
@@ -124,7 +127,7 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
     pending: deque[Future[None]] = deque()
     run: list[str] = []
     first = 0
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for i, cid in enumerate(_checked(disk.chunks, disk.name, m.point)):
                 if run and (cid is None or len(run) == per_run):
@@ -134,7 +137,7 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
                     if not run:
                         first = i
                     run.append(cid)
-                while len(pending) > IN_FLIGHT:
+                while len(pending) > in_flight:
                     pending.popleft().result()
                 if progress and (i % per_run == 0 or i == len(disk.chunks) - 1):
                     progress(disk.name, min((i + 1) * cs, disk.size), disk.size)

@@ -37,6 +37,7 @@ from .cmdline import SUN_PATH_MAX
 from .images import Progress, _safe
 from .driver import Registration
 from .nbdserve import PointServer, nbdkit_argv, stop_server
+from ..vault import location
 from .results import InstantResult, NewDisk
 from .targets import Instant
 
@@ -101,10 +102,28 @@ def instant_restore(vault: Vault, m: Manifest, cfg: QmpVmConfig, t: Instant) -> 
         if sock.parent != vmdir:
             vmsetup.remove_dir(sock.parent)
         raise
+    source, fetch = location.describe(vault.root), _fetch_bytes(vault, m)
+    warnings = list(rw.warnings)
+    if getattr(vault, "remote", None) is not None:
+        warnings.append(f"the VM reads its disks from {source} until 'cutpoint instant finish': streaming them "
+                        f"downloads {fetch} stored bytes, and every read the guest makes first is a request there")
     return InstantResult(vm=m.vm, point=m.point, new_vm=new_name, dir=vmdir, qmp=rw.qmp, pid=qemu_pid,
                          server_pid=server_pid, socket=sock, jobs=jobs, disks=disks, script=script, config=spec,
-                         warnings=rw.warnings, time_to_running_s=round(running_s, 3),
-                         duration_s=round(time.monotonic() - t0, 3))
+                         warnings=warnings, time_to_running_s=round(running_s, 3),
+                         duration_s=round(time.monotonic() - t0, 3), source=source, fetch_bytes=fetch)
+
+
+def _fetch_bytes(vault: Vault, m: Manifest) -> int:
+    """What streaming the point reads from the vault: the stored size of each distinct chunk (from the index: no
+    data is read), the cost of an instant restore from object storage."""
+    seen: set[str] = set()
+    total = 0
+    for d in m.disks:
+        for cid in d.chunks:
+            if cid is not None and cid not in seen:
+                seen.add(cid)
+                total += vault.chunks.stored_size(cid)
+    return total
 
 
 def _start_streams(qmp: Path, overlays: list[Path], only_backed: bool = False) -> list[str]:

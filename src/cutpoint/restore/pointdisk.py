@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 
+from ..errors import CutpointError
 from ..vault.store import ChunkSource
 from ..vault.manifest import DiskManifest
 
@@ -22,7 +24,9 @@ CACHE_BYTES = 64 << 20          # decoded chunks kept: 16 of v3's 4 MiB, 1024 of
 
 class PointDisk:
     def __init__(self, chunks: ChunkSource, disk: DiskManifest, chunk_size: int, *, cache_chunks: int | None = None,
-                 on_fetch: Callable[[int], None] | None = None) -> None:
+                 on_fetch: Callable[[int], None] | None = None, readahead: int = 0) -> None:
+        """``readahead``: bytes fetched ahead in the background once reads go sequentially (object storage, where
+        each fetch waits a round trip: a guest booting or a file being copied reads on, block after block)."""
         self.chunks = chunks
         self.disk = disk
         self.size = disk.size
@@ -32,6 +36,10 @@ class PointDisk:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.fetched = 0
+        self._ahead = min(readahead // chunk_size, self.cache_chunks // 2)
+        self._next = -1                          # the chunk after the last read: a read starting there is sequential
+        self._fetching: set[int] = set()         # chunks a read-ahead is fetching now
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead") if self._ahead else None
 
     def _chunk(self, i: int) -> bytes | None:
         cid = self.disk.chunks[i]
@@ -59,8 +67,13 @@ class PointDisk:
             raise ValueError(f"read of {n} bytes at {offset} is outside the disk ({self.size} bytes)")
         pos = 0
         cs = self.chunk_size
+        first, last = offset // cs, (offset + n - 1) // cs
+        if self._pool is not None:
+            if first in (self._next, self._next - 1):
+                self._read_ahead(last + 1)
+            self._next = last + 1
         if n > cs:
-            self._prefetch(offset // cs, (offset + n - 1) // cs)
+            self._prefetch(first, last)
         while pos < n:
             off = offset + pos
             i, within = divmod(off, cs)
@@ -71,6 +84,31 @@ class PointDisk:
             else:
                 buf[pos:pos + take] = data[within:within + take]
             pos += take
+
+    def _read_ahead(self, start: int) -> None:
+        """Fetch the next ``_ahead`` chunks after ``start`` in the background, in runs of what is not cached or
+        already coming; a failure there is left for the read that needs the chunk to report."""
+        with self._lock:
+            want = [i for i in range(start, min(start + self._ahead, len(self.disk.chunks)))
+                    if i not in self._cache and i not in self._fetching and self.disk.chunks[i] is not None]
+            if len(want) < self._ahead // 2:
+                return                           # most of it is here or coming: fetch in larger steps
+            self._fetching.update(want)
+        assert self._pool is not None
+
+        def fetch() -> None:
+            try:
+                self._prefetch(want[0], want[-1])
+            except CutpointError:           # the read that needs the chunk fetches it again and reports
+                pass
+            finally:
+                with self._lock:
+                    self._fetching.difference_update(want)
+        self._pool.submit(fetch)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _prefetch(self, first: int, last: int) -> None:
         """A read spanning several chunks fetches the missing ones with one ``get_many`` (format v4 reads adjacent

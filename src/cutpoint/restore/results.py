@@ -199,6 +199,8 @@ class InstantResult:
     warnings: list[str]
     time_to_running_s: float
     duration_s: float
+    source: str = ""                # the vault it streams from (a directory or s3://…)
+    fetch_bytes: int = 0            # stored bytes streaming reads from there: its cost on object storage
 
     @property
     def nbytes(self) -> int:
@@ -209,7 +211,8 @@ class InstantResult:
                 "qmp": str(self.qmp), "pid": self.pid, "server_pid": self.server_pid, "socket": str(self.socket),
                 "jobs": list(self.jobs), "disks": [d.to_json() for d in self.disks], "script": str(self.script),
                 "config": str(self.config), "warnings": list(self.warnings), "bytes": self.nbytes,
-                "time_to_running_s": self.time_to_running_s, "duration_s": self.duration_s}
+                "time_to_running_s": self.time_to_running_s, "duration_s": self.duration_s,
+                "source": self.source, "fetch_bytes": self.fetch_bytes}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,7 +21,7 @@ from typing import Any
 from .. import faults
 from ..catalog.db import Catalog, PointRecord
 from ..names import check_vm_name
-from ..errors import AuthError, IntegrityError, NotFoundError, UsageError, VaultError
+from ..errors import AuthError, IntegrityError, LockedError, NotFoundError, UsageError, VaultError
 from . import config as cfgmod
 from . import guard
 from . import hoststate
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 << 10      # v4: the dirty bitmap's usual granularity (docs/performance.md)
 V3_CHUNK_SIZE = 4 << 20
 KEY_FILE = "key.json"
+LOCK_WAIT = 1800.0                  # S3: seconds a backup or restore waits for a gc or prune to release the vault
 UPLOADS = 4                         # S3: packs uploading at once while the next ones fill (docs/performance.md)
 
 
@@ -335,13 +337,30 @@ class Vault:
         if self.remote is None or (held is not None and (held.info.kind == "exclusive" or kind == "shared")):
             yield
             return
-        lock = objlocks.acquire(self.backend, kind, f"cutpoint {owner}")
+        lock = _acquire_waiting(self.backend, kind, f"cutpoint {owner}",
+                                float(os.environ.get("CUTPOINT_LOCK_WAIT", LOCK_WAIT)) if kind == "shared" else 0.0)
         self._objlock = lock
         try:
             yield
         finally:
             self._objlock = held
             lock.release()
+
+
+def _acquire_waiting(backend: Backend, kind: str, owner: str, wait: float) -> objlocks.HeldLock:
+    """A lock object, retried for ``wait`` seconds while another holds the vault: a backup or a restore waits for
+    a gc or prune on any host to finish (as restic's --retry-lock) instead of failing; gc and prune do not wait."""
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        try:
+            return objlocks.acquire(backend, kind, owner)
+        except LockedError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("%s waits for the vault's lock", owner)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 @contextmanager
