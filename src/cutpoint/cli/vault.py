@@ -15,7 +15,8 @@ from ..vault import config as cfgmod
 from ..vault import guard, location, passphrase, protection, remote
 from ..vault.packstore import PackStore
 from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
-from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, export_key, import_key, read_config
+from ..vault.keyfile import export_key, import_key
+from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, read_config
 from . import approvals
 from .common import add_vault_arg, open_vault, print_json
 
