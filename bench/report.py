@@ -66,6 +66,15 @@ def engine_targets(r: dict[str, Any]) -> list[tuple[str, float | None, str, bool
     return out
 
 
+def s3_targets(s3: dict[str, Any]) -> list[tuple[str, float | None, str, float]]:
+    """Issue 16's targets from the s3 case: (what, measured ratio, target text, threshold)."""
+    return [("full backup into S3 vs bare parallel PUTs of the same stored bytes", s3.get("backup_vs_bare_put"),
+             ">= 0.8x", 0.8),
+            ("full backup into S3 vs restic's S3 backend (whole processes)", s3.get("backup_vs_restic"), ">= 2x", 2.0),
+            ("restore from S3 vs bare parallel GETs of the same objects", s3.get("restore_vs_bare_get"), ">= 0.8x",
+             0.8)]
+
+
 def table(r: dict[str, Any]) -> str:
     lines = []
     tp = r.get("throughput", {})
@@ -97,6 +106,14 @@ def table(r: dict[str, Any]) -> str:
         lines.append("")
         lines.append("storage engine targets (issue 15):")
         for what, v, text, met in targets:
+            val = "-" if v is None else f"{v:.3g}"
+            lines.append(f"  {'met   ' if met else 'MISSED' if met is False else 'n/a   '} {what}: {val} ({text})")
+    s3 = r.get("s3", {})
+    if "seconds" in s3:
+        lines.append("")
+        lines.append("S3 vaults (issue 16; one local SeaweedFS):")
+        for what, v, text, t in s3_targets(s3):
+            met = None if v is None else v >= t
             val = "-" if v is None else f"{v:.3g}"
             lines.append(f"  {'met   ' if met else 'MISSED' if met is False else 'n/a   '} {what}: {val} ({text})")
     ch = r.get("chain", {})

@@ -21,6 +21,7 @@ import cases_chain  # noqa: E402
 import cases_engine  # noqa: E402
 import cases_libvirt  # noqa: E402
 import cases_pause  # noqa: E402
+import cases_s3  # noqa: E402
 import cases_throughput  # noqa: E402
 import dataset  # noqa: E402
 import harness  # noqa: E402
@@ -71,14 +72,14 @@ def instant(work: Path, sizes: list[int]) -> list[dict[str, object]]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small dataset, one run: checks the harness")
-    ap.add_argument("--only", nargs="*", default=None, help="cases to run: throughput libvirt chain engine pause rss instant")
+    ap.add_argument("--only", nargs="*", default=None, help="cases to run: throughput libvirt chain engine pause rss instant s3")
     args = ap.parse_args()
     runs = 1 if args.quick else 3
     work = dataset.WORK / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ds = dataset.build(256 * MiB, 128 * MiB) if args.quick else dataset.build()
-    wanted = set(args.only or ["throughput", "libvirt", "chain", "engine", "pause", "rss", "instant"])
+    wanted = set(args.only or ["throughput", "libvirt", "chain", "engine", "pause", "rss", "instant", "s3"])
     results: dict[str, object] = {"machine": harness.machine(), "quick": args.quick,
                                   "dataset": {k: str(v) for k, v in ds.items()}}
     t0 = time.monotonic()
@@ -88,7 +89,8 @@ def main() -> int:
              ("engine", lambda: cases_engine.run_case(ds, work)),
              ("pause", lambda: cases_pause.run_case(work, 2 if args.quick else 5)),
              ("rss", lambda: rss_vs_size(ds, work)),
-             ("instant", lambda: instant(work, [1] if args.quick else [1, 8]))]
+             ("instant", lambda: instant(work, [1] if args.quick else [1, 8])),
+             ("s3", lambda: cases_s3.run_case(ds, work, runs))]
     for name, fn in steps:
         if name not in wanted:
             continue
