@@ -212,6 +212,23 @@ def _stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
+
+def _copy_stopped_at(src: str, dst: str, stage: str) -> subprocess.Popen[str]:
+    """A real 'cutpoint copy' stopped (SIGSTOP, faults.py) at fault stage ``stage``; the caller resumes or kills it."""
+    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst, "--json"],
+                         env={**os.environ, "CUTPOINT_FAULT": f"{stage}=stop"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not _stopped(p.pid):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            time.sleep(0.05)
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    return p
+
 def test_a_running_copy_holds_off_source_prune_and_target_gc_keeps_its_packs(bare_qemu, tmp_path: Path) -> None:
     """The copy stopped with every blob written and indexed, before its manifest: prune of the source is refused
     (exit 8: the copy holds its points lock), gc of the target (grace 0) deletes none of the copy's packs, and the
@@ -221,14 +238,8 @@ def test_a_running_copy_holds_off_source_prune_and_target_gc_keeps_its_packs(bar
     point = _backup(src)["point"]
     at = _now(_images(tmp_path))
     cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
-    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst, "--json"],
-                         env={**os.environ, "CUTPOINT_FAULT": "copy-manifest=stop"}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = _copy_stopped_at(src, dst, "copy-manifest")
     try:
-        deadline = time.monotonic() + 120
-        while not _stopped(p.pid):
-            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
-            time.sleep(0.05)
         packs = {f.name for f in (Path(dst) / "data").rglob("*") if f.is_file()}
         assert packs
         one_line_error(cutpoint("prune", "web", "--keep-last", "1", "--vault", src), 8, "busy")
@@ -345,14 +356,8 @@ def test_a_copy_reads_on_when_source_gc_repacks_its_packs_mid_way(bare_qemu, tmp
     at = _now(images)
     cutpoint("prune", "web", "--keep-last", "1", "--vault", src, check=True)
     cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
-    p = subprocess.Popen([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst, "--json"],
-                         env={**os.environ, "CUTPOINT_FAULT": "copy-read=stop"}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = _copy_stopped_at(src, dst, "copy-read")
     try:
-        deadline = time.monotonic() + 120
-        while not _stopped(p.pid):
-            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
-            time.sleep(0.05)
         r = cutpoint("gc", "--grace", "0", "--json", "--vault", src)
         assert r.code == 0, r.err
         gc = json.loads(r.out)
