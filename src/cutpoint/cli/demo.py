@@ -51,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                     json=False, passphrase_file=None, key_file=None))
     vault = open_vault(args)
     size = parse_size(args.size)
-    print(f"vault: {vault.root}")
+    print(f"vault: {vault.where}")
     if _exists(DEMO_VM):
         labvm.remove(DEMO_VM)
     print(f"booting lab VM {DEMO_VM!r} with {args.disks} disks of {human(size)} and the ordered-write workload ...")

@@ -50,7 +50,7 @@ def _deleted(vault: Vault, vm: str | None, as_json: bool) -> int:
                 [[p.id, p.vm, p.row.created if p.row else "?", _t(p.deleted), _t(p.expires),
                   human(p.row.logical_bytes) if p.row else "?", p.problem or ""] for p in pts]))
     if not prot.soft_delete_days:
-        print(f"vault {vault.root} keeps no soft-deleted points (soft delete is off)")
+        print(f"vault {vault.where} keeps no soft-deleted points (soft delete is off)")
     return 0
 
 

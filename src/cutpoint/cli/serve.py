@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web.start()
         svc.start()
         host, port = sock.getsockname()[:2]
-        print(f"cutpoint serve: vault {vault.root}, API on http://{_url_host(host)}:{port} "
+        print(f"cutpoint serve: vault {vault.where}, API on http://{_url_host(host)}:{port} "
               f"(token: cutpoint serve --show-token)", file=sys.stderr, flush=True)
         if args.host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("the API listens on %s without TLS: the token crosses the network in clear text", host)

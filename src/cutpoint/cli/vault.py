@@ -140,7 +140,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if args.json:
         print_json(prot.to_config())
     else:
-        print(f"vault {vault.root}: {_describe(prot)}")
+        print(f"vault {vault.where}: {_describe(prot)}")
     return 0
 
 
@@ -212,7 +212,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
     vault = Vault.open(_root(args), passphrase=passphrase.source(args.passphrase_file), key_file=args.key_file,
                        accept_change=True)
     vms = {p.vm for p in vault.catalog.points()}
-    print(f"this host now trusts vault {vault.root} as it is: id {vault.config['id']}, key "
+    print(f"this host now trusts vault {vault.where} as it is: id {vault.config['id']}, key "
           f"{vault.sealer.fingerprint or 'none'}, {len(vms)} VM(s) with points")
     return 0
 
@@ -220,7 +220,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_rebuild_index(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     if not isinstance(vault.chunks, PackStore):
-        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, which has no index to rebuild "
+        raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, which has no index to rebuild "
                          "(a file per chunk); nothing done")
     vault.require_trusted("rebuilding the index")
     with vault.gc_lock():
@@ -228,7 +228,7 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"packs": packs, "problems": problems})
     else:
-        print(f"indexed {packs} pack(s) of {vault.root}" + (f"; left out: {'; '.join(problems)}" if problems else ""))
+        print(f"indexed {packs} pack(s) of {vault.where}" + (f"; left out: {'; '.join(problems)}" if problems else ""))
     if problems:
         raise IntegrityError(f"{len(problems)} pack(s) could not be indexed: {problems[0]}; run 'cutpoint verify' "
                              "to see which points they affect")
@@ -238,7 +238,7 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
 def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     if not isinstance(vault.chunks, PackStore):
-        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}: its catalog cannot be rebuilt "
+        raise UsageError(f"vault {vault.where} is format v{vault.config['version']}: its catalog cannot be rebuilt "
                          "from its manifests (only format v4's can); nothing done")
     with vault.points_lock(shared=False):
         res = remote.sync_catalog(vault, rebuild=True)
@@ -258,10 +258,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     vault = open_vault(args)
     to = export_key(vault, args.to, args.key_file)
     if vault.encrypted:
-        print(f"exported the key of vault {vault.root} (fingerprint {vault.sealer.fingerprint}) to {to}; it is "
+        print(f"exported the key of vault {vault.where} (fingerprint {vault.sealer.fingerprint}) to {to}; it is "
               "still protected by the vault's passphrase: keep both, separately")
     else:
-        print(f"exported the authentication key of vault {vault.root} (fingerprint {vault.sealer.fingerprint}) to "
+        print(f"exported the authentication key of vault {vault.where} (fingerprint {vault.sealer.fingerprint}) to "
               f"{to}; it is not passphrase-protected: whoever has it can forge points, so keep it private; "
               "another host needs it to read this vault ('cutpoint vault key import FILE')")
     return 0

@@ -64,6 +64,7 @@ class Vault:
         self.fanout = int(config.get("tree_fanout") or 0)
         self.chunks: ChunkStore | PackStore
         self.remote = location.remote_of(root)            # an S3 vault: root is this host's directory for it
+        self.where = self.remote.url if self.remote is not None else str(root)   # how messages name the vault
         self.backend: Backend = location.backend_for(root, location.retention_of(config) if self.remote else None)
         self._objlock: objlocks.HeldLock | None = None     # S3 vaults: the lock object this process holds
         if self.packed:

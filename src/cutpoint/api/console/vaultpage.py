@@ -13,7 +13,7 @@ def render(svc: Service, viewer: Viewer, message: str = "") -> str:
     cfg = vault.config
     enc = cfg.get("encryption") if isinstance(cfg.get("encryption"), dict) else None
     fp = getattr(vault.sealer, "fingerprint", None)
-    rows = [["path", f"<code>{esc(vault.root)}</code>"],
+    rows = [["path", f"<code>{esc(vault.where)}</code>"],
             ["format", esc(f"{cfg.get('format', '?')} v{cfg.get('version', '?')}")],
             ["chunk size", esc(nbytes(cfg.get("chunk_size")))],
             ["encryption", esc(f"{enc.get('cipher')}" if enc else "none (not encrypted)")],
