@@ -101,48 +101,52 @@ REMOTE_WORKERS = 8          # S3: runs read at once (ranged GETs in parallel: th
 
 
 def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
-    """Fetch, check and write every non-zero chunk, in runs of consecutive chunks (up to 4 MiB): a run is read
-    with as few storage reads as its layout allows (``get_many``: one per stretch of a pack) and written with one
-    ``pwritev``. Worker threads overlap reading, decrypting, decompressing and hashing (all release the GIL), with
-    a bounded number of runs in flight to keep memory flat."""
+    """Fetch, check and write every non-zero chunk, in runs of up to 4 MiB of them (zero chunks between them are
+    skipped, not run breakers: a backup stores a disk's chunks in order, so a run across holes is usually one stretch
+    of one pack): a run is read with as few storage reads as its layout allows (``get_many``: one per stretch of a
+    pack; on S3 every read is a request) and written with one ``pwritev`` per stretch of consecutive chunks. Worker
+    threads overlap reading, decrypting, decompressing and hashing (all release the GIL), with a bounded number of
+    runs in flight to keep memory flat."""
     cs = m.chunk_size
     per_run = max(1, RUN_BYTES // cs)
     remote = getattr(vault, "remote", None) is not None      # S3: reads wait on the network, not on the CPU
     workers, in_flight = (REMOTE_WORKERS, 2 * REMOTE_WORKERS) if remote else (WORKERS, IN_FLIGHT)
 
-    def one(first: int, cids: list[str]) -> None:
-        expects = [min(cs, disk.size - (first + k) * cs) for k in range(len(cids))]
+    def one(run: list[tuple[int, str]]) -> None:
+        cids = [c for _, c in run]
+        expects = [min(cs, disk.size - i * cs) for i, _ in run]
         try:
             datas = vault.chunks.get_many(cids, expects)
         except (IntegrityError, NotFoundError) as exc:
             raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing was "
                                  "written; run 'cutpoint verify --read-data' and restore another point") from exc
-        for k, (data, expect) in enumerate(zip(datas, expects)):
+        for (i, _), data, expect in zip(run, datas, expects):
             if len(data) != expect:
-                raise CutpointError(f"chunk {first + k} of disk {disk.name} has {len(data)} bytes, expected "
-                                    f"{expect}")
-        os.pwritev(fd, datas, first * cs)
-        start_writeback(fd, first * cs, sum(expects))      # the final fsync then waits for little
+                raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")
+        seg = 0
+        for k in range(1, len(run) + 1):          # one pwritev per stretch of consecutive chunks
+            if k == len(run) or run[k][0] != run[k - 1][0] + 1:
+                at = run[seg][0] * cs
+                os.pwritev(fd, datas[seg:k], at)
+                start_writeback(fd, at, sum(expects[seg:k]))   # the final fsync then waits for little
+                seg = k
 
     pending: deque[Future[None]] = deque()
-    run: list[str] = []
-    first = 0
+    run: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for i, cid in enumerate(_checked(disk.chunks, disk.name, m.point)):
-                if run and (cid is None or len(run) == per_run):
-                    pending.append(pool.submit(one, first, run))
-                    run = []
                 if cid is not None:
-                    if not run:
-                        first = i
-                    run.append(cid)
+                    run.append((i, cid))
+                    if len(run) == per_run:
+                        pending.append(pool.submit(one, run))
+                        run = []
                 while len(pending) > in_flight:
                     pending.popleft().result()
                 if progress and (i % per_run == 0 or i == len(disk.chunks) - 1):
                     progress(disk.name, min((i + 1) * cs, disk.size), disk.size)
             if run:
-                pending.append(pool.submit(one, first, run))
+                pending.append(pool.submit(one, run))
             while pending:
                 pending.popleft().result()
         finally:

@@ -8,6 +8,7 @@ comes from the caller or ``CUTPOINT_S3_ENDPOINT``. Errors are matched by HTTP st
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,36 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "I
 class Retention:
     mode: str               # "COMPLIANCE" or "GOVERNANCE"
     days: int
+
+
+class _ViewFile(io.RawIOBase):
+    """A seekable file over a buffer, so that a 16 MiB pack is sent from the pack buffer itself: ``bytes(view)``
+    would allocate and fill 16 MiB of fresh memory per PUT (slow here: docs/performance.md), and boto3 takes no
+    memoryview. botocore reads it to sign and to send, and seeks back to retry."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.view = memoryview(data).cast("B")
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self.view) - self.pos))
+        b[:n] = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.view)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
 class S3Backend:
@@ -89,7 +120,7 @@ class S3Backend:
     def put(self, name: str, data: bytes | memoryview) -> None:
         key = self._key(name)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args(name))
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=_ViewFile(data), **self._lock_args(name))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             raise self._error(e, name) from e
 
@@ -97,7 +128,7 @@ class S3Backend:
         key = self._key(name)
         self._local.create = True
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **self._lock_args(name))
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=_ViewFile(data), **self._lock_args(name))
             return True
         except botocore.exceptions.ClientError as e:
             status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
