@@ -67,6 +67,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
     monkeypatch.setenv("CUTPOINT_LAB", str(short / "lab"))
     monkeypatch.setenv("CUTPOINT_CACHE", str(shared_cache))
     monkeypatch.setenv("CUTPOINT_RESTORE_ROOT", str(short / "restore"))   # cutpoint serve's, never /var/lib here
+    monkeypatch.setenv("CUTPOINT_VMS", str(short / "vms"))      # restored VMs: never ~/.local/share/cutpoint/vms
     if request.node.get_closest_marker("no_vault") is None:
         from cutpoint.vault.vault import Vault
         callspec = getattr(request.node, "callspec", None)

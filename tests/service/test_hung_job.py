@@ -55,9 +55,10 @@ def _run(mode: str):
     time.sleep(0.1)
     hung = h.svc.jobs.list(kind="backup", limit=1)[0]
     assert hung.state == "running" and h.svc.runner.busy("web") == hung.id
-    h.clock.set(datetime(2024, 6, 1, 7, 59, tzinfo=UTC))
+    h.clock.set(datetime(2024, 6, 1, 4, 59, tzinfo=UTC))
     h.svc.tick()                                       # within the hour: left alone
-    assert h.svc.jobs.get(hung.id).state == "running"
+    time.sleep(0.1)                                    # (a stop asked by that tick would land within 10 ms)
+    assert h.svc.jobs.get(hung.id).state == "running" and not h.backup.released
     h.clock.set(datetime(2024, 6, 1, 8, 0, 30, tzinfo=UTC))
     h.svc.tick()                                       # past it (the 08:00 slot is owed, the VM is still held)
     return h, hung, sent

@@ -219,10 +219,14 @@ def test_soft_delete_and_undelete_on_s3(bare_qemu, tmp_path: Path, s3_bucket: st
 
 
 @pytest.mark.vm
-def test_instant_restore_from_s3_runs_and_says_what_it_costs(tmp_path: Path, s3_bucket: str, s3_env) -> None:
+def test_instant_restore_from_s3_runs_and_says_what_it_costs(tmp_path: Path, s3_bucket: str, s3_env,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from cutpoint.lab import vm as labvm
     from cutpoint.lab.verify import verify_dir
+    from cutpoint.restore.launch import stop
     from tests.restore.test_instant import _wait
+
+    monkeypatch.setenv("CUTPOINT_VMS", str(tmp_path / "vms"))         # the instant VM's directory is the test's
 
     url = f"s3://{s3_bucket}/inst"
     v = ("--vault", url)
@@ -234,13 +238,15 @@ def test_instant_restore_from_s3_runs_and_says_what_it_costs(tmp_path: Path, s3_
     cutpoint("restore", "s3src", point, "--to", str(tmp_path / "ref"), *v, check=True)
     k = verify_dir(tmp_path / "ref").k
     res = json.loads(cutpoint("restore", "s3src", point, "--instant", "s3fast", "--json", *v, check=True).out)
-    assert res["source"] == url and res["fetch_bytes"] > 0
-    assert any(url in w and "instant finish" in w for w in res["warnings"]), res["warnings"]
-    assert _wait(Path(res["dir"]) / "console.log", r"CUTPOINT-WORKLOAD-STARTED seq=(\d+)").group(1) == str(k + 1)
-    fin = json.loads(cutpoint("instant", "finish", "s3fast", "--json", *v, check=True).out)
-    assert fin["state"] == "finished" and fin["server_stopped"], fin
-    from cutpoint.restore.launch import stop
-    stop(Path(res["qmp"]), res["pid"])
+    try:
+        assert Path(res["dir"]).is_relative_to(tmp_path)
+        assert res["source"] == url and res["fetch_bytes"] > 0
+        assert any(url in w and "instant finish" in w for w in res["warnings"]), res["warnings"]
+        assert _wait(Path(res["dir"]) / "console.log", r"CUTPOINT-WORKLOAD-STARTED seq=(\d+)").group(1) == str(k + 1)
+        fin = json.loads(cutpoint("instant", "finish", "s3fast", "--json", *v, check=True).out)
+        assert fin["state"] == "finished" and fin["server_stopped"], fin
+    finally:
+        stop(Path(res["qmp"]), res["pid"])
 
 
 def test_two_writers_with_gc_running_lose_nothing(bare_qemu, tmp_path: Path, s3_bucket: str, s3_env) -> None:
