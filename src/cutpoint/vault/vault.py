@@ -330,7 +330,7 @@ class Vault:
 
     @contextmanager
     def object_lock(self, kind: str, owner: str) -> Iterator[None]:
-        """S3 vaults: a lock object, so that processes on other hosts see this one (docs/format.md §19.4).
+        """S3 vaults: a lock object, so that processes on other hosts see this one (docs/format.md §20.4).
         Nothing for a local vault (flock does it). Re-entrant: a process holding the exclusive lock, or a shared
         one when shared is asked, takes nothing more."""
         held = self._objlock
