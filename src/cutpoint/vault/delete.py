@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from ..catalog.db import PointRecord
-from ..errors import ImmutableError, LockedError, NotFoundError, UsageError
+from ..errors import ImmutableError, LockedError, UsageError
 from . import approvals, guard, protection, softdelete
 from .locks import in_use
 from .prune import parse_created
@@ -33,14 +33,8 @@ class DeleteResult:
 
 def find_visible(vault: Vault, ref: str) -> PointRecord:
     """A visible point of any VM by id or unique id prefix (point ids are unique across the vault)."""
-    pts = vault.catalog.points()
-    match = [p for p in pts if p.id == ref] or [p for p in pts if p.id.startswith(ref)]
-    if len(match) == 1:
-        return match[0]
-    if not match:
-        raise NotFoundError(f"vault {vault.root} has no restore point {ref!r}; list them with 'cutpoint points' "
-                            "(soft-deleted ones with 'cutpoint points --deleted')")
-    raise UsageError(f"point {ref!r} is ambiguous: {', '.join(p.id for p in match)}; give more of its id")
+    return softdelete.by_ref(vault.catalog.points(), ref, f"vault {vault.where} has no restore point {ref!r}; list "
+                             "them with 'cutpoint points' (soft-deleted ones with 'cutpoint points --deleted')")
 
 
 def delete_point(vault: Vault, ref: str, request: str | None = None) -> DeleteResult:

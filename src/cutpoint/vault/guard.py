@@ -163,7 +163,7 @@ def install(vault: "Vault", key: GuardKey) -> None:
     from . import config as cfgmod
     from . import hoststate, protection
     if vault.sealer.keys is None or int(vault.config["version"]) < 3:
-        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, whose config is not "
+        raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold a guard; create a new vault with 'cutpoint vault init'")
     config = {k: v for k, v in protection.current_config(vault).items() if k != "mac"}
     config["guard"] = key.guard.to_config()

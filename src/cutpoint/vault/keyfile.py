@@ -119,7 +119,7 @@ def export_key(vault: "Vault", to: Path, key_file: Path | None = None) -> Path:
     """Copy the (passphrase-protected) key file that unlocked ``vault`` to ``to``, or an unencrypted vault's
     authentication key (not passphrase-protected); never overwrites."""
     if vault.sealer.keys is None:
-        raise UsageError(f"vault {vault.root} is an unencrypted vault of format v2: it has no key to export")
+        raise UsageError(f"vault {vault.where} is an unencrypted vault of format v2: it has no key to export")
     to = to.expanduser()
     if to.exists():
         raise UsageError(f"{to} already exists; choose another --to FILE")

@@ -110,7 +110,7 @@ def change(vault: "Vault", immutable_days: int | None, soft_delete_days: int | N
     immutability rule of ``check_change`` is lifted too (that is what the second principal is for)."""
     from . import approvals, guard
     if vault.sealer.keys is None or int(vault.config["version"]) < 3:
-        raise UsageError(f"vault {vault.root} is format v{vault.config['version']}, whose config is not "
+        raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold immutability or soft delete; create a new vault with "
                          "'cutpoint vault init' and back up into it")
     vault.require_trusted("changing the vault's protection")

@@ -21,7 +21,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .. import faults, names
 from ..catalog.db import PointRecord, VerifyRecord
@@ -31,6 +31,13 @@ from .fsutil import fsync_dir, write_atomic
 from .manifest import manifest_path
 from .protection import Protection
 from .vault import Vault
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=_HasId)
 
 DELETED = "deleted"
 RECORD_SUFFIX = ".deleted"
@@ -250,16 +257,21 @@ def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection) 
     return dp
 
 
-def find(vault: Vault, protection: Protection, ref: str) -> DeletedPoint:
-    """A soft-deleted point by id or unique id prefix."""
-    pts = scan(vault, protection)
-    match = [p for p in pts if p.id == ref] or [p for p in pts if p.id.startswith(ref)]
+def by_ref(points: list[T], ref: str, missing: str) -> T:
+    """The one point (anything with an ``id``) that ``ref`` names: its id, or a unique prefix of it. ``missing``:
+    the error when none does."""
+    match = [p for p in points if p.id == ref] or [p for p in points if p.id.startswith(ref)]
     if len(match) == 1:
         return match[0]
     if not match:
-        raise NotFoundError(f"no soft-deleted point {ref!r} in vault {vault.root}; list them with "
-                            "'cutpoint points --deleted'")
+        raise NotFoundError(missing)
     raise UsageError(f"point {ref!r} is ambiguous: {', '.join(p.id for p in match)}; give more of its id")
+
+
+def find(vault: Vault, protection: Protection, ref: str) -> DeletedPoint:
+    """A soft-deleted point by id or unique id prefix."""
+    return by_ref(scan(vault, protection), ref, f"no soft-deleted point {ref!r} in vault {vault.where}; list them "
+                  "with 'cutpoint points --deleted'")
 
 
 def undelete(vault: Vault, protection: Protection, dp: DeletedPoint, now: datetime) -> PointRecord:
