@@ -115,7 +115,7 @@ def _backup(v: Any, disks: dict[str, Path], prev: Any, dirty: dict[str, list[tup
             n: int) -> tuple[float, Any, dict[str, int]]:
     from cutpoint.backup.chunker import WORKERS
     from cutpoint.backup.treechunker import read_disk_tree
-    from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
+    from cutpoint.vault.manifest import FORMAT_DELTA, DiskManifest, Manifest
     t0 = time.perf_counter()
     out: list[DiskManifest] = []
     tot = {"read": 0, "stored": 0, "index": 0}
@@ -132,7 +132,7 @@ def _backup(v: Any, disks: dict[str, Path], prev: Any, dirty: dict[str, list[tup
         tot["stored"] += res.stored_bytes
         tot["index"] += res.index_bytes
     m = Manifest(point=f"20260101T0000{n:02d}Z-beef", vm="bench", created=datetime.now(timezone.utc).isoformat(),
-                 chunk_size=v.chunk_size, disks=out, format=FORMAT_TREE, fanout=v.fanout,
+                 chunk_size=v.chunk_size, disks=out, format=FORMAT_DELTA, fanout=v.fanout,
                  mode="incremental" if prev else "full")
     v.commit_point(m, {})
     secs = time.perf_counter() - t0

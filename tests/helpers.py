@@ -115,7 +115,7 @@ def synthetic_manifest(vault, point: str, vm: str, created: str, disks: dict[str
     ``vault.commit_point`` (or see ``commit_synthetic_point``). Each disk is ``len(chunks) * chunk_size`` long
     unless ``sizes={disk: bytes}`` says shorter (its last chunk then is that much shorter)."""
     from cutpoint.vault import tree
-    from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
+    from cutpoint.vault.manifest import FORMAT_DELTA, DiskManifest, Manifest
 
     cs = vault.chunk_size
     sizes = fields.pop("sizes", {})
@@ -146,7 +146,7 @@ def synthetic_manifest(vault, point: str, vm: str, created: str, disks: dict[str
                                 stored_bytes=stored, tree=root.hex() if root else None, tree_height=height,
                                 index_bytes=index + w))
     if vault.packed:
-        fields.update(format=FORMAT_TREE, fanout=vault.fanout)
+        fields.update(format=FORMAT_DELTA, fanout=vault.fanout)
     return Manifest(point=point, vm=vm, created=created, chunk_size=cs, disks=out, **fields)
 
 

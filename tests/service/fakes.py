@@ -23,7 +23,7 @@ from cutpoint.policy.store import assign
 from cutpoint.service.clock import FakeClock
 from cutpoint.service.daemon import Service
 from cutpoint.service.scheduler import RetryPolicy
-from cutpoint.vault.manifest import FORMAT, FORMAT_TREE, Manifest
+from cutpoint.vault.manifest import FORMAT, FORMAT_DELTA, Manifest
 from cutpoint.vault.vault import Vault
 
 
@@ -43,7 +43,7 @@ class FakeBackup:
         if opts.progress:
             opts.progress("d", 1, 1)
         m = Manifest(point=new_point_id(now), vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=[],
-                     format=FORMAT_TREE if vault.packed else FORMAT, fanout=vault.fanout)
+                     format=FORMAT_DELTA if vault.packed else FORMAT, fanout=vault.fanout)
         res = BackupResult(point=m.point, vm=vm, created=m.created, consistency="crash", requested="crash",
                            fallback_reason=None, pause_ms=0.0, frozen_ms=None, mode="full", full_reason="first backup",
                            parent=None, duration_s=0.0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .. import faults
+from ..catalog.db import PointRecord
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
 from ..cut.disks import Disk, Inventory
@@ -23,7 +24,7 @@ from ..drivers.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
 from ..signals import critical
-from ..vault.manifest import FORMAT, FORMAT_TREE, DiskManifest, Manifest
+from ..vault.manifest import FORMAT, FORMAT_DELTA, DiskManifest, Manifest
 from ..vault.packstore import PackStore
 from ..vault.tree import ChunkTree
 from ..vault.vault import Vault
@@ -93,7 +94,8 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> Bac
                                       workdir_for(work_home(), vm_name, point_id))
             with critical():                                    # a SIGTERM waits for the thaw
                 cons.finish()                                   # thaw confirmed, post-script
-            manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, opts)
+            nodes_base = prev_manifest or _nodes_base(vault, prev)
+            manifest = _read_all(vault, handle, vm_name, point_id, now, prev_manifest, nodes_base, opts)
             manifest.skipped = [{"name": k.name, "reason": k.reason} for k in inv.skipped]
             cons.record(manifest)
             manifest.warnings += [w for w in inv.warnings + plan.notes if w not in manifest.warnings]
@@ -155,9 +157,22 @@ def _plan(s: DriverSession, inv: Inventory, vm: str, prev: Manifest | None, opts
     return plan
 
 
+def _nodes_base(vault: Vault, points: list[PointRecord]) -> Manifest | None:
+    """Without a parent (its verification failed, or it does not open), the newest earlier point that opens: a
+    full backup writes its index nodes as deltas over that point's (format.md §18.5). Its data is still all read
+    from the VM; what this buys is that a point whose index nodes were lost is healed by the next backup of the same
+    content, which writes those very nodes again."""
+    for rec in reversed(points[-8:-1]):
+        m, _ = vault.parent_for(rec)
+        if m is not None:
+            return m
+    return None
+
+
 def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: datetime, prev: Manifest | None,
-              opts: BackupOptions) -> Manifest:
+              nodes_base: Manifest | None, opts: BackupOptions) -> Manifest:
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
+    base_disks = {d.name: d for d in nodes_base.disks} if nodes_base else {}
     disks: list[DiskManifest] = []
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         for t in handle.targets:
@@ -168,8 +183,10 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
                     raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
                 if isinstance(vault.chunks, PackStore):
                     assert prev_chunks is None or isinstance(prev_chunks, ChunkTree)
+                    based = base_disks.get(d.name)
+                    base = based.chunks if based is not None and isinstance(based.chunks, ChunkTree) else None
                     tr = read_disk_tree(r, d.name, d.size, vault.chunk_size, vault.chunks, vault.fanout,
-                                        prev=prev_chunks, progress=opts.progress, pool=pool)
+                                        prev=prev_chunks, nodes_base=base, progress=opts.progress, pool=pool)
                     dm = DiskManifest(name=d.name, size=d.size, chunks=tr.tree, read_bytes=tr.read_bytes,
                                       stored_bytes=tr.stored_bytes, dirty_bytes=tr.dirty_bytes,
                                       tree=tr.tree.root.hex() if tr.tree.root else None,
@@ -184,7 +201,7 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
             disks.append(dm)
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
                     pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings),
-                    format=FORMAT_TREE if vault.packed else FORMAT, fanout=vault.fanout)
+                    format=FORMAT_DELTA if vault.packed else FORMAT, fanout=vault.fanout)
 
 
 def _reason(reasons: dict[str, str], ndisks: int) -> str:

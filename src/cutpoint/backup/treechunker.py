@@ -124,8 +124,11 @@ def _runs(spans: Iterator[tuple[int, int]] | list[tuple[int, int]], cs: int, siz
 
 
 def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: PackStore, fanout: int, *,
-                   prev: ChunkTree | None = None, progress: Progress | None = None,
-                   pool: ThreadPoolExecutor | None = None) -> TreeResult:
+                   prev: ChunkTree | None = None, nodes_base: ChunkTree | None = None,
+                   progress: Progress | None = None, pool: ThreadPoolExecutor | None = None) -> TreeResult:
+    """One disk into the vault as an index tree. ``prev``: the parent point's tree, whose unchanged leaves are
+    inherited (an incremental). ``nodes_base``: the tree whose nodes new ones are written as deltas over (default
+    ``prev``; ignored unless it has this disk's shape): an encoding choice only, no data is taken from it."""
     n = -(-size // cs)
     nleaves = -(-n // fanout)
     zero_ext = reader.zero_extents()
@@ -144,6 +147,9 @@ def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: P
         leaf_ids = [None] * nleaves
         runs = _runs(_nonzero(zero_ext, size), cs, size, fanout, False)
 
+    base = prev if prev is not None else nodes_base
+    if base is not None and (len(base) != n or base.fanout != fanout):
+        base = None
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2)
     entries: dict[int, list[bytes | None]] = {}       # open leaves
@@ -153,7 +159,7 @@ def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: P
     current = -1
 
     def close_leaf(j: int) -> None:
-        lid, w = tree.store_leaf(store, entries.pop(j))
+        lid, w = tree.store_leaf(store, entries.pop(j), base.base_for(0, j) if base is not None else None)
         leaf_ids[j] = lid
         totals["index"] += w
 
@@ -200,9 +206,9 @@ def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: P
             pool.shutdown(wait=True)
     if progress:
         progress(name, size, size)             # the whole disk is accounted for, read or inherited
-    root, height, written = tree.build(store, leaf_ids, n, fanout)
+    root, height, written = tree.build(store, leaf_ids, n, fanout, base)
     totals["index"] += written
-    t = ChunkTree(store, root, height, n, fanout)
+    t = ChunkTree(store, root, height, n, fanout, deltas=True)
     return TreeResult(t, totals["read"], totals["stored"], totals["index"], dirty_bytes)
 
 

@@ -24,7 +24,9 @@ from .crypto import Sealer
 
 FORMAT = 2
 FORMAT_TREE = 3          # format v4 vaults: each disk's chunk list is an index tree (vault/tree.py)
-FORMATS = (FORMAT, FORMAT_TREE)
+FORMAT_DELTA = 4         # the same, and the tree's nodes may be deltas over the parent point's (docs/format.md §18.5)
+TREE_FORMATS = (FORMAT_TREE, FORMAT_DELTA)
+FORMATS = (FORMAT, FORMAT_TREE, FORMAT_DELTA)
 MAGIC = b"CPM2"
 MAX_MANIFEST = 1 << 30        # decompressed: ~16 million chunk entries, 64 TiB of disk at 4 MiB chunks
 
@@ -71,14 +73,14 @@ class Manifest:
     def to_bytes(self) -> bytes:
         chunks = [d.chunks for d in self.disks]
         try:
-            if self.format == FORMAT_TREE:
+            if self.format in TREE_FORMATS:
                 for d in self.disks:
                     d.chunks = []
             doc = asdict(self)
         finally:
             for d, c in zip(self.disks, chunks):
                 d.chunks = c
-        if self.format == FORMAT_TREE:
+        if self.format in TREE_FORMATS:
             for d in doc["disks"]:
                 del d["chunks"]
         else:
@@ -92,10 +94,10 @@ class Manifest:
     def from_bytes(cls, data: bytes, where: str = "manifest") -> "Manifest":
         try:
             raw: dict[str, Any] = json.loads(data)
-            if raw.get("format") == FORMAT_TREE:
+            if raw.get("format") in TREE_FORMATS:
                 for d in raw["disks"]:
                     if "chunks" in d:
-                        raise TypeError("a format 3 disk lists chunks")
+                        raise TypeError("a disk of a tree format lists chunks")
                     d["chunks"] = []
             disks = [DiskManifest(**d) for d in raw.pop("disks")]
             m = cls(disks=disks, **raw)
@@ -112,7 +114,7 @@ class Manifest:
         cs = self.chunk_size
         if not isinstance(cs, int) or isinstance(cs, bool) or not 4096 <= cs <= 1 << 30 or cs & (cs - 1):
             raise IntegrityError(f"{where} is damaged: chunk size {cs!r}")
-        if self.format == FORMAT_TREE:
+        if self.format in TREE_FORMATS:
             for d in self.disks:
                 ok = (isinstance(d.size, int) and d.size >= 0 and isinstance(d.tree_height, int)
                       and (d.tree is None or (isinstance(d.tree, str) and len(d.tree) == 64)))

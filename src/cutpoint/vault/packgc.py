@@ -48,14 +48,15 @@ class PackStats:
 
 
 def referenced(trees: list[ChunkTree]) -> set[bytes]:
-    """Ids of every node and chunk the trees reference."""
+    """Ids of every node and chunk the trees reference, with the full nodes their deltas are read over."""
     seen: set[bytes] = set()
+    bases: set[bytes] = set()
     chunks: set[bytes] = set()
     for t in trees:
-        for _nid, level, entries in t.walk(seen):
+        for _nid, level, entries in t.walk(seen, bases):
             if level == 0:
                 chunks.update(e for e in entries if e is not None)
-    return seen | chunks
+    return seen | bases | chunks
 
 
 def relied_packs(locks_dir: Path) -> set[bytes]:

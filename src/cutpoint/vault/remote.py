@@ -20,7 +20,7 @@ from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError, UsageError, VaultError
 from . import location
 from .fsutil import write_atomic
-from .manifest import FORMAT_TREE, Manifest
+from .manifest import TREE_FORMATS, Manifest
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -122,7 +122,7 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
             continue
         try:
             m = Manifest.unseal(vault.sealer, vault.backend.get(name), vm, point, f"manifest {name}")
-            if m.format != FORMAT_TREE or m.chunk_size != vault.chunk_size or m.fanout != vault.fanout:
+            if m.format not in TREE_FORMATS or m.chunk_size != vault.chunk_size or m.fanout != vault.fanout:
                 raise IntegrityError(f"manifest {name} does not fit this vault (format {m.format}, chunks of "
                                      f"{m.chunk_size} bytes, index nodes of {m.fanout})")
         except (IntegrityError, NotFoundError, VaultError) as exc:

@@ -36,7 +36,7 @@ from .chunks import ChunkStore
 from .config import PACKED_VERSION, VAULT_FORMAT, VAULT_VERSION, read_config
 from .crypto import Keys, Sealer, wrap_keys
 from .fsutil import fsync_dir, write_atomic
-from .manifest import FORMAT, FORMAT_TREE, Manifest, manifest_path
+from .manifest import FORMAT, FORMAT_DELTA, TREE_FORMATS, Manifest, manifest_path
 from .packstore import DEFAULT_PACK_SIZE, PackStore
 from .protection import Protection
 from .tree import DEFAULT_FANOUT, ChunkTree
@@ -216,7 +216,7 @@ class Vault:
     def commit_point(self, manifest: Manifest, summary: dict[str, object]) -> PointRecord:
         """Make a point visible: chunks durable, then the manifest, then the catalog row (docs/format.md §12)."""
         self.require_trusted(f"committing point {manifest.point}")
-        if manifest.format != (FORMAT_TREE if self.packed else FORMAT):
+        if not (manifest.format in TREE_FORMATS if self.packed else manifest.format == FORMAT):
             raise VaultError(f"point {manifest.point} has manifest format {manifest.format}, which a format "
                              f"v{self.config['version']} vault does not hold; nothing was committed")
         self.chunks.flush()
@@ -268,7 +268,7 @@ class Vault:
         except OSError as exc:
             raise IntegrityError(f"manifest of point {rec.id} cannot be read: {exc.strerror or exc}") from exc
         m = Manifest.unseal(self.sealer, data, rec.vm, rec.id, f"manifest of point {rec.id}")
-        if m.format != (FORMAT_TREE if self.packed else FORMAT):
+        if not (m.format in TREE_FORMATS if self.packed else m.format == FORMAT):
             raise IntegrityError(f"manifest of point {rec.id} has format {m.format}, which a format "
                                  f"v{self.config['version']} vault does not hold (forged or misplaced)")
         if self.packed:
@@ -278,7 +278,7 @@ class Vault:
             assert isinstance(self.chunks, PackStore)
             for d in m.disks:
                 d.chunks = ChunkTree(self.chunks, bytes.fromhex(d.tree) if d.tree else None, d.tree_height,
-                                     -(-d.size // m.chunk_size), m.fanout)
+                                     -(-d.size // m.chunk_size), m.fanout, deltas=m.format == FORMAT_DELTA)
         if sum(d.size for d in m.disks) != rec.logical_bytes:
             raise IntegrityError(f"catalog row of point {rec.id} is damaged: {rec.logical_bytes} bytes, its "
                                  f"manifest {sum(d.size for d in m.disks)}")
