@@ -101,6 +101,11 @@ def table(r: dict[str, Any]) -> str:
                      f"full's speed; 1 TiB sparse disk: index {en['index_1tib']['full_index_bytes']} B full, "
                      f"{en['index_1tib']['incremental_index_bytes']} B incremental (a flat list: "
                      f"{en['index_1tib']['flat_index_bytes'] / MiB:.0f} MiB)")
+        if "index_dense" in en:
+            dn = en["index_dense"]
+            lines.append(f"full {dn['disk_bytes'] >> 30} GiB disk, 1% of chunks changed at random "
+                         f"({dn['leaves_touched']} of {dn['leaves']} leaves touched): index {dn['full_index_bytes']} B "
+                         f"full, {dn['incremental_index_bytes']} B incremental ({dn['ratio']:.1%})")
     targets = engine_targets(r)
     if any(m is not None for *_, m in targets):
         lines.append("")
