@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import argcheck
-from .qemuopts import Items, Opt, join_argv, kv_drop, kv_get, kv_set, parse_kv, render_kv, split_argv
+from . import allowlist, argcheck
+from .qemuopts import (Items, Opt, join_argv, kv_drop, kv_get, kv_set, parse_kv, render_kv, split_argv,
+                       split_first)
 
 FILTER_DRIVERS = {"throttle", "copy-on-read", "preallocate", "blkdebug", "blkverify", "compress", "copy-before-write"}
 FORMAT_KEEP = {"node-name", "driver", "file", "read-only", "auto-read-only", "force-share", "discard", "detect-zeroes"}
@@ -225,7 +226,7 @@ class _Rewriter:
         prefix = ""
         if spec.startswith("mon:"):
             prefix, spec = "mon:", spec[4:]
-        head, comma, rest = _split_first(spec)
+        head, comma, rest = split_first(spec)
         kind, _, where = head.partition(":")
         if kind == "unix":
             head = "unix:" + self.moved(where, f"{what}.sock", socket=True).replace(",", ",,")
@@ -271,7 +272,7 @@ class _Rewriter:
         o.arg = render_kv(items)
 
     def run(self, qmp_address: str) -> Rewritten:
-        binary = argcheck.binary(self.binary)          # first: a forged argv[0] is refused before anything else
+        binary = allowlist.binary(self.binary)          # first: a forged argv[0] is refused before anything else
         keep: list[Opt] = []
         self.drop_excluded()
         has = {o.name for o in self.opts}
@@ -315,7 +316,7 @@ class _Rewriter:
             elif n in ("device", "nic", "net", "netdev"):
                 self.net(o)
             elif n == "vnc":
-                _, comma, rest = _split_first(o.arg or "")
+                _, comma, rest = split_first(o.arg or "")
                 o.arg = "unix:" + self.moved("", "vnc.sock", socket=True) + (comma + rest if rest else "")
             elif n == "spice":
                 items = [(k, v) for k, v in parse_kv(o.arg or "") if k not in ("port", "tls-port", "addr")]
@@ -403,16 +404,3 @@ def _put_file(data: Any, path: str) -> None:
 
 def _render(data: Any) -> str:
     return json.dumps(data) if isinstance(data, dict) else render_kv(data)
-
-
-def _split_first(s: str) -> tuple[str, str, str]:
-    """Split at the first comma that is not doubled: (head, ",", rest) or (s, "", "")."""
-    i = 0
-    while i < len(s):
-        if s[i] == ",":
-            if i + 1 < len(s) and s[i + 1] == ",":
-                i += 2
-                continue
-            return s[:i].replace(",,", ","), ",", s[i + 1:]
-        i += 1
-    return s.replace(",,", ","), "", ""

@@ -24,15 +24,15 @@ from pathlib import Path
 from .. import pids, qemuimg
 from ..drivers.qmp.qmp import QmpSession
 from ..errors import CutpointError, HypervisorError, MonitorBusyError, UsageError
-from . import argcheck, private
+from . import allowlist, private
 from .cmdline import Rewritten
 
 
 def start(rw: Rewritten, log: Path, timeout: float = 60.0) -> int:
     """Start the VM described by ``rw``; returns QEMU's pid once its monitor answers."""
-    if not rw.argv or not argcheck.is_trusted_binary(rw.argv[0]):
+    if not rw.argv or not allowlist.is_trusted_binary(rw.argv[0]):
         raise UsageError(f"refusing to run {rw.argv[0] if rw.argv else '(nothing)'}: a restored VM runs only "
-                         f"{argcheck.qemu_dir()}/qemu-system-*")
+                         f"{allowlist.qemu_dir()}/qemu-system-*")
     cwd = rw.cwd if os.path.isdir(rw.cwd) else str(log.parent)
     rw.qmp.unlink(missing_ok=True)
     rw.pidfile.unlink(missing_ok=True)

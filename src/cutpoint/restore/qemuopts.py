@@ -120,3 +120,17 @@ def kv_drop(items: Items, pred: "object") -> list[str]:
     gone = [k for k, v in items if pred(k)]  # type: ignore[operator]
     items[:] = [(k, v) for k, v in items if not pred(k)]  # type: ignore[operator]
     return gone
+
+
+def split_first(s: str) -> tuple[str, str, str]:
+    """Split at the first comma that is not doubled: (head, ",", rest) or (s, "", ""); the head has QEMU's ``,,``
+    escapes undone."""
+    i = 0
+    while i < len(s):
+        if s[i] == ",":
+            if i + 1 < len(s) and s[i + 1] == ",":
+                i += 2
+                continue
+            return s[:i].replace(",,", ","), ",", s[i + 1:]
+        i += 1
+    return s.replace(",,", ","), "", ""
