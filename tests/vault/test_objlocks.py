@@ -117,3 +117,29 @@ def test_lost_lock_is_reported(backend: Backend) -> None:
         backend.delete(x.name)
         with pytest.raises(LockedError, match="removed by another process"):
             x.check()
+
+
+def test_a_pin_blocks_no_lock_and_is_listed_while_live(backend: Backend) -> None:
+    pin = objlocks.pin(backend, "20260101T000000Z-ab12", "serving")
+    with objlocks.acquire(backend, "exclusive", "prune"):          # prune runs, and keeps the pinned point
+        assert objlocks.pinned(backend) == {"20260101T000000Z-ab12"}
+    pin.release()
+    assert objlocks.pinned(backend) == set() and _lock_names(backend) == set()
+
+
+def test_a_stale_pin_pins_nothing(backend: Backend) -> None:
+    backend.put("locks/deadpin", json.dumps({"owner": "x", "host": "elsewhere", "pid": 1, "kind": "pin",
+                                             "created": time.time() - 99, "expires": time.time() - 1,
+                                             "point": "20260101T000000Z-ab12"}).encode())
+    assert objlocks.pinned(backend) == set()
+    objlocks.acquire(backend, "exclusive", "prune").release()       # and it is removed as stale
+    assert _lock_names(backend) == set()
+
+
+def test_a_pin_naming_no_point_is_an_unreadable_lock(backend: Backend) -> None:
+    backend.put("locks/badpin", json.dumps({"owner": "x", "host": "elsewhere", "pid": 1, "kind": "pin",
+                                            "created": time.time(), "expires": time.time() + 99,
+                                            "point": "../../etc"}).encode())
+    assert objlocks.pinned(backend) == set()
+    with pytest.raises(LockedError, match="unreadable lock locks/badpin"):
+        objlocks.acquire(backend, "exclusive", "prune")

@@ -285,3 +285,40 @@ def test_two_writers_with_gc_running_lose_nothing(bare_qemu, tmp_path: Path, s3_
             assert _restored(tmp_path, f"r-{n}-{i}", point, *v, vm=n) == {"d": want}, (n, point)
     r = cutpoint("verify", "--read-data", *v)
     assert r.code == 0, r.err
+
+
+def test_a_point_served_on_one_host_is_kept_by_prune_and_delete_on_another(
+        bare_qemu, tmp_path: Path, s3_bucket: str, s3_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pin is a lock object on S3: host A serves a point (its flock pin is in A's own state directory, which host B
+    never sees); host B's prune keeps that point with the reason, and B's delete refuses it (exit 8). Released, the
+    next prune removes it."""
+    from cutpoint.vault.location import resolve
+    from cutpoint.vault.prune import SERVED
+    from cutpoint.vault.vault import Vault
+
+    url = f"s3://{s3_bucket}/pin"
+    v = ("--vault", url)
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")     # host B needs no key file of A's
+    cutpoint("vault", "init", url, check=True)
+    vm, _ = _vm(bare_qemu, tmp_path)
+    cutpoint("vm", "add", "web", "--qmp", str(vm.qmp), *v, check=True)
+    first = json.loads(cutpoint("backup", "web", "--json", *v, check=True).out)["point"]
+    cutpoint("backup", "web", "--json", *v, check=True)
+    vault = Vault.open(resolve(url))
+    pin = vault.pin(first)
+    try:
+        with vault.points_lock(shared=True):
+            pin.__enter__()
+        monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host-b"))
+        r = cutpoint("prune", "web", "--keep-last", "1", "--json", *v, check=True)
+        kept = {k["point"]: k["reasons"] for k in json.loads(r.out)["keep"]}
+        assert kept[first] == [SERVED], kept
+        r = cutpoint("delete", first, "--vault", url)
+        assert r.code == 8 and "being served" in r.err, r.err
+    finally:
+        pin.__exit__(None, None, None)
+        vault.close()
+    r = cutpoint("prune", "web", "--keep-last", "1", "--json", *v, check=True)
+    assert [p["point"] for p in json.loads(r.out)["remove"]] == [first]
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket, Prefix="pin/locks/").get("Contents", [])}
+    assert keys == set(), keys

@@ -13,7 +13,6 @@ from typing import Any
 from ..catalog.db import PointRecord
 from ..errors import ImmutableError, LockedError, UsageError
 from . import approvals, guard, protection, softdelete
-from .locks import in_use
 from .prune import parse_created
 from .vault import Vault
 
@@ -57,7 +56,7 @@ def delete_point(vault: Vault, ref: str, request: str | None = None) -> DeleteRe
             until = f"until {prot.immutable_until(created):%Y-%m-%d %H:%M}Z" if created else "(its age is unknown)"
             raise ImmutableError(f"point {rec.id} is immutable {until}: the vault keeps every point "
                                  f"{prot.immutable_days} days; nothing was removed")
-        if in_use(vault.pin_path(rec.id)):
+        if vault.served()(rec.id):
             raise LockedError(f"point {rec.id} is being served (a mount, a file view or an instant-restored VM); "
                               "stop that first; nothing was removed")
         if early:                                     # guarded: only with the guard's approval, used up here

@@ -8,12 +8,17 @@ the next taker removes them. After writing its own lock a taker looks again and 
 appeared meanwhile, so two racing exclusive takers cannot both win (both may lose; the caller retries).
 A lock object whose content is unreadable is treated as live until its ``mtime`` is older than ``ttl`` (hostile or
 torn content must not break a lock, nor hold the vault forever).
+
+A *pin* is a lock object of kind ``pin`` naming a point that a process serves (a mount, a file view, an instant
+restore): it conflicts with no lock, is refreshed and goes stale like one, and prune and delete on every host keep
+a point with a live pin (``pinned``), as the local flock pin does on one host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import threading
@@ -25,6 +30,7 @@ from ..errors import CutpointError, LockedError, NotFoundError, UsageError
 from .backend import Backend, ObjectInfo
 
 PREFIX = "locks/"
+POINT_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
 DEFAULT_TTL = 30 * 60.0          # restic's stale timeout
 
 
@@ -33,9 +39,10 @@ class LockInfo:
     owner: str
     host: str
     pid: int
-    kind: str                    # "shared" or "exclusive"
+    kind: str                    # "shared", "exclusive" or "pin"
     created: float
     expires: float
+    point: str = ""              # a pin's point
 
     def stale(self, now: float) -> bool:
         if now > self.expires:
@@ -50,9 +57,11 @@ def _parse(data: bytes) -> LockInfo | None:
     try:
         d = json.loads(data)
         info = LockInfo(str(d["owner"]), str(d["host"]), int(d["pid"]), str(d["kind"]), float(d["created"]),
-                        float(d["expires"]))
-    except (ValueError, KeyError, TypeError):
+                        float(d["expires"]), str(d.get("point", "")))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    if info.kind == "pin":
+        return info if POINT_RE.fullmatch(info.point) else None
     return info if info.kind in ("shared", "exclusive") else None
 
 
@@ -69,7 +78,7 @@ class HeldLock:
     def refresh(self) -> None:
         now = time.time()
         self.info = LockInfo(self.info.owner, self.info.host, self.info.pid, self.info.kind, self.info.created,
-                             now + self.ttl)
+                             now + self.ttl, self.info.point)
         self.backend.put(self.name, json.dumps(asdict(self.info)).encode())
 
     def check(self) -> None:
@@ -106,6 +115,8 @@ class HeldLock:
 
 
 def _conflicts(kind: str, other: LockInfo | None) -> bool:
+    if other is not None and other.kind == "pin":
+        return False
     return kind == "exclusive" or other is None or other.kind == "exclusive"
 
 
@@ -152,3 +163,23 @@ def acquire(backend: Backend, kind: str, owner: str, ttl: float = DEFAULT_TTL) -
         backend.delete(name)
         raise
     return HeldLock(backend, name, info, ttl)
+
+
+def pin(backend: Backend, point: str, owner: str, ttl: float = DEFAULT_TTL) -> HeldLock:
+    """Pin ``point`` for every host until released (see the module's docstring). Take it under the shared lock,
+    so that no prune is deciding meanwhile."""
+    if not POINT_RE.fullmatch(point):
+        raise UsageError(f"point id {point!r} cannot be pinned")
+    now = time.time()
+    info = LockInfo(owner, socket.gethostname(), os.getpid(), "pin", now, now + ttl, point)
+    name = PREFIX + secrets.token_hex(16)
+    if not backend.create(name, json.dumps(asdict(info)).encode()):
+        raise LockedError(f"lock name {name} already exists (random collision): retry")
+    return HeldLock(backend, name, info, ttl)
+
+
+def pinned(backend: Backend) -> set[str]:
+    """Points with a live pin on any host (stale pins, whose holder died or stopped refreshing, do not count)."""
+    now = time.time()
+    return {info.point for _, info in read_locks(backend) if info is not None and info.kind == "pin"
+            and not info.stale(now)}

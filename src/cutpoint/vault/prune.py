@@ -18,7 +18,6 @@ from typing import Any
 
 from ..errors import UsageError
 from . import protection, softdelete
-from .locks import in_use
 from .protection import Protection
 from .retention import Decision, Retention, decide
 from .vault import Vault
@@ -88,11 +87,12 @@ def _plan(vault: Vault, vm: str, policy: Retention, dry_run: bool, tz: tzinfo = 
                              "'cutpoint verify' and fix the catalog before pruning") from None
     prot, now = protection.current(vault), protection.now()
     res = PruneResult(vm, policy, dry_run, [], prot)
+    served = vault.served()
     for d in decide(pts, policy, tz, bad):
         if not d.keep and prot.is_immutable(d.created, now):
             res.immutable.append(d.id)
             d = replace(d, keep=True, reasons=(f"immutable until {prot.immutable_until(d.created):%Y-%m-%d %H:%M}Z",))
-        elif not d.keep and in_use(vault.pin_path(d.id)):
+        elif not d.keep and served(d.id):
             d = replace(d, keep=True, reasons=(SERVED,))
         res.decisions.append(d)
     return res

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -316,11 +316,27 @@ class Vault:
         return _both(locks.hold(self.locks_dir / "prune.lock", "the vault's points", shared=shared),
                      self.object_lock("shared" if shared else "exclusive", "reading points" if shared else "prune"))
 
-    def pin(self, point_id: str) -> Any:
+    @contextmanager
+    def pin(self, point_id: str) -> Iterator[None]:
         """Held (shared) for as long as a point is served (mount, file view, instant restore): prune keeps a pinned
         point, with the reason, instead of being refused for the whole vault while a VM runs from one of its points.
-        Take it while holding ``points_lock(shared=True)``, so that no prune is deciding at that moment."""
-        return locks.hold(self.pin_path(point_id), f"point {point_id}", shared=True)
+        Take it while holding ``points_lock(shared=True)``, so that no prune is deciding at that moment. On S3 a pin
+        object too, so that prune and delete on other hosts keep the point as well (format.md §20.4)."""
+        with locks.hold(self.pin_path(point_id), f"point {point_id}", shared=True):
+            if self.remote is None:
+                yield
+                return
+            held = objlocks.pin(self.backend, point_id, f"cutpoint serving point {point_id}")
+            try:
+                yield
+            finally:
+                held.release()
+
+    def served(self) -> Callable[[str], bool]:
+        """Whether a point is pinned: here (its flock pin) or, on S3, by a live pin object of any host (listed once
+        per call of ``served``; callers hold the exclusive points lock, so no new pin appears meanwhile)."""
+        remote = objlocks.pinned(self.backend) if self.remote is not None else set()
+        return lambda point_id: point_id in remote or locks.in_use(self.pin_path(point_id))
 
     def pin_path(self, point_id: str) -> Path:
         return self.locks_dir / f"pin-{point_id}.lock"

@@ -14,7 +14,6 @@ from typing import Any
 
 from ..errors import ImmutableError, LockedError, UsageError
 from . import approvals, audit, guard, location, protection, softdelete
-from .locks import in_use
 from .prune import parse_created
 from .vault import KEY_FILE, Vault
 
@@ -93,7 +92,8 @@ def _check_immutability(vault: Vault, prot: protection.Protection) -> None:
 
 
 def _check_pins(vault: Vault) -> None:
+    served = vault.served()
     for p in vault.catalog.points():
-        if in_use(vault.pin_path(p.id)):
+        if served(p.id):
             raise LockedError(f"point {p.id} is being served (a mount, a file view or an instant-restored VM); "
                               "stop that first; nothing was removed")
