@@ -9,7 +9,6 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient

@@ -16,7 +16,7 @@ from cutpoint.vault import locks, packgc, packindex, tree
 from cutpoint.vault.blob import DATA, NODE
 from cutpoint.vault.gc import gc
 from cutpoint.vault.manifest import FORMAT_TREE, DiskManifest, Manifest
-from cutpoint.vault.packfile import pack_id_of, pack_name
+from cutpoint.vault.packfile import pack_id_of
 from cutpoint.vault.packstore import PackStore
 from cutpoint.vault.prune import prune
 from cutpoint.vault.retention import Retention

@@ -12,7 +12,7 @@ import pytest
 from cutpoint.vault.prune import prune
 from cutpoint.vault.retention import Retention
 from tests.helpers import cutpoint
-from tests.vault.util import (assert_sound, backup, change, files, gc, one_line_error, open_vault, restored,
+from tests.vault.util import (assert_sound, backup, change, gc, one_line_error, open_vault, restored,
                               stored_objects,
                               snapshot, two_disk_vm, vault_dir)
 
