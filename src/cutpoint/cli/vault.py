@@ -14,7 +14,8 @@ from ..units import parse_size
 from ..vault import config as cfgmod
 from ..vault import guard, location, passphrase, protection, remote
 from ..vault.packstore import PackStore
-from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
+from ..vault.config import DEFAULT_SOFT_DELETE_DAYS
+from ..vault.protection import Protection, check_days
 from ..vault.keyfile import export_key, import_key
 from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, read_config
 from . import approvals
