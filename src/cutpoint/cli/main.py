@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()                  # SIGTERM interrupts like Ctrl-C; 'serve' installs its own for a graceful stop
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="cutpoint: %(levelname)s: %(message)s")
-    if not args.verbose:  # qemu.qmp logs every failed connect at ERROR; our own message says it better
-        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     try:
         resolve_vault(args)
         return int(args.func(args) or 0)
