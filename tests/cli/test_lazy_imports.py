@@ -69,3 +69,23 @@ def test_points_needs_no_qemu_no_crypto_no_service() -> None:
     assert code == 0
     assert "cutpoint.vault.vault" in names                  # the check sees what the command really ran on
     assert heavy(names, allowed=("cutpoint.vault.vault", "zstandard", "blake3")) == []
+
+
+def test_every_command_is_in_main_s_table_and_parses_alone_as_in_the_whole_parser() -> None:
+    """main builds only the given command's parser (cli/main.py COMMANDS): each command's help and usage from that
+    parser are the whole parser's."""
+    import argparse
+
+    from cutpoint.cli.main import COMMANDS, build_parser, command_of
+
+    def subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    whole = subparsers(build_parser())
+    assert sorted(whole) == sorted(COMMANDS)
+    for name, full in whole.items():
+        alone = subparsers(build_parser(name))[name]
+        assert (alone.format_help(), alone.format_usage()) == (full.format_help(), full.format_usage()), name
+    assert command_of(["-v", "backup", "x"]) == "backup"
+    assert command_of(["-h", "backup"]) is None and command_of(["--", "backup"]) is None and command_of([]) is None
