@@ -8,8 +8,6 @@ import errno
 from pathlib import Path
 
 import pytest
-from qemu.qmp import QMPClient
-from qemu.qmp.protocol import ConnectError
 
 from cutpoint.drivers.qmp.qmp import QmpSession
 from cutpoint.errors import HypervisorError
@@ -17,17 +15,17 @@ from tests.helpers import blockdev_args, make_image
 
 
 def _tear_first(monkeypatch: pytest.MonkeyPatch, times: int, err: OSError) -> list[int]:
-    """Fault seam: the first ``times`` connects fail as a torn greeting does, later ones reach QEMU."""
-    real = QMPClient.connect
+    """Fault seam: the first ``times`` handshakes fail as a torn greeting does, later ones reach QEMU."""
+    real = QmpSession._handshake
     calls: list[int] = []
 
-    async def connect(self: QMPClient, address: str, *a: object, **kw: object) -> None:
+    def handshake(self: QmpSession, deadline: float) -> None:
         calls.append(1)
         if len(calls) <= times:
-            raise ConnectError("Failed to establish session", err)
-        await real(self, address, *a, **kw)  # type: ignore[arg-type]
+            raise err
+        real(self, deadline)
 
-    monkeypatch.setattr(QMPClient, "connect", connect)
+    monkeypatch.setattr(QmpSession, "_handshake", handshake)
     return calls
 
 

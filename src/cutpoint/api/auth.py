@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import VaultError
 from ..paths import state_home, work_home
-from ..vault.vault import read_config
+from ..vault.config import read_config
 
 ROLES = ("operator", "read-only")
 OPERATOR, READ_ONLY = ROLES

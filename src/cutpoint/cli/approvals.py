@@ -12,9 +12,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..paths import default_vault
-from ..vault import approvals, audit, guard, location, protection
-from ..vault.guard import GuardKey
-from ..vault.vaultdelete import delete_vault
+from ..vault import guard, location
 from .common import add_vault_arg, open_vault, print_json, table
 
 
@@ -63,6 +61,8 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def cmd_guard_init(args: argparse.Namespace) -> int:
+    from ..vault import approvals, protection
+
     to = args.to.expanduser()
     if to.exists() or to.is_symlink():
         raise UsageError(f"{to} already exists; choose another --to FILE (a guard key is never overwritten); "
@@ -90,6 +90,8 @@ def cmd_guard_init(args: argparse.Namespace) -> int:
 
 
 def cmd_vault_delete(args: argparse.Namespace) -> int:
+    from ..vault.vaultdelete import delete_vault
+
     vault = open_vault(args, write="deleting the vault")
     try:
         res = delete_vault(vault, args.confirm, args.request)
@@ -104,6 +106,8 @@ def cmd_vault_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
+    from ..vault import approvals, audit
+
     backend, config = approvals.unopened(_root(args))
     if args.audit:
         events = audit.events(backend)
@@ -128,8 +132,10 @@ def cmd_approvals(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
+    from ..vault import approvals, audit
+
     root = _root(args)
-    key: GuardKey = guard.load_key_file(args.guard_key.expanduser())
+    key = guard.load_key_file(args.guard_key.expanduser())
     backend, config = approvals.unopened(root)
     req = approvals.decide(backend, config, key, args.guard_key, args.request, args.decision)
     if args.json:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..backup.run import BackupOptions, backup
-from ..jobs.record import recorded
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
 from .progress import ProgressLine
@@ -25,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from ..backup.run import BackupOptions, backup
+    from ..jobs.record import recorded
+
     vault = open_vault(args, write=f"backup of VM {args.name!r}")
     vault.catalog.vm(args.name)              # an unknown VM is an error, not a failed job
     with recorded(vault, "backup", args.name) as job:

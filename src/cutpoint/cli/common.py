@@ -1,4 +1,9 @@
-"""Pieces every command group shares: the vault option, JSON printing, tables."""
+"""Pieces every command group shares: the vault option, JSON printing, tables.
+
+Every module of ``cli/`` imports at its top only what building the argument parser needs; what a command runs on
+(the vault, the drivers, restore, the service) is imported inside the command's function, so that ``cutpoint`` starts
+with only its own command's dependencies (``tests/cli/test_lazy_imports.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..paths import default_vault
 from ..vault import location, passphrase
-from ..vault.vault import Vault
+
+if TYPE_CHECKING:
+    from ..vault.vault import Vault
 
 
 def add_vault_arg(p: argparse.ArgumentParser) -> None:
@@ -49,6 +56,8 @@ def open_vault(args: argparse.Namespace, *, create: bool = False, write: str | N
     created here (``create`` is accepted for old call sites and ignored). ``write`` names what the command will
     write (backup, prune, gc): then a vault this host's memory disagrees with is refused at once, with one line,
     instead of warned about."""
+    from ..vault.vault import Vault
+
     del create
     vault = Vault.open(args.vault or default_vault(),
                        passphrase=passphrase.source(getattr(args, "passphrase_file", None)),

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..backup.consistency import update_settings
-from ..backup.validation import Checked, check
-from ..cut.disks import Inventory
-from ..vault.vault import Vault
 from .common import table
+
+if TYPE_CHECKING:
+    from ..backup.validation import Checked
+    from ..cut.disks import Inventory
+    from ..vault.vault import Vault
 
 
 def add_consistency_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +36,8 @@ def set_consistency(vault: Vault, args: argparse.Namespace) -> bool:
     given = (args.consistency, args.pre_script, args.post_script, args.agent_socket, args.freeze_timeout)
     if all(v is None for v in given) and not args.exclude_disk and not args.include_disk:
         return False
+    from ..backup.consistency import update_settings
+
     vm = vault.catalog.vm(args.name)
     new = update_settings(vm.settings, consistency=args.consistency, pre_script=args.pre_script,
                           post_script=args.post_script, exclude=args.exclude_disk, include=args.include_disk,
@@ -50,6 +54,8 @@ def set_consistency(vault: Vault, args: argparse.Namespace) -> bool:
 
 
 def verdicts(inv: Inventory, vm: str) -> Checked:
+    from ..backup.validation import check
+
     return check(inv, {}, vm)
 
 

@@ -9,8 +9,6 @@ from pathlib import Path
 from ..names import check_vm_name
 from ..units import human, parse_size
 from ..vault import location, passphrase
-from ..vault.copy import copy
-from ..vault.vault import Vault
 from .common import print_json
 
 
@@ -41,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    from ..vault.copy import copy
+    from ..vault.vault import Vault
+
     if args.vm is not None:
         check_vm_name(args.vm)
     rate = parse_size(args.limit_rate) if args.limit_rate else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..vault.delete import delete_point, undelete_point
 from .common import add_vault_arg, open_vault, print_json
 
 
@@ -27,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ..vault.delete import delete_point
+
     vault = open_vault(args, write=f"deleting point {args.point!r}")
     res = delete_point(vault, args.point, args.request)
     if args.json:
@@ -41,6 +42,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_undelete(args: argparse.Namespace) -> int:
+    from ..vault.delete import undelete_point
+
     vault = open_vault(args, write=f"undeleting point {args.point!r}")
     rec = undelete_point(vault, args.point)
     if args.json:

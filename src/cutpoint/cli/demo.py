@@ -11,21 +11,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..backup.run import backup
-from ..catalog.db import VmRecord
 from ..errors import NotFoundError
-from ..lab import vm as labvm
-from ..lab.verify import verify_dir
-from ..restore.orchestrator import restore
 from ..restore.targets import Images
 from ..units import human, parse_size
 from ..paths import default_vault
 from ..vault import location, passphrase
-from ..vault.copy import copy
-from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, table
 from .vault import cmd_init
+
+if TYPE_CHECKING:
+    from ..vault.vault import Vault
 
 DEMO_VM = "cutpoint-demo"
 
@@ -43,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..backup.run import backup
+    from ..catalog.db import VmRecord
+    from ..lab import vm as labvm
+    from ..lab.verify import verify_dir
+    from ..restore.orchestrator import restore
+
     root = (args.vault or default_vault()).expanduser()
     if not (root / "config.json").exists():     # no command creates a vault implicitly: the demo runs 'vault init'
         print(f"no vault at {root}: running 'cutpoint vault init --no-encrypt {root}' (unencrypted, for the demo; "
@@ -92,6 +95,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _offsite(vault: Vault, args: argparse.Namespace, scratch: Path) -> bool:
     """The demo's points copied into ``--offsite`` ('cutpoint copy'), the newest restored from the copy alone and
     judged by the lab verifier."""
+    from ..lab.verify import verify_dir
+    from ..restore.orchestrator import restore
+    from ..vault.copy import copy
+    from ..vault.vault import Vault
+
     target = location.resolve(args.offsite, getattr(args, "s3_endpoint", None))
     secret = passphrase.source(args.passphrase_file)
     if not location.backend_for(target).exists("config.json"):
@@ -114,6 +122,8 @@ def _offsite(vault: Vault, args: argparse.Namespace, scratch: Path) -> bool:
 
 
 def _exists(name: str) -> bool:
+    from ..lab import vm as labvm
+
     try:
         labvm.get(name)
         return True

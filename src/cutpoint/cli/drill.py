@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import DrillFailedError
-from ..jobs.alerts import Alerter
-from ..jobs.record import recorded
-from ..restore.drill import DEFAULT_TIMEOUT, DrillResult, options_for
-from ..restore.orchestrator import drill
+from ..restore.drillvm import DEFAULT_TIMEOUT
 from ..workdir import private_dir
 from .common import add_vault_arg, open_vault, print_json
+
+if TYPE_CHECKING:
+    from ..restore.drill import DrillResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
+    from ..jobs.alerts import Alerter
+    from ..jobs.record import recorded
+    from ..restore.drill import options_for
+    from ..restore.orchestrator import drill
+
     vault = open_vault(args)
     opts = options_for(vault.catalog.vm(args.name).settings, console=args.console, timeout=args.timeout,
                        evidence=private_dir("screens"), key_file=args.key_file)

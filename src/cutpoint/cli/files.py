@@ -7,11 +7,6 @@ import sys
 from pathlib import Path
 
 from ..errors import CutpointError
-from ..jobs.record import recorded
-from ..restore.browse import list_files
-from ..restore.nbdserve import export_passphrase
-from ..restore.orchestrator import restore
-from ..restore.results import job_detail
 from ..restore.targets import Files
 from ..units import human, parse_size
 from .common import add_vault_arg, open_vault, print_json, table
@@ -71,6 +66,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from ..restore.browse import list_files
+    from ..restore.nbdserve import export_passphrase
+
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
     with point_of(vault, args) as m:
@@ -88,6 +86,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from ..jobs.record import recorded
+    from ..restore.nbdserve import export_passphrase
+    from ..restore.orchestrator import restore
+    from ..restore.results import job_detail
+
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
     target = Files(args.path, args.to, disk=args.disk, part=args.part, key_file=getattr(args, "key_file", None),

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import UsageError
 from ..units import human
-from ..vault.gc import DEFAULT_GRACE, gc
+from ..vault.locks import DEFAULT_GRACE
 from .common import add_vault_arg, open_vault, print_json
 
 
@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from ..vault.gc import gc
+
     if args.grace < 0:
         raise UsageError("--grace must be 0 or more seconds")
     vault = open_vault(args, write=None if args.dry_run else "gc")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..jobs.record import recorded
-from ..restore.instant import finish, status
-from ..restore.results import job_detail
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
@@ -30,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..restore.instant import status
+
     res = status(open_vault(args, create=False), args.name)
     if args.json:
         print_json(res)
@@ -42,6 +41,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
+    from ..jobs.record import recorded
+    from ..restore.instant import finish
+    from ..restore.results import job_detail
+
     vault = open_vault(args, create=False)
     with recorded(vault, "restore", args.name, detail={"mode": "instant-finish"}) as job:
         res = finish(vault, args.name, progress=ProgressLine(not args.json), timeout=args.timeout)

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConsistencyViolation, UsageError
-from ..lab import image
-from ..lab import vm as labvm
-from ..lab.verify import verify_dir, verify_images
 from ..units import human, parse_size
+
+if TYPE_CHECKING:
+    from ..lab.vm import DiskSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,14 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.set_defaults(func=cmd_build)
 
 
-def _specs(args: argparse.Namespace) -> list[labvm.DiskSpec]:
+def _specs(args: argparse.Namespace) -> list[DiskSpec]:
+    from ..lab.vm import DiskSpec
+
     if args.sizes:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     else:
         if args.disks < 1:
             raise UsageError("--disks must be at least 1")
         sizes = [parse_size(args.size)] * args.disks
-    return [labvm.DiskSpec(size=s, fmt=args.format, attach=args.attach) for s in sizes]
+    return [DiskSpec(size=s, fmt=args.format, attach=args.attach) for s in sizes]
 
 
 def _dump(obj: object) -> None:
@@ -75,6 +78,8 @@ def _dump(obj: object) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from ..lab import vm as labvm
+
     vm = labvm.up(args.name, _specs(args), seed=args.seed, slots=args.slots, workload=not args.no_workload,
                   cdrom=args.cdrom, memory_mb=args.memory, timeout=args.timeout, rate=args.rate, agent=args.agent)
     _dump(vm.to_json())
@@ -82,12 +87,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from ..lab import vm as labvm
+
     labvm.down(args.name, remove=args.rm)
     print(f"lab VM {args.name} {'removed' if args.rm else 'stopped'}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..lab import vm as labvm
+
     vms = labvm.list_vms()
     if args.json:
         _dump([v.to_json() for v in vms])
@@ -107,6 +116,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..lab.verify import verify_dir, verify_images
+
     if len(args.path) == 1 and args.path[0].is_dir():
         verdict = verify_dir(args.path[0], strict_order=args.ordered)
     else:
@@ -123,6 +134,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from ..lab import image
+
     g = image.build(force=args.force)
     _dump({"kernel": str(g.kernel), "initrd": str(g.initrd), "workload": str(g.workload),
            "kernel_version": g.kernel_version, "dir": str(g.dir), "modules": list(g.modules)})

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..restore.browse import mount, umount
 from ..restore.names import terminal_safe
-from ..restore.nbdserve import export_passphrase
 from .common import add_vault_arg, open_vault, print_json
 from .restore import point_of
 
@@ -30,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from ..restore.browse import mount
+    from ..restore.nbdserve import export_passphrase
+
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
     with point_of(vault, args) as m:
@@ -44,6 +45,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from ..restore.browse import umount
+
     res = umount(args.mountpoint)
     if args.json:
         print_json(res)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from ..catalog.db import DrillRecord
 from ..units import human
-from ..vault import protection, softdelete
-from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json, table
+
+if TYPE_CHECKING:
+    from ..catalog.db import DrillRecord
+    from ..vault.vault import Vault
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,6 +43,8 @@ def cmd_points(args: argparse.Namespace) -> int:
 
 
 def _deleted(vault: Vault, vm: str | None, as_json: bool) -> int:
+    from ..vault import protection, softdelete
+
     prot = protection.current(vault)
     pts = softdelete.scan(vault, prot, vm)
     if as_json:

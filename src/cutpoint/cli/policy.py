@@ -6,15 +6,15 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..units import human
 from ..errors import UsageError
-from ..policy import files
-from ..policy.model import Policy, RETENTION_KEYS, Schedule
-from ..policy.schedule import upcoming
-from ..policy.store import PolicyStore
+from ..vault.retention import RETENTION_KEYS
 from .common import add_vault_arg, open_vault, print_json, table
+
+if TYPE_CHECKING:
+    from ..policy.model import Policy, Schedule
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -141,6 +141,10 @@ def _verify_flags(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from ..policy import files
+    from ..policy.model import Policy
+    from ..policy.store import PolicyStore
+
     if args.file:
         flags = [f for f in ("daily", "weekly", "hourly", "every_seconds", "at", "window_start", "window_hours",
                              "consistency", "timezone", "rpo_grace", "verify_daily", "verify_weekly", "verify_at",
@@ -162,6 +166,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from ..policy import files
+    from ..policy.schedule import upcoming
+    from ..policy.store import PolicyStore
+
     vault = open_vault(args)
     policy = PolicyStore(vault.catalog.path).get(args.name)
     if args.yaml:
@@ -181,6 +189,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..policy.store import PolicyStore
+
     vault = open_vault(args)
     policies = PolicyStore(vault.catalog.path).all()
     if args.json:
@@ -197,6 +207,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ..policy.store import PolicyStore
+
     vault = open_vault(args)
     PolicyStore(vault.catalog.path).delete(args.name, vault.catalog)
     print(f"policy {args.name!r} deleted")

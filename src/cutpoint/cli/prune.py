@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..jobs.record import recorded
-from ..vault.prune import prune
-from ..vault.retention import Retention
 from .common import add_vault_arg, open_vault, print_json, table
 
 
@@ -24,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from ..jobs.record import recorded
+    from ..vault.prune import prune
+    from ..vault.retention import Retention
+
     vault = open_vault(args, write=None if args.dry_run else f"prune of VM {args.name!r}")
     policy = Retention(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly)
     with recorded(vault, "prune", args.name, detail={"dry_run": args.dry_run}) as job:

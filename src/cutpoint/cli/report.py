@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..service.report import drills, usage
 from ..units import human
 from .common import add_vault_arg, open_vault, print_json, table
 
@@ -23,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_report(args: argparse.Namespace) -> int:
     if args.drills:
         return _drills(args)
+    from ..service.report import usage
+
     res = usage(open_vault(args, create=False))
     if args.json:
         print_json(res.to_json())
@@ -39,6 +40,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _drills(args: argparse.Namespace) -> int:
+    from ..service.report import drills
+
     rows = drills(open_vault(args, create=False))
     if args.json:
         print_json([r.to_json() for r in rows])

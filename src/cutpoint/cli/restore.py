@@ -6,19 +6,17 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..jobs.record import recorded
-from ..restore.images import FORMATS
-from ..restore.nbdserve import export_passphrase
-from ..restore.orchestrator import opened_point, restore
-from ..restore.results import (ImagesResult, InstantResult, NewDomainResult, NewVmResult, ReplaceDomainResult,
-                               ReplaceResult, RestoreResult, job_detail)
-from ..restore.targets import Images, Instant, NewVm, Replace, Target
-from ..vault.manifest import Manifest
-from ..vault.vault import Vault
+from ..restore.targets import FORMATS, Images, Instant, NewVm, Replace, Target
 from .common import add_vault_arg, open_vault, print_json
 from .progress import ProgressLine
+
+if TYPE_CHECKING:
+    from ..restore.results import RestoreResult
+    from ..vault.manifest import Manifest
+    from ..vault.vault import Vault
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 @contextmanager
 def point_of(vault: Vault, args: argparse.Namespace) -> Iterator[Manifest]:
     """The manifest of ``args.name``/``args.point``, with the vault's points held (no prune) while it is used."""
+    from ..restore.orchestrator import opened_point
+
     with opened_point(vault, args.name, args.point) as m:
         yield m
 
@@ -69,6 +69,11 @@ def target_of(args: argparse.Namespace) -> Target:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from ..jobs.record import recorded
+    from ..restore.nbdserve import export_passphrase
+    from ..restore.orchestrator import restore
+    from ..restore.results import job_detail
+
     target = target_of(args)
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
@@ -86,6 +91,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def describe(res: RestoreResult) -> list[str]:
     """The plain (not --json) account of a restore."""
+    from ..restore.results import (ImagesResult, InstantResult, NewDomainResult, NewVmResult, ReplaceDomainResult,
+                                   ReplaceResult)
+
     lines: list[str] = []
     if isinstance(res, ImagesResult):
         lines += [f"{f.disk}: {f.path} ({f.size} bytes)" for f in res.files]

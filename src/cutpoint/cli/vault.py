@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, UsageError
 from ..paths import default_vault, state_home
 from ..units import parse_size
 from ..vault import config as cfgmod
-from ..vault import guard, location, passphrase, protection, remote
-from ..vault.packstore import PackStore
-from ..vault.protection import DEFAULT_SOFT_DELETE_DAYS, Protection, check_days
-from ..vault.keyfile import export_key, import_key
-from ..vault.vault import DEFAULT_CHUNK_SIZE, KEY_FILE, Vault, read_config
+from ..vault import guard, location, passphrase
+from ..vault.config import DEFAULT_CHUNK_SIZE, DEFAULT_SOFT_DELETE_DAYS, read_config
 from . import approvals
 from .common import add_vault_arg, open_vault, print_json
+
+if TYPE_CHECKING:
+    from ..vault.protection import Protection
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -101,6 +101,9 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from ..vault.protection import Protection, check_days
+    from ..vault.vault import Vault
+
     if args.dir is not None:
         if args.vault is not None and args.vault != args.dir:
             raise UsageError(f"two vault directories given ({args.dir} and --vault {args.vault}); give one")
@@ -135,6 +138,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_protect(args: argparse.Namespace) -> int:
     if args.immutable_days is None and args.soft_delete_days is None:
         raise UsageError("vault protect needs --immutable-days N or --soft-delete-days N; nothing was changed")
+    from ..vault import protection
+
     vault = open_vault(args, write="changing the vault's protection")
     prot = protection.change(vault, args.immutable_days, args.soft_delete_days, args.request)
     if args.json:
@@ -152,6 +157,8 @@ def _describe(prot: Protection) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from ..vault import remote
+
     remote.fetch_meta(_root(args))          # S3: the bucket's config, as it is now
     return _show(_root(args), args.json, "")
 
@@ -179,6 +186,8 @@ def not_protected(cfg: dict[str, Any]) -> list[str]:
 
 
 def _show(root: Path, as_json: bool, verb: str) -> int:
+    from ..vault.protection import Protection
+
     cfg = read_config(root)
     enc = cfg.get("encryption") or {}
     gaps = not_protected(cfg)
@@ -204,11 +213,15 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
 
 
 def _key_where(root: Path) -> str:
+    from ..vault.keyfile import KEY_FILE
+
     loc = location.remote_of(root)
     return f"{loc.url}/{KEY_FILE}" if loc is not None else str(root / KEY_FILE)
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
+    from ..vault.vault import Vault
+
     vault = Vault.open(_root(args), passphrase=passphrase.source(args.passphrase_file), key_file=args.key_file,
                        accept_change=True)
     vms = {p.vm for p in vault.catalog.points()}
@@ -218,6 +231,8 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    from ..vault.packstore import PackStore
+
     vault = open_vault(args)
     if not isinstance(vault.chunks, PackStore):
         raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, which has no index to rebuild "
@@ -236,6 +251,9 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
+    from ..vault import remote
+    from ..vault.packstore import PackStore
+
     vault = open_vault(args)
     if not isinstance(vault.chunks, PackStore):
         raise UsageError(f"vault {vault.where} is format v{vault.config['version']}: its catalog cannot be rebuilt "
@@ -255,6 +273,8 @@ def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..vault.keyfile import export_key
+
     vault = open_vault(args)
     to = export_key(vault, args.to, args.key_file)
     if vault.encrypted:
@@ -268,6 +288,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ..vault.keyfile import KEY_FILE, import_key
+
     root = _root(args)
     fp = import_key(root, args.file, passphrase.source(args.passphrase_file))
     where = root / KEY_FILE if read_config(root).get("encryption") else state_home() / "keys"

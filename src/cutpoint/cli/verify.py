@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from ..errors import IntegrityError
-from ..jobs.record import recorded
 from ..units import human
-from ..vault.verify import VerifyReport, verify
 from .common import add_vault_arg, open_vault, print_json
+
+if TYPE_CHECKING:
+    from ..vault.verify import VerifyReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..jobs.record import recorded
+    from ..vault.verify import verify
+
     vault = open_vault(args, create=False)
     with recorded(vault, "verify", None, detail={"target": args.target, "read_data": args.read_data}) as job:
         rep = verify(vault, args.target, read_data=args.read_data)

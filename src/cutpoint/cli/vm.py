@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..catalog.db import VmRecord
-from ..drivers.registry import driver_for
 from ..errors import UsageError
 from ..names import check_vm_name
-from ..vault.vault import Vault
 from .common import add_vault_arg, open_vault, print_json, table
 from .consistency import add_consistency_args, disk_rows, set_consistency, verdicts
+
+if TYPE_CHECKING:
+    from ..vault.vault import Vault
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from ..catalog.db import VmRecord
+    from ..drivers.registry import driver_for
+
     check_vm_name(args.name)            # before anything is asked of QEMU or libvirt
     if args.libvirt:
         return _add_libvirt(args)
@@ -85,7 +89,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _add_libvirt(args: argparse.Namespace) -> int:
+    from ..catalog.db import VmRecord
     from ..drivers.libvirt.driver import DEFAULT_URI   # libvirt's bindings only where they are needed
+    from ..drivers.registry import driver_for
 
     uri = args.connect or DEFAULT_URI
     vault = open_vault(args)
@@ -162,6 +168,7 @@ def _set_drill(vault: Vault, args: argparse.Namespace) -> bool:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """The sweep every backup starts with, on demand: after a killed backup, without waiting for the next one.
     Bitmaps stay: the next backup merges them, so the chain still covers everything since the last point."""
+    from ..drivers.registry import driver_for
     from ..paths import work_home
     vault = open_vault(args, create=False)
     vm = vault.catalog.vm(args.name)

@@ -19,7 +19,7 @@ from .. import names
 from ..errors import UsageError
 from ..units import parse_size
 from ..vault import location
-from ..vault.retention import Retention
+from ..vault.retention import RETENTION_KEYS, Retention
 
 FREQUENCIES = ("hourly", "daily", "weekly")
 HOURLY_EVERY = (4, 6, 8, 12)
@@ -27,7 +27,6 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = {"monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday": "thu", "friday": "fri",
               "saturday": "sat", "sunday": "sun"}
 CONSISTENCY = ("app", "crash")      # as `cutpoint backup --consistency`; unset: the VM's setting
-RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")
 DEFAULT_RPO_GRACE_MINUTES = 60
 """How long past its policy's interval a VM may go without a successful backup before the RPO alert fires."""
 MAX_RPO_GRACE_MINUTES = 7 * 24 * 60

@@ -39,12 +39,11 @@ from ..vault.manifest import Manifest
 from ..vault.vault import Vault
 from ..vmconfig import QmpVmConfig
 from . import drillstate, drillvm, fscheck, launch, private, vmsetup
+from .drillvm import DEFAULT_CONSOLE, DEFAULT_TIMEOUT
 from .images import _safe
 from .nbdserve import PointServer, nbdkit_argv, stop_server
 from .names import terminal_safe
 
-DEFAULT_CONSOLE = r"login:|Reached target .*(Multi-User|Graphical)"
-DEFAULT_TIMEOUT = 300.0
 PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
 CONSOLE_TAIL = 4096
 CONSOLE_READ = 1 << 20                   # the console is guest output: only its last MiB is ever read

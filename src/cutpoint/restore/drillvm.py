@@ -26,6 +26,8 @@ DISPLAY_DEVICES = ("VGA", "virtio-vga", "virtio-gpu", "qxl-vga", "qxl", "bochs-d
                    "ramfb", "secondary-vga", "ati-vga", "virtio-gpu-pci")
 NET_OPTS = ("netdev", "nic", "net")
 MAX_PPM = 64 << 20                        # 4096x4096x3 and a header: anything larger is not a screen
+DEFAULT_CONSOLE = r"login:|Reached target .*(Multi-User|Graphical)"   # the console signal's pattern (drill.py)
+DEFAULT_TIMEOUT = 300.0                   # seconds for every signal, unless the VM's settings say otherwise
 
 
 def isolate(rw: Rewritten, vmdir: Path) -> list[str]:

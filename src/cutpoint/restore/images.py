@@ -23,8 +23,7 @@ from ..vault.fsutil import start_writeback
 from ..vault.manifest import DiskManifest, Manifest
 from ..vault.vault import Vault
 from . import private
-
-FORMATS = ("raw", "qcow2")
+from .targets import FORMATS
 Progress = Callable[[str, int, int], None]
 
 

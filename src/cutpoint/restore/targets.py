@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import CutpointError, UsageError
 
 DEFAULT_RESTORE_ROOT = Path("/var/lib/cutpoint/restore")
+FORMATS = ("raw", "qcow2")               # image formats of Images and NewVm
 
 
 def default_restore_root() -> Path:

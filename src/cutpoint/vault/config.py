@@ -23,10 +23,12 @@ VAULT_FORMAT = "cutpoint-vault"
 VAULT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)
 PACKED_VERSION = 4            # from v4: blobs in packs, index trees (docs/format.md §18)
+DEFAULT_CHUNK_SIZE = 64 << 10  # v4: the dirty bitmap's usual granularity (docs/performance.md)
 MIN_CHUNK_SIZE = 4 << 10
 MAX_CHUNK_SIZE = 64 << 20
 CODECS = ("zstd",)
 MAX_DAYS = 36500              # immutable_days, soft_delete_days (docs/format.md §19)
+DEFAULT_SOFT_DELETE_DAYS = 14  # what 'vault init' sets unless told (Azure Backup's default)
 _ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -31,13 +31,12 @@ import os
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError, IntegrityError, VaultError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEYFILE_FORMAT = "cutpoint-key"
 KEYFILE_VERSION = 2              # 2: the vault's config.json is MAC'd (format v3); 1: format v2, no config MAC
@@ -47,6 +46,14 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 17, 8, 1      # OWASP's minimum for scrypt: 
 SCHEME_PLAIN, SCHEME_AESGCM, SCHEME_HMAC, SCHEME_KEYED_ID = 0, 1, 2, 3
 HEADER = struct.Struct("4sB16s")
 NO_KEY = bytes(16)
+
+# ``cryptography`` is imported where AES-GCM or scrypt is used, not here: it costs ~35 ms to import, and an
+# unencrypted vault (HMAC and keyed BLAKE3 only, from hashlib and blake3) never needs it.
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    return AESGCM(key)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class Sealer:
         self.encrypted = keys is not None and encrypt
         self.fingerprint = keys.fingerprint if keys else None
         self._fp = bytes.fromhex(self.fingerprint) if self.fingerprint else NO_KEY
-        self._aead = AESGCM(keys.enc) if keys and encrypt else None
+        self._aead = _aesgcm(keys.enc) if keys and encrypt else None
         self._scheme = SCHEME_PLAIN if keys is None else SCHEME_AESGCM if encrypt else SCHEME_HMAC
 
     def chunk_id(self, data: bytes) -> str:
@@ -143,6 +150,7 @@ class Sealer:
         if scheme != SCHEME_PLAIN and fp != self._fp:
             raise IntegrityError(f"{what} was written with key {fp.hex()}, not this vault's key {self.fingerprint}")
         if self._aead is not None:
+            from cryptography.exceptions import InvalidTag
             try:
                 return self._aead.decrypt(bytes(body[:12]), bytes(body[12:]), header + aad)
             except InvalidTag:
@@ -175,6 +183,7 @@ def _checksum(header: bytes, aad: bytes, payload: bytes | memoryview) -> bytes:
 # -- the key file ----------------------------------------------------------------------------------------------------
 
 def _kdf(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
@@ -188,7 +197,7 @@ def wrap_keys(keys: Keys, passphrase: bytes, vault_id: str) -> dict[str, Any]:
     """A key file (JSON-able) holding ``keys`` encrypted under a key derived from ``passphrase``."""
     salt, nonce = os.urandom(16), os.urandom(12)
     kek = _kdf(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    sealed = AESGCM(kek).encrypt(nonce, keys.enc + keys.ids, _aad(vault_id, keys.fingerprint))
+    sealed = _aesgcm(kek).encrypt(nonce, keys.enc + keys.ids, _aad(vault_id, keys.fingerprint))
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return {"format": KEYFILE_FORMAT, "version": KEYFILE_VERSION, "vault": vault_id,
             "fingerprint": keys.fingerprint, "cipher": "aes-256-gcm",
@@ -223,8 +232,9 @@ def unwrap_keys(doc: dict[str, Any], passphrase: bytes, where: str) -> Keys:
         nonce, sealed = base64.b64decode(doc["nonce"]), base64.b64decode(doc["keys"])
     except (KeyError, ValueError, TypeError) as exc:
         raise VaultError(f"key file {where} is damaged: {exc}") from exc
+    from cryptography.exceptions import InvalidTag
     try:
-        raw = AESGCM(kek).decrypt(nonce, sealed, _aad(doc["vault"], doc["fingerprint"], int(doc["version"])))
+        raw = _aesgcm(kek).decrypt(nonce, sealed, _aad(doc["vault"], doc["fingerprint"], int(doc["version"])))
     except InvalidTag:
         raise AuthError(f"wrong passphrase for key file {where} (or the key file is damaged); check "
                         "--passphrase-file / CUTPOINT_PASSPHRASE") from None

@@ -30,9 +30,8 @@ from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
 from .prune import parse_created
 from .tree import ChunkTree
+from .locks import DEFAULT_GRACE
 from .vault import Vault
-
-DEFAULT_GRACE = 600.0
 
 
 @dataclass

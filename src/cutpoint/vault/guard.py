@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
 from ..errors import AuthError, UsageError, VaultError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from .vault import Vault
+
+# ``cryptography`` is imported only where a key is made, loaded or checked: every vault open reads the config's
+# guard (``of``, ``validate``), and that must not cost ~35 ms of imports.
 
 ALGORITHM = "ed25519"
 KEY_FORMAT = "cutpoint-guard-key"
@@ -42,6 +43,8 @@ class Guard:
         return {"algorithm": ALGORITHM, "public_key": self.public_key, "fingerprint": self.fingerprint}
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         try:
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.public_key)).verify(signature, message)
             return True
@@ -84,10 +87,12 @@ def validate(config: dict[str, Any], where: str) -> None:
 
 
 def _public_hex(private: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
 def generate(vault_id: str) -> GuardKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     private = Ed25519PrivateKey.generate()
     pub = _public_hex(private)
     return GuardKey(vault_id, private, Guard(pub, fingerprint_of(pub)))
@@ -95,6 +100,7 @@ def generate(vault_id: str) -> GuardKey:
 
 def write_key_file(key: GuardKey, to: Path) -> None:
     """The guard's key file, 0600, created exclusively: an existing file (or a link) is never overwritten."""
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
     secret = key.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
     doc = {"format": KEY_FORMAT, "version": 1, "vault": key.vault, "algorithm": ALGORITHM,
            "public_key": key.guard.public_key, "private_key": secret}
@@ -118,6 +124,7 @@ def write_key_file(key: GuardKey, to: Path) -> None:
 
 def load_key_file(path: Path) -> GuardKey:
     """A guard key file, parsed strictly; its public key must be its private key's."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import LockedError
 
 WRITER_PREFIX = "writer-"
+DEFAULT_GRACE = 600.0        # gc.py: seconds taken off its cutoff (gc's or the oldest writer's start): clock steps
 
 
 @contextmanager

@@ -33,13 +33,18 @@ INDEX_PREFIX = "index/"
 BAD_PREFIX = "bad/"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Location:
+    """Where a blob's copy is. Never changed once made, but not ``frozen``: the index holds one per blob, and a
+    frozen dataclass sets each field through ``object.__setattr__``, 4x slower, which was half of every index load."""
     pid: bytes
     offset: int
     length: int
     raw_length: int
     kind: int
+
+
+Row = tuple[int, bytes, int, int, int]      # an index entry as stored: kind, blob id, offset, length, raw length
 
 
 def new_index_name() -> str:
@@ -56,9 +61,14 @@ def encode_index(sealer: Sealer, name: str, packs: Iterable[tuple[bytes, list[En
 
 
 def decode_index(sealer: Sealer, name: str, blob: bytes) -> list[tuple[bytes, list[Entry]]]:
+    return [(pid, [Entry(*r) for r in rows]) for pid, rows in _decode_rows(sealer, name, blob)]
+
+
+def _decode_rows(sealer: Sealer, name: str, blob: bytes) -> list[tuple[bytes, list[Row]]]:
+    """Every pack an index object lists, with its entries as stored; a damaged object raises, whole."""
     what = f"index object {name}"
-    raw = codec.decompress(sealer.unseal(MAGIC, blob, name.encode(), what), MAX_INDEX, what)
-    out: list[tuple[bytes, list[Entry]]] = []
+    raw = memoryview(codec.decompress(sealer.unseal(MAGIC, blob, name.encode(), what), MAX_INDEX, what))
+    out: list[tuple[bytes, list[Row]]] = []
     pos = 0
     try:
         while pos < len(raw):
@@ -66,11 +76,11 @@ def decode_index(sealer: Sealer, name: str, blob: bytes) -> list[tuple[bytes, li
             pos += PACK_HEAD.size
             if pos + n * ENTRY.size > len(raw):
                 raise IntegrityError(f"{what} is damaged: pack {pid.hex()[:12]} lists {n} blobs past its end")
-            entries = [Entry(*ENTRY.unpack_from(raw, pos + i * ENTRY.size)) for i in range(n)]
+            rows: list[Row] = list(ENTRY.iter_unpack(raw[pos:pos + n * ENTRY.size]))
             pos += n * ENTRY.size
-            if any(e.kind > 1 for e in entries):
+            if any(r[0] > 1 for r in rows):
                 raise IntegrityError(f"{what} is damaged: unknown blob kind")
-            out.append((pid, entries))
+            out.append((pid, rows))
     except struct.error as exc:
         raise IntegrityError(f"{what} is damaged: {exc}") from exc
     return out
@@ -93,14 +103,26 @@ class Index:
     def add(self, pid: bytes, entries: list[Entry]) -> None:
         if self.entries:
             self.packs[pid] = entries
-        for e in entries:
-            if (pid, e.offset) in self.bad or pid in self.gone:
+        self._locate(pid, [(e.kind, e.bid, e.offset, e.length, e.raw_length) for e in entries])
+
+    def add_rows(self, pid: bytes, rows: list[Row]) -> None:
+        """``add`` for entries as an index object stores them (no ``Entry`` made unless ``entries`` keeps them)."""
+        if self.entries:
+            self.packs[pid] = [Entry(*r) for r in rows]
+        self._locate(pid, rows)
+
+    def _locate(self, pid: bytes, rows: list[Row]) -> None:
+        if pid in self.gone:
+            return
+        where, bad = self.where, self.bad
+        for kind, bid, offset, length, raw_length in rows:
+            if bad and (pid, offset) in bad:
                 continue
-            loc = Location(pid, e.offset, e.length, e.raw_length, e.kind)
-            if e.bid not in self.where:
-                self.where[e.bid] = loc
+            loc = Location(pid, offset, length, raw_length, kind)
+            if bid not in where:
+                where[bid] = loc
             else:
-                self.alt.setdefault(e.bid, []).append(loc)
+                self.alt.setdefault(bid, []).append(loc)
 
     def _replace(self, bid: bytes) -> bool:
         """``where[bid]`` is unusable: another copy takes its place. False (and no entry) if there is none."""
@@ -152,8 +174,8 @@ def load(backend: Backend, sealer: Sealer, entries: bool = False) -> Index:
             blob = backend.get(info.name)
         except NotFoundError:
             continue                    # replaced by gc since the listing
-        for pid, pack_entries in decode_index(sealer, info.name, blob):
-            idx.add(pid, pack_entries)
+        for pid, rows in _decode_rows(sealer, info.name, blob):
+            idx.add_rows(pid, rows)
         idx.objects.add(info.name)
     return idx
 

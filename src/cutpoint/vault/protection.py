@@ -23,8 +23,6 @@ from .fsutil import write_atomic
 if TYPE_CHECKING:
     from .vault import Vault
 
-DEFAULT_SOFT_DELETE_DAYS = 14        # what 'vault init' sets unless told (Azure Backup's default)
-
 
 @dataclass(frozen=True)
 class Protection:

@@ -35,6 +35,7 @@ RULES: tuple[tuple[str, Callable[[datetime], str]], ...] = (
 
 
 NEWEST_GOOD = "newest good"
+RETENTION_KEYS = ("last", "daily", "weekly", "monthly", "yearly")    # Retention's fields, the --keep-* rules
 
 
 @dataclass(frozen=True)

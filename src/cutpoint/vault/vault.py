@@ -33,7 +33,7 @@ from . import passphrase as pp
 from . import remote
 from .backend import Backend
 from .chunks import ChunkStore
-from .config import PACKED_VERSION, VAULT_FORMAT, VAULT_VERSION, read_config
+from .config import DEFAULT_CHUNK_SIZE, PACKED_VERSION, VAULT_FORMAT, VAULT_VERSION, read_config
 from .crypto import Keys, Sealer, wrap_keys
 from .fsutil import fsync_dir, write_atomic
 from .manifest import FORMAT, FORMAT_DELTA, TREE_FORMATS, Manifest, manifest_path
@@ -44,7 +44,6 @@ from .tree import DEFAULT_FANOUT, ChunkTree
 __all__ = ["VAULT_FORMAT", "VAULT_VERSION", "DEFAULT_CHUNK_SIZE", "KEY_FILE", "Vault", "read_config"]
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK_SIZE = 64 << 10      # v4: the dirty bitmap's usual granularity (docs/performance.md)
 V3_CHUNK_SIZE = 4 << 20
 LOCK_WAIT = 1800.0                  # S3: seconds a backup or restore waits for a gc or prune to release the vault
 UPLOADS = 4                         # S3: packs uploading at once while the next ones fill (docs/performance.md)

@@ -1,13 +1,19 @@
-"""A short-lived, synchronous QMP session on top of the ``qemu.qmp`` library.
+"""A short-lived, synchronous QMP session: JSON lines over the monitor's unix socket.
 
 A QMP monitor serves one client at a time: a second client is accepted by the kernel but gets no greeting until the
 first one lets go. So cutpoint holds a monitor only for the few commands it needs, always with timeouts, and when the
 greeting does not come it says plainly that another client holds the monitor instead of hanging.
+
+cutpoint speaks the protocol itself, as it does the guest agent's (``agent.py``): QEMU's greeting, one
+``qmp_capabilities``, then per command one JSON line out and lines back until the reply with the command's id
+(events in between are skipped). The asyncio client library used before cost ~40 ms to import and 1-2 ms of event
+loop per command, more than QEMU took to answer; a backup sends about 50 commands.
 """
 
 from __future__ import annotations
 
-import asyncio
+import itertools
+import json
 import logging
 import os
 import socket
@@ -18,8 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
-
 from ...errors import HypervisorError, MonitorBusyError, QmpCommandError
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 GREETING_ATTEMPTS = 3
 COMMAND_TIMEOUT = 30.0
+MAX_MESSAGE = 10 << 20          # a longer line is not QEMU's (libvirt and the qemu.qmp library allow as much)
 
 
 class Monitor(Protocol):
@@ -59,8 +64,10 @@ class QmpSession:
         self.path = Path(socket_path)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: QMPClient | None = None
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._scanned = 0                   # bytes of _buf already known to hold no newline
+        self._ids = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -72,7 +79,7 @@ class QmpSession:
             except _TornGreeting as torn:
                 if attempt + 1 == GREETING_ATTEMPTS:
                     raise _connect_error(self.path, torn.exc) from torn.exc
-                log.debug("QMP greeting from %s torn (%s); connecting again", self.path, torn.exc.exc)
+                log.debug("QMP greeting from %s torn (%s); connecting again", self.path, torn.exc)
                 time.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
 
@@ -80,34 +87,50 @@ class QmpSession:
         """One connection attempt. A greeting torn by a socket error is retried by ``open``: a QEMU whose monitor
         was just let go by another client can hand the next connection a socket that fails its first read (seen
         as EINVAL from recv with QEMU 7.2), and the connection after it works."""
-        self._loop = asyncio.new_event_loop()
-        self._client = QMPClient("cutpoint")
         try:
-            self._run(self._client.connect(str(self.path)), self.connect_timeout)
-        except asyncio.TimeoutError:
+            self._handshake(time.monotonic() + self.connect_timeout)
+        except TimeoutError:
             self.close()
             raise MonitorBusyError(
                 f"QMP monitor {self.path} accepted the connection but sent no greeting within "
                 f"{self.connect_timeout:.0f} s: another client (libvirt, a QMP shell, another cutpoint run) holds it. "
                 "Close that client and retry, or give QEMU a second monitor (-qmp unix:PATH,server=on,wait=off) "
                 "for cutpoint") from None
-        except ConnectError as exc:
+        except (OSError, EOFError, _NotQmp) as exc:
             self.close()
-            if type(exc.exc) is OSError:            # not refused/reset/EOF: a torn first read, worth one more try
+            if type(exc) is OSError:                # not refused/reset/EOF: a torn first read, worth one more try
                 raise _TornGreeting(exc) from exc
             raise _connect_error(self.path, exc) from exc
         return self
 
-    def close(self) -> None:
-        if self._client is not None and self._loop is not None:
+    def _handshake(self, deadline: float) -> None:
+        """Connect, read QEMU's greeting and leave capabilities negotiation. Raises the cause as it is:
+        ``TimeoutError`` (no greeting in time), ``ConnectionRefusedError``, ``EOFError``, another ``OSError``, or
+        ``_NotQmp`` (the peer does not speak QMP)."""
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
-                self._run(self._client.disconnect(), 5.0)
-            except (QMPError, OSError, EOFError, asyncio.TimeoutError) as exc:  # already gone: nothing to release
-                log.debug("QMP disconnect from %s: %s", self.path, exc)
-        if self._loop is not None:
-            self._loop.close()
-        self._client = None
-        self._loop = None
+                self._sock.connect(str(self.path))
+                break
+            except BlockingIOError:     # the listen queue is full: QEMU accepts no one while a client holds it
+                if time.monotonic() >= deadline:
+                    raise TimeoutError from None
+                time.sleep(0.01)
+        greeting = self._message(deadline)
+        if not isinstance(greeting.get("QMP"), dict):
+            raise _NotQmp(f"its first message is not a greeting: {_short(greeting)}")
+        self._send({"execute": "qmp_capabilities"}, deadline)
+        reply = self._message(deadline)
+        if "return" not in reply:
+            raise _NotQmp(f"qmp_capabilities was answered with {_short(reply)}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._buf.clear()
+        self._scanned = 0
 
     def __enter__(self) -> "QmpSession":
         return self.open()
@@ -123,17 +146,23 @@ class QmpSession:
         QMP argument names with dashes are passed with underscores (``node_name`` for ``node-name``).
         """
         args = qmp_arguments(args)
-        timeout = _timeout
-        if self._client is None:
+        timeout = _timeout or self.command_timeout
+        if self._sock is None:
             raise HypervisorError(f"QMP session to {self.path} is not open")
+        rid = next(self._ids)
+        request: dict[str, Any] = {"execute": name, "id": rid}
+        if args:
+            request["arguments"] = args
+        deadline = time.monotonic() + timeout
         try:
-            return self._run(self._client.execute(name, args or None), timeout or self.command_timeout)
-        except ExecuteError as exc:
-            raise QmpCommandError(name, exc.error_class, str(exc)) from exc
-        except asyncio.TimeoutError:
-            raise HypervisorError(f"QEMU did not answer {name!r} on {self.path} within "
-                                  f"{timeout or self.command_timeout:.0f} s") from None
-        except (QMPError, OSError, EOFError) as exc:
+            self._send(request, deadline)
+            while True:
+                reply = self._message(deadline)
+                if reply.get("id") == rid:          # events, and a late reply to a command that timed out, are not
+                    return reply_value(name, reply)
+        except TimeoutError:
+            raise HypervisorError(f"QEMU did not answer {name!r} on {self.path} within {timeout:.0f} s") from None
+        except (OSError, EOFError, _NotQmp) as exc:
             raise HypervisorError(f"lost the QMP connection to {self.path} during {name!r}: {exc}; "
                                   "did the VM exit?") from exc
 
@@ -143,20 +172,50 @@ class QmpSession:
         The kernel records the listening process's credentials on the connection, so this names the QEMU that
         created the socket; 0 (a process in another pid namespace) is reported as None.
         """
-        writer = getattr(self._client, "_writer", None)
-        sock = writer.get_extra_info("socket") if writer is not None else None
-        if sock is None:
+        if self._sock is None:
             return None
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         except OSError:
             return None
         pid = struct.unpack("3i", raw)[0]
         return pid if pid > 0 else None
 
-    def _run(self, coro: Any, timeout: float) -> Any:
-        assert self._loop is not None
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+    # -- the wire ----------------------------------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any], deadline: float) -> None:
+        assert self._sock is not None
+        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def _message(self, deadline: float) -> dict[str, Any]:
+        """The next message: one JSON object per line. ``TimeoutError`` at the deadline, ``EOFError`` when QEMU
+        hangs up, ``_NotQmp`` for anything that is not a JSON object."""
+        assert self._sock is not None
+        while True:
+            end = self._buf.find(b"\n", self._scanned)
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[:end + 1]
+                self._scanned = 0
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    raise _NotQmp(f"it sent {line[:60]!r}, which is not JSON") from None
+                if not isinstance(msg, dict):
+                    raise _NotQmp(f"it sent {_short(msg)}, which is not a JSON object")
+                return msg
+            self._scanned = len(self._buf)
+            if self._scanned > MAX_MESSAGE:
+                raise _NotQmp(f"it sent a line of more than {MAX_MESSAGE} bytes")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self._sock.settimeout(left)
+            data = self._sock.recv(1 << 16)
+            if not data:
+                raise EOFError("QEMU closed the connection")
+            self._buf += data
 
 
 def check_socket(path: Path) -> None:
@@ -173,23 +232,31 @@ def check_socket(path: Path) -> None:
         raise HypervisorError(f"{path} is not a unix socket, so it cannot be a QEMU QMP monitor")
 
 
+class _NotQmp(Exception):
+    """Internal: the peer sent something that is not QMP (not JSON, not a greeting, a refused negotiation)."""
+
+
 class _TornGreeting(Exception):
     """Internal: a connection whose greeting failed with a bare socket error (``QmpSession.open`` retries)."""
 
-    def __init__(self, exc: ConnectError) -> None:
+    def __init__(self, exc: OSError) -> None:
         super().__init__(str(exc))
         self.exc = exc
 
 
-def _connect_error(path: Path, exc: ConnectError) -> HypervisorError:
-    root = exc.exc
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _connect_error(path: Path, root: BaseException) -> HypervisorError:
     if isinstance(root, ConnectionRefusedError):
         return HypervisorError(f"QMP socket {path} refuses connections: the VM that created it is no longer "
                                "running (a dead socket file); start the VM or fix the path")
-    if isinstance(root, QMPError):
+    if isinstance(root, _NotQmp):
         return HypervisorError(f"{path} answered with something that is not a QMP greeting: it is not a QEMU "
                                "monitor socket")
     if isinstance(root, (EOFError, ConnectionResetError, socket.error)):
         return HypervisorError(f"{path} closed the connection without a QMP greeting "
                                f"({root.__class__.__name__}): it is not a QEMU monitor socket")
-    return HypervisorError(f"cannot connect to QMP socket {path}: {exc}")
+    return HypervisorError(f"cannot connect to QMP socket {path}: {root}")
