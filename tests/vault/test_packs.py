@@ -51,6 +51,56 @@ def test_blobs_are_packed_deduplicated_and_read_back() -> None:
     assert fresh.get_many(ids[:70], [64 * KiB] * 70) == datas[:70]
 
 
+def test_reads_are_planned_by_pack_with_holes_read_through_and_repeats_read_once() -> None:
+    """``plan_reads`` groups chunks into one storage read per stretch of a pack (the restore from S3 reads with few,
+    large GETs); ``read_group`` returns every position, checked, and reads a repeated id once."""
+    s = _store()
+    datas = [os.urandom(64 * KiB) for _ in range(40)]
+    ids = [s.put(d)[0] for d in datas]                       # one pack, in this order
+    s.flush()
+    fresh = _store()
+    fresh.index()
+    reads: list[tuple[str, int, int | None]] = []
+    real_get = fresh.backend.get
+    fresh.backend.get = lambda name, offset=0, length=None: (  # type: ignore[method-assign]
+        reads.append((name, offset, length)) or real_get(name, offset, length))
+
+    def read(cids: list[str], group: list[int]) -> dict[int, bytes]:
+        return {group[k]: d for k, d in fresh.read_group([cids[j] for j in group], [64 * KiB] * len(group))}
+
+    every_other = ids[0:20:2]                                # holes of one blob between them
+    assert fresh.plan_reads(every_other) == [[k] for k in range(10)]
+    [group] = fresh.plan_reads(every_other, gap=70 * KiB)    # the holes are read through: one read
+    assert read(every_other, group) == {k: datas[2 * k] for k in range(10)} and len(reads) == 1
+    shuffled = [ids[5], ids[3], ids[4], ids[3], ids[30]]     # out of order, a repeat, and a far one
+    groups = fresh.plan_reads(shuffled, gap=64 * KiB)
+    assert groups == [[0, 1, 2, 3], [4]]
+    reads.clear()
+    got = {k: d for g in groups for k, d in read(shuffled, g).items()}
+    assert got == {0: datas[5], 1: datas[3], 2: datas[4], 3: datas[3], 4: datas[30]} and len(reads) == 2
+    spans = fresh.plan_reads(ids, gap=64 * KiB, span=10 * 64 * KiB + 1024)
+    assert [len(g) for g in spans] == [10, 10, 10, 10]       # no read longer than ``span``
+    missing = "ab" * 32
+    assert fresh.plan_reads([ids[0], missing, ids[1]]) == [[0, 2], [1]]
+    with pytest.raises(NotFoundError):
+        list(fresh.read_group([missing], [64 * KiB]))
+    assert fresh.get_many([ids[7], ids[2], ids[7]], [64 * KiB] * 3) == [datas[7], datas[2], datas[7]]
+
+
+def test_a_group_whose_pack_is_gone_is_read_chunk_by_chunk_and_reports_the_missing_chunk() -> None:
+    s = _store()
+    datas = [os.urandom(64 * KiB) for _ in range(8)]
+    ids = [s.put(d)[0] for d in datas]
+    s.flush()
+    fresh = _store()
+    [group] = fresh.plan_reads(ids)
+    for p in _packs():
+        p.unlink()
+    with pytest.raises(NotFoundError, match="missing"):
+        list(fresh.read_group(ids, [64 * KiB] * len(ids)))
+    assert group == list(range(8))
+
+
 def test_compressible_data_is_compressed_and_random_data_is_not() -> None:
     s = _store()
     text = (b"the quick brown fox jumps over the lazy dog " * 2000)[:64 * KiB]

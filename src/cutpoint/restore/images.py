@@ -21,6 +21,7 @@ from ..backup.chunker import IN_FLIGHT, WORKERS
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from ..vault.fsutil import start_writeback
 from ..vault.manifest import DiskManifest, Manifest
+from ..vault.packstore import PackStore
 from ..vault.vault import Vault
 from . import private
 from .targets import FORMATS
@@ -96,56 +97,100 @@ def _chmod_private(p: Path) -> None:
 
 
 RUN_BYTES = 4 << 20
-REMOTE_WORKERS = 8          # S3: runs read at once (ranged GETs in parallel: the read-ahead of an image restore)
+REMOTE_WORKERS = 8          # S3: reads at once (ranged GETs in parallel: the read-ahead of an image restore)
+REMOTE_WINDOW = 64 << 20    # S3: disk bytes whose reads are planned together, so that they become few, large GETs
+REMOTE_READ = 8 << 20       # S3: at most this many bytes per GET (and in memory per reading worker)
+REMOTE_GAP = 256 << 10      # S3: a hole up to this size between wanted blobs of a pack is read through
 
 
 def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progress: Progress | None) -> None:
-    """Fetch, check and write every non-zero chunk, in runs of up to 4 MiB of them (zero chunks between them are
-    skipped, not run breakers: a backup stores a disk's chunks in order, so a run across holes is usually one stretch
-    of one pack): a run is read with as few storage reads as its layout allows (``get_many``: one per stretch of a
-    pack; on S3 every read is a request) and written with one ``pwritev`` per stretch of consecutive chunks. Worker
-    threads overlap reading, decrypting, decompressing and hashing (all release the GIL), with a bounded number of
-    runs in flight to keep memory flat."""
+    """Fetch, check and write every non-zero chunk. Chunks are taken in *windows* (zero chunks are skipped, not
+    window breakers), and a window's chunks are read with as few storage reads as the layout allows: a backup
+    appends a disk's chunks to its packs nearly in order, so a window is a few stretches of a few packs.
+
+    - On a directory a window is a run of up to 4 MiB of chunks, one task, read with one read per stretch of a
+      pack (``get_many``).
+    - On S3 every read is a request, and SeaweedFS here served 1 MiB ranged GETs at a third of the rate of 4 MiB
+      ones (docs/performance.md): a window is 64 MiB of disk, whose chunks are grouped by pack into reads of up
+      to 8 MiB that read small holes through (``PackStore.plan_reads``); each group is one task.
+
+    A task writes what it decodes with one ``pwritev`` per stretch of consecutive chunks (at most a run), so it
+    never holds more than its read and one run of decoded chunks. Worker threads overlap reading, decrypting,
+    decompressing and hashing (all release the GIL), with a bounded number of tasks in flight."""
     cs = m.chunk_size
     per_run = max(1, RUN_BYTES // cs)
     remote = getattr(vault, "remote", None) is not None      # S3: reads wait on the network, not on the CPU
+    store = vault.chunks
+    coalesce = remote and isinstance(store, PackStore)
     workers, in_flight = (REMOTE_WORKERS, 2 * REMOTE_WORKERS) if remote else (WORKERS, IN_FLIGHT)
+    window = max(per_run, REMOTE_WINDOW // cs) if coalesce else per_run
 
-    def one(run: list[tuple[int, str]]) -> None:
-        cids = [c for _, c in run]
-        expects = [min(cs, disk.size - i * cs) for i, _ in run]
+    def fail(exc: Exception) -> IntegrityError:
+        return IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing was "
+                              "written; run 'cutpoint verify --read-data' and restore another point")
+
+    def chunks_of(group: list[tuple[int, str]]) -> Iterator[tuple[int, bytes]]:
+        """(chunk index, checked bytes) of a group's chunks."""
+        cids = [c for _, c in group]
+        expects = [min(cs, disk.size - i * cs) for i, _ in group]
         try:
-            datas = vault.chunks.get_many(cids, expects)
+            if coalesce:
+                assert isinstance(store, PackStore)
+                for k, data in store.read_group(cids, expects):
+                    yield group[k][0], data
+            else:
+                yield from zip((i for i, _ in group), store.get_many(cids, expects))
         except (IntegrityError, NotFoundError) as exc:
-            raise IntegrityError(f"cannot restore disk {disk.name} of point {m.point}: {exc}; nothing was "
-                                 "written; run 'cutpoint verify --read-data' and restore another point") from exc
-        for (i, _), data, expect in zip(run, datas, expects):
+            raise fail(exc) from exc
+
+    def one(group: list[tuple[int, str]]) -> None:
+        seg: list[bytes] = []
+        at = 0
+
+        def flush() -> None:
+            n = sum(len(d) for d in seg)
+            os.pwritev(fd, seg, at)
+            start_writeback(fd, at, n)      # the final fsync then waits for little
+            seg.clear()
+
+        for i, data in chunks_of(group):
+            expect = min(cs, disk.size - i * cs)
             if len(data) != expect:
                 raise CutpointError(f"chunk {i} of disk {disk.name} has {len(data)} bytes, expected {expect}")
-        seg = 0
-        for k in range(1, len(run) + 1):          # one pwritev per stretch of consecutive chunks
-            if k == len(run) or run[k][0] != run[k - 1][0] + 1:
-                at = run[seg][0] * cs
-                os.pwritev(fd, datas[seg:k], at)
-                start_writeback(fd, at, sum(expects[seg:k]))   # the final fsync then waits for little
-                seg = k
+            if seg and (i * cs != at + len(seg) * cs or len(seg) == per_run):
+                flush()
+            if not seg:
+                at = i * cs
+            seg.append(data)
+        if seg:
+            flush()
+
+    def tasks(win: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+        if not coalesce:
+            return [win]
+        assert isinstance(store, PackStore)
+        try:
+            plan = store.plan_reads([c for _, c in win], gap=REMOTE_GAP, span=REMOTE_READ)
+        except (IntegrityError, NotFoundError) as exc:
+            raise fail(exc) from exc
+        return [[win[k] for k in g] for g in plan]
 
     pending: deque[Future[None]] = deque()
-    run: list[tuple[int, str]] = []
+    win: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for i, cid in enumerate(_checked(disk.chunks, disk.name, m.point)):
                 if cid is not None:
-                    run.append((i, cid))
-                    if len(run) == per_run:
-                        pending.append(pool.submit(one, run))
-                        run = []
+                    win.append((i, cid))
+                    if len(win) == window:
+                        pending.extend(pool.submit(one, t) for t in tasks(win))
+                        win = []
                 while len(pending) > in_flight:
                     pending.popleft().result()
                 if progress and (i % per_run == 0 or i == len(disk.chunks) - 1):
                     progress(disk.name, min((i + 1) * cs, disk.size), disk.size)
-            if run:
-                pending.append(pool.submit(one, run))
+            if win:
+                pending.extend(pool.submit(one, t) for t in tasks(win))
             while pending:
                 pending.popleft().result()
         finally:

@@ -23,6 +23,7 @@ import fcntl
 import os
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -346,39 +347,82 @@ class PackStore:
     def get_many(self, cids: list[str], expects: list[int]) -> list[bytes]:
         """The chunks, reading each stretch of adjacent blobs in one pack with one storage read (a restore's runs
         were written in order, so a run is usually one read). Anything unusual goes through ``get``."""
+        out: dict[int, bytes] = {}
+        for group in self.plan_reads(cids):
+            for k, data in self.read_group([cids[j] for j in group], [expects[j] for j in group]):
+                out[group[k]] = data
+        return [out[k] for k in range(len(cids))]
+
+    def plan_reads(self, cids: list[str], *, gap: int = 0, span: int = 0) -> list[list[int]]:
+        """Positions of ``cids`` in groups that ``read_group`` reads with one storage read each: blobs of one pack
+        in pack order, a group ending where the next blob lies more than ``gap`` bytes after the last one or (with
+        ``span``) would make the read longer than ``span`` bytes. On object storage a request costs as much as
+        reading hundreds of KiB (docs/performance.md), so a small hole is read through rather than split into a
+        second request. A repeated id joins its first position's group (its blob is read once); a chunk the index
+        does not list as data is a group of its own (``read_group`` finds it or says why not). Groups are ordered
+        by their first position."""
+        where = self.index().where
+        by_id: dict[bytes, list[int]] = {}
+        for k, cid in enumerate(cids):
+            by_id.setdefault(self.bid(cid), []).append(k)
+        groups: list[list[int]] = []
+        located: list[tuple[bytes, int, int, list[int]]] = []      # (pack, offset, end, positions)
+        for b, ks in by_id.items():
+            loc = where.get(b)
+            if loc is None or loc.kind != DATA:
+                groups.append(ks)
+            else:
+                located.append((loc.pid, loc.offset, loc.offset + loc.length, ks))
+        located.sort(key=lambda t: (t[0], t[1]))
+        stretch: list[int] = []
+        pid, start, end = b"", 0, 0
+        for p, o, e, ks in located:
+            if stretch and (p != pid or o > end + gap or (span and max(e, end) - start > span)):
+                groups.append(stretch)
+                stretch = []
+            if not stretch:
+                pid, start, end = p, o, e
+            end = max(end, e)
+            stretch += ks
+        if stretch:
+            groups.append(stretch)
+        for g in groups:
+            g.sort()
+        groups.sort(key=lambda g: g[0])
+        return groups
+
+    def read_group(self, cids: list[str], expects: list[int]) -> Iterator[tuple[int, bytes]]:
+        """(position, checked bytes) of each chunk, in pack order, read with one storage read when they lie in one
+        pack (holes between them are read and dropped); a repeated id is read and checked once. A pack that is gone
+        or shorter than listed (gc moved it meanwhile, or damage) sends every chunk through ``get``, which reloads
+        the index and names what is wrong."""
         bids = [self.bid(c) for c in cids]
         where = self.index().where
-        locs = [where.get(b) for b in bids]
-        out: list[bytes] = []
-        i = 0
-        while i < len(bids):
-            li = locs[i]
-            if li is None or li.kind != DATA:
-                out.append(self.get(cids[i], expects[i]))
-                i += 1
-                continue
-            j, end = i + 1, li.offset + li.length
-            while j < len(bids):
-                lj = locs[j]
-                if lj is None or lj.pid != li.pid or lj.offset != end or lj.kind != DATA:
-                    break
-                end += lj.length
-                j += 1
-            try:
-                blob = self._read(Location(li.pid, li.offset, end - li.offset, 0, DATA))
-            except NotFoundError:
-                blob = b""
-            if len(blob) != end - li.offset:            # moved by gc, or truncated: chunk by chunk, with reloads
-                out += [self.get(cids[k], expects[k]) for k in range(i, j)]
-            else:
-                mv = memoryview(blob)
-                for k in range(i, j):
-                    lk = locs[k]
-                    assert lk is not None
-                    a = lk.offset - li.offset
-                    out.append(self.codec.decode(bids[k], mv[a:a + lk.length], DATA, expects[k]))
-            i = j
-        return out
+        ok = [loc for b in bids if (loc := where.get(b)) is not None and loc.kind == DATA]
+        if not ok or len(ok) != len(bids) or any(loc.pid != ok[0].pid for loc in ok):
+            for k, (c, e) in enumerate(zip(cids, expects)):
+                yield k, self.get(c, e)
+            return
+        start = min(loc.offset for loc in ok)
+        end = max(loc.offset + loc.length for loc in ok)
+        try:
+            blob = self._read(Location(ok[0].pid, start, end - start, 0, DATA))
+        except NotFoundError:
+            blob = b""
+        if len(blob) != end - start:                  # moved by gc, or truncated: chunk by chunk, with reloads
+            for k, (c, e) in enumerate(zip(cids, expects)):
+                yield k, self.get(c, e)
+            return
+        mv = memoryview(blob)
+        last: tuple[bytes, int] | None = None
+        data = b""
+        for k in sorted(range(len(ok)), key=lambda x: (ok[x].offset, x)):     # a repeated id: adjacent here
+            loc = ok[k]
+            if last != (bids[k], expects[k]):
+                a = loc.offset - start
+                data = self.codec.decode(bids[k], mv[a:a + loc.length], DATA, expects[k])
+                last = (bids[k], expects[k])
+            yield k, data
 
     def _read(self, loc: Location) -> bytes:
         with self._lock:
