@@ -4,11 +4,23 @@ the read stops one byte past the bound, so memory never exceeds the bound whatev
 
 from __future__ import annotations
 
+import threading
+
 import zstandard
 
 from ..errors import IntegrityError
 
 _PIECE = 1 << 20
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (each call starts afresh): making one per chunk allocated a context every time,
+    about a fifth of the cost of decompressing the 64 KiB chunk (5% of a restore's CPU in ``Decompressor_init``)."""
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
 
 
 def decompress(body: bytes | memoryview, limit: int, what: str) -> bytes:
@@ -22,7 +34,7 @@ def decompress(body: bytes | memoryview, limit: int, what: str) -> bytes:
                              "may hold")
     if declared >= 0:            # the usual case (our own frames): one allocation of the declared, bounded size
         try:
-            return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
+            return _decompressor().decompress(body, max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{what} is damaged: {exc}") from exc
     out = bytearray()
