@@ -178,7 +178,7 @@ def _pwrite_all(fd: int, view: memoryview, at: int) -> None:
 
 RUN_BYTES = 4 << 20
 REMOTE_WORKERS = 8          # S3: reads at once (ranged GETs in parallel: the read-ahead of an image restore)
-REMOTE_WINDOW = 64 << 20    # S3: disk bytes whose reads are planned together, so that they become few, large GETs
+REMOTE_WINDOW = 64 << 20    # S3: bytes of (non-zero) chunks planned together, so that they become few, large GETs
 REMOTE_READ = 8 << 20       # S3: at most this many bytes per GET (and in memory per reading worker)
 REMOTE_GAP = 256 << 10      # S3: a hole up to this size between wanted blobs of a pack is read through
 
@@ -192,7 +192,7 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
     - On a directory a window is a run of up to 4 MiB of chunks, one task, read with one read per stretch of a
       pack (``get_many``).
     - On S3 every read is a request, and SeaweedFS here served 1 MiB ranged GETs at a third of the rate of 4 MiB
-      ones (docs/performance.md): a window is 64 MiB of disk, whose chunks are grouped by pack into reads of up
+      ones (docs/performance.md): a window is 64 MiB of chunks, which are grouped by pack into reads of up
       to 8 MiB that read small holes through (``PackStore.plan_reads``); each group is one task.
 
     A task writes what it decodes with one write per stretch of consecutive chunks (at most a run; with ``direct``
