@@ -102,3 +102,28 @@ def test_a_short_write_goes_on_and_a_full_disk_is_an_error(tmp_path: Path, monke
     assert not any((tmp_path / "full").iterdir())
     monkeypatch.setattr(images.os, "pwrite", real_pwrite)
     monkeypatch.setattr(images.os, "pwritev", real_pwritev)
+
+
+def test_a_filesystem_refusing_direct_writes_gets_them_through_the_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some filesystems open a file with O_DIRECT and then refuse the writes (EINVAL): the restore goes on without."""
+    import errno
+    import fcntl
+
+    chunks, size, want = _disk()
+    m = _point(chunks, size)
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def pwrite(fd: int, data, at: int) -> int:                # type: ignore[no-untyped-def]
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(at)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, at)
+
+    monkeypatch.setattr(images.os, "pwrite", pwrite)
+    v = open_vault()
+    [f] = restore_point(v, v.manifest(v.catalog.point("v", m.point)), tmp_path / "out")
+    v.close()
+    assert f.path.read_bytes() == want
+    assert len(refused) <= 8                                  # at most one refusal per worker, then no more tries

@@ -107,33 +107,41 @@ class _ImageWriter:
 
     Where the filesystem takes it, a stretch goes to the device with ``O_DIRECT`` from a reused, page-aligned buffer
     of the writing thread, past the page cache: on these machines every fresh page-cache page costs a fault in the
-    host, and perf of a 1.5 GiB restore found 1.5 s of its CPU copying into the page cache (and writeback then
-    wrote it all again). The image's final fsync still follows, for the metadata. A stretch that is not aligned (a
-    disk's short last chunk), or any stretch where ``O_DIRECT`` is refused (tmpfs, no /proc), is written through
-    the page cache, one writer at a time (the others sleep instead of spinning on the file's lock in the kernel), its
-    writeback started at once so that the final fsync waits for little."""
+    host, and perf of a 1.5 GiB restore found 1.5 s of its CPU copying into the page cache. The image's final fsync
+    still follows, for the metadata. A stretch that is not aligned (a disk's short last chunk), and every stretch
+    where ``O_DIRECT`` is refused (tmpfs, no /proc, a filesystem that opens with it but refuses the write), goes
+    through the page cache, one writer at a time (the others sleep instead of spinning on the file's lock in the
+    kernel), its writeback started at once so that the final fsync waits for little."""
 
     def __init__(self, fd: int, direct: bool, most: int) -> None:
         self.fd = fd
         self.most = most                     # the largest stretch: the buffers' size
         self.dfd = _direct_fd(fd) if direct and most % ALIGN == 0 else None
+        self.direct = self.dfd is not None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._buffers: list[mmap.mmap] = []
 
     def write(self, at: int, datas: list[bytes]) -> None:
         n = sum(len(d) for d in datas)
-        if self.dfd is not None and at % ALIGN == 0 and n % ALIGN == 0 and n <= self.most:
+        if self.direct and self.dfd is not None and at % ALIGN == 0 and n % ALIGN == 0 and n <= self.most:
             buf = self._buffer()
             pos = 0
             for d in datas:
                 buf[pos:pos + len(d)] = d
                 pos += len(d)
             with memoryview(buf) as whole, whole[:n] as view:
-                done = os.pwrite(self.dfd, view, at)
-                if done < n:                 # short (the disk filled up): the rest through the page cache, which
-                    with self._lock:         # says why it cannot go on
+                try:
+                    done = os.pwrite(self.dfd, view, at)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self.direct = False      # opened with O_DIRECT, but such writes refused: the page cache now
+                    done = 0
+                if done < n:                 # the rest through the page cache, which says why it cannot go on
+                    with self._lock:         # if the disk filled up
                         _pwrite_all(self.fd, view[done:], at + done)
+                    start_writeback(self.fd, at + done, n - done)
             return
         with self._lock:
             done = os.pwritev(self.fd, datas, at)
@@ -197,8 +205,8 @@ def _write_chunks(vault: Vault, m: Manifest, disk: DiskManifest, fd: int, progre
 
     A task writes what it decodes with one write per stretch of consecutive chunks (at most a run; with ``direct``
     past the page cache where it can, ``_ImageWriter``), so it never holds more than its read and one run of
-    decoded chunks. Worker threads overlap reading, decrypting,
-    decompressing and hashing (all release the GIL), with a bounded number of tasks in flight."""
+    decoded chunks. Worker threads overlap reading, decrypting, decompressing and hashing (all release the GIL),
+    with a bounded number of tasks in flight."""
     cs = m.chunk_size
     per_run = max(1, RUN_BYTES // cs)
     remote = getattr(vault, "remote", None) is not None      # S3: reads wait on the network, not on the CPU
