@@ -71,7 +71,10 @@ def weed_mini() -> Iterator[S3Server]:
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
            f"-admin.port={admin}", f"-s3.config={ident}", "-master.telemetry=false", "-webdav=false",
            "-admin.ui=false", f"-s3.localSocket={tmp / 's3.sock'}", f"-filer.localSocket={tmp / 'filer.sock'}",
-           "-s3.allowDeleteBucketNotEmpty=false"]
+           "-s3.allowDeleteBucketNotEmpty=false",
+           # every bucket is a collection with volumes of its own; with 1 GiB volumes and the count derived from
+           # free disk space, a full test run (~50 buckets) ran out of writable volumes on a fuller disk (HTTP 500)
+           "-master.volumeSizeLimitMB=128", "-volume.max=1000"]
     log = open(tmp / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
     server = S3Server(f"http://127.0.0.1:{s3}", ACCESS, SECRET)
