@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import NotFoundError, VaultError
-from .fsutil import start_writeback
+from .directio import write_all
 
 # Letters, digits, '.', '_', '-' in each part (point ids and VM names have capitals); no empty, '.' or '..' part,
 # none starting with '.' (temporaries) or '-'; no leading '/'.
@@ -83,16 +83,18 @@ class LocalBackend:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                if len(data) >= WRITEBACK_MIN:
-                    # start writing it to the device now, without waiting: the one sync before the index then
-                    # finds most of a backup's packs already written instead of all of them at once
-                    start_writeback(f.fileno())
+            if len(data) >= DIRECT_MIN:
+                write_all(fd, data)       # packs: past the page cache (directio.py says why)
+            else:
+                with memoryview(data) as view:
+                    done = 0
+                    while done < len(view):
+                        done += os.write(fd, view[done:])
         except BaseException:
+            os.close(fd)
             _unlink(tmp)
             raise
+        os.close(fd)
         return tmp
 
     def put(self, name: str, data: bytes | memoryview) -> None:
@@ -163,7 +165,7 @@ class LocalBackend:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)     # Python has os.sync but no syncfs
-WRITEBACK_MIN = 1 << 20
+DIRECT_MIN = 1 << 20
 
 
 def _unlink(path: str) -> None:
