@@ -6,7 +6,7 @@ Layout (docs/format.md §18)::
 
 The trailer is sealed (magic ``CPT4``, the pack's id as associated data) and lists every blob: kind, id, offset,
 stored length and decoded length. It makes every pack self-describing, so the index can be rebuilt from the packs
-alone (``PackStore.rebuild_index``) and a copy to another vault needs no other object. A pack is assembled in one
+alone (``packrebuild``) and a copy to another vault needs no other object. A pack is assembled in one
 reused buffer (fresh memory is slow here: docs/performance.md) and written with one ``put``.
 """
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from .. import faults
 from ..errors import CutpointError, IntegrityError, NotFoundError, VaultError
-from . import locks, packindex
+from . import locks, packindex, packrebuild, readplan
 from .backend import Backend
 from .blob import DATA, NODE, BlobCodec
 from .crypto import Sealer
-from .packfile import END, Entry, PackBuffer, pack_id_of, pack_name, parse_trailer, trailer_length
+from .packfile import Entry, PackBuffer, pack_id_of, pack_name
 from .packindex import Index, Location
 
 DEFAULT_PACK_SIZE = 16 << 20
@@ -354,42 +354,8 @@ class PackStore:
         return [out[k] for k in range(len(cids))]
 
     def plan_reads(self, cids: list[str], *, gap: int = 0, span: int = 0) -> list[list[int]]:
-        """Positions of ``cids`` in groups that ``read_group`` reads with one storage read each: blobs of one pack
-        in pack order, a group ending where the next blob lies more than ``gap`` bytes after the last one or (with
-        ``span``) would make the read longer than ``span`` bytes. On object storage a request costs as much as
-        reading hundreds of KiB (docs/performance.md), so a small hole is read through rather than split into a
-        second request. A repeated id joins its first position's group (its blob is read once); a chunk the index
-        does not list as data is a group of its own (``read_group`` finds it or says why not). Groups are ordered
-        by their first position."""
-        where = self.index().where
-        by_id: dict[bytes, list[int]] = {}
-        for k, cid in enumerate(cids):
-            by_id.setdefault(self.bid(cid), []).append(k)
-        groups: list[list[int]] = []
-        located: list[tuple[bytes, int, int, list[int]]] = []      # (pack, offset, end, positions)
-        for b, ks in by_id.items():
-            loc = where.get(b)
-            if loc is None or loc.kind != DATA:
-                groups.append(ks)
-            else:
-                located.append((loc.pid, loc.offset, loc.offset + loc.length, ks))
-        located.sort(key=lambda t: (t[0], t[1]))
-        stretch: list[int] = []
-        pid, start, end = b"", 0, 0
-        for p, o, e, ks in located:
-            if stretch and (p != pid or o > end + gap or (span and max(e, end) - start > span)):
-                groups.append(stretch)
-                stretch = []
-            if not stretch:
-                pid, start, end = p, o, e
-            end = max(end, e)
-            stretch += ks
-        if stretch:
-            groups.append(stretch)
-        for g in groups:
-            g.sort()
-        groups.sort(key=lambda g: g[0])
-        return groups
+        """Positions of ``cids`` in groups that ``read_group`` reads with one storage read each (``readplan``)."""
+        return readplan.plan_reads(self.index().where, [self.bid(c) for c in cids], gap=gap, span=span)
 
     def read_group(self, cids: list[str], expects: list[int]) -> Iterator[tuple[int, bytes]]:
         """(position, checked bytes) of each chunk, in pack order, read with one storage read when they lie in one
@@ -433,33 +399,11 @@ class PackStore:
         return self.backend.get(pack_name(loc.pid), loc.offset, loc.length)
 
     def rebuild_index(self) -> tuple[int, list[str]]:
-        """One index object for every pack, read from the packs' own trailers; the old index objects are deleted
-        once it is durable. Returns (packs indexed, problems: packs whose trailer does not open, left out and
-        named). For a vault whose index objects are lost or damaged; safe to rerun after a kill. The caller holds
-        the gc lock (gc deletes packs); backups may run: index objects written after the listing are kept."""
-        old = [i.name for i in self.backend.list(packindex.INDEX_PREFIX)]   # first: later ones are not ours
-        found: list[tuple[bytes, list[Entry]]] = []
-        problems: list[str] = []
-        for info in self.backend.list("data/"):
-            pid = pack_id_of(info.name)
-            if pid is None:
-                continue
-            try:
-                tlen = trailer_length(self.backend.get(info.name, max(0, info.size - END.size), END.size))
-                if tlen is None or tlen + END.size > info.size:
-                    raise IntegrityError(f"pack {pid.hex()} is damaged: no trailer (truncated, or not a pack)")
-                tail = self.backend.get(info.name, info.size - END.size - tlen, tlen + END.size)
-                found.append((pid, parse_trailer(self.sealer, pid, tail, info.size)))
-            except (IntegrityError, NotFoundError) as exc:
-                problems.append(str(exc))
-        name = packindex.new_index_name()
-        self.backend.put(name, packindex.encode_index(self.sealer, name, found))
-        self.backend.sync()
-        for o in old:
-            self.backend.delete(o)
-        self.backend.sync()
+        """One index object for every pack, from the packs' own trailers (``packrebuild``); the caller holds the
+        gc lock. Returns (packs indexed, problems)."""
+        out = packrebuild.rebuild_index(self.backend, self.sealer)
         self.reload()
-        return len(found), problems
+        return out
 
     def mark_bad(self, cid: str) -> bool:
         """Record the damaged copy of a chunk, so that the next backup stores its content afresh."""
