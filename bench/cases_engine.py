@@ -117,20 +117,25 @@ def _backup(v: Any, disks: dict[str, Path], prev: Any, dirty: dict[str, list[tup
     from cutpoint.backup.treechunker import read_disk_tree
     from cutpoint.vault.manifest import FORMAT_DELTA, DiskManifest, Manifest
     t0 = time.perf_counter()
-    out: list[DiskManifest] = []
     tot = {"read": 0, "stored": 0, "index": 0}
-    for name, path in disks.items():
+    lock = threading.Lock()
+
+    def one(name: str, path: Path, pool: ThreadPoolExecutor) -> DiskManifest:
         r = FileReader(path, dirty.get(name) if dirty else None)
         p = next(d.chunks for d in prev.disks if d.name == name) if prev else None
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:       # as a backup runs it
-            res = read_disk_tree(r, name, r.size(), v.chunk_size, v.chunks, v.fanout, prev=p, pool=pool)
+        res = read_disk_tree(r, name, r.size(), v.chunk_size, v.chunks, v.fanout, prev=p, pool=pool)
         r.close()
-        out.append(DiskManifest(name=name, size=r.size(), chunks=res.tree, read_bytes=res.read_bytes,
-                                stored_bytes=res.stored_bytes, tree=res.tree.root.hex() if res.tree.root else None,
-                                tree_height=res.tree.height, index_bytes=res.index_bytes))
-        tot["read"] += res.read_bytes
-        tot["stored"] += res.stored_bytes
-        tot["index"] += res.index_bytes
+        with lock:
+            tot["read"] += res.read_bytes
+            tot["stored"] += res.stored_bytes
+            tot["index"] += res.index_bytes
+        return DiskManifest(name=name, size=r.size(), chunks=res.tree, read_bytes=res.read_bytes,
+                            stored_bytes=res.stored_bytes, tree=res.tree.root.hex() if res.tree.root else None,
+                            tree_height=res.tree.height, index_bytes=res.index_bytes)
+
+    # as a backup runs it (backup/run.py): every disk at once, through one pool of workers
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool, ThreadPoolExecutor(len(disks)) as per_disk:
+        out = [f.result() for f in [per_disk.submit(one, name, path, pool) for name, path in disks.items()]]
     m = Manifest(point=f"20260101T0000{n:02d}Z-beef", vm="bench", created=datetime.now(timezone.utc).isoformat(),
                  chunk_size=v.chunk_size, disks=out, format=FORMAT_DELTA, fanout=v.fanout,
                  mode="incremental" if prev else "full")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -19,7 +20,7 @@ from ..catalog.db import PointRecord
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
 from ..cut.disks import Disk, Inventory
-from ..cut.driver import CutHandle, DriverSession
+from ..cut.driver import CutHandle, DriverSession, ReadTarget
 from ..drivers.registry import driver_for
 from ..paths import work_home
 from ..reader.export import ExportReader
@@ -171,37 +172,77 @@ def _nodes_base(vault: Vault, points: list[PointRecord]) -> Manifest | None:
 
 def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: datetime, prev: Manifest | None,
               nodes_base: Manifest | None, opts: BackupOptions) -> Manifest:
+    """Every disk at once, each from its own NBD connection, through one pool of workers: a disk whose data does
+    not compress is bound by the vault's device and one that does by the CPU, and read one after the other they
+    leave the other resource idle (the engine case: 0.47 s of device-bound writes, then 1.4 s on the CPU). When
+    one disk fails, the others stop at their next run; the first failure is what the backup reports."""
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
     base_disks = {d.name: d for d in nodes_base.disks} if nodes_base else {}
-    disks: list[DiskManifest] = []
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        for t in handle.targets:
-            d = t.disk
-            prev_chunks = prev_disks[d.name].chunks if t.bitmap else None
-            with ExportReader(handle.nbd_socket, t.export, t.bitmap) as r:
-                if r.size() != d.size:
-                    raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
-                if isinstance(vault.chunks, PackStore):
-                    assert prev_chunks is None or isinstance(prev_chunks, ChunkTree)
-                    based = base_disks.get(d.name)
-                    base = based.chunks if based is not None and isinstance(based.chunks, ChunkTree) else None
-                    tr = read_disk_tree(r, d.name, d.size, vault.chunk_size, vault.chunks, vault.fanout,
-                                        prev=prev_chunks, nodes_base=base, progress=opts.progress, pool=pool)
-                    dm = DiskManifest(name=d.name, size=d.size, chunks=tr.tree, read_bytes=tr.read_bytes,
-                                      stored_bytes=tr.stored_bytes, dirty_bytes=tr.dirty_bytes,
-                                      tree=tr.tree.root.hex() if tr.tree.root else None,
-                                      tree_height=tr.tree.height, index_bytes=tr.index_bytes)
-                else:
-                    res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks,
-                                    prev_chunks=list(prev_chunks) if prev_chunks is not None else None,
-                                    progress=opts.progress, pool=pool)
-                    dm = DiskManifest(name=d.name, size=d.size, chunks=res.chunks, read_bytes=res.read_bytes,
-                                      stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes)
-            dm.node, dm.driver, dm.filename, dm.cache = d.address, d.driver, d.filename, d.cache
-            disks.append(dm)
+    failed = threading.Event()
+
+    def progress(name: str, done: int, total: int) -> None:
+        if failed.is_set():
+            raise _Stopped()
+        if opts.progress is not None:
+            try:
+                opts.progress(name, done, total)
+            except BaseException:
+                failed.set()
+                raise
+
+    def one(t: ReadTarget, pool: ThreadPoolExecutor) -> DiskManifest:
+        try:
+            return _read_disk(vault, handle, t, prev_disks, base_disks, progress, pool)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool, \
+            ThreadPoolExecutor(max_workers=max(1, len(handle.targets)), thread_name_prefix="disk") as per_disk:
+        futures = [per_disk.submit(one, t, pool) for t in handle.targets]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:                  # a signal in this thread: the disks stop too, then it goes on
+            failed.set()
+            raise
+        if failed.is_set():
+            wait(futures)
+            raise next(e for f in futures if (e := f.exception()) is not None and not isinstance(e, _Stopped))
+        disks = [f.result() for f in futures]
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
                     pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings),
                     format=FORMAT_DELTA if vault.packed else FORMAT, fanout=vault.fanout)
+
+
+class _Stopped(Exception):
+    """Another disk of the same backup failed: this one stops at its next run (never reported itself)."""
+
+
+def _read_disk(vault: Vault, handle: CutHandle, t: ReadTarget, prev_disks: dict[str, DiskManifest],
+               base_disks: dict[str, DiskManifest], progress: Progress, pool: ThreadPoolExecutor) -> DiskManifest:
+    d = t.disk
+    prev_chunks = prev_disks[d.name].chunks if t.bitmap else None
+    with ExportReader(handle.nbd_socket, t.export, t.bitmap) as r:
+        if r.size() != d.size:
+            raise CutpointError(f"export of disk {d.name} has size {r.size()}, expected {d.size}")
+        if isinstance(vault.chunks, PackStore):
+            assert prev_chunks is None or isinstance(prev_chunks, ChunkTree)
+            based = base_disks.get(d.name)
+            base = based.chunks if based is not None and isinstance(based.chunks, ChunkTree) else None
+            tr = read_disk_tree(r, d.name, d.size, vault.chunk_size, vault.chunks, vault.fanout,
+                                prev=prev_chunks, nodes_base=base, progress=progress, pool=pool)
+            dm = DiskManifest(name=d.name, size=d.size, chunks=tr.tree, read_bytes=tr.read_bytes,
+                              stored_bytes=tr.stored_bytes, dirty_bytes=tr.dirty_bytes,
+                              tree=tr.tree.root.hex() if tr.tree.root else None,
+                              tree_height=tr.tree.height, index_bytes=tr.index_bytes)
+        else:
+            res = read_disk(r, d.name, d.size, vault.chunk_size, vault.chunks,
+                            prev_chunks=list(prev_chunks) if prev_chunks is not None else None,
+                            progress=progress, pool=pool)
+            dm = DiskManifest(name=d.name, size=d.size, chunks=res.chunks, read_bytes=res.read_bytes,
+                              stored_bytes=res.stored_bytes, dirty_bytes=res.dirty_bytes)
+    dm.node, dm.driver, dm.filename, dm.cache = d.address, d.driver, d.filename, d.cache
+    return dm
 
 
 def _reason(reasons: dict[str, str], ndisks: int) -> str:

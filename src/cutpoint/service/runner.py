@@ -73,6 +73,7 @@ class JobContext:
     timeout_reason: str = "timed out"
     _done: dict[str, int] = field(default_factory=dict)
     _last: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)   # a backup's disks report from their own threads
 
     def check(self) -> None:
         if self.cancel.is_set():
@@ -82,11 +83,15 @@ class JobContext:
 
     def progress(self, name: str, done: int, total: int) -> None:
         self.check()
-        self._done[name] = done
-        now = time.monotonic()
-        if now - self._last >= 0.5 or done >= total:
-            self._last = now
-            self.store.progress(self.job_id, sum(self._done.values()))
+        with self._lock:
+            self._done[name] = done
+            now = time.monotonic()
+            report = now - self._last >= 0.5 or done >= total
+            if report:
+                self._last = now
+                nbytes = sum(self._done.values())
+        if report:
+            self.store.progress(self.job_id, nbytes)
         delay = float(os.environ.get(SLOW_ENV) or 0)
         if delay:
             time.sleep(delay)
