@@ -44,8 +44,9 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 class PackStore:
     def __init__(self, backend: Backend, sealer: Sealer, locks_dir: Path, *, max_size: int,
                  pack_size: int = DEFAULT_PACK_SIZE, uploads: int = 0) -> None:
-        """``uploads``: packs written in the background at once (object storage, where a PUT takes longer than
-        filling the next pack); 0 writes each pack on the thread that filled it (a directory)."""
+        """``uploads``: packs written in the background at once, so that the workers filling the next pack never
+        wait for a PUT or for the device (a vault opens with 4 on object storage, 2 in a directory); 0 writes each
+        pack on the thread that filled it."""
         self.backend = backend
         self.sealer = sealer
         self.locks_dir = locks_dir
