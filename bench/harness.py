@@ -26,6 +26,7 @@ class Timed:
     rss_mib: float
     out: str
     code: int
+    cpu: float = 0.0             # the child's own user + system CPU seconds (wait4)
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> Timed:
@@ -38,7 +39,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -
     seconds = time.perf_counter() - t0
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({p.returncode}): {err.decode()[-800:]}")
-    return Timed(seconds, ru.ru_maxrss / 1024.0, out.decode(), p.returncode)
+    return Timed(seconds, ru.ru_maxrss / 1024.0, out.decode(), p.returncode, ru.ru_utime + ru.ru_stime)
 
 
 def _drain(p: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
@@ -70,6 +71,13 @@ def convert_durably(src: Path, dst: Path) -> None:
 
 def cutpoint(*args: str, env: dict[str, str] | None = None) -> Timed:
     return run([*CUTPOINT, *args], env)
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process and its reaped children, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def median(xs: list[float]) -> float:

@@ -121,6 +121,14 @@ def table(r: dict[str, Any]) -> str:
             met = None if v is None else v >= t
             val = "-" if v is None else f"{v:.3g}"
             lines.append(f"  {'met   ' if met else 'MISSED' if met is False else 'n/a   '} {what}: {val} ({text})")
+        if "cpu_seconds" in s3:
+            c = s3["cpu_seconds"]
+            lines.append(f"  CPU seconds on {s3['cores']} cores, server included: backup {c['cutpoint']:.2f} cutpoint + "
+                         f"{c['cutpoint_server']:.2f} server + {c['cutpoint_qemu']:.2f} QEMU, bare PUTs "
+                         f"{c['bare_put_server']:.2f} server; restore {c['restore']:.2f} + {c['restore_server']:.2f} "
+                         f"server, bare GETs {c['bare_get_server']:.2f} server")
+            lines.append(f"  best ratios that CPU allows here: backup vs PUTs {s3['backup_vs_bare_put_bound']:.2f}x, "
+                         f"restore vs GETs {s3['restore_vs_bare_get_bound']:.2f}x")
     ch = r.get("chain", {})
     if "full" in ch:
         lines.append("")

@@ -25,6 +25,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    pid: int = 0                 # the server's process (benchmarks read its CPU time)
 
     def client(self, access: str | None = None, secret: str | None = None):  # type: ignore[no-untyped-def]
         import boto3
@@ -77,7 +78,7 @@ def weed_mini() -> Iterator[S3Server]:
            "-master.volumeSizeLimitMB=128", "-volume.max=1000"]
     log = open(tmp / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
-    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS, SECRET)
+    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS, SECRET, proc.pid)
     try:
         deadline = time.monotonic() + 30
         while True:
