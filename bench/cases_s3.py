@@ -71,7 +71,7 @@ def run_case(ds: dict[str, Path], work: Path, runs: int) -> dict[str, object]:
                                                    "restore", "restore_server", "bare_get_server")}
     cores = os.cpu_count() or 1
     stored_mib: list[float] = []
-    with weed_mini() as server:
+    with weed_mini(volume_mb=None) as server:        # the server's own volume size, as a deployment has it
         client = _client(server)
         env = {"CUTPOINT_S3_ENDPOINT": server.endpoint, "AWS_ACCESS_KEY_ID": server.access_key,
                "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
