@@ -60,8 +60,10 @@ class PackBuffer:
 
     def __init__(self, target: int) -> None:
         self.target = target
+        # zero pages from the kernel, touched as the pack fills: pre-touching it through ``bytes(n)`` made and
+        # copied a second buffer of the same size (2 x 18 MiB of fresh memory per buffer, a third of a backup's
+        # page faults here; fresh memory is slow: docs/performance.md)
         self.buf = bytearray(target + (2 << 20))
-        self.buf[:] = bytes(len(self.buf))        # touch it once, now, rather than page by page while packing
         self.reset()
 
     def reset(self) -> None:
