@@ -72,6 +72,21 @@ def test_token_commands_and_a_taken_port() -> None:
     assert r.code == 2 and "webhook" in r.err
 
 
+def test_progress_bar_stays_one_bar_when_a_disk_finishes_before_another_starts() -> None:
+    """Disks are read at once: a clean disk can report done before the other's first report. The bar must not close
+    and start again (it printed a second bar mid-backup)."""
+    out = io.StringIO()
+    bar = ProgressLine(True, console=Console(file=out, force_terminal=True, width=120))
+    bar("sys", 32 << 20, 32 << 20)
+    first = bar._bar
+    bar("data", 0, 32 << 20)
+    bar("data", 32 << 20, 32 << 20)
+    assert first is not None and bar._bar is first
+    bar.close()
+    assert bar._bar is None                           # closed when the operation ends (``with`` in the CLI)
+    assert "sys" in out.getvalue() and "data" in out.getvalue()
+
+
 def test_progress_bar_shows_bytes_and_rate_and_json_silences_it() -> None:
     out = io.StringIO()
     bar = ProgressLine(True, console=Console(file=out, force_terminal=True, width=120))

@@ -28,9 +28,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     vault = open_vault(args, write=f"backup of VM {args.name!r}")
     vault.catalog.vm(args.name)              # an unknown VM is an error, not a failed job
-    with recorded(vault, "backup", args.name) as job:
-        res = backup(vault, args.name, BackupOptions(full=args.full, progress=ProgressLine(not args.json),
-                                                 consistency=args.consistency))
+    with recorded(vault, "backup", args.name) as job, ProgressLine(not args.json) as bar:
+        res = backup(vault, args.name, BackupOptions(full=args.full, progress=bar, consistency=args.consistency))
         job.done(nbytes=res.read_bytes, point=res.point, detail={"mode": res.mode, "pause_ms": res.pause_ms})
     if args.json:
         print_json(res.to_json())

@@ -46,8 +46,9 @@ def cmd_finish(args: argparse.Namespace) -> int:
     from ..restore.results import job_detail
 
     vault = open_vault(args, create=False)
-    with recorded(vault, "restore", args.name, detail={"mode": "instant-finish"}) as job:
-        res = finish(vault, args.name, progress=ProgressLine(not args.json), timeout=args.timeout)
+    with recorded(vault, "restore", args.name, detail={"mode": "instant-finish"}) as job, \
+            ProgressLine(not args.json) as bar:
+        res = finish(vault, args.name, progress=bar, timeout=args.timeout)
         job.done(nbytes=int(res.get("bytes") or 0), detail=job_detail(res))
     if args.json:
         print_json(res)

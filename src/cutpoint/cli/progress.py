@@ -1,8 +1,10 @@
 """A progress bar on stderr for long operations: one bar per disk with bytes, rate and time left (rich).
 
 Silent with --json or when stderr is not a terminal, so scripts and logs never see control sequences. The call
-signature stays ``(name, done, total)``, the callback backup and restore already take; bars finish when every disk
-seen so far is complete, and at exit at the latest (an error mid-run must not leave the cursor hidden).
+signature stays ``(name, done, total)``, the callback backup and restore already take. The bars stay up until the
+operation ends (``with``, or ``close``), and at exit at the latest (an error mid-run must not leave the cursor
+hidden): a backup reads its disks at once, so one disk can finish before another's first report, and closing when
+"every disk seen so far" was done would close the bar and open a second one mid-run.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ class ProgressLine:
             if task is None:
                 task = self._tasks[name] = self._bar.add_task(name, total=max(total, 1))
             self._bar.update(task, completed=done, total=max(total, 1))
-            if all(t.finished for t in self._bar.tasks):
-                self._close()
+
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:

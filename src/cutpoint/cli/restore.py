@@ -77,8 +77,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     target = target_of(args)
     vault = open_vault(args, create=False)
     export_passphrase(getattr(args, "passphrase_file", None))
-    progress = ProgressLine(not args.json)
-    with recorded(vault, "restore", args.name) as job:
+    with recorded(vault, "restore", args.name) as job, ProgressLine(not args.json) as progress:
         res = restore(vault, args.name, args.point, target, progress=progress)
         out = res.to_json()
         job.done(nbytes=res.nbytes, point=res.point, detail=job_detail(out))
