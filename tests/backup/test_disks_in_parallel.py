@@ -4,6 +4,7 @@ the others stop and the backup reports that disk's error, with no point and a cl
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,5 +60,40 @@ def test_a_failing_disk_stops_the_others_and_is_what_the_backup_reports(bare_qem
     finally:
         v.close()
     assert after.count("da") <= 1, after      # da stops at its next run (a run in flight may still report)
+    assert points() == []
+    assert_clean(vm.qmp, work_home(), {})
+
+
+@pytest.mark.parametrize("broken,other", [("db", "da"), ("da", "db")])
+def test_a_knock_on_failure_of_another_disk_does_not_hide_the_first(bare_qemu, tmp_path: Path, broken: str,
+                                                                    other: str) -> None:
+    """One disk fails first; the other fails a moment later because of it (as a pack write's failure makes every
+    later store refuse). The backup reports the first error, whichever disk comes first in the VM's order."""
+    vm, _ = two_disk_vm(bare_qemu, tmp_path)
+    other_in, broken_raised = threading.Event(), threading.Event()
+
+    class DiskBroke(CutpointError):
+        """The fault seam: the broken disk's read fails."""
+
+    class KnockOn(CutpointError):
+        """The other disk's failure, caused by the first."""
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name == other and not other_in.is_set():
+            other_in.set()
+            broken_raised.wait(timeout=20)
+            time.sleep(0.5)                    # the broken disk's error reaches the backup first
+            raise KnockOn(f"{other}: store refused after {broken}'s failure")
+        if name == broken and not broken_raised.is_set():
+            other_in.wait(timeout=20)
+            broken_raised.set()
+            raise DiskBroke(f"{broken}: read failed")
+
+    v = open_vault()
+    try:
+        with pytest.raises(DiskBroke, match=f"{broken}: read failed"):
+            backup(v, "v", BackupOptions(progress=progress))
+    finally:
+        v.close()
     assert points() == []
     assert_clean(vm.qmp, work_home(), {})

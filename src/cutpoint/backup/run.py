@@ -179,35 +179,40 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
     prev_disks = {d.name: d for d in prev.disks} if prev else {}
     base_disks = {d.name: d for d in nodes_base.disks} if nodes_base else {}
     failed = threading.Event()
+    first: list[BaseException] = []            # the failure that stopped the others, not a knock-on one
+    lock = threading.Lock()
+
+    def fail(e: BaseException) -> None:
+        with lock:
+            if not first and not isinstance(e, _Stopped):
+                first.append(e)
+        failed.set()
 
     def progress(name: str, done: int, total: int) -> None:
         if failed.is_set():
             raise _Stopped()
         if opts.progress is not None:
-            try:
-                opts.progress(name, done, total)
-            except BaseException:
-                failed.set()
-                raise
+            opts.progress(name, done, total)
 
     def one(t: ReadTarget, pool: ThreadPoolExecutor) -> DiskManifest:
         try:
             return _read_disk(vault, handle, t, prev_disks, base_disks, progress, pool)
-        except BaseException:
-            failed.set()
+        except BaseException as e:
+            fail(e)
             raise
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool, \
             ThreadPoolExecutor(max_workers=max(1, len(handle.targets)), thread_name_prefix="disk") as per_disk:
-        futures = [per_disk.submit(one, t, pool) for t in handle.targets]
+        futures = []
         try:
+            futures += [per_disk.submit(one, t, pool) for t in handle.targets]
             wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:                  # a signal in this thread: the disks stop too, then it goes on
-            failed.set()
+        except BaseException as e:             # a signal in this thread: the disks stop too, then it goes on
+            fail(e)
             raise
         if failed.is_set():
             wait(futures)
-            raise next(e for f in futures if (e := f.exception()) is not None and not isinstance(e, _Stopped))
+            raise first[0]
         disks = [f.result() for f in futures]
     return Manifest(point=point_id, vm=vm, created=iso(now), chunk_size=vault.chunk_size, disks=disks,
                     pause_ms=round(handle.pause_ms, 3), warnings=list(handle.warnings),
