@@ -83,15 +83,12 @@ class JobContext:
 
     def progress(self, name: str, done: int, total: int) -> None:
         self.check()
-        with self._lock:
+        with self._lock:                       # the write too: a slow one must not land after a later sum
             self._done[name] = done
             now = time.monotonic()
-            report = now - self._last >= 0.5 or done >= total
-            if report:
+            if now - self._last >= 0.5 or done >= total:
                 self._last = now
-                nbytes = sum(self._done.values())
-        if report:
-            self.store.progress(self.job_id, nbytes)
+                self.store.progress(self.job_id, sum(self._done.values()))
         delay = float(os.environ.get(SLOW_ENV) or 0)
         if delay:
             time.sleep(delay)
