@@ -60,9 +60,9 @@ class PackBuffer:
 
     def __init__(self, target: int) -> None:
         self.target = target
-        # zero pages from the kernel, touched as the pack fills: pre-touching it through ``bytes(n)`` made and
-        # copied a second buffer of the same size (2 x 18 MiB of fresh memory per buffer, a third of a backup's
-        # page faults here; fresh memory is slow: docs/performance.md)
+        # zeroed once (``bytearray(n)`` memsets it) and reused for every later pack; building it through
+        # ``bytearray(bytes(n))`` made and copied a second buffer of the same size (2 x 18 MiB of fresh memory per
+        # buffer, a third of a backup's page faults here; fresh memory is slow: docs/performance.md)
         self.buf = bytearray(target + (2 << 20))
         self.reset()
 
