@@ -10,7 +10,8 @@ cannot hit such a window reliably. So the code calls ``hit("stage")`` at those p
 SIGSTOP (the test resumes it with SIGCONT, to hold a backup in flight). Unset, ``hit`` costs one dictionary lookup.
 Never set it in production: it exists to prove the crash guarantees in docs/format.md.
 
-Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
+Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``object-write`` (an object of a local
+format v4 vault, a pack or an index object, written under its temporary name, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
 ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before
 COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone, manifests not yet
 deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut),

@@ -47,3 +47,24 @@ def _kill_v4(stage: str, p1: str, at_p1: dict[str, bytes], tmp_path: Path) -> No
     res = gc()
     assert res["packs_removed"] == len(new) and res["removed_chunks"] == 0, res
     assert files("data") == packs
+
+
+def test_kill_mid_pack_put(bare_qemu, tmp_path: Path) -> None:
+    """kill -9 while a pack is written under its temporary name (format v4, a local vault): the half pack is hidden
+    from every listing, so only gc can ever remove it, and gc does; nothing else changes."""
+    vm, images = two_disk_vm(bare_qemu, tmp_path)
+    p1 = backup()["point"]
+    at_p1 = snapshot(images)
+    change(vm, 0x32)
+    packs, index = files("data"), files("index")
+    killed_at("object-write", "backup", "v")
+    torn = [p for p in (tmp_path / "vault").rglob(".tmp-*")]
+    assert torn and all(p.is_relative_to(tmp_path / "vault" / "data") for p in torn), torn
+    assert files("data", "[!.]*") == packs and files("index") == index    # nothing new under a final name
+    assert_sound({p1: at_p1}, tmp_path)
+    res = gc()
+    assert res["removed_temp"] == len(torn) and res["packs_removed"] == 0, res
+    assert not [p for p in (tmp_path / "vault").rglob(".tmp-*")]
+    assert files("data") == packs
+    p2 = backup()
+    assert_sound({p1: at_p1, p2["point"]: snapshot(images)}, tmp_path)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import faults
 from ..errors import NotFoundError, VaultError
 from .directio import write_all
 
@@ -90,6 +91,7 @@ class LocalBackend:
                     done = 0
                     while done < len(view):
                         done += os.write(fd, view[done:])
+            faults.hit("object-write")  # written under its temporary name, not yet renamed
         except BaseException:
             os.close(fd)
             _unlink(tmp)

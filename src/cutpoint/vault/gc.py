@@ -17,6 +17,7 @@ expires; then gc purges it (docs/format.md §19).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from .. import faults
 from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError
-from . import location, locks, packgc, protection, remote, softdelete
+from . import location, locks, packgc, packindex, protection, remote, softdelete
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
 from .prune import parse_created
@@ -157,6 +158,7 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
     _purge(vault, expired, res)
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
+    _sweep_object_temps(vault, cutoff, res)
     st, counts = packgc.sweep(store, live, cutoff, res.dry_run)
     retention = location.retention_of(vault.config) if vault.remote is not None else None
     if retention is not None and not res.dry_run:
@@ -184,13 +186,31 @@ def _remove(path: Path, size: int, res: GcResult) -> bool:
 
 
 def _sweep_manifests(vault: Vault, known: set[str], cutoff: float, res: GcResult) -> None:
-    if vault.remote is not None:
-        return          # S3: every manifest in the bucket is a point (another host's too): none is swept
     """Manifests that are neither a visible point's nor a kept soft-deleted point's, in ``points/`` and
     ``deleted/``, and ``.tmp-*`` leftovers; deletion records are never swept here (``_roots``)."""
+    if vault.remote is not None:
+        return          # S3: every manifest in the bucket is a point (another host's too): none is swept
     for top in (vault.root / "points", vault.root / softdelete.DELETED):
         if top.exists():
             _sweep_manifests_in(vault, top, known, cutoff, res)
+
+
+def _sweep_object_temps(vault: Vault, cutoff: float, res: GcResult) -> None:
+    """``.tmp-*`` leftovers of packs, index objects and bad-blob markers whose writer was killed before the rename.
+    No listing shows them (names starting with '.' are hidden), so nothing else would ever remove them."""
+    if vault.remote is not None:
+        return          # S3: an object appears whole or not at all
+    for top in ("data", packindex.INDEX_PREFIX.rstrip("/"), packindex.BAD_PREFIX.rstrip("/")):
+        d = vault.root / top
+        if not d.is_dir():
+            continue
+        for path in d.rglob(".tmp-*"):
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and _remove(path, st.st_size, res):
+                res.removed_temp += 1
 
 
 def _sweep_manifests_in(vault: Vault, root: Path, known: set[str], cutoff: float, res: GcResult) -> None:
