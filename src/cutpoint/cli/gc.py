@@ -39,7 +39,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"packs: {res.packs_seen} seen, {res.packs_removed} {'to delete' if args.dry_run else 'deleted'}, "
               + (f"{res.packs_repacked} to repack" if args.dry_run else f"{res.packs_repacked} repacked into "
                  f"{res.packs_written} ({human(res.repacked_bytes)} copied)")
-              + (f", {res.kept_relied} kept because a running backup relies on them" if res.kept_relied else ""))
+              + (f", {res.kept_relied} kept because a running backup relies on them" if res.kept_relied else "")
+              + (f", {res.kept_retained} kept by the store's Object Lock until their retain-until date"
+                 if res.kept_retained else ""))
+    if res.packs_adopted:
+        print(f"{res.packs_adopted} pack(s) no index listed hold chunks that points use (an index object was lost): "
+              f"{'would take' if args.dry_run else 'took'} them back into the index instead of deleting them")
+    if res.retention_extended:
+        print(f"Object Lock: retention extended on {res.retention_extended} objects the points still use")
     if res.soft_deleted or res.purged:
         print(f"soft delete: kept the data of {len(res.soft_deleted)} soft-deleted point(s) (recoverable "
               f"{res.soft_delete_days} days after deletion); {'would purge' if args.dry_run else 'purged'} "

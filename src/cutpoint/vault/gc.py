@@ -57,6 +57,7 @@ class GcResult:
     repacked_bytes: int = 0
     kept_relied: int = 0                # packs a running backup relies on
     kept_retained: int = 0              # S3 Object Lock: packs the store keeps until their retain-until date
+    packs_adopted: int = 0              # packs whose index object was lost, taken back into the index (packgc)
     retention_extended: int = 0         # S3 Object Lock: objects whose retention gc extended
     immutable_days: int = 0             # the vault's protection (docs/format.md §19)
     soft_delete_days: int = 0

@@ -10,7 +10,9 @@ Safe while backups run, and kill -9 safe at every step (docs/format.md §18, the
 3. copy the live blobs of the repacked packs, as stored (no decoding), into new packs; sync;
 4. write one index object for every pack kept and every new pack; sync; delete the index objects read in step 1;
 5. delete the chosen packs, pack files no index lists (a writer killed before its index) that are older than the
-   cutoff, and bad-blob markers of deleted packs.
+   cutoff, and bad-blob markers of deleted packs. A pack no index lists but whose own trailer names a blob some
+   point references and no listed pack holds is *adopted* instead: its index object was lost (it is what
+   ``vault rebuild-index`` would bring back), and deleting it would lose that blob for good.
 
 A kill before step 4 leaves new packs no index lists: young, they are kept, and a later gc deletes them. A kill
 after it leaves duplicate index entries (harmless: any copy reads the same) or old packs no index lists, which the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from ..errors import IntegrityError, NotFoundError, RetentionError
 from . import locks, packindex
 from .backend import ObjectInfo
 from .packfile import Entry, PackBuffer, pack_id_of, pack_name
+from .packrebuild import read_trailer
 from .packstore import PACK_LOCK, PackStore
 from .tree import ChunkTree
 
@@ -44,6 +48,7 @@ class PackStats:
     repacked_bytes: int = 0
     kept_relied: int = 0
     kept_retained: int = 0          # S3 Object Lock: packs the store refused to delete before their retain-until
+    packs_adopted: int = 0          # listed by no index, but holding referenced blobs no listed pack has
     retention_extended: int = 0     # S3 Object Lock: live packs and index objects whose retention was extended
 
 
@@ -124,19 +129,22 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
             counts["removed_chunks"] += len(entries) - len(keep)
         orphans = [pid for pid, info in listing.items()
                    if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
+        adopted = _adoptable(store, idx.where, live, listing, orphans)
+        orphans = [pid for pid in orphans if pid not in dict(adopted)]
+        st.packs_adopted = len(adopted)
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
         if dry_run:                     # what would go; a repack's saving is known only once it is written
             counts["freed_bytes"] = sum(listing[p].size for p in doomed + orphans)
             st.packs_removed, st.packs_repacked = len(doomed) + len(orphans), len(repack)
             return st, counts
-        if not (doomed or repack or orphans):
+        if not (doomed or repack or orphans or adopted):
             return st, counts
         written = _copy(store, repack, st) if repack else []
         store.backend.sync()
         faults.hit("gc-repacked")
         gone = set(doomed) | {p for p, _ in repack}
-        kept = [(pid, entries) for pid, entries in idx.packs.items() if pid in listing and pid not in gone]
+        kept = [(pid, entries) for pid, entries in idx.packs.items() if pid in listing and pid not in gone] + adopted
         name = packindex.new_index_name()
         store.backend.put(name, packindex.encode_index(store.sealer, name, kept + written))
         store.backend.sync()
@@ -161,6 +169,21 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         os.close(fd)
     store.reload()
     return st, counts
+
+
+def _adoptable(store: PackStore, where: Mapping[bytes, object], live: set[bytes], listing: dict[bytes, ObjectInfo],
+               orphans: list[bytes]) -> list[tuple[bytes, list[Entry]]]:
+    """The unlisted packs that hold a referenced blob no listed pack has, with their entries (from their trailers).
+    One whose trailer does not open stays an orphan: ``vault rebuild-index`` could not use it either."""
+    out = []
+    for pid in orphans:
+        try:
+            entries = read_trailer(store.backend, store.sealer, pid, listing[pid])
+        except (IntegrityError, NotFoundError):
+            continue
+        if any(e.bid in live and e.bid not in where for e in entries):
+            out.append((pid, entries))
+    return out
 
 
 def _delete(store: PackStore, name: str) -> bool:

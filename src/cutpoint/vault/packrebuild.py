@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from ..errors import IntegrityError, NotFoundError
 from . import packindex
-from .backend import Backend
+from .backend import Backend, ObjectInfo
 from .crypto import Sealer
 from .packfile import END, Entry, pack_id_of, parse_trailer, trailer_length
+
+
+def read_trailer(backend: Backend, sealer: Sealer, pid: bytes, info: ObjectInfo) -> list[Entry]:
+    """A pack's entries from its own sealed trailer (two small reads); ``IntegrityError`` if it does not open."""
+    tlen = trailer_length(backend.get(info.name, max(0, info.size - END.size), END.size))
+    if tlen is None or tlen + END.size > info.size:
+        raise IntegrityError(f"pack {pid.hex()} is damaged: no trailer (truncated, or not a pack)")
+    tail = backend.get(info.name, info.size - END.size - tlen, tlen + END.size)
+    return parse_trailer(sealer, pid, tail, info.size)
 
 
 def rebuild_index(backend: Backend, sealer: Sealer) -> tuple[int, list[str]]:
@@ -26,11 +35,7 @@ def rebuild_index(backend: Backend, sealer: Sealer) -> tuple[int, list[str]]:
         if pid is None:
             continue
         try:
-            tlen = trailer_length(backend.get(info.name, max(0, info.size - END.size), END.size))
-            if tlen is None or tlen + END.size > info.size:
-                raise IntegrityError(f"pack {pid.hex()} is damaged: no trailer (truncated, or not a pack)")
-            tail = backend.get(info.name, info.size - END.size - tlen, tlen + END.size)
-            found.append((pid, parse_trailer(sealer, pid, tail, info.size)))
+            found.append((pid, read_trailer(backend, sealer, pid, info)))
         except (IntegrityError, NotFoundError) as exc:
             problems.append(str(exc))
     name = packindex.new_index_name()
