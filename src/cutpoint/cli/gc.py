@@ -51,6 +51,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"soft delete: kept the data of {len(res.soft_deleted)} soft-deleted point(s) (recoverable "
               f"{res.soft_delete_days} days after deletion); {'would purge' if args.dry_run else 'purged'} "
               f"{len(res.purged)} expired" + (f": {', '.join(res.purged)}" if res.purged else ""))
+    if res.kept_retained_records:
+        print(f"Object Lock keeps the deletion records of {len(res.kept_retained_records)} expired soft-deleted "
+              f"point(s) until their retain-until date (their data is freed): {', '.join(res.kept_retained_records)}")
     if res.kept_immutable:
         print(f"immutability kept {len(res.kept_immutable)} expired soft-deleted point(s) younger than "
               f"{res.immutable_days} days: {', '.join(res.kept_immutable)}")

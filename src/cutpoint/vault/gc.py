@@ -65,6 +65,7 @@ class GcResult:
     purged: list[str] = field(default_factory=list)           # expired soft-deleted points removed
     kept_immutable: list[str] = field(default_factory=list)   # expired, but younger than the immutability
     removed_records: int = 0            # stale deletion records of visible points
+    kept_retained_records: list[str] = field(default_factory=list)   # expired, but S3 Object Lock keeps the record
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,12 +132,12 @@ def _roots(vault: Vault, res: GcResult) -> tuple[list[tuple[PointRecord, Path]],
 def _purge(vault: Vault, expired: list[softdelete.DeletedPoint], res: GcResult) -> None:
     """After the mark: expired soft-deleted points go (record, then manifest), and stale deletion records."""
     for dp in expired:
-        res.purged.append(dp.id)
-        res.freed_bytes += softdelete.purge(vault, dp, res.dry_run)
+        gone, freed = softdelete.purge(vault, dp, res.dry_run)
+        (res.purged if gone else res.kept_retained_records).append(dp.id)
+        res.freed_bytes += freed
     for path in softdelete.stale_records(vault):
-        if not res.dry_run:
-            softdelete.drop_stale(vault, path)
-        res.removed_records += 1
+        if res.dry_run or softdelete.drop_stale(vault, path):
+            res.removed_records += 1
 
 
 def _immutable(prot: protection.Protection, row: PointRecord, now: datetime) -> bool:

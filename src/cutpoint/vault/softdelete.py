@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from .. import faults, names
 from ..catalog.db import PointRecord, VerifyRecord
-from ..errors import IntegrityError, NotFoundError, UsageError, VaultError
+from ..errors import IntegrityError, NotFoundError, RetentionError, UsageError, VaultError
 from . import hoststate
 from .fsutil import fsync_dir, write_atomic
 from .manifest import manifest_path
@@ -220,13 +220,23 @@ def stale_records(vault: Vault) -> list[Path]:
     return [rpath for v, pid, rpath in _records(vault, None) if (v, pid) in visible]
 
 
-def drop_stale(vault: Vault, record: Path) -> None:
-    """gc: a stale record goes; on S3 with it the copy of the (visible) point's manifest in ``deleted/``."""
+def drop_stale(vault: Vault, record: Path) -> bool:
+    """gc: a stale record goes; on S3 with it the copy of the (visible) point's manifest in ``deleted/``. False when
+    the store keeps them under Object Lock retention (written with it like every object): a stale record is listed
+    nowhere, so it simply stays until a gc after its retain-until date."""
     if vault.remote is None:
         record.unlink(missing_ok=True)
-        return
-    vault.backend.delete(_name(vault, record))
-    vault.backend.delete(_name(vault, record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")))
+        return True
+    copy = record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")
+    return all([_delete_unless_retained(vault, _name(vault, path)) for path in (record, copy)])
+
+
+def _delete_unless_retained(vault: Vault, name: str) -> bool:
+    try:
+        vault.backend.delete(name)
+        return True
+    except RetentionError:
+        return False
 
 
 def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection) -> DeletedPoint:
@@ -325,21 +335,23 @@ def _undelete_remote(vault: Vault, dp: DeletedPoint, dest: Path) -> PointRecord:
     return dp.row
 
 
-def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> int:
+def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> tuple[bool, int]:
     """gc, for an expired soft-deleted point: its record first (it is then no longer listed nor undeletable), then
     its manifest; a kill between leaves a manifest without row or record, which gc removes as an orphan. Returns
-    the bytes freed."""
+    whether it is gone and the bytes freed: on S3 the store may still retain the record (Object Lock, written at
+    the deletion with the vault's immutability), and the point then stays listed, expired, until a later gc."""
     freed = 0
     for path in (dp.record, dp.manifest):
         if path is None:
             continue
         if vault.remote is not None:
             try:
-                freed += len(vault.backend.get(_name(vault, path)))
+                size = len(vault.backend.get(_name(vault, path)))
             except NotFoundError:
                 continue
-            if not dry_run:
-                vault.backend.delete(_name(vault, path))
+            if not dry_run and not _delete_unless_retained(vault, _name(vault, path)):
+                return path != dp.record, freed
+            freed += size
             continue
         try:
             freed += path.stat().st_size
@@ -348,4 +360,4 @@ def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> int:
                 fsync_dir(path.parent)
         except FileNotFoundError:
             pass
-    return freed
+    return True, freed
