@@ -38,3 +38,27 @@ def test_v2_vault_restores_and_verifies(tmp_path: Path, monkeypatch, name: str) 
         assert any("unkeyed checksums" in g for g in info["not_protected_against"])
     else:
         assert info["authenticated"] and info["encryption"]["cipher"] == "aes-256-gcm"
+
+
+@pytest.mark.parametrize("name", ["v2-plain", "v2-encrypted"])
+def test_v2_vault_takes_backups_in_v2(bare_qemu, tmp_path: Path, monkeypatch, name: str) -> None:
+    """A v2 vault keeps its format: a full and an incremental go in as v2 (a chunk file each, no packs), restore
+    byte-identical and verify, and the fixture's own point is untouched."""
+    from tests.vault.util import assert_sound, backup, change, snapshot, two_disk_vm
+
+    monkeypatch.setenv("CUTPOINT_PASSPHRASE", "fixture passphrase")
+    root = copy_fixture(name, tmp_path / name)
+    monkeypatch.setenv("CUTPOINT_VAULT", str(root))
+    vm, images = two_disk_vm(bare_qemu, tmp_path)
+    p1 = backup()["point"]
+    at_p1 = snapshot(images)
+    change(vm, 0x21)
+    p2 = backup()
+    assert p2["mode"] == "incremental", p2
+    assert json.loads((root / "config.json").read_text())["version"] == 2
+    assert not (root / "data").exists() and any((root / "chunks").rglob("*"))
+    assert_sound({p1: at_p1, p2["point"]: snapshot(images)}, tmp_path)
+    out = tmp_path / "fixture-point"
+    cutpoint("restore", "web", POINT, "--to", str(out), check=True)
+    [img] = list(out.iterdir())
+    assert hashlib.sha256(img.read_bytes()).hexdigest() == (FIXTURES / "v2-disk-d.sha256").read_text().strip()
