@@ -102,3 +102,38 @@ def test_gc_during_backup_keeps_the_packs_it_relies_on(bare_qemu, tmp_path: Path
     res = gc()                                          # p2's pack is dead now; P1's G is dead, X is p3's
     assert res["packs_removed"] + res["packs_repacked"] >= 1, res
     assert_sound({p3: want}, tmp_path)
+
+
+def test_gc_repacks_the_packs_a_running_incremental_inherits_from(bare_qemu, tmp_path: Path) -> None:
+    """Format v4: an incremental inherits most of its chunks unread from its parent. gc repacks the packs that hold
+    them while it is in flight (old and small: worth a rewrite); the blobs live on under the same ids in the new
+    pack, and every point, the running one's included, restores byte-identical."""
+    a = make_image(tmp_path / "a.qcow2", "16M", writes=["write -P 0x11 0 4M", "write -P 0x22 8M 4M"])
+    vm = bare_qemu(blockdev_args(a, "da"))
+    add_vm("v", vm.qmp)
+    p1 = backup()["point"]
+    at_p1 = snapshot({"da": a})
+    guest_write(vm.qmp, "da-dev", "write -P 0x33 4M 1M")
+    p2 = backup()["point"]
+    at_p2 = snapshot({"da": a})
+    old = time.time() - 3600
+    packs = sorted((tmp_path / "vault" / "data").rglob("*"))
+    packs = [p for p in packs if p.is_file()]
+    assert len(packs) == 2
+    for p in packs:
+        os.utime(p, (old, old))                         # old enough for gc; both smaller than half a pack
+    guest_write(vm.qmp, "da-dev", "write -P 0x44 12M 1M")
+    want = snapshot({"da": a})
+    proc = start_stopped("after-chunks", "backup", "v", "--json")
+    try:
+        res = gc()
+        assert res["running_backups"] == ["backup v"]
+        assert res["packs_repacked"] == 2 and res["packs_written"] >= 1, res
+        assert not any(p.exists() for p in packs)       # the inherited blobs now live only in the new pack
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    p3 = __import__("json").loads(out)
+    assert p3["mode"] == "incremental", p3
+    assert_sound({p1: at_p1, p2: at_p2, p3["point"]: want}, tmp_path)
