@@ -35,6 +35,7 @@ def test_kill_during_gc_of_packs(bare_qemu, tmp_path: Path, stage: str) -> None:
     vm, images, keep, at_keep = _pruned_chain(bare_qemu, tmp_path)
     dry = gc_dry()
     assert dry["packs_seen"] >= 4
+    assert dry["packs_repacked"] > 0 and dry["packs_removed"] > 0, dry     # each stage has work to be killed in
     killed_at(stage, "gc", "--grace", "0")
     assert_sound({keep: at_keep}, tmp_path)
     res = gc()                                              # not refused: the locks died with the process
