@@ -51,22 +51,48 @@ def test_undelete_and_gc_on_an_object_lock_vault(tmp_path: Path, s3_lock_bucket:
     r = cutpoint("verify", "--read-data", *v)
     assert r.code == 0, r.err
 
-    # deleted again, and its soft delete expires while the store still retains the deletion record
+    # deleted again; then a writer of the bucket adds a version of the deletion record that says "20 days ago"
     _a_day_passes(client, s3_lock_bucket, f"sdl/points/w/{pid}.manifest")
     cutpoint("delete", pid, *v, check=True)
     key = f"sdl/deleted/w/{pid}.deleted"
     doc = json.loads(client.get_object(Bucket=s3_lock_bucket, Key=key)["Body"].read())
     doc["deleted"] = (datetime.now(timezone.utc) - timedelta(days=20)).isoformat(timespec="seconds")
-    client.put_object(Bucket=s3_lock_bucket, Key=key, Body=json.dumps(doc).encode(),   # 20 days pass for it,
-                      ObjectLockMode="GOVERNANCE",                                     # still retained (as with
-                      ObjectLockRetainUntilDate=datetime.now(timezone.utc) + timedelta(days=1))  # immutability > 14)
-    r = cutpoint("gc", "--grace", "0", "--json", *v)
+    client.put_object(Bucket=s3_lock_bucket, Key=key, Body=json.dumps(doc).encode())
+    [listed] = json.loads(cutpoint("points", "--deleted", "--json", *v, check=True).out)
+    assert listed["point"] == pid and listed["deleted"] >= datetime.now(timezone.utc).strftime("%Y-%m-%d"), listed
+    res = json.loads(cutpoint("gc", "--grace", "0", "--json", *v, check=True).out)
+    assert res["soft_deleted"] == [pid] and res["purged"] == [], res     # not shortened: its data is kept
+    cutpoint("undelete", pid, *v, check=True)
+    r = cutpoint("restore", "w", pid, "--to", str(tmp_path / "again"), *v)
     assert r.code == 0, r.err
-    res = json.loads(r.out)
-    assert res["kept_retained_records"] == [pid] and res["purged"] == [], res
-    assert [d["point"] for d in json.loads(cutpoint("points", "--deleted", "--json", *v, check=True).out)] == [pid]
-    r = cutpoint("undelete", pid, *v)
-    assert r.code != 0 and "expired" in r.err, r.err
+    assert (tmp_path / "again" / "d.raw").read_bytes() == b"".join(data)
+
+
+def test_gc_keeps_an_expired_points_record_the_store_still_retains(tmp_path: Path, s3_lock_bucket: str,
+                                                                   s3_env) -> None:
+    """Immutability longer than the soft delete: when it expires, the record is still retained by the store. The
+    purge keeps it (the point stays listed, expired) and fails nothing; its data is freed."""
+    from cutpoint.vault import softdelete
+    from cutpoint.vault.protection import current
+
+    url = f"s3://{s3_lock_bucket}/ret"
+    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance",
+             check=True)
+    vault = Vault.open(location.resolve(url))
+    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pid = "20230101T000000Z-0b0b"
+    commit_synthetic_point(vault, pid, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": pid})
+    vault.close()
+    _a_day_passes(s3_env.client(), s3_lock_bucket, f"ret/points/w/{pid}.manifest")
+    cutpoint("delete", pid, "--vault", url, check=True)
+    vault = Vault.open(location.resolve(url))
+    try:
+        [dp] = softdelete.scan(vault, current(vault))
+        assert softdelete.purge(vault, dp, dry_run=False) == (False, 0)      # what gc does once it expired
+        assert [d.id for d in softdelete.scan(vault, current(vault))] == [pid]
+    finally:
+        vault.close()
 
 
 def _a_day_passes(client, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -188,14 +188,17 @@ def _read_bytes(vault: Vault, path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _records(vault: Vault, vm: str | None) -> list[tuple[str, str, Path]]:
-    """(VM, point, record path) of every well-named deletion record: names from a listing are checked first."""
+def _records(vault: Vault, vm: str | None, stored: dict[Path, float] | None = None) -> list[tuple[str, str, Path]]:
+    """(VM, point, record path) of every well-named deletion record: names from a listing are checked first. On S3,
+    ``stored`` gets each record's time as the store reports it (``_read`` says why)."""
     out = []
     if vault.remote is not None:
         for obj in vault.backend.list(f"{DELETED}/"):
             parts = obj.name.split("/")
             if len(parts) == 3 and parts[2].endswith(RECORD_SUFFIX):
                 out.append((parts[1], parts[2][:-len(RECORD_SUFFIX)], vault.root / obj.name))
+                if stored is not None:
+                    stored[vault.root / obj.name] = obj.mtime
     else:
         top = vault.root / DELETED
         if not top.is_dir():
@@ -211,7 +214,9 @@ def scan(vault: Vault, protection: Protection, vm: str | None = None) -> list[De
     """Every soft-deleted point of the vault (or of ``vm``), records of points that are visible again (stale: an
     undelete or a delete killed half-way) left out. Names from the listing are checked before they become paths."""
     visible = {p.id for p in vault.catalog.points()}
-    return [_read(vault, v, pid, rpath, protection) for v, pid, rpath in _records(vault, vm) if pid not in visible]
+    stored: dict[Path, float] = {}
+    return [_read(vault, v, pid, rpath, protection, stored.get(rpath))
+            for v, pid, rpath in _records(vault, vm, stored) if pid not in visible]
 
 
 def stale_records(vault: Vault) -> list[Path]:
@@ -239,7 +244,13 @@ def _delete_unless_retained(vault: Vault, name: str) -> bool:
         return False
 
 
-def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection) -> DeletedPoint:
+def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection,
+          stored: float | None = None) -> DeletedPoint:
+    """The record, with its deletion time no earlier than ``stored``, the time the store gave the record's current
+    version (S3). The record is not authenticated, and a bucket's writers can add versions even under Object Lock:
+    a new version saying "deleted 20 days ago" (or an old record copied back) would shorten the point's soft delete.
+    The store's own time of the version cannot be set by a writer, so such a version makes the point look deleted
+    *later*, never earlier."""
     here = [p for p in (deleted_manifest(vault.root, vm, pid), manifest_path(vault.root, vm, pid))
             if _is_file(vault, p)]
     dp = DeletedPoint(pid, vm, None, None, None, None, rpath, here[0] if here else None)
@@ -259,6 +270,8 @@ def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection) 
             if not isinstance(row[name], typ):
                 raise ValueError(f"its row's {name} is {row[name]!r}")
         dp.verified = VerifyRecord(**doc["verified"]) if doc.get("verified") else None
+        if stored is not None:
+            t = max(t, datetime.fromtimestamp(stored, timezone.utc))
         dp.deleted, dp.expires = t, protection.expires(t)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         dp.problem = f"its deletion record {rpath} is unreadable ({exc})"
