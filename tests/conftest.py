@@ -22,6 +22,9 @@ import pytest
 from cutpoint.restore import sandbox
 from tests.helpers import listening
 
+# the real S3 server (SeaweedFS) and its buckets, for every test package that needs one (started on first use)
+pytest_plugins = ["tests.vault.s3fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 

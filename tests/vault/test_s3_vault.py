@@ -1,4 +1,4 @@
-"""Vaults on S3-compatible storage (a real SeaweedFS, tests/vault/conftest.py), through the real CLI: the same
+"""Vaults on S3-compatible storage (a real SeaweedFS, tests/vault/s3fixtures.py), through the real CLI: the same
 format as a local vault, the objects in the bucket, this host's catalog rebuilt from the bucket's manifests."""
 
 from __future__ import annotations

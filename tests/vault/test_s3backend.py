@@ -13,7 +13,7 @@ import pytest
 from cutpoint.errors import RetentionError, StorageAuthError, VaultError
 from cutpoint.vault.s3backend import Retention, S3Backend
 
-from .conftest import S3Server
+from .s3server import S3Server
 
 
 def _until(b: S3Backend, client, name: str) -> dt.datetime:  # type: ignore[no-untyped-def]

