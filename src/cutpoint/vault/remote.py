@@ -127,7 +127,8 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
                                      f"{m.chunk_size} bytes, index nodes of {m.fanout})")
         except (IntegrityError, NotFoundError, VaultError) as exc:
             res.problems.append(str(exc))
-            log.warning("S3 vault %s: %s; that point is not listed", vault.remote.url if vault.remote else "", exc)
+            if not rebuild:                     # rebuild-catalog reports its problems itself
+                log.warning("vault %s: %s; that point is not listed", vault.where, exc)
             continue
         vault.catalog.add_point(record_of(m, name))
         res.added.append(point)
