@@ -102,3 +102,73 @@ def _a_day_passes(client, bucket: str, key: str) -> None:  # type: ignore[no-unt
                                     Retention={"Mode": "GOVERNANCE",
                                                "RetainUntilDate": datetime.now(timezone.utc) + timedelta(seconds=2)})
     time.sleep(3)
+
+
+def test_an_expired_point_whose_record_the_store_retains_stays_whole(
+        tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
+    """Immutability (2 days) longer than the soft delete (1 day): when the soft delete expires, the store still
+    retains the deletion record, so the point stays listed. gc keeps it whole (``kept_retained_records``) instead of
+    freeing its data under a listed record: a longer soft delete set later makes it recoverable again, and it must
+    then restore byte-identical. The host's clock, gc's only seam for expiry, is moved on in-process."""
+    from cutpoint.vault import protection
+    from cutpoint.vault.gc import gc as run_gc
+
+    url = f"s3://{s3_lock_bucket}/exp"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "2", "--soft-delete-days", "1",
+             "--object-lock", "governance", check=True)
+    vault = Vault.open(location.resolve(url))
+    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+    old = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = [os.urandom(vault.chunk_size) for _ in range(3)]
+    pid = "20230101T000000Z-0c0c"
+    commit_synthetic_point(vault, pid, "w", old, {"d": data}, {"point": pid})
+    vault.close()
+    client = s3_env.client()
+    _a_day_passes(client, s3_lock_bucket, f"exp/points/w/{pid}.manifest")
+    cutpoint("delete", pid, *v, check=True)
+
+    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # expired; the record retained a day more
+    with monkeypatch.context() as m:
+        m.setattr(protection, "now", lambda: later)
+        vault = Vault.open(location.resolve(url))
+        try:
+            res = run_gc(vault, grace=0)
+        finally:
+            vault.close()
+    assert res.kept_retained_records == [pid] and res.purged == [] and res.soft_deleted == [pid], res
+    cutpoint("vault", "protect", "--soft-delete-days", "30", *v, check=True)
+    cutpoint("undelete", pid, *v, check=True)
+    r = cutpoint("restore", "w", pid, "--to", str(tmp_path / "out"), *v)
+    assert r.code == 0, r.err
+    assert (tmp_path / "out" / "d.raw").read_bytes() == b"".join(data)
+
+
+def test_gc_removes_a_manifest_copy_left_without_its_record(tmp_path: Path, s3_lock_bucket: str, s3_env) -> None:
+    """An undelete or a purge killed (or refused by the store) between the record and the copy leaves a copy in
+    ``deleted/`` that nothing lists: gc removes it once the store lets it go."""
+    url = f"s3://{s3_lock_bucket}/orph"
+    v = ("--vault", url)
+    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance",
+             check=True)
+    vault = Vault.open(location.resolve(url))
+    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pid = "20230101T000000Z-0d0d"
+    commit_synthetic_point(vault, pid, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": pid})
+    keep = "20230101T000001Z-0e0e"
+    commit_synthetic_point(vault, keep, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": keep})
+    vault.close()
+    client = s3_env.client()
+    _a_day_passes(client, s3_lock_bucket, f"orph/points/w/{pid}.manifest")
+    cutpoint("delete", pid, *v, check=True)
+    record, copy = f"orph/deleted/w/{pid}.deleted", f"orph/deleted/w/{pid}.manifest"
+    for key in (record, copy):
+        _a_day_passes(client, s3_lock_bucket, key)
+    for ver in client.list_object_versions(Bucket=s3_lock_bucket, Prefix=record)["Versions"]:
+        client.delete_object(Bucket=s3_lock_bucket, Key=record, VersionId=ver["VersionId"])   # a purge cut off
+    res = json.loads(cutpoint("gc", "--grace", "0", "--json", *v, check=True).out)
+    assert res["removed_manifests"] == 1, res
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="orph/deleted/").get("Contents", [])}
+    assert keys == set(), keys
+    assert [p["point"] for p in json.loads(cutpoint("points", "w", "--json", *v, check=True).out)] == [keep]

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import faults
 from ..catalog.db import PointRecord
-from ..errors import IntegrityError, NotFoundError
+from ..errors import IntegrityError, NotFoundError, RetentionError
 from . import location, locks, packgc, packindex, protection, remote, softdelete
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
@@ -65,7 +65,7 @@ class GcResult:
     purged: list[str] = field(default_factory=list)           # expired soft-deleted points removed
     kept_immutable: list[str] = field(default_factory=list)   # expired, but younger than the immutability
     removed_records: int = 0            # stale deletion records of visible points
-    kept_retained_records: list[str] = field(default_factory=list)   # expired, but S3 Object Lock keeps the record
+    kept_retained_records: list[str] = field(default_factory=list)   # expired, kept: Object Lock keeps the record
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,9 +114,11 @@ def _roots(vault: Vault, res: GcResult) -> tuple[list[tuple[PointRecord, Path]],
     expired = []
     for dp in softdelete.scan(vault, prot):
         if dp.expired(now) and dp.row is not None and not _immutable(prot, dp.row, now):
-            expired.append(dp)
-            continue
-        if dp.expired(now):
+            if not softdelete.retained(vault, dp):
+                expired.append(dp)
+                continue
+            res.kept_retained_records.append(dp.id)     # whole, until the store lets its record go
+        elif dp.expired(now):
             res.kept_immutable.append(dp.id)
         if dp.manifest is None:
             continue                    # nothing left to keep (its record is listed with the problem)
@@ -156,7 +158,9 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
         live = packgc.referenced(trees)
     except (IntegrityError, NotFoundError) as exc:
         raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
-                             "chunks the points use. Run 'cutpoint verify', then prune the point it names") from exc
+                             "chunks the points use. Run 'cutpoint vault rebuild-index' (an index object may be "
+                             "lost: the packs list their own blobs), then 'cutpoint verify', and prune the point it "
+                             "still names") from exc
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
     _purge(vault, expired, res)
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
@@ -190,11 +194,30 @@ def _remove(path: Path, size: int, res: GcResult) -> bool:
 def _sweep_manifests(vault: Vault, known: set[str], cutoff: float, res: GcResult) -> None:
     """Manifests that are neither a visible point's nor a kept soft-deleted point's, in ``points/`` and
     ``deleted/``, and ``.tmp-*`` leftovers; deletion records are never swept here (``_roots``)."""
-    if vault.remote is not None:
-        return          # S3: every manifest in the bucket is a point (another host's too): none is swept
+    if vault.remote is not None:    # S3: every manifest in points/ is a point (another host's too): none is swept
+        _sweep_orphan_copies(vault, cutoff, res)
+        return
     for top in (vault.root / "points", vault.root / softdelete.DELETED):
         if top.exists():
             _sweep_manifests_in(vault, top, known, cutoff, res)
+
+
+def _sweep_orphan_copies(vault: Vault, cutoff: float, res: GcResult) -> None:
+    """S3: manifest copies in ``deleted/`` without their record (a purge or an undelete killed, or refused by Object
+    Lock, between the record and the copy): no listing names them, so without this they would stay for good. A
+    delete writes every record before any copy, so a copy without a record is never one being made."""
+    objs = list(vault.backend.list(f"{softdelete.DELETED}/"))
+    records = {o.name[:-len(softdelete.RECORD_SUFFIX)] for o in objs if o.name.endswith(softdelete.RECORD_SUFFIX)}
+    for o in objs:
+        if not o.name.endswith(".manifest") or o.name[:-len(".manifest")] in records or o.mtime >= cutoff:
+            continue
+        if not res.dry_run:
+            try:
+                vault.backend.delete(o.name)
+            except RetentionError:
+                continue                # a later gc, once the store lets it go
+        res.removed_manifests += 1
+        res.freed_bytes += o.size
 
 
 def _sweep_object_temps(vault: Vault, cutoff: float, res: GcResult) -> None:

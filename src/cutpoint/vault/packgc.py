@@ -31,6 +31,7 @@ from .. import faults
 from ..errors import IntegrityError, NotFoundError, RetentionError
 from . import locks, packindex
 from .backend import ObjectInfo
+from .packindex import Location
 from .packfile import Entry, PackBuffer, pack_id_of, pack_name
 from .packrebuild import read_trailer
 from .packstore import PACK_LOCK, PackStore
@@ -171,17 +172,18 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
     return st, counts
 
 
-def _adoptable(store: PackStore, where: Mapping[bytes, object], live: set[bytes], listing: dict[bytes, ObjectInfo],
-               orphans: list[bytes]) -> list[tuple[bytes, list[Entry]]]:
-    """The unlisted packs that hold a referenced blob no listed pack has, with their entries (from their trailers).
-    One whose trailer does not open stays an orphan: ``vault rebuild-index`` could not use it either."""
+def _adoptable(store: PackStore, where: Mapping[bytes, Location], live: set[bytes],
+               listing: dict[bytes, ObjectInfo], orphans: list[bytes]) -> list[tuple[bytes, list[Entry]]]:
+    """The unlisted packs that hold a referenced blob no listed pack that still exists has, with their entries (from
+    their trailers). One whose trailer does not open stays an orphan: ``vault rebuild-index`` could not use it
+    either."""
     out = []
     for pid in orphans:
         try:
             entries = read_trailer(store.backend, store.sealer, pid, listing[pid])
         except (IntegrityError, NotFoundError):
             continue
-        if any(e.bid in live and e.bid not in where for e in entries):
+        if any(e.bid in live and ((loc := where.get(e.bid)) is None or loc.pid not in listing) for e in entries):
             out.append((pid, entries))
     return out
 

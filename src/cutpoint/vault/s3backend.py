@@ -227,6 +227,10 @@ class S3Backend:
         except botocore.exceptions.BotoCoreError as e:
             raise self._error(e, name) from e
 
+    def retained(self, name: str) -> bool:
+        """Whether the store keeps ``name``'s current version under Object Lock retention now."""
+        return self._retained(self._key(name))
+
     def _retained(self, key: str) -> bool:
         try:
             r = self.client.get_object_retention(Bucket=self.bucket, Key=key)

@@ -236,6 +236,18 @@ def drop_stale(vault: Vault, record: Path) -> bool:
     return all([_delete_unless_retained(vault, _name(vault, path)) for path in (record, copy)])
 
 
+def retained(vault: Vault, dp: DeletedPoint) -> bool:
+    """Whether the store (S3 Object Lock) still keeps the point's record or manifest copy: written at the deletion
+    with the vault's immutability, they can outlive its soft delete. gc keeps such a point whole until both can go:
+    freeing its data while its record stays listed would let a later, longer soft delete bring back a point whose
+    data is gone."""
+    check = getattr(vault.backend, "retained", None)
+    if vault.remote is None or check is None:
+        return False
+    return any(check(_name(vault, path)) for path in (dp.record, dp.manifest)
+               if path is not None and path.is_relative_to(vault.root / DELETED))
+
+
 def _delete_unless_retained(vault: Vault, name: str) -> bool:
     try:
         vault.backend.delete(name)
