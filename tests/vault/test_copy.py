@@ -60,6 +60,19 @@ def _restored(tmp_path: Path, vault: str, point: str) -> dict[str, bytes]:
     return {f["disk"]: raw_bytes(Path(f["path"])) for f in json.loads(r.out)["files"]}
 
 
+def _to_s3_setup(bare_qemu, tmp_path: Path, s3_bucket: str,
+                 random_mib: int) -> tuple[str, str, str, dict[str, bytes]]:
+    """A local source with packs of 1 MiB and one point of the VM, and an empty copy target on S3 with its keys:
+    (source, target, point, the point's disks)."""
+    src, dst = str(tmp_path / "src"), f"s3://{s3_bucket}/off"
+    Vault.create(Path(src), pack_size=MiB)
+    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=random_mib)
+    point = _backup(src)["point"]
+    at = _now(images)
+    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    return src, dst, point, at
+
+
 def _refs(vault: Path, point: str) -> set[bytes]:
     """Ids of every node and chunk ``point`` references (read in-process from the source)."""
     v = Vault.open(vault)
@@ -263,12 +276,7 @@ def test_a_copy_to_s3_cut_off_by_a_network_failure_resumes(bare_qemu, tmp_path: 
     from cutpoint.vault import location
     from cutpoint.vault.s3backend import S3Backend
 
-    src, dst = str(tmp_path / "src"), f"s3://{s3_bucket}/off"
-    Vault.create(Path(src), pack_size=MiB)
-    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=10)
-    point = _backup(src)["point"]
-    at = _now(images)
-    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    src, dst, point, at = _to_s3_setup(bare_qemu, tmp_path, s3_bucket, random_mib=10)
     real, packs = S3Backend.put, [0]
 
     def flaky(self: S3Backend, name: str, data: bytes | memoryview) -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cutpoint.vault.vault import Vault
 from tests.helpers import cutpoint, guest_write
-from tests.vault.test_copy import MiB, _backup, _copy, _now, _restored, _vm
+from tests.vault.test_copy import _backup, _copy, _now, _restored, _to_s3_setup, _vm
 
 
 def _points(vault: str) -> list[str]:
@@ -40,12 +39,7 @@ def test_copy_points_copies_exactly_the_points_named(bare_qemu, tmp_path: Path) 
 
 def test_a_copy_to_s3_killed_mid_way_shows_no_point_and_the_rerun_completes(
         bare_qemu, tmp_path: Path, s3_bucket: str, s3_env) -> None:
-    src, dst = str(tmp_path / "src"), f"s3://{s3_bucket}/off"
-    Vault.create(Path(src), pack_size=MiB)
-    vm, images = _vm(bare_qemu, tmp_path, src, random_mib=8)
-    point = _backup(src)["point"]
-    at = _now(images)
-    cutpoint("vault", "init", dst, "--copy-of", src, "--no-encrypt", check=True)
+    src, dst, point, at = _to_s3_setup(bare_qemu, tmp_path, s3_bucket, random_mib=8)
     p = subprocess.run([sys.executable, "-m", "cutpoint.cli.main", "copy", "--from", src, "--to", dst],
                        env={**os.environ, "CUTPOINT_FAULT": "pack-written@6"}, capture_output=True, text=True,
                        timeout=300)

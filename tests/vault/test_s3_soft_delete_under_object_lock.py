@@ -19,15 +19,9 @@ from tests.helpers import commit_synthetic_point, cutpoint
 def test_undelete_and_gc_on_an_object_lock_vault(tmp_path: Path, s3_lock_bucket: str, s3_env) -> None:
     url = f"s3://{s3_lock_bucket}/sdl"
     v = ("--vault", url)
-    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance",
-             check=True)                             # and 14 days of soft delete, the default
-    vault = Vault.open(location.resolve(url))
-    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
-    old = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data = [os.urandom(vault.chunk_size) for _ in range(2)]
+    _lock_vault(url, "--immutable-days", "1")      # and 14 days of soft delete, the default
     pid = "20230101T000000Z-0a0a"
-    commit_synthetic_point(vault, pid, "w", old, {"d": data}, {"point": pid})   # old enough for cutpoint to delete
-    vault.close()
+    data = _old_points(url, 2, {pid: 2})[pid]
 
     r = cutpoint("delete", pid, *v)                  # ... but its manifest, written just now, is retained a day
     assert r.code == 12 and "retention" in r.err, r.err
@@ -76,14 +70,9 @@ def test_gc_keeps_an_expired_points_record_the_store_still_retains(tmp_path: Pat
     from cutpoint.vault.protection import current
 
     url = f"s3://{s3_lock_bucket}/ret"
-    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance",
-             check=True)
-    vault = Vault.open(location.resolve(url))
-    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
-    old = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _lock_vault(url, "--immutable-days", "1")
     pid = "20230101T000000Z-0b0b"
-    commit_synthetic_point(vault, pid, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": pid})
-    vault.close()
+    _old_points(url, 2, {pid: 1})
     _a_day_passes(s3_env.client(), s3_lock_bucket, f"ret/points/w/{pid}.manifest")
     cutpoint("delete", pid, "--vault", url, check=True)
     vault = Vault.open(location.resolve(url))
@@ -91,6 +80,27 @@ def test_gc_keeps_an_expired_points_record_the_store_still_retains(tmp_path: Pat
         [dp] = softdelete.scan(vault, current(vault))
         assert softdelete.purge(vault, dp, dry_run=False) == (False, 0)      # what gc does once it expired
         assert [d.id for d in softdelete.scan(vault, current(vault))] == [pid]
+    finally:
+        vault.close()
+
+
+def _lock_vault(url: str, *protection: str) -> None:
+    """An unencrypted vault on the lock bucket, with Object Lock in governance mode (a test may bypass it)."""
+    cutpoint("vault", "init", url, "--no-encrypt", *protection, "--object-lock", "governance", check=True)
+
+
+def _old_points(url: str, days: float, points: dict[str, int]) -> dict[str, list[bytes]]:
+    """Points of VM 'w' created ``days`` ago (old enough for cutpoint to delete), each of that many random chunks;
+    their manifests, written now, are retained a full immutability by the store."""
+    vault = Vault.open(location.resolve(url))
+    try:
+        vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+        old = (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out = {}
+        for pid, n in points.items():
+            out[pid] = [os.urandom(vault.chunk_size) for _ in range(n)]
+            commit_synthetic_point(vault, pid, "w", old, {"d": out[pid]}, {"point": pid})
+        return out
     finally:
         vault.close()
 
@@ -115,15 +125,9 @@ def test_an_expired_point_whose_record_the_store_retains_stays_whole(
 
     url = f"s3://{s3_lock_bucket}/exp"
     v = ("--vault", url)
-    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "2", "--soft-delete-days", "1",
-             "--object-lock", "governance", check=True)
-    vault = Vault.open(location.resolve(url))
-    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
-    old = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data = [os.urandom(vault.chunk_size) for _ in range(3)]
+    _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
     pid = "20230101T000000Z-0c0c"
-    commit_synthetic_point(vault, pid, "w", old, {"d": data}, {"point": pid})
-    vault.close()
+    data = _old_points(url, 3, {pid: 3})[pid]
     client = s3_env.client()
     _a_day_passes(client, s3_lock_bucket, f"exp/points/w/{pid}.manifest")
     cutpoint("delete", pid, *v, check=True)
@@ -149,16 +153,9 @@ def test_gc_removes_a_manifest_copy_left_without_its_record(tmp_path: Path, s3_l
     ``deleted/`` that nothing lists: gc removes it once the store lets it go."""
     url = f"s3://{s3_lock_bucket}/orph"
     v = ("--vault", url)
-    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "1", "--object-lock", "governance",
-             check=True)
-    vault = Vault.open(location.resolve(url))
-    vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
-    old = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    pid = "20230101T000000Z-0d0d"
-    commit_synthetic_point(vault, pid, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": pid})
-    keep = "20230101T000001Z-0e0e"
-    commit_synthetic_point(vault, keep, "w", old, {"d": [os.urandom(vault.chunk_size)]}, {"point": keep})
-    vault.close()
+    _lock_vault(url, "--immutable-days", "1")
+    pid, keep = "20230101T000000Z-0d0d", "20230101T000001Z-0e0e"
+    _old_points(url, 2, {pid: 1, keep: 1})
     client = s3_env.client()
     _a_day_passes(client, s3_lock_bucket, f"orph/points/w/{pid}.manifest")
     cutpoint("delete", pid, *v, check=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import faults
-from ..errors import NotFoundError, VaultError
+from ..errors import NotFoundError, RetentionError, VaultError
 from .directio import write_all
 
 # Letters, digits, '.', '_', '-' in each part (point ids and VM names have capitals); no empty, '.' or '..' part,
@@ -69,6 +69,16 @@ class Backend(Protocol):
 
     def sync(self) -> None:
         """Make every ``put``/``create``/``delete`` before this call durable."""
+
+
+def delete_unless_retained(backend: Backend, name: str) -> bool:
+    """Delete ``name``; False when the store keeps it under Object Lock retention (S3, docs/format.md §20.5): the
+    callers that sweep (gc, soft delete's clean-up) leave it for a run after its retain-until date."""
+    try:
+        backend.delete(name)
+        return True
+    except RetentionError:
+        return False
 
 
 class LocalBackend:

@@ -25,8 +25,9 @@ from typing import Any
 
 from .. import faults
 from ..catalog.db import PointRecord
-from ..errors import IntegrityError, NotFoundError, RetentionError
+from ..errors import IntegrityError, NotFoundError
 from . import location, locks, packgc, packindex, protection, remote, softdelete
+from .backend import delete_unless_retained
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
 from .packstore import PackStore
 from .prune import parse_created
@@ -211,11 +212,8 @@ def _sweep_orphan_copies(vault: Vault, cutoff: float, res: GcResult) -> None:
     for o in objs:
         if not o.name.endswith(".manifest") or o.name[:-len(".manifest")] in records or o.mtime >= cutoff:
             continue
-        if not res.dry_run:
-            try:
-                vault.backend.delete(o.name)
-            except RetentionError:
-                continue                # a later gc, once the store lets it go
+        if not res.dry_run and not delete_unless_retained(vault.backend, o.name):
+            continue                    # a later gc, once the store lets it go
         res.removed_manifests += 1
         res.freed_bytes += o.size
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import faults
-from ..errors import IntegrityError, NotFoundError, RetentionError
+from ..errors import IntegrityError, NotFoundError
 from . import locks, packindex
-from .backend import ObjectInfo
+from .backend import ObjectInfo, delete_unless_retained
 from .packindex import Location
 from .packfile import Entry, PackBuffer, pack_id_of, pack_name
 from .packrebuild import read_trailer
@@ -151,10 +151,10 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         store.backend.sync()
         faults.hit("gc-index-written")
         for old in sorted(idx.objects):
-            _delete(store, old)               # one kept under retention only lists packs twice: harmless
+            delete_unless_retained(store.backend, old)               # one kept under retention only lists packs twice: harmless
         store.backend.sync()
         for pid in sorted(gone) + orphans:
-            if not _delete(store, pack_name(pid)):
+            if not delete_unless_retained(store.backend, pack_name(pid)):
                 st.kept_retained += 1
                 continue
             counts["freed_bytes"] += listing[pid].size
@@ -186,15 +186,6 @@ def _adoptable(store: PackStore, where: Mapping[bytes, Location], live: set[byte
         if any(e.bid in live and ((loc := where.get(e.bid)) is None or loc.pid not in listing) for e in entries):
             out.append((pid, entries))
     return out
-
-
-def _delete(store: PackStore, name: str) -> bool:
-    """Delete ``name``; False when the store keeps it under Object Lock retention (S3, docs/format.md §20.5)."""
-    try:
-        store.backend.delete(name)
-        return True
-    except RetentionError:
-        return False
 
 
 def extend_retention(store: PackStore, live: set[bytes], days: int) -> int:

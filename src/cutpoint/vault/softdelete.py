@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 from .. import faults, names
 from ..catalog.db import PointRecord, VerifyRecord
-from ..errors import IntegrityError, NotFoundError, RetentionError, UsageError, VaultError
+from ..errors import IntegrityError, NotFoundError, UsageError, VaultError
 from . import hoststate
+from .backend import delete_unless_retained
 from .fsutil import fsync_dir, write_atomic
 from .manifest import manifest_path
 from .protection import Protection
@@ -233,7 +234,7 @@ def drop_stale(vault: Vault, record: Path) -> bool:
         record.unlink(missing_ok=True)
         return True
     copy = record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")
-    return all([_delete_unless_retained(vault, _name(vault, path)) for path in (record, copy)])
+    return all([delete_unless_retained(vault.backend, _name(vault, path)) for path in (record, copy)])
 
 
 def retained(vault: Vault, dp: DeletedPoint) -> bool:
@@ -246,14 +247,6 @@ def retained(vault: Vault, dp: DeletedPoint) -> bool:
         return False
     return any(check(_name(vault, path)) for path in (dp.record, dp.manifest)
                if path is not None and path.is_relative_to(vault.root / DELETED))
-
-
-def _delete_unless_retained(vault: Vault, name: str) -> bool:
-    try:
-        vault.backend.delete(name)
-        return True
-    except RetentionError:
-        return False
 
 
 def _read(vault: Vault, vm: str, pid: str, rpath: Path, protection: Protection,
@@ -374,7 +367,7 @@ def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> tuple[bool, int]:
                 size = len(vault.backend.get(_name(vault, path)))
             except NotFoundError:
                 continue
-            if not dry_run and not _delete_unless_retained(vault, _name(vault, path)):
+            if not dry_run and not delete_unless_retained(vault.backend, _name(vault, path)):
                 return path != dp.record, freed
             freed += size
             continue
