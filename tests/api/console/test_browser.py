@@ -131,17 +131,28 @@ def log_in(driver, url: str, token: str) -> None:
     driver.get(url + "/")
     assert driver.find_element(By.CSS_SELECTOR, "label[for=token]").text == "API token"
     driver.find_element(By.ID, "token").send_keys(token)
-    click(driver, driver.find_element(By.ID, "login"))
+    click(driver, lambda: driver.find_element(By.ID, "login"))
 
 
 def click(driver, element) -> None:
-    """Click and wait for the next page (a form post returns before the browser has navigated)."""
+    """Click and wait for the next page (a form post returns before the browser has navigated). ``element`` may be
+    a function that finds it: then a click that meets the element detached from the document (Chrome: "Node with
+    given id does not belong to the document", seen once in CI right after a page load) finds it again and retries,
+    as long as the page has not changed (a click that did go through is never repeated)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
-    element.click()
+    for attempt in range(3):
+        try:
+            (element() if callable(element) else element).click()
+            break
+        except WebDriverException:
+            if not callable(element) or attempt == 2 or ec.staleness_of(old)(driver):
+                raise
+            time.sleep(0.2)
     WebDriverWait(driver, 30).until(ec.staleness_of(old))
 
 
@@ -176,20 +187,20 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     assert "not valid" in d.find_element(By.ID, "token-err").text
     log_in(d, url, served.token)
     assert h1(d) == "Dashboard"
-    click(d, d.find_element(By.LINK_TEXT, "lab"))                        # the dashboard lists the lab VM
+    click(d, lambda: d.find_element(By.LINK_TEXT, "lab"))                        # the dashboard lists the lab VM
 
     Select(d.find_element(By.ID, "f-consistency")).select_by_value("crash")
-    click(d, d.find_element(By.ID, "backup-now"))
+    click(d, lambda: d.find_element(By.ID, "backup-now"))
     assert re.search(r"/ui/jobs/\d+$", d.current_url), d.current_url
     seen = watch(d)
     assert seen and any(re.match(r"[1-9][\d.]* (B|KiB|MiB)", s) for s in seen), seen   # live progress shown
     shot(d, "job")
 
-    click(d, d.find_element(By.PARTIAL_LINK_TEXT, "VM lab"))
-    click(d, d.find_element(By.LINK_TEXT, "restore / files"))
+    click(d, lambda: d.find_element(By.PARTIAL_LINK_TEXT, "VM lab"))
+    click(d, lambda: d.find_element(By.LINK_TEXT, "restore / files"))
     shot(d, "point-restore")
     point_url = d.current_url
-    click(d, d.find_element(By.PARTIAL_LINK_TEXT, "browse this point"))
+    click(d, lambda: d.find_element(By.PARTIAL_LINK_TEXT, "browse this point"))
     names = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td .fname")]
     assert HOSTILE in names, names                                      # shown as text...
     assert d.find_elements(By.CSS_SELECTOR, "main img") == []           # ...never as markup
@@ -212,13 +223,13 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
         assert member is not None and member.read() == (src / "docs" / "readme.txt").read_bytes()
 
     d.get(point_url)                                    # the wizard: a new VM beside the original, not started
-    click(d, d.find_element(By.ID, "restore-new-vm"))
+    click(d, lambda: d.find_element(By.ID, "restore-new-vm"))
     watch(d)
     restored = sorted(p.name for p in (tmp_path / "vms" / "lab-restored").iterdir())
     assert any(n.endswith(".qcow2") for n in restored), restored
     d.get(point_url)                                    # replace, typed confirmation: refused while QEMU runs
     d.find_element(By.ID, "f-confirm").send_keys("lab")
-    click(d, d.find_element(By.ID, "restore-replace"))
+    click(d, lambda: d.find_element(By.ID, "restore-replace"))
     watch(d, "failed")
     assert "running" in d.find_element(By.CSS_SELECTOR, "main p.bad").text.lower()
 
@@ -227,7 +238,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     t = d.find_element(By.ID, "f-schedule-time")
     t.clear()
     t.send_keys("7pm")
-    click(d, d.find_element(By.XPATH, "//button[text()='Save policy']"))
+    click(d, lambda: d.find_element(By.XPATH, "//button[text()='Save policy']"))
     err = d.find_element(By.ID, "f-schedule-time-err")
     assert "not a time of day" in err.text
     assert d.find_element(By.ID, "f-schedule-time").get_attribute("aria-describedby") == "f-schedule-time-err"
@@ -235,22 +246,22 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     t = d.find_element(By.ID, "f-schedule-time")
     t.clear()
     t.send_keys("02:00")
-    click(d, d.find_element(By.XPATH, "//button[text()='Save policy']"))
+    click(d, lambda: d.find_element(By.XPATH, "//button[text()='Save policy']"))
     assert h1(d) == "Policy nightly"
     d.get(url + "/ui/vms/lab")                                          # assign it, and a second (incremental) point
     Select(d.find_element(By.ID, "f-policy")).select_by_value("nightly")
-    click(d, d.find_element(By.XPATH, "//button[text()='Assign']"))
+    click(d, lambda: d.find_element(By.XPATH, "//button[text()='Assign']"))
     assert "policy assigned" in d.page_source and "policy nightly" in d.find_element(By.TAG_NAME, "main").text
-    click(d, d.find_element(By.ID, "backup-now"))
+    click(d, lambda: d.find_element(By.ID, "backup-now"))
     watch(d)
     d.get(url + "/ui/vault")
-    click(d, d.find_element(By.ID, "verify-now"))
+    click(d, lambda: d.find_element(By.ID, "verify-now"))
     assert "verify started for 1 VM(s)" in d.page_source
     d.get(url + "/ui/jobs?kind=verify")
-    click(d, d.find_element(By.PARTIAL_LINK_TEXT, "#"))
+    click(d, lambda: d.find_element(By.PARTIAL_LINK_TEXT, "#"))
     watch(d)
     d.get(url + "/ui/vault")
-    click(d, d.find_element(By.ID, "gc-now"))
+    click(d, lambda: d.find_element(By.ID, "gc-now"))
     watch(d)
     d.get(url + "/ui/vms/lab")
     assert len(d.find_elements(By.XPATH, "//span[contains(text(), 'verify: ok')]")) == 2
@@ -283,7 +294,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     assert hashlib.sha256(disk.read_bytes()).hexdigest() != original
     d.get(point_url)
     d.find_element(By.ID, "f-confirm").send_keys("lab")
-    click(d, d.find_element(By.ID, "restore-replace"))
+    click(d, lambda: d.find_element(By.ID, "restore-replace"))
     watch(d)
     res = job_result(d)
     assert res["mode"] == "replace" and res["bytes_written"] >= 512 << 10, res
@@ -294,7 +305,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     name = d.find_element(By.ID, "f-instant_name")
     name.clear()
     name.send_keys("lab-now")
-    click(d, d.find_element(By.ID, "restore-instant"))
+    click(d, lambda: d.find_element(By.ID, "restore-instant"))
     watch(d)
     res = job_result(d)
     assert res["mode"] == "instant" and res["new_vm"] == "lab-now", res
@@ -306,7 +317,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
         st = json.loads(cutpoint("instant", "status", "lab-now", "--json", check=True).out)
         assert st["server_running"] and st["state"] in ("streaming", "streamed"), st
         d.get(url + "/")
-        click(d, d.find_element(By.LINK_TEXT, "lab-now"))                  # a VM of the console now
+        click(d, lambda: d.find_element(By.LINK_TEXT, "lab-now"))                  # a VM of the console now
         assert h1(d) == "VM lab-now"
         fin = json.loads(cutpoint("instant", "finish", "lab-now", "--timeout", "300", "--json", check=True).out)
         assert fin["state"] == "finished" and fin["server_stopped"], fin
@@ -315,7 +326,7 @@ def test_console_in_a_real_browser(lab, browser, tmp_path: Path) -> None:
     finally:
         stop(Path(res["qmp"]), res["pid"])
 
-    click(d, d.find_element(By.XPATH, "//button[text()='Log out']"))
+    click(d, lambda: d.find_element(By.XPATH, "//button[text()='Log out']"))
     assert h1(d) == "Log in"
     ro = cutpoint("serve", "--show-token", "--role", "read-only", check=True).out.strip()
     log_in(d, url, ro)
