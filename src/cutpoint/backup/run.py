@@ -192,7 +192,11 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
         if failed.is_set():
             raise _Stopped()
         if opts.progress is not None:
-            opts.progress(name, done, total)
+            try:
+                opts.progress(name, done, total)
+            except BaseException as e:         # at once: the others stop at their next run, not once this
+                fail(e)                        # disk's own clean-up has finished
+                raise
 
     def one(t: ReadTarget, pool: ThreadPoolExecutor) -> DiskManifest:
         try:
