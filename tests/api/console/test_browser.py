@@ -136,12 +136,10 @@ def log_in(driver, url: str, token: str) -> None:
 
 def click(driver, element) -> None:
     """Click and wait for the next page (a form post returns before the browser has navigated). ``element`` may be
-    a function that finds it: then a click that meets the element detached from the document (Chrome: "Node with
-    given id does not belong to the document", seen once in CI right after a page load) finds it again and retries,
-    as long as the page has not changed (a click that did go through is never repeated)."""
+    a function that finds it: then a click that meets the element detached from the document finds it again and
+    retries, as long as the page has not changed (a click that did go through is never repeated)."""
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
@@ -149,11 +147,33 @@ def click(driver, element) -> None:
         try:
             (element() if callable(element) else element).click()
             break
-        except WebDriverException:
-            if not callable(element) or attempt == 2 or ec.staleness_of(old)(driver):
+        except WebDriverException as exc:
+            if not callable(element) or attempt == 2 or not _detached(exc) or _gone(old)(driver):
                 raise
             time.sleep(0.2)
-    WebDriverWait(driver, 30).until(ec.staleness_of(old))
+    WebDriverWait(driver, 30).until(_gone(old))
+
+
+def _detached(exc: Exception) -> bool:
+    """Chrome 156 reports an element removed from the document as an "unknown error" (an inspector error naming
+    the node) instead of a stale element reference, seen in CI under load: the same fact, another class."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    return isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc)
+
+
+def _gone(old):  # type: ignore[no-untyped-def]
+    """Selenium's ``staleness_of`` that also knows Chrome's other way of saying the element is gone."""
+    from selenium.common.exceptions import WebDriverException
+
+    def check(_driver) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException as exc:
+            if _detached(exc):
+                return True
+            raise
+    return check
 
 
 def job_result(driver) -> dict:
