@@ -10,18 +10,18 @@ cannot hit such a window reliably. So the code calls ``hit("stage")`` at those p
 SIGSTOP (the test resumes it with SIGCONT, to hold a backup in flight). Unset, ``hit`` costs one dictionary lookup.
 Never set it in production: it exists to prove the crash guarantees in docs/format.md.
 
-Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``object-write`` (an object of a local
-format v4 vault, a pack or an index object, written under its temporary name, not yet renamed), ``after-chunks`` (chunks durable, no manifest),
-``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog transaction, before
-COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone, manifests not yet
-deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release its cut),
-``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``); soft delete
-(``vault/softdelete.py``): ``delete-recorded`` (deletion records durable, rows still there; then ``prune-commit`` and
-``after-prune-commit`` as for prune, which shares the order), ``undelete-moved`` (manifest back in ``points/``, no
-row yet), ``after-undelete-commit`` (row back, record not yet removed); copies (``vault/copy.py``): ``pack-written`` (each
-pack written, also a backup's), ``copy-read`` (each ranged read of a source pack, its locations already
-chosen), ``copy-manifest`` (every blob durable and indexed in the target, a manifest about to
-be written).
+Stages: ``chunk-write`` (a chunk file half written, not yet renamed), ``object-write`` (an object of a local format
+v4 vault, a pack or an index object, written under its temporary name, not yet renamed), ``after-chunks`` (chunks
+durable, no manifest), ``after-manifest`` (manifest durable, no catalog row), ``catalog-commit`` (inside the catalog
+transaction, before COMMIT), ``prune-commit`` (inside prune's transaction), ``after-prune-commit`` (rows gone,
+manifests not yet deleted), ``gc-sweep`` (after a chunk was deleted by gc), ``cleanup`` (a backup about to release
+its cut), ``restore-progress`` (each progress step of a restore, its locks held: ``restore/orchestrator.py``); soft
+delete (``vault/softdelete.py``): ``delete-recorded`` (deletion records durable, rows still there; then
+``prune-commit`` and ``after-prune-commit`` as for prune, which shares the order), ``undelete-moved`` (manifest back
+in ``points/``, no row yet), ``after-undelete-commit`` (row back, record not yet removed); copies
+(``vault/copy.py``): ``pack-written`` (each pack written, also a backup's), ``copy-read`` (each ranged read of a
+source pack, its locations already chosen), ``copy-manifest`` (every blob durable and indexed in the target, a
+manifest about to be written).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
               f"{len(res.purged)} expired" + (f": {', '.join(res.purged)}" if res.purged else ""))
     if res.kept_retained_records:
         print(f"Object Lock keeps the deletion records of {len(res.kept_retained_records)} expired soft-deleted "
-              f"point(s) until their retain-until date (their data is freed): {', '.join(res.kept_retained_records)}")
+              f"point(s) until their retain-until date; their data is kept until then: "
+              f"{', '.join(res.kept_retained_records)}")
     if res.kept_immutable:
         print(f"immutability kept {len(res.kept_immutable)} expired soft-deleted point(s) younger than "
               f"{res.immutable_days} days: {', '.join(res.kept_immutable)}")

@@ -131,7 +131,8 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         orphans = [pid for pid, info in listing.items()
                    if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
         adopted = _adoptable(store, idx.where, live, listing, orphans)
-        orphans = [pid for pid in orphans if pid not in dict(adopted)]
+        taken = {pid for pid, _ in adopted}
+        orphans = [pid for pid in orphans if pid not in taken]
         st.packs_adopted = len(adopted)
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
@@ -151,7 +152,7 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         store.backend.sync()
         faults.hit("gc-index-written")
         for old in sorted(idx.objects):
-            delete_unless_retained(store.backend, old)               # one kept under retention only lists packs twice: harmless
+            delete_unless_retained(store.backend, old)   # one kept under retention lists packs twice: harmless
         store.backend.sync()
         for pid in sorted(gone) + orphans:
             if not delete_unless_retained(store.backend, pack_name(pid)):
