@@ -76,12 +76,35 @@ def test_a_daily_copy_runs_at_its_slot_and_copies_what_the_target_lacks(tmp_path
     assert len(made) == 2 and _points(dst) == made and jobs[0].detail["copied"] == made
 
 
+def test_a_policy_copies_to_another_s3_service_named_in_its_address(tmp_path: Path, s3_env, s3_offsite) -> None:
+    """``copy.to`` on a second S3 service, with its own endpoint and AWS profile in the address, while the
+    service's environment points at the first one."""
+    from cutpoint.vault import location
+
+    to = f"s3://offsite/web?endpoint={s3_offsite.endpoint}&profile=offsite"
+    src = Vault.open(Path(os.environ["CUTPOINT_VAULT"]))
+    try:
+        Vault.create(location.resolve(to), copy_of=src)
+    finally:
+        src.close()
+    h = harness(datetime(2024, 6, 4, 12, tzinfo=UTC), backup=DataBackup)
+    h.add_vm("v", policy({"frequency": "daily", "time": "03:00"}, copy={"to": to, "after_backup": True}))
+    h.run_until(datetime(2024, 6, 5, 3, 5, tzinfo=UTC), MIN)
+    jobs = h.svc.jobs.list(kind="copy", limit=10)
+    assert [(j.state, j.detail["to"]) for j in jobs] == [("succeeded", to)], [j.error for j in jobs]
+    assert _points(location.resolve(to)) == [p.id for p in h.vault.catalog.points("v")]
+    keys = [o["Key"] for o in s3_offsite.client().list_objects_v2(Bucket="offsite")["Contents"]]
+    assert any(k.startswith("web/data/") for k in keys), keys
+
+
 def test_copy_policy_is_validated_naming_the_field() -> None:
     daily = {"frequency": "daily", "time": "03:00"}
     with pytest.raises(PolicyError, match=r"copy\.to"):
         policy(daily, copy={"to": "relative/dir", "after_backup": True})
     with pytest.raises(PolicyError, match=r"copy\.to"):
         policy(daily, copy={"to": "s3://BAD_BUCKET/x", "after_backup": True})
+    with pytest.raises(PolicyError, match=r"copy\.to.*endpoint=URL and profile=NAME"):
+        policy(daily, copy={"to": "s3://offsite/x?region=eu", "after_backup": True})
     with pytest.raises(PolicyError, match=r"copy\.limit_rate"):
         policy(daily, copy={"to": "/mnt/offsite", "after_backup": True, "limit_rate": "fast"})
     with pytest.raises(PolicyError, match=r"copy: give either"):

@@ -14,6 +14,7 @@ import pytest
 from tests.vault.s3server import S3Server, weed_mini
 
 _bucket_no = itertools.count()
+OFFSITE_PROFILE, OFFSITE_KEY, OFFSITE_SECRET = "offsite", "offsiteuser", "offsite-secret-9876543210"
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,21 @@ def s3_lock_bucket(s3_env: S3Server) -> str:
     name = f"l{os.getpid()}-{next(_bucket_no)}"
     s3_env.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     return name
+
+
+@pytest.fixture
+def s3_offsite(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:  # type: ignore[no-untyped-def]
+    """A second S3 service, another identity, with a bucket 'offsite': its credentials are only in the AWS
+    profile 'offsite' of this test's credentials file (AWS_SHARED_CREDENTIALS_FILE), never in AWS_* variables."""
+    creds, config = tmp_path / "aws-credentials", tmp_path / "aws-config"
+    creds.write_text(f"[{OFFSITE_PROFILE}]\naws_access_key_id = {OFFSITE_KEY}\n"
+                     f"aws_secret_access_key = {OFFSITE_SECRET}\n")
+    config.write_text(f"[profile {OFFSITE_PROFILE}]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    try:
+        with weed_mini(access=OFFSITE_KEY, secret=OFFSITE_SECRET) as server:
+            server.client().create_bucket(Bucket="offsite")
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

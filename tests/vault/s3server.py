@@ -61,13 +61,14 @@ def _weed() -> str:
 
 
 @contextmanager
-def weed_mini(volume_mb: int | None = 128) -> Iterator[S3Server]:
+def weed_mini(volume_mb: int | None = 128, access: str = ACCESS, secret: str = SECRET) -> Iterator[S3Server]:
     """A SeaweedFS on loopback. ``volume_mb``: the size of its volumes (None: the server's default, which the
-    benchmark uses: smaller volumes are grown more often while data comes in, and slowed bare PUTs 2.5x)."""
+    benchmark uses: smaller volumes are grown more often while data comes in, and slowed bare PUTs 2.5x).
+    ``access``, ``secret``: its one identity's credentials (a second server gets others)."""
     tmp = Path(tempfile.mkdtemp(prefix="cutpoint-s3-"))
     ident = tmp / "identities.json"
     ident.write_text(json.dumps({"identities": [{"name": "t", "credentials": [
-        {"accessKey": ACCESS, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        {"accessKey": access, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     (tmp / "data").mkdir()
     master, volume, filer, s3, admin = _free_ports(5)
     cmd = [_weed(), "mini", f"-dir={tmp / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -80,8 +81,11 @@ def weed_mini(volume_mb: int | None = 128) -> Iterator[S3Server]:
         # free disk space, a full test run (~50 buckets) ran out of writable volumes on a fuller disk (HTTP 500)
         cmd += [f"-master.volumeSizeLimitMB={volume_mb}", "-volume.max=1000"]
     log = open(tmp / "weed.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
-    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS, SECRET, proc.pid)
+    # SeaweedFS adds an admin identity of its own from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY when they are set:
+    # the server must know exactly the credentials given here, whatever the test's environment holds
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp, env=env)
+    server = S3Server(f"http://127.0.0.1:{s3}", access, secret, proc.pid)
     try:
         deadline = time.monotonic() + 30
         while True:

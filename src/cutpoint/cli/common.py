@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 
 def add_vault_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault", type=str, default=None, metavar="VAULT",
-                   help="vault directory, or s3://BUCKET/PREFIX (default: $CUTPOINT_VAULT or "
-                        "~/.local/share/cutpoint/vault)")
+                   help="vault directory, or s3://BUCKET/PREFIX[?endpoint=URL&profile=AWS_PROFILE] (default: "
+                        "$CUTPOINT_VAULT or ~/.local/share/cutpoint/vault)")
     p.add_argument("--s3-endpoint", default=None, metavar="URL",
-                   help="S3 vaults: the endpoint (else $CUTPOINT_S3_ENDPOINT; credentials as the AWS tools read "
-                        "them)")
+                   help="S3 vaults: the endpoint, unless the address names one (else $CUTPOINT_S3_ENDPOINT; "
+                        "credentials as the AWS tools read them, or the address's profile=)")
     p.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
                    help="encrypted vault: read the passphrase from FILE (else $CUTPOINT_PASSPHRASE_FILE, "
                         "$CUTPOINT_PASSPHRASE, or a prompt)")

@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "only what it lacks, as stored, resumable")
     p.add_argument("vm", nargs="?", default=None, help="only this VM's points (default: every VM's)")
     p.add_argument("--from", dest="source", required=True, metavar="VAULT",
-                   help="the source vault: a directory or s3://BUCKET/PREFIX")
+                   help="the source vault: a directory or s3://BUCKET/PREFIX[?endpoint=URL&profile=AWS_PROFILE]")
     p.add_argument("--to", dest="target", required=True, metavar="VAULT",
-                   help="the target vault, made with 'cutpoint vault init VAULT --copy-of SOURCE'")
+                   help="the target vault, made with 'cutpoint vault init VAULT --copy-of SOURCE'; on another S3 "
+                        "service with other credentials: s3://BUCKET/PREFIX?endpoint=URL&profile=AWS_PROFILE")
     p.add_argument("--points", nargs="+", default=None, metavar="POINT", help="only these points (ids or unique "
                    "prefixes; default: all)")
     p.add_argument("--limit-rate", default=None, metavar="RATE", help="at most RATE bytes per second written "
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "points at the target (always: each is checked to be in the target's index)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--s3-endpoint", default=None, metavar="URL",
-                   help="S3 vaults: the endpoint (else $CUTPOINT_S3_ENDPOINT)")
+                   help="S3 vaults: the endpoint of each vault whose address names none (else "
+                        "$CUTPOINT_S3_ENDPOINT)")
     p.add_argument("--passphrase-file", type=Path, default=None, metavar="FILE",
                    help="encrypted vaults: read the passphrase of the source's key file (and of the target's, "
                         "unless --to-passphrase-file) from FILE (else $CUTPOINT_PASSPHRASE_FILE, "

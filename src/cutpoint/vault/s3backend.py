@@ -31,10 +31,12 @@ _loader_lock = threading.Lock()
 _loader: Any = None             # botocore's loader of service models, shared by every backend of this process
 
 
-def _session() -> Any:
-    """A fresh botocore session (its own credential chain and config) with the process's shared model loader."""
+def _session(profile: str | None = None) -> Any:
+    """A fresh botocore session (its own credential chain and config) with the process's shared model loader.
+    ``profile``: that profile's credentials and region; as with the AWS tools, an explicit profile is used instead
+    of the AWS_* credential variables."""
     global _loader
-    session = botocore.session.Session()
+    session = botocore.session.Session(profile=profile)
     with _loader_lock:
         if _loader is None:
             _loader = session.get_component("data_loader")
@@ -84,8 +86,9 @@ class S3Backend:
 
     def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None,
                  retention: Retention | None = None, timeout: float = 10.0,
-                 unretained: tuple[str, ...] = ("locks/",)) -> None:
-        """``unretained``: name prefixes written without retention (lock objects must be deletable on release)."""
+                 unretained: tuple[str, ...] = ("locks/",), profile: str | None = None) -> None:
+        """``unretained``: name prefixes written without retention (lock objects must be deletable on release).
+        ``profile``: the AWS profile (of ~/.aws/credentials and ~/.aws/config) to reach it with."""
         if retention is not None and retention.mode not in ("COMPLIANCE", "GOVERNANCE"):
             raise VaultError(f"object lock mode {retention.mode!r} is not COMPLIANCE or GOVERNANCE")
         self.bucket = bucket
@@ -96,9 +99,16 @@ class S3Backend:
         cfg = botocore.config.Config(
             signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=timeout,
             read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
-        session = _session()
-        region = session.get_config_variable("region") or "us-east-1"
-        self.client: Any = session.create_client("s3", endpoint_url=self.endpoint, region_name=region, config=cfg)
+        self.profile = profile
+        try:
+            session = _session(profile)
+            region = session.get_config_variable("region") or "us-east-1"
+            self.client: Any = session.create_client("s3", endpoint_url=self.endpoint, region_name=region,
+                                                     config=cfg)
+        except botocore.exceptions.ProfileNotFound as e:
+            raise StorageAuthError(f"AWS profile {profile!r} for s3://{bucket}/{self.prefix} is in neither ~/.aws/credentials "
+                                   "nor ~/.aws/config (nor AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE): add it "
+                                   "there or drop profile= from the vault's address") from e
         self._local = threading.local()         # per-thread "this PutObject is a create": the client is shared
         self.client.meta.events.register("before-sign.s3.PutObject", self._add_if_none_match)
 
@@ -111,7 +121,8 @@ class S3Backend:
         return self.prefix + check_name(name)
 
     def _where(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint or 'AWS'}"
+        who = f" as AWS profile {self.profile!r}" if self.profile else ""
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint or 'AWS'}{who}"
 
     def _error(self, e: Exception, what: str) -> CutpointError:
         if isinstance(e, botocore.exceptions.ClientError):
@@ -121,11 +132,14 @@ class S3Backend:
                 return NotFoundError(f"vault object {what} is missing in {self._where()}")
             if status in (401, 403) or code in _AUTH_CODES:
                 return StorageAuthError(f"{self._where()} refused access for {what} ({code}): "
-                                        "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials")
+                                        + ("check that profile in ~/.aws/credentials" if self.profile else
+                                           "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials"))
             return VaultError(f"{self._where()} failed on {what}: {code} (HTTP {status})")
         if isinstance(e, botocore.exceptions.NoCredentialsError):
-            return StorageAuthError(f"no S3 credentials for {self._where()}: set AWS_ACCESS_KEY_ID and "
-                                    "AWS_SECRET_ACCESS_KEY or ~/.aws/credentials")
+            return StorageAuthError(f"no S3 credentials for {self._where()}: "
+                                    + ("give that profile aws_access_key_id and aws_secret_access_key in "
+                                       "~/.aws/credentials" if self.profile else
+                                       "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or ~/.aws/credentials"))
         return VaultError(f"cannot reach {self._where()} for {what}: {type(e).__name__}; "
                           "check --s3-endpoint / CUTPOINT_S3_ENDPOINT")
 
