@@ -37,8 +37,12 @@ def test_undelete_and_gc_on_an_object_lock_vault(tmp_path: Path, s3_lock_bucket:
     assert r.code == 0, r.err                        # the deletion record and copy stay until their retention ends
     assert [p["point"] for p in json.loads(cutpoint("points", "w", "--json", *v, check=True).out)] == [pid]
     assert json.loads(cutpoint("points", "--deleted", "--json", *v, check=True).out) == []
+    dry = json.loads(cutpoint("gc", "--grace", "0", "--json", "--dry-run", *v, check=True).out)
     r = cutpoint("gc", "--grace", "0", "--json", *v)
     assert r.code == 0, r.err
+    res = json.loads(r.out)                          # the stale record is retained: neither run removes it
+    assert (dry["removed_records"], dry["removed_manifests"]) == (res["removed_records"], res["removed_manifests"]) \
+        == (0, 0), (dry, res)
     r = cutpoint("restore", "w", pid, "--to", str(tmp_path / "out"), *v)
     assert r.code == 0, r.err
     assert (tmp_path / "out" / "d.raw").read_bytes() == b"".join(data)
@@ -169,3 +173,36 @@ def test_gc_removes_a_manifest_copy_left_without_its_record(tmp_path: Path, s3_l
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="orph/deleted/").get("Contents", [])}
     assert keys == set(), keys
     assert [p["point"] for p in json.loads(cutpoint("points", "w", "--json", *v, check=True).out)] == [keep]
+
+
+def test_gc_purges_an_expired_point_once_the_store_lets_its_record_go(
+        tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
+    """The store's retention of the deletion record and copy has ended (a retain-until date in the past is still
+    reported by the store): gc purges the expired point and releases its chunks (their pack goes once the store's
+    retention of it ends too); a dry run says so first."""
+    from cutpoint.vault import protection
+    from cutpoint.vault.gc import gc as run_gc
+
+    url = f"s3://{s3_lock_bucket}/end"
+    _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
+    pid = "20230101T000000Z-0f0f"
+    _old_points(url, 3, {pid: 2})
+    client = s3_env.client()
+    _a_day_passes(client, s3_lock_bucket, f"end/points/w/{pid}.manifest")
+    cutpoint("delete", pid, "--vault", url, check=True)
+    for key in (f"end/deleted/w/{pid}.deleted", f"end/deleted/w/{pid}.manifest"):
+        _a_day_passes(client, s3_lock_bucket, key)
+
+    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # the soft delete has expired too
+    with monkeypatch.context() as m:
+        m.setattr(protection, "now", lambda: later)
+        vault = Vault.open(location.resolve(url))
+        try:
+            dry = run_gc(vault, grace=0, dry_run=True)
+            res = run_gc(vault, grace=0)
+        finally:
+            vault.close()
+    assert dry.purged == [pid] and dry.kept_retained_records == [], dry
+    assert res.purged == [pid] and res.kept_retained_records == [] and res.removed_chunks >= 2, res    # data released
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="end/deleted/").get("Contents", [])}
+    assert keys == set(), keys

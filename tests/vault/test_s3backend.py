@@ -38,6 +38,38 @@ def test_retained_object_delete_refused_by_cutpoint_and_store(s3_env: S3Server, 
     assert b.get("packs/aa/1") == b"keep me"
 
 
+def test_retained_sees_every_version_and_the_retain_until_date(s3_env: S3Server, s3_lock_bucket: str) -> None:
+    """A newer version without retention (a bucket writer's) does not hide an older one under it: the delete is a
+    retention refusal, not an access error; a legal hold counts; and once the date has passed (the store still
+    reports it) the object is no longer retained and goes."""
+    b = S3Backend(s3_lock_bucket, "v", retention=Retention("GOVERNANCE", 1))
+    client = s3_env.client()
+    b.put("deleted/w/p.deleted", b"record")
+    client.put_object(Bucket=s3_lock_bucket, Key="v/deleted/w/p.deleted", Body=b"forged, no retention")
+    assert b.retained("deleted/w/p.deleted")
+    with pytest.raises(RetentionError):
+        b.delete("deleted/w/p.deleted")
+    for ver in client.list_object_versions(Bucket=s3_lock_bucket, Prefix="v/deleted/w/p.deleted")["Versions"]:
+        if ver["VersionId"] != "null":
+            client.put_object_retention(Bucket=s3_lock_bucket, Key="v/deleted/w/p.deleted",
+                                        VersionId=ver["VersionId"], BypassGovernanceRetention=True, Retention={
+                                            "Mode": "GOVERNANCE", "RetainUntilDate":
+                                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)})
+    time.sleep(3)
+    assert not b.retained("deleted/w/p.deleted")
+    b.delete("deleted/w/p.deleted")
+    assert not b.exists("deleted/w/p.deleted")
+
+    plain = S3Backend(s3_lock_bucket, "h")
+    plain.put("x", b"held")
+    client.put_object_legal_hold(Bucket=s3_lock_bucket, Key="h/x", LegalHold={"Status": "ON"})
+    assert plain.retained("x")
+    with pytest.raises(RetentionError):
+        plain.delete("x")
+    client.put_object_legal_hold(Bucket=s3_lock_bucket, Key="h/x", LegalHold={"Status": "OFF"})
+    assert not plain.retained("x")
+
+
 def test_create_carries_retention(s3_env: S3Server, s3_lock_bucket: str) -> None:
     b = S3Backend(s3_lock_bucket, "v", retention=Retention("COMPLIANCE", 2))
     assert b.create("index/1", b"i") is True

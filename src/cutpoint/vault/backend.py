@@ -61,6 +61,12 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool:
         """Whether ``name`` exists now."""
 
+    def stat(self, name: str) -> ObjectInfo:
+        """Its size and time without reading it; ``NotFoundError`` if absent."""
+
+    def retained(self, name: str) -> bool:
+        """Whether the store would refuse to delete ``name`` now (S3 Object Lock; a directory never does)."""
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose name starts with ``prefix``, in no particular order. Malformed names are skipped."""
 
@@ -146,6 +152,18 @@ class LocalBackend:
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self._path(name))
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            st = os.lstat(self._path(name))
+        except FileNotFoundError as e:
+            raise NotFoundError(f"vault object {name} is missing") from e
+        except OSError as e:
+            raise VaultError(f"cannot stat vault object {name}: {e.strerror}") from e
+        return ObjectInfo(name, st.st_size, st.st_mtime)
+
+    def retained(self, name: str) -> bool:
+        return False                    # immutability here is cutpoint's refusal, not the filesystem's (§19.1)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for dirpath, dirnames, filenames in os.walk(self.root):

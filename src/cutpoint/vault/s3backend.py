@@ -234,23 +234,51 @@ class S3Backend:
             err = self._error(e, name)
             if isinstance(err, StorageAuthError) and self._retained(key):    # 403 on a version under lock
                 raise RetentionError(f"vault object {name} in {self._where()} is under Object Lock retention "
-                                     "and cannot be deleted before its retain-until date") from e
+                                     "(or a legal hold) and cannot be deleted before its retain-until date") from e
             if isinstance(err, NotFoundError):
                 return
             raise err from e
         except botocore.exceptions.BotoCoreError as e:
             raise self._error(e, name) from e
 
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._error(e, name) from e
+        return ObjectInfo(name, int(r["ContentLength"]), r["LastModified"].timestamp())
+
     def retained(self, name: str) -> bool:
-        """Whether the store keeps ``name``'s current version under Object Lock retention now."""
+        """Whether the store would refuse to delete ``name`` now: a version of it (a delete removes them all) has a
+        retain-until date still ahead, or a legal hold."""
         return self._retained(self._key(name))
 
     def _retained(self, key: str) -> bool:
+        """A store keeps reporting a retain-until date once it has passed, so the date is compared with now; and a
+        newer version without retention (a bucket writer's) must not hide an older one under it."""
+        now = dt.datetime.now(dt.timezone.utc)
         try:
-            r = self.client.get_object_retention(Bucket=self.bucket, Key=key)
-            return bool(r.get("Retention", {}).get("RetainUntilDate"))
+            listing = self.client.list_object_versions(Bucket=self.bucket, Prefix=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
+        for ver in listing.get("Versions", []):
+            if ver.get("Key") != key:
+                continue
+            vid = {"VersionId": ver["VersionId"]} if ver.get("VersionId") not in (None, "null") else {}
+            try:
+                until = self.client.get_object_retention(Bucket=self.bucket, Key=key, **vid) \
+                    .get("Retention", {}).get("RetainUntilDate")
+                if isinstance(until, dt.datetime) and until > now:
+                    return True
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                pass                    # no retention on this version (stores answer with differing errors)
+            try:
+                hold = self.client.get_object_legal_hold(Bucket=self.bucket, Key=key, **vid)
+                if hold.get("LegalHold", {}).get("Status") == "ON":
+                    return True
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                pass
+        return False
 
     def object_lock_enabled(self) -> bool:
         try:

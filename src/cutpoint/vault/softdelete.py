@@ -237,15 +237,22 @@ def drop_stale(vault: Vault, record: Path) -> bool:
     return all([delete_unless_retained(vault.backend, _name(vault, path)) for path in (record, copy)])
 
 
+def stale_droppable(vault: Vault, record: Path) -> bool:
+    """What ``drop_stale`` would return, without deleting (gc --dry-run)."""
+    if vault.remote is None:
+        return True
+    copy = record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")
+    return not any(vault.backend.retained(_name(vault, path)) for path in (record, copy))
+
+
 def retained(vault: Vault, dp: DeletedPoint) -> bool:
     """Whether the store (S3 Object Lock) still keeps the point's record or manifest copy: written at the deletion
     with the vault's immutability, they can outlive its soft delete. gc keeps such a point whole until both can go:
     freeing its data while its record stays listed would let a later, longer soft delete bring back a point whose
     data is gone."""
-    check = getattr(vault.backend, "retained", None)
-    if vault.remote is None or check is None:
+    if vault.remote is None:
         return False
-    return any(check(_name(vault, path)) for path in (dp.record, dp.manifest)
+    return any(vault.backend.retained(_name(vault, path)) for path in (dp.record, dp.manifest)
                if path is not None and path.is_relative_to(vault.root / DELETED))
 
 
@@ -363,11 +370,13 @@ def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> tuple[bool, int]:
         if path is None:
             continue
         if vault.remote is not None:
+            name = _name(vault, path)
             try:
-                size = len(vault.backend.get(_name(vault, path)))
+                size = vault.backend.stat(name).size
             except NotFoundError:
                 continue
-            if not dry_run and not delete_unless_retained(vault.backend, _name(vault, path)):
+            gone = not vault.backend.retained(name) if dry_run else delete_unless_retained(vault.backend, name)
+            if not gone:
                 return path != dp.record, freed
             freed += size
             continue
