@@ -137,8 +137,10 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
         if dry_run:                     # what would go; a repack's saving is known only once it is written
-            counts["freed_bytes"] = sum(listing[p].size for p in doomed + orphans)
-            st.packs_removed, st.packs_repacked = len(doomed) + len(orphans), len(repack)
+            going = [p for p in doomed + orphans if not store.backend.retained(pack_name(p))]
+            counts["freed_bytes"] = sum(listing[p].size for p in going)
+            st.packs_removed, st.packs_repacked = len(going), len(repack)
+            st.kept_retained = len(doomed) + len(orphans) - len(going)
             return st, counts
         if not (doomed or repack or orphans or adopted):
             return st, counts
@@ -154,14 +156,16 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         for old in sorted(idx.objects):
             delete_unless_retained(store.backend, old)   # one kept under retention lists packs twice: harmless
         store.backend.sync()
+        deleted = set()
         for pid in sorted(gone) + orphans:
             if not delete_unless_retained(store.backend, pack_name(pid)):
                 st.kept_retained += 1
                 continue
+            deleted.add(pid)
             counts["freed_bytes"] += listing[pid].size
             faults.hit("gc-sweep")
         counts["freed_bytes"] -= sum(_size(entries) for _, entries in written)
-        st.packs_removed = len(doomed) + len(orphans)
+        st.packs_removed = len(deleted & (set(doomed) | set(orphans)))     # what went, not what was tried
         st.packs_repacked = len(repack)
         for marker in store.backend.list(packindex.BAD_PREFIX):
             if packindex.marker_pack(marker.name) in gone | set(orphans):
