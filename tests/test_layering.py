@@ -13,7 +13,7 @@ import cutpoint
 ROOT = Path(cutpoint.__file__).parent
 # Plain modules of cutpoint itself, importable by all (they import only each other). ``names`` and ``workdir`` are
 # the VM-name rule and the private work directory (h5-host); listed ahead so that branch merges without an edit here.
-BASE = {"", "errors", "units", "paths", "signals", "faults", "vmconfig", "qemuimg", "names", "workdir", "pids"}
+BASE = {"", "errors", "units", "paths", "signals", "faults", "vmconfig", "qemuimg", "names", "workdir", "pids", "heap"}
 
 # Data-path order, lowest first. Equal ranks may import each other only if that makes no cycle.
 RANK = {

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .. import faults
+from .. import faults, heap
 from ..catalog.db import PointRecord
 from ..cut.cleanup import workdir_for
 from ..errors import CutpointError, UsageError
@@ -205,7 +205,7 @@ def _read_all(vault: Vault, handle: CutHandle, vm: str, point_id: str, now: date
             fail(e)
             raise
 
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool, \
+    with heap.kept(), ThreadPoolExecutor(max_workers=WORKERS) as pool, \
             ThreadPoolExecutor(max_workers=max(1, len(handle.targets)), thread_name_prefix="disk") as per_disk:
         futures = []
         try:

@@ -14,6 +14,7 @@ chunk with only its dirty ranges read from the VM; a previous chunk no longer in
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -230,6 +231,16 @@ def _lost(store: PackStore, prev: ChunkTree, cs: int, size: int) -> list[tuple[i
 
 
 _ZERO: dict[int, bytes] = {}
+_local = threading.local()
+
+
+def _run_buffer() -> memoryview:
+    """This worker thread's buffer for a run: reused, since fresh memory costs more than the read here, and free
+    again once ``_do_run`` returns (``put_many`` keeps no view of it: blobs are encoded into new bytes)."""
+    b = getattr(_local, "buf", None)
+    if b is None:
+        b = _local.buf = memoryview(bytearray(RUN_BYTES))
+    return b
 
 
 def _zero(length: int) -> bytes:
@@ -263,7 +274,8 @@ def _do_run(store: PackStore, reader: ExportReader, run: _Run, cs: int, size: in
                 base[o - off:o - off + ln] = reader.pread(o, ln)
             data, nread = base, sum(ln for _, ln in ranges)
         return [(i, *_store(store, memoryview(data)), nread)]
-    buf = memoryview(reader.pread(off, length))
+    buf = _run_buffer()[:length]
+    reader.read_into(buf, off, length)
     idx, views = [], []
     out: list[tuple[int, bytes | None, int, int]] = []
     for k in range(run.count):
