@@ -63,6 +63,14 @@ class FileReader:
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
 
+    def read_into(self, buf: memoryview, offset: int, length: int) -> None:
+        done = 0
+        while done < length:
+            n = os.preadv(self.fd, [buf[done:length]], offset + done)
+            if n <= 0:
+                raise EOFError(f"short read at {offset + done}")
+            done += n
+
     def close(self) -> None:
         os.close(self.fd)
 

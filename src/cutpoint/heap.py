@@ -5,10 +5,11 @@ tens of GB/s for reused memory (docs/performance.md). A backup frees and allocat
 chunk's encoded copy, its sealed blob), and glibc's default thresholds (128 KiB, raised only as large blocks are
 freed) hand those pages back and fault them in again: with reads into reused buffers instead of a fresh 4 MiB per
 read, which had been raising the thresholds by accident, the backup took 71-88k page faults instead of 34-45k.
-Inside ``kept()`` blocks of up to 1 MiB come from the heap and up to 8 MiB of free heap is kept (29-30k faults,
-peak RSS 117-120 MiB; 32 and 64 MiB were no faster and took up to 193 MiB); when the last user leaves, the defaults
-return and the free heap goes back (``malloc_trim``), so a long-lived service does not keep a backup's peak. Not
-glibc: nothing is changed.
+Inside ``kept()`` blocks of up to 4 MiB come from the heap and up to 16 MiB of free heap is kept: 29-36k faults,
+peak RSS 118-142 MiB. 32 and 64 MiB were no faster and took up to 193 MiB; 1 and 8 MiB were as fast into a local
+vault but cost a backup into S3 a CPU-second more (the S3 client's blocks of 1-4 MiB were mapped afresh each time).
+When the last user leaves, the defaults return and the free heap goes back (``malloc_trim``), so a long-lived
+service does not keep a backup's peak. Not glibc: nothing is changed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3      # mallopt parameters (malloc.h)
-KEPT_MMAP = (1 << 20) + 1                       # blocks of up to 1 MiB from the heap, larger ones mapped
-KEPT_TRIM = 8 << 20                             # free heap kept before any is handed back
+KEPT_MMAP = (4 << 20) + 1                       # blocks of up to 4 MiB from the heap, larger ones mapped
+KEPT_TRIM = 16 << 20                            # free heap kept before any is handed back
 DEFAULT = 128 << 10                              # glibc's initial values of both
 
 _lock = threading.Lock()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import heap
 from ..errors import IntegrityError, NotFoundError
 from ..reader.export import Extent, ExportReader
 from ..vault import tree
@@ -129,7 +130,15 @@ def read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: P
                    progress: Progress | None = None, pool: ThreadPoolExecutor | None = None) -> TreeResult:
     """One disk into the vault as an index tree. ``prev``: the parent point's tree, whose unchanged leaves are
     inherited (an incremental). ``nodes_base``: the tree whose nodes new ones are written as deltas over (default
-    ``prev``; ignored unless it has this disk's shape): an encoding choice only, no data is taken from it."""
+    ``prev``; ignored unless it has this disk's shape): an encoding choice only, no data is taken from it. Freed
+    memory is kept for reuse meanwhile (``heap.kept``)."""
+    with heap.kept():
+        return _read_disk_tree(reader, name, size, cs, store, fanout, prev, nodes_base, progress, pool)
+
+
+def _read_disk_tree(reader: ExportReader, name: str, size: int, cs: int, store: PackStore, fanout: int,
+                    prev: ChunkTree | None, nodes_base: ChunkTree | None, progress: Progress | None,
+                    pool: ThreadPoolExecutor | None) -> TreeResult:
     n = -(-size // cs)
     nleaves = -(-n // fanout)
     zero_ext = reader.zero_extents()
