@@ -243,13 +243,14 @@ _ZERO: dict[int, bytes] = {}
 _local = threading.local()
 
 
-def _run_buffer() -> memoryview:
-    """This worker thread's buffer for a run: reused, since fresh memory costs more than the read here, and free
-    again once ``_do_run`` returns (``put_many`` keeps no view of it: blobs are encoded into new bytes)."""
+def _run_buffer(length: int) -> memoryview:
+    """This worker thread's buffer for a run of ``length`` bytes: reused, since fresh memory costs more than the read
+    here, and free again once ``_do_run`` returns (``put_many`` keeps no view of it: blobs are encoded into new
+    bytes). A run is at most RUN_BYTES, or one chunk where chunks are larger (up to the vault's 64 MiB)."""
     b = getattr(_local, "buf", None)
-    if b is None:
-        b = _local.buf = memoryview(bytearray(RUN_BYTES))
-    return b
+    if b is None or len(b) < length:
+        b = _local.buf = memoryview(bytearray(max(RUN_BYTES, length)))
+    return b[:length]
 
 
 def _zero(length: int) -> bytes:
@@ -283,7 +284,7 @@ def _do_run(store: PackStore, reader: ExportReader, run: _Run, cs: int, size: in
                 base[o - off:o - off + ln] = reader.pread(o, ln)
             data, nread = base, sum(ln for _, ln in ranges)
         return [(i, *_store(store, memoryview(data)), nread)]
-    buf = _run_buffer()[:length]
+    buf = _run_buffer(length)
     reader.read_into(buf, off, length)
     idx, views = [], []
     out: list[tuple[int, bytes | None, int, int]] = []

@@ -44,7 +44,7 @@ class ExportReader:
         self.socket = socket
         self.export = export
         self.bitmap_ctx = f"qemu:dirty-bitmap:{bitmap}" if bitmap else None
-        self._lock = threading.Lock()       # one reader of the handle's replies at a time (read_into)
+        self._lock = threading.Lock()       # one user of the handle's replies at a time (read_into, pread)
         self.h = nbd.NBD()
         self.h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
         if self.bitmap_ctx:
@@ -76,7 +76,8 @@ class ExportReader:
                         o += entries[i]
                 return 0
             try:
-                self.h.block_status(min(STATUS_SPAN, end - pos), pos, cb)
+                with self._lock:
+                    self.h.block_status(min(STATUS_SPAN, end - pos), pos, cb)
             except nbd.Error as exc:
                 raise HypervisorError(f"NBD block status of {self.export!r} failed: {exc}") from exc
             if not got:
@@ -96,6 +97,10 @@ class ExportReader:
         return [e for e in self.extents(self.bitmap_ctx) if e.flag & BITMAP_DIRTY]
 
     def pread(self, offset: int, length: int) -> bytes:
+        with self._lock:                # never beside read_into, which would wait for a reply this call consumed
+            return self._pread(offset, length)
+
+    def _pread(self, offset: int, length: int) -> bytes:
         parts: list[bytes] = []
         pos = offset
         try:
@@ -112,9 +117,11 @@ class ExportReader:
         caller's buffer (``pread`` returns a fresh one, slow memory here), and in pieces QEMU serves cheaply. One
         thread at a time per connection, since the waiting thread runs the handle's replies."""
         view = memoryview(buf)[:length]
+        if len(view) < length:
+            raise ValueError(f"a buffer of {len(view)} bytes cannot take a read of {length}")
+        pending: deque[tuple[int, nbd.Buffer]] = deque()
         with self._lock:
             try:
-                pending: deque[tuple[int, nbd.Buffer]] = deque()
                 pos = 0
                 while pos < length or pending:
                     while pos < length and len(pending) < PIPELINE:
@@ -122,13 +129,33 @@ class ExportReader:
                         b = nbd.Buffer.from_buffer(view[pos:pos + n])
                         pending.append((self.h.aio_pread(b, offset + pos), b))
                         pos += n
-                    cookie, _ = pending[0]
-                    while not self.h.aio_command_completed(cookie):
-                        self.h.poll(-1)
-                    pending.popleft()
+                    cookie, _ = pending.popleft()       # retired by the wait, even when it failed
+                    if not self._wait(cookie):
+                        raise HypervisorError(f"NBD read of {self.export!r} at {offset}: the server's reply never "
+                                              "came; did the VM exit?")
             except nbd.Error as exc:
                 raise HypervisorError(f"NBD read of {self.export!r} at {offset} failed: {exc}; did the VM exit?") \
                     from exc
+            finally:
+                self._drain(pending)
+
+    def _wait(self, cookie: int) -> bool:
+        """Run the handle until ``cookie`` is done (and so retired); False if nothing is left in flight that could
+        finish it. Raises ``nbd.Error`` if the command failed."""
+        while not self.h.aio_command_completed(cookie):
+            if self.h.aio_in_flight() == 0:
+                return False
+            self.h.poll(-1)
+        return True
+
+    def _drain(self, pending: deque[tuple[int, nbd.Buffer]]) -> None:
+        """After a failed piece, wait out the others still in flight: a reply handled later (by the next read, or
+        the shutdown) would land in a buffer its caller has reused. A dead connection has nothing left to deliver."""
+        for cookie, _ in pending:
+            try:
+                self._wait(cookie)
+            except nbd.Error:
+                pass                    # this one failed too: retired either way
 
     def close(self) -> None:
         try:
