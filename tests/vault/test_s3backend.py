@@ -147,3 +147,28 @@ def test_listing_skips_planted_keys(s3_env: S3Server, s3_bucket: str) -> None:
     assert planted >= 4
     b = S3Backend(s3_bucket, "v")
     assert [o.name for o in b.list()] == ["packs/aa/ok"]
+
+
+def test_retained_never_guesses_no_when_the_store_cannot_answer(s3_env: S3Server, s3_lock_bucket: str,
+                                                               s3_bucket: str) -> None:
+    """A refusal to say (here: no permission for the legal hold, injected) is an error, not "not retained": gc
+    would free what the store keeps. A retain-until date without a zone is UTC. A bucket without Object Lock
+    retains nothing, and is not asked per version."""
+    b = S3Backend(s3_lock_bucket, "q")
+    b.put("deleted/w/p.deleted", b"record")
+
+    def denied(**_: object) -> None:
+        raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
+                                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObjectLegalHold")
+    b.client.get_object_legal_hold = denied
+    with pytest.raises(StorageAuthError):
+        b.retained("deleted/w/p.deleted")
+
+    naive = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(hours=1)
+    b.client.get_object_retention = lambda **_: {"Retention": {"Mode": "GOVERNANCE", "RetainUntilDate": naive}}
+    assert b.retained("deleted/w/p.deleted")
+
+    plain = S3Backend(s3_bucket, "q")
+    plain.put("x", b"1")
+    plain.client.get_object_retention = denied
+    assert not plain.retained("x")

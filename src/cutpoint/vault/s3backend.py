@@ -45,6 +45,17 @@ def _session(profile: str | None = None) -> Any:
     return session
 
 
+_NO_LOCK = {"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration", "InvalidRequest",
+            "NoSuchKey", "NoSuchVersion", "NotImplemented"}
+
+
+def _no_lock(e: botocore.exceptions.ClientError) -> bool:
+    """The store's answer for a version without retention or legal hold (codes differ between stores), or for one
+    gone meanwhile, or from a store without Object Lock at all."""
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return str(e.response.get("Error", {}).get("Code", "")) in _NO_LOCK or status in (404, 501)
+
+
 @dataclass(frozen=True)
 class Retention:
     mode: str               # "COMPLIANCE" or "GOVERNANCE"
@@ -100,6 +111,7 @@ class S3Backend:
             signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=timeout,
             read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
         self.profile = profile
+        self._lock_enabled: bool | None = None     # the bucket's Object Lock, asked once (_retained)
         try:
             session = _session(profile)
             region = session.get_config_variable("region") or "us-east-1"
@@ -232,7 +244,7 @@ class S3Backend:
                 self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
         except botocore.exceptions.ClientError as e:
             err = self._error(e, name)
-            if isinstance(err, StorageAuthError) and self._retained(key):    # 403 on a version under lock
+            if isinstance(err, StorageAuthError) and self._held_quietly(key):    # 403 on a version under lock
                 raise RetentionError(f"vault object {name} in {self._where()} is under Object Lock retention "
                                      "(or a legal hold) and cannot be deleted before its retain-until date") from e
             if isinstance(err, NotFoundError):
@@ -240,6 +252,13 @@ class S3Backend:
             raise err from e
         except botocore.exceptions.BotoCoreError as e:
             raise self._error(e, name) from e
+
+    def _held_quietly(self, key: str) -> bool:
+        """Why a delete was refused: under retention, or (when even that cannot be asked) the refusal itself."""
+        try:
+            return self._retained(key)
+        except CutpointError:
+            return False
 
     def stat(self, name: str) -> ObjectInfo:
         try:
@@ -254,31 +273,48 @@ class S3Backend:
         return self._retained(self._key(name))
 
     def _retained(self, key: str) -> bool:
-        """A store keeps reporting a retain-until date once it has passed, so the date is compared with now; and a
-        newer version without retention (a bucket writer's) must not hide an older one under it."""
+        """A store keeps reporting a retain-until date once it has passed, so the date is compared with now; a newer
+        version without retention (a bucket writer's) must not hide an older one under it; and a question the store
+        cannot answer is an error, never "not retained" (gc would free what the store still keeps listed)."""
+        if self._lock_enabled is None:
+            try:
+                self._lock_enabled = self.object_lock_enabled()
+            except CutpointError:
+                self._lock_enabled = True       # unknown (no permission to ask): look at the versions themselves
+        if not self._lock_enabled:
+            return False                        # a bucket without Object Lock retains nothing
         now = dt.datetime.now(dt.timezone.utc)
         try:
-            listing = self.client.list_object_versions(Bucket=self.bucket, Prefix=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-            return False
-        for ver in listing.get("Versions", []):
-            if ver.get("Key") != key:
-                continue
-            vid = {"VersionId": ver["VersionId"]} if ver.get("VersionId") not in (None, "null") else {}
-            try:
-                until = self.client.get_object_retention(Bucket=self.bucket, Key=key, **vid) \
-                    .get("Retention", {}).get("RetainUntilDate")
-                if isinstance(until, dt.datetime) and until > now:
-                    return True
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-                pass                    # no retention on this version (stores answer with differing errors)
-            try:
-                hold = self.client.get_object_legal_hold(Bucket=self.bucket, Key=key, **vid)
-                if hold.get("LegalHold", {}).get("Status") == "ON":
-                    return True
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-                pass
+            pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key)
+            for page in pages:
+                for ver in page.get("Versions", []):
+                    if ver.get("Key") == key and self._version_held(key, ver.get("VersionId"), now):
+                        return True
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._error(e, f"the retention of {key[len(self.prefix):]}") from e
         return False
+
+    def _version_held(self, key: str, vid: str | None, now: dt.datetime) -> bool:
+        kw = {"VersionId": vid} if vid not in (None, "null") else {}
+        try:
+            until = self.client.get_object_retention(Bucket=self.bucket, Key=key, **kw) \
+                .get("Retention", {}).get("RetainUntilDate")
+        except botocore.exceptions.ClientError as e:
+            if not _no_lock(e):
+                raise
+            until = None
+        if isinstance(until, dt.datetime):
+            if until.tzinfo is None:
+                until = until.replace(tzinfo=dt.timezone.utc)
+            if until > now:
+                return True
+        try:
+            hold = self.client.get_object_legal_hold(Bucket=self.bucket, Key=key, **kw)
+        except botocore.exceptions.ClientError as e:
+            if not _no_lock(e):
+                raise
+            return False
+        return bool(hold.get("LegalHold", {}).get("Status") == "ON")
 
     def object_lock_enabled(self) -> bool:
         try:
