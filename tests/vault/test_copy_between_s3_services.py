@@ -41,6 +41,14 @@ def test_copy_between_two_s3_services_each_with_its_own_endpoint_and_credentials
     # the profile is what reaches the target: without it, the source's credentials are refused there
     plain = f"s3://offsite/web?endpoint={offsite.endpoint}"
     one_line_error(cutpoint("points", "--vault", plain), 11, "refused access")
+    # hints name a vault by an address that reaches it again, endpoint and profile included
+    nothing = f"s3://offsite/none?endpoint={offsite.endpoint}&profile=offsite"
+    one_line_error(cutpoint("points", "--vault", nothing), 3, f"cutpoint vault init '{nothing}'")
+    other = f"s3://offsite/other?endpoint={offsite.endpoint}&profile=offsite"
+    cutpoint("vault", "init", other, "--no-encrypt", check=True)
+    endpoint = s3_env.endpoint
+    one_line_error(cutpoint("copy", "web", "--from", src, "--to", other), 2,
+                   f"--copy-of 's3://{s3_bucket}/src?endpoint={endpoint}'")
 
 
 def test_a_vault_address_naming_an_unknown_profile_or_parameter_is_refused(
@@ -52,4 +60,7 @@ def test_a_vault_address_naming_an_unknown_profile_or_parameter_is_refused(
     one_line_error(cutpoint("vault", "init", f"s3://{s3_bucket}/v?region=eu", "--no-encrypt"), 2,
                    "endpoint=URL and profile=NAME")
     one_line_error(cutpoint("points", "--vault", f"s3://{s3_bucket}/v?endpoint=ftp://x"), 2, "not an http(s) URL")
+    one_line_error(cutpoint("points", "--vault", f"s3://{s3_bucket}/v?endpoint=http://me:secret@127.0.0.1:1"), 2,
+                   "without user:password@")
+    one_line_error(cutpoint("points", "--vault", f"s3://{s3_bucket}/v?endpoint=http://h%1B:1"), 2, "printable")
     assert s3_env.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0     # nothing was written

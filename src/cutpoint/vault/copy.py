@@ -87,9 +87,10 @@ def check_compatible(src: Vault, dst: Vault) -> None:
         raise UsageError(f"--from {s} and --to {d} are the same vault; give another --to")
     if (src.sealer.fingerprint, src.encrypted, src.chunk_size, src.fanout) != \
             (dst.sealer.fingerprint, dst.encrypted, dst.chunk_size, dst.fanout):
+        how = location.address_of(src.root)
         raise UsageError(f"vault {d} (key {dst.sealer.fingerprint}) does not share the keys and chunk parameters "
-                         f"of {s} (key {src.sealer.fingerprint}), and blobs are copied as stored; create the "
-                         f"target with 'cutpoint vault init TARGET --copy-of {s}'; nothing was copied")
+                         f"of {s} (key {src.sealer.fingerprint}), and blobs are copied as stored; nothing was copied; "
+                         f"create the target with: cutpoint vault init TARGET --copy-of {how}")
 
 
 def select(src: Vault, vm: str | None, points: list[str] | None) -> list[PointRecord]:

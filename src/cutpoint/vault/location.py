@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ SCHEME = "s3://"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX = re.compile(r"(?:[a-z0-9_][a-z0-9._-]{0,99})(?:/[a-z0-9_][a-z0-9._-]{0,99}){0,7}")
 _PROFILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}")       # an AWS profile name, as a config section
-_ENDPOINT = re.compile(r"https?://[^\s/?#]+(?:/[^\s?#]*)?")
+# printable ASCII only, and no user:password@ in the authority (it would be kept in remote.json and echoed in errors)
+_ENDPOINT = re.compile(r"https?://[!$&-.0-9:;=A-Z_a-z~\[\]]+(?:/[!-\"$->@-~]*)?")
 PARAMS = ("endpoint", "profile")
 
 
@@ -50,6 +52,14 @@ class S3Location:
     @property
     def url(self) -> str:
         return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
+
+    @property
+    def address(self) -> str:
+        """The address that reaches it again from any shell: with its endpoint and profile, quoted for a command
+        line (hints that say "run cutpoint ... VAULT" must not send the user to the default service)."""
+        query = "&".join(f"{k}={urllib.parse.quote(v, safe=':/')}" for k, v in
+                         (("endpoint", self.endpoint), ("profile", self.profile)) if v)
+        return shlex.quote(f"{self.url}?{query}" if query else self.url)
 
 
 def is_remote(spec: str | os.PathLike[str]) -> bool:
@@ -76,8 +86,9 @@ def parse(url: str, endpoint: str | None = None, profile: str | None = None) -> 
     endpoint = os.environ.get("CUTPOINT_S3_ENDPOINT") if endpoint is None else endpoint
     endpoint = endpoint or None
     if endpoint is not None and not _ENDPOINT.fullmatch(endpoint):
-        raise UsageError(f"S3 endpoint {endpoint!r} is not an http(s) URL; pass --s3-endpoint URL, set "
-                         "CUTPOINT_S3_ENDPOINT, or give s3://BUCKET/PREFIX?endpoint=URL")
+        raise UsageError(f"S3 endpoint {endpoint!r} is not an http(s) URL of printable characters without "
+                         "user:password@ (credentials belong in ~/.aws/credentials or AWS_*); pass --s3-endpoint "
+                         "URL, set CUTPOINT_S3_ENDPOINT, or give s3://BUCKET/PREFIX?endpoint=URL")
     if "profile" in params:
         profile = params["profile"]
     profile = profile or None           # none: botocore's own chain, AWS_PROFILE included
@@ -154,6 +165,13 @@ def describe(root: Path) -> str:
     """How to name the vault at ``root`` to a user: its S3 address, or its directory."""
     loc = remote_of(root)
     return loc.url if loc is not None else str(root)
+
+
+def address_of(root: Path) -> str:
+    """How to give the vault at ``root`` on a command line: its full S3 address (``S3Location.address``), or its
+    directory, quoted."""
+    loc = remote_of(root)
+    return loc.address if loc is not None else shlex.quote(str(root))
 
 
 def retention_of(config: dict[str, object]) -> object | None:

@@ -39,8 +39,8 @@ def fetch_meta(root: Path) -> None:
     try:
         cfg = backend.get(CONFIG, 0, MAX_META)
     except NotFoundError:
-        raise NotFoundError(f"no cutpoint vault at {loc.url} (no config.json there); create one with "
-                            f"'cutpoint vault init {loc.url}'") from None
+        raise NotFoundError(f"no cutpoint vault at {loc.url} (no config.json there); create one with: "
+                            f"cutpoint vault init {loc.address}") from None
     try:
         key: bytes | None = backend.get(KEY, 0, MAX_META)
     except NotFoundError:

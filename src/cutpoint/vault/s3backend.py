@@ -118,9 +118,11 @@ class S3Backend:
             self.client: Any = session.create_client("s3", endpoint_url=self.endpoint, region_name=region,
                                                      config=cfg)
         except botocore.exceptions.ProfileNotFound as e:
-            raise StorageAuthError(f"AWS profile {profile!r} for s3://{bucket}/{self.prefix} is in neither ~/.aws/credentials "
-                                   "nor ~/.aws/config (nor AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE): add it "
-                                   "there or drop profile= from the vault's address") from e
+            name, fix = (profile, "drop profile= from the vault's address") if profile else \
+                (os.environ.get("AWS_PROFILE"), "unset AWS_PROFILE")
+            raise StorageAuthError(f"AWS profile {name!r} for s3://{bucket}/{self.prefix} is in neither "
+                                   "~/.aws/credentials nor ~/.aws/config (nor AWS_SHARED_CREDENTIALS_FILE / "
+                                   f"AWS_CONFIG_FILE): add it there or {fix}") from e
         self._local = threading.local()         # per-thread "this PutObject is a create": the client is shared
         self.client.meta.events.register("before-sign.s3.PutObject", self._add_if_none_match)
 
