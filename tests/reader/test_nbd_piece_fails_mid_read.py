@@ -4,15 +4,13 @@ same connection reads again; the buffer is the worker's, reused for the next run
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cutpoint.errors import HypervisorError
-from cutpoint.reader.export import PIECE, ExportReader
-from tests.helpers import listening
+from cutpoint.reader.export import PIECE
+from tests.reader.nbdkit import served
 
 SCRIPT = """#!/bin/sh
 case "$1" in
@@ -32,26 +30,12 @@ def test_a_failed_piece_leaves_no_late_write_into_the_buffer(tmp_path: Path) -> 
     script = tmp_path / "disk.sh"
     script.write_text(SCRIPT)
     script.chmod(0o755)
-    sock = tmp_path / "nbd.sock"
-    proc = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "-U", str(sock), "-e", "d",
-                             "sh", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not listening(sock):
-            assert proc.poll() is None and time.monotonic() < deadline, "nbdkit did not start"
-            time.sleep(0.05)
-        r = ExportReader(sock, "d")
-        try:
-            buf = bytearray(b"\xee" * (2 * PIECE))
-            with pytest.raises(HypervisorError, match="did the VM exit"):
-                r.read_into(buf, 0, 2 * PIECE)          # piece 0 fails at once, piece 1 is still in flight
-            at_return = bytes(buf)
-            other = bytearray(PIECE)
-            r.read_into(other, 4 * PIECE, PIECE)         # the connection's next read runs its replies
-            assert other == b"a" * PIECE
-            assert bytes(buf) == at_return               # nothing written into it after read_into returned
-        finally:
-            r.close()
-    finally:
-        proc.kill()
-        proc.wait()
+    with served(tmp_path / "nbd.sock", "sh", str(script)) as r:
+        buf = bytearray(b"\xee" * (2 * PIECE))
+        with pytest.raises(HypervisorError, match="did the VM exit"):
+            r.read_into(buf, 0, 2 * PIECE)          # piece 0 fails at once, piece 1 is still in flight
+        at_return = bytes(buf)
+        other = bytearray(PIECE)
+        r.read_into(other, 4 * PIECE, PIECE)         # the connection's next read runs its replies
+        assert other == b"a" * PIECE
+        assert bytes(buf) == at_return               # nothing written into it after read_into returned

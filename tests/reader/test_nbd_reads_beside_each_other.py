@@ -5,13 +5,11 @@ waiting for (it then waited for ever: the hang this test found), and every byte 
 from __future__ import annotations
 
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-from cutpoint.reader.export import ExportReader
-from tests.helpers import listening
+from tests.reader.nbdkit import served
 
 MiB = 1 << 20
 
@@ -22,15 +20,7 @@ def _pattern(offset: int, length: int) -> bytes:
 
 
 def test_pipelined_and_plain_reads_of_one_connection_at_once(tmp_path: Path) -> None:
-    sock = tmp_path / "nbd.sock"
-    proc = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "-U", str(sock), "-e", "d",
-                             "pattern", "64M"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not listening(sock):
-            assert proc.poll() is None and time.monotonic() < deadline, "nbdkit did not start"
-            time.sleep(0.05)
-        r = ExportReader(sock, "d")
+    with served(tmp_path / "nbd.sock", "pattern", "64M") as r:
         stop = time.monotonic() + 3
         done = {"runs": 0, "preads": 0}
         bad: list[str] = []
@@ -58,7 +48,3 @@ def test_pipelined_and_plain_reads_of_one_connection_at_once(tmp_path: Path) -> 
             t.join(30)
         assert not any(t.is_alive() for t in threads), f"reads hung after {done}"
         assert not bad and done["runs"] > 0 and done["preads"] > 0, (bad, done)
-        r.close()
-    finally:
-        proc.kill()
-        proc.wait()
