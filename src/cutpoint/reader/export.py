@@ -21,7 +21,7 @@ from ..errors import HypervisorError
 
 MAX_REQUEST = 32 << 20
 # read_into's requests: QEMU's NBD server allocates a fresh buffer per request, and at 4 MiB it spent 1.2-1.7
-# CPU-seconds serving this machine's bench disk against 0.5-0.7 in 1 MiB pieces (docs/performance.md), CPU the
+# CPU-seconds serving this machine's bench disk against 0.5-0.8 in 1 MiB pieces (docs/performance.md), CPU the
 # backup itself needs on 2 cores; two in flight keep the socket busy
 PIECE = 1 << 20
 PIPELINE = 2

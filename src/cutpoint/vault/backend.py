@@ -77,9 +77,12 @@ class Backend(Protocol):
         """Make every ``put``/``create``/``delete`` before this call durable."""
 
 
-def delete_unless_retained(backend: Backend, name: str) -> bool:
+def delete_unless_retained(backend: Backend, name: str, dry_run: bool = False) -> bool:
     """Delete ``name``; False when the store keeps it under Object Lock retention (S3, docs/format.md §20.5): the
-    callers that sweep (gc, soft delete's clean-up) leave it for a run after its retain-until date."""
+    callers that sweep (gc, soft delete's clean-up) leave it for a run after its retain-until date. ``dry_run``:
+    only whether it would go (gc --dry-run)."""
+    if dry_run:
+        return not backend.retained(name)
     try:
         backend.delete(name)
         return True

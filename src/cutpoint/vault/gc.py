@@ -139,7 +139,7 @@ def _purge(vault: Vault, expired: list[softdelete.DeletedPoint], res: GcResult) 
         (res.purged if gone else res.kept_retained_records).append(dp.id)
         res.freed_bytes += freed
     for path in softdelete.stale_records(vault):
-        if softdelete.stale_droppable(vault, path) if res.dry_run else softdelete.drop_stale(vault, path):
+        if softdelete.drop_stale(vault, path, res.dry_run):
             res.removed_records += 1
 
 
@@ -212,8 +212,7 @@ def _sweep_orphan_copies(vault: Vault, cutoff: float, res: GcResult) -> None:
     for o in objs:
         if not o.name.endswith(".manifest") or o.name[:-len(".manifest")] in records or o.mtime >= cutoff:
             continue
-        gone = not vault.backend.retained(o.name) if res.dry_run else delete_unless_retained(vault.backend, o.name)
-        if not gone:
+        if not delete_unless_retained(vault.backend, o.name, res.dry_run):
             continue                    # a later gc, once the store lets it go
         res.removed_manifests += 1
         res.freed_bytes += o.size

@@ -137,7 +137,7 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
         if dry_run:                     # what would go; a repack's saving is known only once it is written
-            going = [p for p in doomed + orphans if not store.backend.retained(pack_name(p))]
+            going = [p for p in doomed + orphans if delete_unless_retained(store.backend, pack_name(p), dry_run)]
             counts["freed_bytes"] = sum(listing[p].size for p in going)
             st.packs_removed, st.packs_repacked = len(going), len(repack)
             st.kept_retained = len(doomed) + len(orphans) - len(going)

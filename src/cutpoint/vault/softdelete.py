@@ -226,23 +226,16 @@ def stale_records(vault: Vault) -> list[Path]:
     return [rpath for v, pid, rpath in _records(vault, None) if (v, pid) in visible]
 
 
-def drop_stale(vault: Vault, record: Path) -> bool:
+def drop_stale(vault: Vault, record: Path, dry_run: bool = False) -> bool:
     """gc: a stale record goes; on S3 with it the copy of the (visible) point's manifest in ``deleted/``. False when
     the store keeps them under Object Lock retention (written with it like every object): a stale record is listed
-    nowhere, so it simply stays until a gc after its retain-until date."""
+    nowhere, so it simply stays until a gc after its retain-until date. ``dry_run``: only whether they would go."""
     if vault.remote is None:
-        record.unlink(missing_ok=True)
+        if not dry_run:
+            record.unlink(missing_ok=True)
         return True
     copy = record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")
-    return all([delete_unless_retained(vault.backend, _name(vault, path)) for path in (record, copy)])
-
-
-def stale_droppable(vault: Vault, record: Path) -> bool:
-    """What ``drop_stale`` would return, without deleting (gc --dry-run)."""
-    if vault.remote is None:
-        return True
-    copy = record.with_name(record.name[:-len(RECORD_SUFFIX)] + ".manifest")
-    return not any(vault.backend.retained(_name(vault, path)) for path in (record, copy))
+    return all([delete_unless_retained(vault.backend, _name(vault, path), dry_run) for path in (record, copy)])
 
 
 def retained(vault: Vault, dp: DeletedPoint) -> bool:
@@ -375,8 +368,7 @@ def purge(vault: Vault, dp: DeletedPoint, dry_run: bool) -> tuple[bool, int]:
                 size = vault.backend.stat(name).size
             except NotFoundError:
                 continue
-            gone = not vault.backend.retained(name) if dry_run else delete_unless_retained(vault.backend, name)
-            if not gone:
+            if not delete_unless_retained(vault.backend, name, dry_run):
                 return path != dp.record, freed
             freed += size
             continue
