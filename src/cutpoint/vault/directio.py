@@ -11,6 +11,7 @@ Durability is unchanged: the caller's fsync or syncfs still covers the file's me
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -26,6 +27,14 @@ def _buffer() -> mmap.mmap:
     if buf is None:
         buf = _local.buf = mmap.mmap(-1, PIECE)       # anonymous maps are page-aligned
     return buf
+
+
+def _aligned(view: memoryview) -> bool:
+    """Whether ``view`` starts on a page: only writable memory can say (``from_buffer``), and read-only bytes are
+    copied, as before."""
+    if view.readonly:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -48,20 +57,23 @@ def _direct(fd: int, view: memoryview, body: int) -> int:
         return 0
     done = 0
     try:
-        buf = _buffer()
-        with memoryview(buf) as aligned:
-            while done < body:
-                n = min(PIECE, body - done)
-                aligned[:n] = view[done:done + n]
-                try:
-                    wrote = os.pwrite(dfd, aligned[:n], done)
-                except OSError as exc:
-                    if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                        return done          # opens with O_DIRECT but refuses such writes: the page cache
-                    raise
-                done += wrote - wrote % ALIGN
-                if wrote < n:
-                    return done
+        staging = None if _aligned(view) else memoryview(_buffer())
+        piece = body if staging is None else PIECE
+        while done < body:
+            n = min(piece, body - done)
+            src = view[done:done + n]
+            if staging is not None:
+                staging[:n] = src
+                src = staging[:n]
+            try:
+                wrote = os.pwrite(dfd, src, done)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    return done          # opens with O_DIRECT but refuses such writes: the page cache
+                raise
+            done += wrote - wrote % ALIGN
+            if wrote < n:
+                return done
     finally:
         os.close(dfd)
     return done
