@@ -245,8 +245,9 @@ _local = threading.local()
 
 def _run_buffer(length: int) -> memoryview:
     """This worker thread's buffer for a run of ``length`` bytes: reused, since fresh memory costs more than the read
-    here, and free again once ``_do_run`` returns (``put_many`` keeps no view of it: blobs are encoded into new
-    bytes). A run is at most RUN_BYTES, or one chunk where chunks are larger (up to the vault's 64 MiB)."""
+    here, and free again once ``_do_run`` returns (``put_many`` keeps no view of it: a blob stored as it is
+    is copied into the pack before ``put_many`` returns). A run is at most RUN_BYTES, or one chunk where chunks
+    are larger (up to the vault's 64 MiB)."""
     b = getattr(_local, "buf", None)
     if b is None or len(b) < length:
         b = _local.buf = memoryview(bytearray(max(RUN_BYTES, length)))

@@ -26,6 +26,7 @@ KINDS = (DATA, NODE)
 CODEC_STORED, CODEC_ZSTD = 0, 1
 PROBE = 4096
 ID_SIZE = 32
+_CODEC_BYTE = {CODEC_STORED: b"\x00", CODEC_ZSTD: b"\x01"}
 
 
 class BlobCodec:
@@ -47,21 +48,21 @@ class BlobCodec:
             c = self._local.c = zstandard.ZstdCompressor(level=self.level)
         return c
 
-    def encode(self, bid: bytes, data: bytes | memoryview, kind: int = DATA) -> bytes:
+    def encode(self, bid: bytes, data: bytes | memoryview, kind: int = DATA) -> tuple[bytes | memoryview, ...]:
+        """The stored blob, as pieces to copy into a pack one after another; a piece may be ``data`` itself (a
+        chunk stored uncompressed and unencrypted), so it is valid only as long as ``data`` is."""
         c = self._zstd()
         local = self._local
-        payload: bytes | None = None
+        codec, body = CODEC_STORED, data
         # probe only after an incompressible chunk on this thread: data comes in runs of one kind, so compressible
         # streams pay no probe and random streams pay a 4 KiB probe instead of a whole compression
         if not getattr(local, "incompressible", False) or len(data) <= PROBE \
                 or len(c.compress(data[:PROBE])) < PROBE - PROBE // 16:
             packed = c.compress(data)
             if len(packed) < len(data) - len(data) // 16:
-                payload = b"\x01" + packed
-        local.incompressible = payload is None
-        if payload is None:
-            payload = b"\x00" + bytes(data)
-        return self.sealer.seal_blob(MAGIC, payload, _aad(kind, bid))
+                codec, body = CODEC_ZSTD, packed
+        local.incompressible = codec == CODEC_STORED
+        return self.sealer.seal_blob_parts(MAGIC, _CODEC_BYTE[codec], body, _aad(kind, bid))
 
     def decode(self, bid: bytes, blob: bytes | memoryview, kind: int, expect: int | None = None) -> bytes:
         """The checked bytes of a blob: damage, a misplaced blob or a wrong length raise ``IntegrityError``."""

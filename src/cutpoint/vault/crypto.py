@@ -102,6 +102,15 @@ class Sealer:
             return self.seal(magic, bytes(payload), aad)
         return HEADER.pack(magic, SCHEME_KEYED_ID, self._fp) + payload
 
+    def seal_blob_parts(self, magic: bytes, codec: bytes, body: bytes | memoryview,
+                        aad: bytes) -> tuple[bytes | memoryview, ...]:
+        """``seal_blob`` of ``codec + body`` as pieces to copy one after another into a pack. Unencrypted, the body
+        is one of them as it is (a view stays a view), so a chunk is copied once, into the pack, instead of into a
+        payload, a blob and then the pack, each with the GIL held."""
+        if self._aead is not None:
+            return (self.seal(magic, codec + bytes(body), aad),)
+        return HEADER.pack(magic, SCHEME_KEYED_ID, self._fp) + codec, body
+
     def unseal_blob(self, magic: bytes, blob: bytes | memoryview, aad: bytes, what: str) -> bytes | memoryview:
         """The payload of a v4 blob. Unencrypted it is not yet authenticated: the caller checks the content id of
         what it decodes (and decodes with a bound)."""

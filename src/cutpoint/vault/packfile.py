@@ -85,12 +85,19 @@ class PackBuffer:
             self.buf = new
 
     def add(self, kind: int, bid: bytes, blob: bytes | memoryview, raw_length: int) -> Entry:
-        end = self.used + len(blob)
-        self._fit(end)
-        self.buf[self.used:end] = blob
-        e = Entry(kind, bid, self.used, len(blob), raw_length)
+        return self.add_parts(kind, bid, (blob,), raw_length)
+
+    def add_parts(self, kind: int, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int) -> Entry:
+        """One blob given as pieces (``BlobCodec.encode``), copied into the pack one after another."""
+        start = pos = self.used
+        self._fit(start + sum(len(p) for p in parts))
+        for p in parts:
+            end = pos + len(p)
+            self.buf[pos:end] = p
+            pos = end
+        e = Entry(kind, bid, start, pos - start, raw_length)
         self.entries.append(e)
-        self.used = end
+        self.used = pos
         return e
 
     def full(self) -> bool:

@@ -151,7 +151,7 @@ class PackStore:
         pack and a restore reads it back with one read."""
         ids = bids or [self.codec.blob_id(d, kind) for d in datas]
         out: list[tuple[bytes, int]] = []
-        new: list[tuple[int, bytes]] = []
+        new: list[tuple[int, tuple[bytes | memoryview, ...]]] = []
         queued: set[bytes] = set()
         where = self.index().where
         for k, (bid, data) in enumerate(zip(ids, datas)):
@@ -175,9 +175,9 @@ class PackStore:
                     continue                           # another thread stored it meanwhile
                 if self._buf is None:
                     self._buf = self._spare.pop() if self._spare else PackBuffer(self.pack_size)
-                e = self._buf.add(kind, bid, blob, len(datas[k]))
+                e = self._buf.add_parts(kind, bid, blob, len(datas[k]))
                 idx.where[bid] = Location(self._buf.pid, e.offset, e.length, e.raw_length, kind)
-                out[k] = (bid, len(blob))
+                out[k] = (bid, e.length)
             if self._buf is not None and self._buf.full():
                 self._write_pack()
         return out
