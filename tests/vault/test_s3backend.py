@@ -172,26 +172,3 @@ def test_retained_never_guesses_no_when_the_store_cannot_answer(s3_env: S3Server
     plain.put("x", b"1")
     plain.client.get_object_retention = denied
     assert not plain.retained("x")
-
-
-def test_a_put_carries_a_checksum_the_store_checks_instead_of_a_payload_hash(s3_env: S3Server, s3_lock_bucket: str
-                                                                            ) -> None:
-    """A pack is not SHA-256 hashed into the request's signature (a CPU cost per stored byte); its CRC32 goes with
-    it, also under Object Lock, and the store refuses a body that does not match."""
-    b = S3Backend(s3_lock_bucket, "v", retention=Retention("GOVERNANCE", 1))
-    sent: list[dict[str, str]] = []
-    b.client.meta.events.register(
-        "before-send.s3.PutObject",
-        lambda request, **kw: sent.append({k.lower(): (v.decode() if isinstance(v, bytes) else v)
-                                           for k, v in request.headers.items()}))
-    body = bytearray(b"pack bytes " * 100_000)
-    b.put("data/ab/pack", memoryview(body))
-    assert b.get("data/ab/pack") == body
-    (headers,) = sent
-    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-    assert headers["x-amz-checksum-crc32"]
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        b.client.put_object(Bucket=s3_lock_bucket, Key="v/data/ab/other", Body=b"pack bytes",
-                            ChecksumCRC32="AAAAAA==")
-    assert e.value.response["Error"]["Code"] == "BadDigest"
-    assert not b.exists("data/ab/other")

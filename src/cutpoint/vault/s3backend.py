@@ -107,12 +107,8 @@ class S3Backend:
         self.endpoint = endpoint or os.environ.get("CUTPOINT_S3_ENDPOINT") or None
         self.retention = retention
         self.unretained = unretained
-        # The body is not hashed into the signature (SHA-256 of every pack, about 0.2 CPU-s of a full backup here);
-        # a CRC32 of it goes with every PUT instead, which the store checks (SeaweedFS answers BadDigest), as
-        # botocore already does over https. Every blob is authenticated again on read, by its key or content id.
         cfg = botocore.config.Config(
-            signature_version="s3v4", s3={"addressing_style": "path", "payload_signing_enabled": False},
-            request_checksum_calculation="when_supported", connect_timeout=timeout,
+            signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=timeout,
             read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
         self.profile = profile
         self._lock_enabled: bool | None = None     # the bucket's Object Lock, asked once (_retained)
