@@ -9,34 +9,34 @@ interruption, so a terminated backup still runs its cleanup (thaw, overlays, exp
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sqlite3
 import sys
+from typing import Any
 
 from .. import __version__, signals
 from ..errors import CutpointError
-from . import backup, demo, gc, lab, points, prune, restore, vault, verify, vm
-from . import jobs, policy, serve
-from . import files, instant, mount
-from . import report
 from .common import resolve_vault
-from . import drill
-from . import delete
-from . import approvals
-from . import copy
 
-
-GROUPS = (vm, backup, points, restore, vault, verify, prune, gc, lab, demo, policy, jobs, serve, files, mount,
-          instant, report, drill, delete, approvals, copy)
+# The command groups, one module each. Only the group of the command given is imported (all of them for the whole
+# parser: help, usage errors): importing every group cost 20 ms per command, the demo, service and drill machinery
+# included, which a backup never runs (tests/cli/test_lazy_imports.py).
+GROUPS = ("vm", "backup", "points", "restore", "vault", "verify", "prune", "gc", "lab", "demo", "policy", "jobs",
+          "serve", "files", "mount", "instant", "report", "drill", "delete", "approvals", "copy")
 # The group that registers each command. Building every command's parser costs ~13 ms (argparse looks up a
 # translation and the terminal width for each of ~430 arguments), so main builds only the one it was given;
 # tests/cli/test_lazy_imports.py checks that this names every command.
-COMMANDS = {"vm": vm, "backup": backup, "points": points, "restore": restore, "vault": vault, "verify": verify,
-            "prune": prune, "gc": gc, "lab": lab, "demo": demo, "policy": policy, "jobs": jobs, "serve": serve,
-            "files": files, "mount": mount, "umount": mount, "instant": instant, "report": report, "drill": drill,
-            "delete": delete, "undelete": delete, "approvals": approvals, "approve": approvals, "deny": approvals,
-            "copy": copy}
+COMMANDS = {"vm": "vm", "backup": "backup", "points": "points", "restore": "restore", "vault": "vault",
+            "verify": "verify", "prune": "prune", "gc": "gc", "lab": "lab", "demo": "demo", "policy": "policy",
+            "jobs": "jobs", "serve": "serve", "files": "files", "mount": "mount", "umount": "mount",
+            "instant": "instant", "report": "report", "drill": "drill", "delete": "delete", "undelete": "delete",
+            "approvals": "approvals", "approve": "approvals", "deny": "approvals", "copy": "copy"}
+
+
+def _group(name: str) -> Any:
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in (COMMANDS[command],) if command in COMMANDS else GROUPS:
-        group.register(sub)
+        _group(group).register(sub)
     return p
 
 
