@@ -23,7 +23,7 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -358,7 +358,7 @@ class PackStore:
         """Positions of ``cids`` in groups that ``read_group`` reads with one storage read each (``readplan``)."""
         return readplan.plan_reads(self.index().where, [self.bid(c) for c in cids], gap=gap, span=span)
 
-    def read_group(self, cids: list[str], expects: list[int]) -> Iterator[tuple[int, bytes]]:
+    def read_group(self, cids: list[str], expects: Sequence[int | None]) -> Iterator[tuple[int, bytes]]:
         """(position, checked bytes) of each chunk, in pack order, read with one storage read when they lie in one
         pack (holes between them are read and dropped); a repeated id is read and checked once. A pack that is gone
         or shorter than listed (gc moved it meanwhile, or damage) sends every chunk through ``get``, which reloads
@@ -381,7 +381,7 @@ class PackStore:
                 yield k, self.get(c, e)
             return
         mv = memoryview(blob)
-        last: tuple[bytes, int] | None = None
+        last: tuple[bytes, int | None] | None = None
         data = b""
         for k in sorted(range(len(ok)), key=lambda x: (ok[x].offset, x)):     # a repeated id: adjacent here
             loc = ok[k]

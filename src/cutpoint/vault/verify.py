@@ -13,15 +13,22 @@ recorded in the catalog; a backup never builds an incremental on a point whose l
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import heap
 from ..catalog.db import PointRecord, VerifyRecord
 from ..errors import CutpointError, IntegrityError, NotFoundError, UsageError
 from .packstore import PackStore
 from .vault import Vault
+
+READERS = 2                   # threads decoding a v4 vault's chunks: the two cores
+STRETCH_GAP = 1 << 20         # a hole up to this long inside a pack is read through rather than split
+STRETCH_SPAN = 4 << 20        # at most this much per storage read: within what ``heap.kept`` reuses, and memory
+#                               stays near 2 x READERS x 4 MiB
 
 
 @dataclass
@@ -139,7 +146,10 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
     bad: dict[str, tuple[str, bool]] = {}
     if isinstance(vault.chunks, PackStore):
         vault.chunks.lost_ids()             # one listing of the packs: a copy in a lost pack is not "ok"
-    for cid in _read_order(vault, refs):
+    order = _read_order(vault, refs)
+    if read_data and isinstance(vault.chunks, PackStore):
+        order = _check_in_stretches(vault.chunks, order, refs, report, bad)
+    for cid in order:
         report.chunks_checked += 1
         try:
             state = vault.chunks.state(cid)
@@ -163,11 +173,64 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
         except CutpointError as exc:
             bad[cid] = (str(exc), False)
             continue
-        report.bytes_read += len(data)
-        wrong = {r.length for r in refs[cid]} - {len(data)}
-        if wrong:
-            bad[cid] = (f"has {len(data)} bytes where {sorted(wrong)[0]} are expected", False)
+        _count(cid, len(data), refs, report, bad)
     return bad
+
+
+def _count(cid: str, length: int, refs: dict[str, list[Ref]], report: VerifyReport,
+           bad: dict[str, tuple[str, bool]]) -> None:
+    report.bytes_read += length
+    wrong = {r.length for r in refs[cid]} - {length}
+    if wrong:
+        bad[cid] = (f"has {length} bytes where {sorted(wrong)[0]} are expected", False)
+
+
+def _check_in_stretches(store: PackStore, order: list[str], refs: dict[str, list[Ref]], report: VerifyReport,
+                        bad: dict[str, tuple[str, bool]]) -> list[str]:
+    """The data check of a v4 vault, fast: the chunks of each stretch of a pack read with one storage read and
+    decoded (decompressed, hashed) on READERS threads, which release the GIL, as a backup's workers do, with freed
+    memory kept for the next stretch (``heap.kept``: fresh memory is slow here); one thread, chunk by chunk, had
+    verify no faster than the backup it checks. A stretch with anything wrong in it (a damaged
+    or missing chunk, a malformed id, a pack gone) is not judged here: its chunks are returned, to be checked one by
+    one on this thread, which names each problem and moves damaged copies aside."""
+    ok: list[str] = []
+    for cid in order:
+        try:
+            if store.state(cid) == "ok":
+                ok.append(cid)
+        except IntegrityError:
+            pass
+    checked = set(ok)
+    again = [c for c in order if c not in checked]
+    groups = store.plan_reads(ok, gap=STRETCH_GAP, span=STRETCH_SPAN)
+
+    def one(group: list[int]) -> list[tuple[str, int]] | None:
+        cids = [ok[k] for k in group]
+        try:
+            return [(cids[k], len(data)) for k, data in store.read_group(cids, [None] * len(cids))]
+        except CutpointError:
+            return None
+    pending: deque[tuple[list[int], Future[list[tuple[str, int]] | None]]] = deque()
+    with heap.kept(), ThreadPoolExecutor(READERS) as pool:
+        for group in groups:
+            pending.append((group, pool.submit(one, group)))
+            while len(pending) > 2 * READERS or (pending and pending[0][1].done()):
+                _take(pending.popleft(), ok, refs, report, bad, again)
+        while pending:
+            _take(pending.popleft(), ok, refs, report, bad, again)
+    return again
+
+
+def _take(item: tuple[list[int], Future[list[tuple[str, int]] | None]], ok: list[str], refs: dict[str, list[Ref]],
+          report: VerifyReport, bad: dict[str, tuple[str, bool]], again: list[str]) -> None:
+    group, fut = item
+    got = fut.result()
+    if got is None:
+        again.extend(ok[k] for k in group)
+        return
+    for cid, length in got:
+        report.chunks_checked += 1
+        _count(cid, length, refs, report, bad)
 
 
 def _read_order(vault: Vault, refs: dict[str, list[Ref]]) -> list[str]:
