@@ -190,9 +190,9 @@ def _check_in_stretches(store: PackStore, order: list[str], refs: dict[str, list
     """The data check of a v4 vault, fast: the chunks of each stretch of a pack read with one storage read and
     decoded (decompressed, hashed) on READERS threads, which release the GIL, as a backup's workers do, with freed
     memory kept for the next stretch (``heap.kept``: fresh memory is slow here); one thread, chunk by chunk, had
-    verify no faster than the backup it checks. A stretch with anything wrong in it (a damaged
-    or missing chunk, a malformed id, a pack gone) is not judged here: its chunks are returned, to be checked one by
-    one on this thread, which names each problem and moves damaged copies aside."""
+    verify no faster than the backup it checks. A stretch with anything wrong in it (a damaged or missing chunk, a
+    malformed id, a pack gone) is not judged here: its chunks are returned, to be checked one by one on this
+    thread, which names each problem and moves damaged copies aside."""
     ok: list[str] = []
     for cid in order:
         try:
