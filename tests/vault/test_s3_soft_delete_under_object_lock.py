@@ -208,3 +208,49 @@ def test_gc_purges_an_expired_point_once_the_store_lets_its_record_go(
     assert (dry.packs_removed, dry.kept_retained) == (res.packs_removed, res.kept_retained) == (0, 1), (dry, res)
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="end/deleted/").get("Contents", [])}
     assert keys == set(), keys
+
+
+def test_gc_leaves_a_partly_dead_pack_the_store_retains_unrepacked(
+        tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
+    """A pack with live and dead blobs is repacked only once the store lets it go: under retention its copy would
+    sit beside it (stored twice) until its retain-until date. Dry run and real run count it as kept alike."""
+    from cutpoint.vault import protection
+    from cutpoint.vault.gc import gc as run_gc
+
+    url = f"s3://{s3_lock_bucket}/rep"
+    _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
+    gone, stays = "20230101T000000Z-1a1a", "20230101T000001Z-1b1b"
+    old = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    vault = Vault.open(location.resolve(url))
+    try:
+        vault.catalog.add_vm(VmRecord("w", "qmp", "/nonexistent", "2023-01-01T00:00:00Z", {}))
+        chunks = [os.urandom(vault.chunk_size) for _ in range(4)]
+        commit_synthetic_point(vault, gone, "w", old, {"d": chunks}, {"point": gone})
+        commit_synthetic_point(vault, stays, "w", old, {"d": chunks[:1]}, {"point": stays})   # shares one chunk
+    finally:
+        vault.close()
+    client = s3_env.client()
+    _a_day_passes(client, s3_lock_bucket, f"rep/points/w/{gone}.manifest")
+    cutpoint("delete", gone, "--vault", url, check=True)
+    for key in (f"rep/deleted/w/{gone}.deleted", f"rep/deleted/w/{gone}.manifest"):
+        _a_day_passes(client, s3_lock_bucket, key)
+
+    def packs() -> set[str]:
+        return {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="rep/data/").get("Contents", [])}
+    before = packs()
+    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # the soft delete has expired
+    with monkeypatch.context() as m:
+        m.setattr(protection, "now", lambda: later)
+        vault = Vault.open(location.resolve(url))
+        try:
+            dry = run_gc(vault, grace=0, dry_run=True)
+            res = run_gc(vault, grace=0)
+        finally:
+            vault.close()
+    assert res.purged == [gone], res
+    # both packs are retained: the partly dead one, and the small one with the kept point's index nodes
+    assert (dry.packs_repacked, dry.kept_retained) == (res.packs_repacked, res.kept_retained) == (0, 2), (dry, res)
+    assert packs() == before                       # no copy of the live chunk stored beside the retained pack
+    out = tmp_path / "r"
+    cutpoint("restore", "w", stays, "--to", str(out), "--vault", url, check=True)
+    assert (out / "d.raw").read_bytes()[:len(chunks[0])] == chunks[0]

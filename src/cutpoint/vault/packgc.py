@@ -6,7 +6,8 @@ Safe while backups run, and kill -9 safe at every step (docs/format.md §18, the
    nodes and chunks they reference;
 2. under the exclusive ``locks/packs.lock`` (which a backup's registration of a relied-on pack waits for), read
    the running backups' registrations, and choose: a pack older than the cutoff and registered by none is deleted
-   if nothing in it is referenced, repacked if at least a quarter of it is dead or it is smaller than half a pack;
+   if nothing in it is referenced, repacked if at least a quarter of it is dead or it is smaller than half a pack
+   (unless the store retains it under S3 Object Lock: its copy would only sit beside it until it expires);
 3. copy the live blobs of the repacked packs, as stored (no decoding), into new packs; sync;
 4. write one index object for every pack kept and every new pack; sync; delete the index objects read in step 1;
 5. delete the chosen packs, pack files no index lists (a writer killed before its index) that are older than the
@@ -122,12 +123,10 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
                 continue
             if not keep:
                 doomed.append(pid)
+                counts["removed_chunks"] += len(entries) - len(keep)
             elif dead >= DEAD_RATIO * info.size or info.size < store.pack_size // 2:
                 repack.append((pid, keep))
                 small_only += not dead
-            else:
-                continue
-            counts["removed_chunks"] += len(entries) - len(keep)
         orphans = [pid for pid, info in listing.items()
                    if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
         adopted = _adoptable(store, idx.where, live, listing, orphans)
@@ -136,11 +135,14 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         st.packs_adopted = len(adopted)
         if repack == repack[:1] and small_only:
             repack = []                                   # one small pack alone gains nothing from a rewrite
+        repack = _unretained(store, idx.packs, repack, st)
+        for pid, keep in repack:
+            counts["removed_chunks"] += len(idx.packs[pid]) - len(keep)
         if dry_run:                     # what would go; a repack's saving is known only once it is written
             going = [p for p in doomed + orphans if delete_unless_retained(store.backend, pack_name(p), dry_run)]
             counts["freed_bytes"] = sum(listing[p].size for p in going)
             st.packs_removed, st.packs_repacked = len(going), len(repack)
-            st.kept_retained = len(doomed) + len(orphans) - len(going)
+            st.kept_retained += len(doomed) + len(orphans) - len(going)
             return st, counts
         if not (doomed or repack or orphans or adopted):
             return st, counts
@@ -175,6 +177,18 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         os.close(fd)
     store.reload()
     return st, counts
+
+
+def _unretained(store: PackStore, packs: Mapping[bytes, list[Entry]], repack: list[tuple[bytes, list[Entry]]],
+                st: PackStats) -> list[tuple[bytes, list[Entry]]]:
+    """The packs to repack without those the store retains (S3 Object Lock): a copy of their live blobs would sit
+    beside them, stored twice, until their retain-until date; a gc after it repacks them. Counted as kept. If what
+    is left is one small pack with nothing dead in it, it is left alone too, as step 2 leaves one."""
+    out = [(pid, keep) for pid, keep in repack if not store.backend.retained(pack_name(pid))]
+    st.kept_retained += len(repack) - len(out)
+    if len(out) == 1 and len(out[0][1]) == len(packs[out[0][0]]):
+        return []
+    return out
 
 
 def _adoptable(store: PackStore, where: Mapping[bytes, Location], live: set[bytes],
