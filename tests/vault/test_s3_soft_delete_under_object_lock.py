@@ -118,6 +118,31 @@ def _a_day_passes(client, bucket: str, key: str) -> None:  # type: ignore[no-unt
     time.sleep(3)
 
 
+def _delete_when_the_store_lets_it(client, bucket: str, url: str,  # type: ignore[no-untyped-def]
+                                   prefix: str, pid: str) -> None:
+    """Soft-delete point ``pid`` of VM 'w' once the store's retention of its manifest has ended, then end the
+    retention of its deletion record and manifest copy too."""
+    _a_day_passes(client, bucket, f"{prefix}/points/w/{pid}.manifest")
+    cutpoint("delete", pid, "--vault", url, check=True)
+    for key in (f"{prefix}/deleted/w/{pid}.deleted", f"{prefix}/deleted/w/{pid}.manifest"):
+        _a_day_passes(client, bucket, key)
+
+
+def _gc_a_day_and_a_half_later(url: str, monkeypatch) -> tuple:  # type: ignore[no-untyped-def]
+    """A dry run and a real gc, in-process, with the host's clock (gc's only seam for expiry) 1.5 days on."""
+    from cutpoint.vault import protection
+    from cutpoint.vault.gc import gc as run_gc
+
+    later = datetime.now(timezone.utc) + timedelta(days=1.5)
+    with monkeypatch.context() as m:
+        m.setattr(protection, "now", lambda: later)
+        vault = Vault.open(location.resolve(url))
+        try:
+            return run_gc(vault, grace=0, dry_run=True), run_gc(vault, grace=0)
+        finally:
+            vault.close()
+
+
 def test_an_expired_point_whose_record_the_store_retains_stays_whole(
         tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
     """Immutability (2 days) longer than the soft delete (1 day): when the soft delete expires, the store still
@@ -180,28 +205,15 @@ def test_gc_purges_an_expired_point_once_the_store_lets_its_record_go(
     """The store's retention of the deletion record and copy has ended (a retain-until date in the past is still
     reported by the store): gc purges the expired point and releases its chunks (their pack goes once the store's
     retention of it ends too); a dry run says so first."""
-    from cutpoint.vault import protection
-    from cutpoint.vault.gc import gc as run_gc
 
     url = f"s3://{s3_lock_bucket}/end"
     _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
     pid = "20230101T000000Z-0f0f"
     _old_points(url, 3, {pid: 2})
     client = s3_env.client()
-    _a_day_passes(client, s3_lock_bucket, f"end/points/w/{pid}.manifest")
-    cutpoint("delete", pid, "--vault", url, check=True)
-    for key in (f"end/deleted/w/{pid}.deleted", f"end/deleted/w/{pid}.manifest"):
-        _a_day_passes(client, s3_lock_bucket, key)
+    _delete_when_the_store_lets_it(client, s3_lock_bucket, url, "end", pid)
 
-    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # the soft delete has expired too
-    with monkeypatch.context() as m:
-        m.setattr(protection, "now", lambda: later)
-        vault = Vault.open(location.resolve(url))
-        try:
-            dry = run_gc(vault, grace=0, dry_run=True)
-            res = run_gc(vault, grace=0)
-        finally:
-            vault.close()
+    dry, res = _gc_a_day_and_a_half_later(url, monkeypatch)          # the soft delete has expired too
     assert dry.purged == [pid] and dry.kept_retained_records == [], dry
     assert res.purged == [pid] and res.kept_retained_records == [] and res.removed_chunks >= 2, res    # data released
     # its pack is retained by the store (written with 2 days): kept, and counted as kept, by both runs
@@ -214,8 +226,6 @@ def test_gc_leaves_a_partly_dead_pack_the_store_retains_unrepacked(
         tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
     """A pack with live and dead blobs is repacked only once the store lets it go: under retention its copy would
     sit beside it (stored twice) until its retain-until date. Dry run and real run count it as kept alike."""
-    from cutpoint.vault import protection
-    from cutpoint.vault.gc import gc as run_gc
 
     url = f"s3://{s3_lock_bucket}/rep"
     _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
@@ -230,23 +240,12 @@ def test_gc_leaves_a_partly_dead_pack_the_store_retains_unrepacked(
     finally:
         vault.close()
     client = s3_env.client()
-    _a_day_passes(client, s3_lock_bucket, f"rep/points/w/{gone}.manifest")
-    cutpoint("delete", gone, "--vault", url, check=True)
-    for key in (f"rep/deleted/w/{gone}.deleted", f"rep/deleted/w/{gone}.manifest"):
-        _a_day_passes(client, s3_lock_bucket, key)
+    _delete_when_the_store_lets_it(client, s3_lock_bucket, url, "rep", gone)
 
     def packs() -> set[str]:
         return {o["Key"] for o in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="rep/data/").get("Contents", [])}
     before = packs()
-    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # the soft delete has expired
-    with monkeypatch.context() as m:
-        m.setattr(protection, "now", lambda: later)
-        vault = Vault.open(location.resolve(url))
-        try:
-            dry = run_gc(vault, grace=0, dry_run=True)
-            res = run_gc(vault, grace=0)
-        finally:
-            vault.close()
+    dry, res = _gc_a_day_and_a_half_later(url, monkeypatch)          # the soft delete has expired
     assert res.purged == [gone], res
     # both packs are retained: the partly dead one, and the small one with the kept point's index nodes
     assert (dry.packs_repacked, dry.kept_retained) == (res.packs_repacked, res.kept_retained) == (0, 2), (dry, res)
