@@ -38,7 +38,7 @@ def test_zstd_bomb_is_an_integrity_error_with_bounded_memory() -> None:
                 from cutpoint.vault import blob as blobs, packindex
                 from cutpoint.vault.packfile import PackBuffer, pack_name
                 bid = bytes.fromhex(cid)
-                sealed = v.sealer.seal_blob(blobs.MAGIC, b"\x01" + frame, bytes([blobs.DATA]) + bid)
+                sealed = b"".join(v.sealer.seal_blob_parts(blobs.MAGIC, b"\x01", frame, bytes([blobs.DATA]) + bid))
                 buf = PackBuffer(1 << 20)
                 buf.add(blobs.DATA, bid, sealed, v.chunk_size)
                 v.chunks.backend.put(pack_name(buf.pid), buf.finish(v.sealer))

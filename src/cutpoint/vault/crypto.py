@@ -94,19 +94,12 @@ class Sealer:
             raise VaultError("a format v4 vault needs keys (it has none: config.json or the key was altered)")
         return hmac.new(self.keys.ids, b"cutpoint-blake3-id\0" + bytes([kind]), hashlib.sha256).digest()
 
-    def seal_blob(self, magic: bytes, payload: bytes | memoryview, aad: bytes) -> bytes:
-        """A format v4 pack blob. Encrypted: as ``seal``. Unencrypted: no MAC (scheme 3); the blob's keyed content
-        id, checked after decoding, authenticates it, so each byte is hashed once on the way in and once on the
-        way out."""
-        if self._aead is not None:
-            return self.seal(magic, bytes(payload), aad)
-        return HEADER.pack(magic, SCHEME_KEYED_ID, self._fp) + payload
-
     def seal_blob_parts(self, magic: bytes, codec: bytes, body: bytes | memoryview,
                         aad: bytes) -> tuple[bytes | memoryview, ...]:
-        """``seal_blob`` of ``codec + body`` as pieces to copy one after another into a pack. Unencrypted, the body
-        is one of them as it is (a view stays a view), so a chunk is copied once, into the pack, instead of into a
-        payload, a blob and then the pack, each with the GIL held."""
+        """A format v4 pack blob of payload ``codec + body``, as pieces to copy one after another into a pack.
+        Encrypted: as ``seal``. Unencrypted: no MAC (scheme 3); the blob's keyed content id, checked after decoding,
+        authenticates it, so each byte is hashed once on the way in and once on the way out. The body is then one of
+        the pieces as it is (a view stays a view), so a chunk is copied once, into the pack."""
         if self._aead is not None:
             return (self.seal(magic, codec + bytes(body), aad),)
         return HEADER.pack(magic, SCHEME_KEYED_ID, self._fp) + codec, body

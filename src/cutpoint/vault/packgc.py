@@ -103,7 +103,6 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         relied = relied_packs(store.locks_dir)
         doomed: list[bytes] = []
         repack: list[tuple[bytes, list[Entry]]] = []
-        small_only = 0
         for pid, entries in idx.packs.items():
             info = listing.get(pid)
             if info is None:
@@ -126,16 +125,16 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
                 counts["removed_chunks"] += len(entries) - len(keep)
             elif dead >= DEAD_RATIO * info.size or info.size < store.pack_size // 2:
                 repack.append((pid, keep))
-                small_only += not dead
         orphans = [pid for pid, info in listing.items()
                    if pid not in idx.packs and info.mtime < cutoff and pid not in relied]
         adopted = _adoptable(store, idx.where, live, listing, orphans)
         taken = {pid for pid, _ in adopted}
         orphans = [pid for pid in orphans if pid not in taken]
         st.packs_adopted = len(adopted)
-        if repack == repack[:1] and small_only:
-            repack = []                                   # one small pack alone gains nothing from a rewrite
-        repack = _unretained(store, idx.packs, repack, st)
+        if not _lone_small(idx.packs, repack):        # one small pack alone gains nothing from a rewrite
+            repack = _unretained(store, repack, st)
+        if _lone_small(idx.packs, repack):            # (also when the others are retained)
+            repack = []
         for pid, keep in repack:
             counts["removed_chunks"] += len(idx.packs[pid]) - len(keep)
         if dry_run:                     # what would go; a repack's saving is known only once it is written
@@ -179,15 +178,17 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
     return st, counts
 
 
-def _unretained(store: PackStore, packs: Mapping[bytes, list[Entry]], repack: list[tuple[bytes, list[Entry]]],
+def _lone_small(packs: Mapping[bytes, list[Entry]], repack: list[tuple[bytes, list[Entry]]]) -> bool:
+    """One pack to repack, and nothing dead in it: a small pack alone, which a rewrite does not make fewer."""
+    return len(repack) == 1 and len(repack[0][1]) == len(packs[repack[0][0]])
+
+
+def _unretained(store: PackStore, repack: list[tuple[bytes, list[Entry]]],
                 st: PackStats) -> list[tuple[bytes, list[Entry]]]:
     """The packs to repack without those the store retains (S3 Object Lock): a copy of their live blobs would sit
-    beside them, stored twice, until their retain-until date; a gc after it repacks them. Counted as kept. If what
-    is left is one small pack with nothing dead in it, it is left alone too, as step 2 leaves one."""
+    beside them, stored twice, until their retain-until date; a gc after it repacks them. Counted as kept."""
     out = [(pid, keep) for pid, keep in repack if not store.backend.retained(pack_name(pid))]
     st.kept_retained += len(repack) - len(out)
-    if len(out) == 1 and len(out[0][1]) == len(packs[out[0][0]]):
-        return []
     return out
 
 
