@@ -52,6 +52,36 @@ def test_list_and_delete(backend: Backend) -> None:
     assert [o.name for o in backend.list("packs/aa")] == []
 
 
+def test_list_by_a_prefix_that_ends_inside_a_name(backend: Backend) -> None:
+    for n in ("data/ab/1", "data/ac/2", "data/b0/3", "datum/4", "index/5"):
+        backend.put(n, b"x")
+    assert sorted(o.name for o in backend.list("data/a")) == ["data/ab/1", "data/ac/2"]
+    assert sorted(o.name for o in backend.list("dat")) == ["data/ab/1", "data/ac/2", "data/b0/3", "datum/4"]
+    assert sorted(o.name for o in backend.list("data/ab/")) == ["data/ab/1"]
+
+
+def test_a_local_listing_walks_only_the_prefix_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command lists index/, bad/ or locks/; walking data/ for them stats every pack (64k per TiB)."""
+    import os
+
+    b = LocalBackend(tmp_path / "store")
+    for k in range(20):
+        b.put(f"data/{k:02x}/pack{k}", b"p")
+    b.put("index/one", b"i")
+    scanned: list[str] = []
+    real = os.scandir
+
+    def spy(path: object) -> object:
+        if isinstance(path, (str, Path)):
+            scanned.append(os.path.relpath(path, b.root))
+        return real(path)  # type: ignore[call-overload]
+    monkeypatch.setattr(os, "scandir", spy)
+    assert [o.name for o in b.list("index/")] == ["index/one"]
+    assert not [d for d in scanned if d.startswith("data")], scanned
+    scanned.clear()
+    assert len(list(b.list("data/"))) == 20 and len([d for d in scanned if d.startswith("data/")]) == 20
+
+
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a//b", "a/../b", "-a", "a/-x", "a b", "a/.hidden", "", "a/"])
 def test_hostile_object_names_refused(backend: Backend, name: str) -> None:
     with pytest.raises(VaultError):

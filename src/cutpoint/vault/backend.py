@@ -169,9 +169,13 @@ class LocalBackend:
         return False                    # immutability here is cutpoint's refusal, not the filesystem's (§19.1)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Only the directories on the prefix's path are walked: listing ``index/`` or ``locks/`` must not stat
+        every pack under ``data/`` (each command lists those, and a TiB of data is 64k packs)."""
+        path = prefix.split("/")[:-1]          # the directories every matching name lies under
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, self.root)
+            depth = 0 if rel == "." else rel.count("/") + 1
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and (depth >= len(path) or d == path[depth])]
             for fn in filenames:
                 name = fn if rel == "." else f"{rel}/{fn}"
                 if fn.startswith(".") or not name.startswith(prefix):
