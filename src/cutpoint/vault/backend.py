@@ -150,6 +150,8 @@ class LocalBackend:
             if length is None:
                 length = os.fstat(fd).st_size - offset
             return os.pread(fd, max(length, 0), offset)
+        except OSError as e:            # EIO of a bad sector: what it cost is named (verify goes on), not a crash
+            raise VaultError(f"cannot read vault object {name}: {e.strerror or e}") from e
         finally:
             os.close(fd)
 

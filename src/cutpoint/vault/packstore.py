@@ -45,7 +45,7 @@ class PackStore:
     def __init__(self, backend: Backend, sealer: Sealer, locks_dir: Path, *, max_size: int,
                  pack_size: int = DEFAULT_PACK_SIZE, uploads: int = 0) -> None:
         """``uploads``: packs written in the background at once, so that the workers filling the next pack never
-        wait for a PUT or for the device (a vault opens with 4 on object storage, 2 in a directory); 0 writes each
+        wait for a PUT or for the device (a vault opens with 4 on object storage, 1 in a directory); 0 writes each
         pack on the thread that filled it."""
         self.backend = backend
         self.sealer = sealer
