@@ -21,6 +21,36 @@ def _until(b: S3Backend, client, name: str) -> dt.datetime:  # type: ignore[no-u
     return r["RetainUntilDate"]
 
 
+def _put_headers(b: S3Backend) -> list[dict[str, str]]:
+    """The headers of every PutObject the backend sends from now on, as they go out."""
+    seen: list[dict[str, str]] = []
+    b.client.meta.events.register("before-send.s3.PutObject",
+                                  lambda request, **_: seen.append({k.lower(): str(v) for k, v in
+                                                                    request.headers.items()}))
+    return seen
+
+
+def _checksummed(headers: dict[str, str]) -> bool:
+    return any(k.startswith("x-amz-checksum-") for k in headers) or "crc" in headers.get("x-amz-trailer", "").lower()
+
+
+def test_puts_carry_no_checksum_pass_except_under_object_lock(s3_env: S3Server, s3_bucket: str,
+                                                              s3_lock_bucket: str) -> None:
+    """A pack's blobs carry their own checks and the payload is signed: botocore's CRC32 of every body (its default
+    since 1.36) is a second pass over each pack. An Object Lock write keeps one: S3 requires it there."""
+    plain = S3Backend(s3_bucket, "v")
+    sent = _put_headers(plain)
+    plain.put("packs/aa/1", b"x" * 4096)
+    assert plain.create("locks/one", b"mine")
+    assert len(sent) == 2 and not any(_checksummed(h) for h in sent), sent
+    locked = S3Backend(s3_lock_bucket, "v", retention=Retention("GOVERNANCE", 1))
+    sent = _put_headers(locked)
+    locked.put("packs/aa/1", b"keep")
+    locked.put("locks/two", b"mine")           # lock objects carry no retention, so no checksum either
+    assert [_checksummed(h) for h in sent] == [True, False], sent
+    assert locked.get("packs/aa/1") == b"keep"
+
+
 @pytest.mark.parametrize("mode", ["COMPLIANCE", "GOVERNANCE"])
 def test_retained_object_delete_refused_by_cutpoint_and_store(s3_env: S3Server, s3_lock_bucket: str,
                                                               mode: str) -> None:
