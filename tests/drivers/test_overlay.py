@@ -13,7 +13,7 @@ import pytest
 
 from cutpoint.drivers.qmp.overlay import CLUSTER, HEADER_LENGTH, create_qcow2
 
-SIZES = [1000, 64 << 20, 1536 << 20, (1 << 30) + 512, 1 << 40, 16 << 40]
+SIZES = [0, 1000, 64 << 20, 1536 << 20, (1 << 30) + 512, 1 << 40, 16 << 40]
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -81,3 +81,6 @@ def _create_overlays(cut: Cut) -> None:
         except OSError as exc:
             raise HypervisorError(f"cannot create fleecing overlay {fd.overlay}: {exc.strerror or exc}; the work "
                                   "directory ($CUTPOINT_WORK) must be writable, with room") from exc
+        except ValueError as exc:           # a disk past 128 PiB: one refcount block no longer covers the file
+            raise HypervisorError(f"cannot create fleecing overlay {fd.overlay} for disk {fd.disk.name}: {exc}") \
+                from exc

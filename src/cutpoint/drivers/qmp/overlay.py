@@ -29,15 +29,15 @@ def create_qcow2(path: Path, size: int) -> None:
     """A new, empty qcow2 image of ``size`` bytes (rounded up to 512, as qemu-img does) at ``path``, which must not
     exist. Raises ``OSError`` as the filesystem does; nothing is left behind on failure."""
     size = -(-size // 512) * 512
-    if size <= 0:
+    if size < 0:
         raise ValueError(f"a qcow2 image of {size} bytes")
     l1_size = -(-size // L2_SPAN)
-    l1_clusters = max(1, -(-l1_size * 8 // CLUSTER))
-    used = 3 + l1_clusters                 # header, refcount table, refcount block, L1 table
+    l1_clusters = -(-l1_size * 8 // CLUSTER)
+    used = 3 + l1_clusters                 # header, refcount table, refcount block, L1 table (none for 0 bytes)
     if used > _REFCOUNTS_PER_BLOCK:
         raise ValueError(f"a qcow2 image of {size} bytes needs more than one refcount block")
-    header = _HEADER.pack(b"QFI\xfb", 3, 0, 0, CLUSTER_BITS, size, 0, l1_size, 3 * CLUSTER, CLUSTER, 1, 0, 0,
-                          0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH, 0)
+    header = _HEADER.pack(b"QFI\xfb", 3, 0, 0, CLUSTER_BITS, size, 0, l1_size, 3 * CLUSTER if l1_size else 0,
+                          CLUSTER, 1, 0, 0, 0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH, 0)
     header = header.ljust(HEADER_LENGTH, b"\0") + bytes(8)      # then the end of header extensions
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
