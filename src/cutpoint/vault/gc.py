@@ -152,21 +152,32 @@ def _immutable(prot: protection.Protection, row: PointRecord, now: datetime) -> 
 
 def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Path]],
               expired: list[softdelete.DeletedPoint], cutoff: float, res: GcResult) -> None:
-    trees: list[ChunkTree] = []
-    try:
-        for rec, at in roots:
-            trees += [d.chunks for d in vault.manifest(rec, at=at).disks if isinstance(d.chunks, ChunkTree)]
-        live = packgc.referenced(trees)
-    except (IntegrityError, NotFoundError) as exc:
-        raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
-                             "chunks the points use. Run 'cutpoint vault rebuild-index' (an index object may be "
-                             "lost: the packs list their own blobs), then 'cutpoint verify', and prune the point it "
-                             "still names") from exc
+    seen: set[bytes] = set()
+    marked = {at for _, at in roots}
+
+    def mark(points: list[tuple[PointRecord, Path]]) -> set[bytes]:
+        trees: list[ChunkTree] = []
+        try:
+            for rec, at in points:
+                trees += [d.chunks for d in vault.manifest(rec, at=at).disks if isinstance(d.chunks, ChunkTree)]
+            return packgc.referenced(trees, seen)
+        except (IntegrityError, NotFoundError) as exc:
+            raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
+                                 "chunks the points use. Run 'cutpoint vault rebuild-index' (an index object may "
+                                 "be lost: the packs list their own blobs), then 'cutpoint verify', and prune the "
+                                 "point it still names") from exc
+
+    def late() -> set[bytes]:
+        """The points committed since the mark (asked under the packs lock): a backup that deduplicated against
+        an old pack of dead blobs and ended meanwhile took its registration with it (§18.7)."""
+        return mark([(rec, at) for rec in vault.catalog.points() if (at := vault.root / rec.manifest) not in marked])
+
+    live = mark(roots)
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
     _purge(vault, expired, res)
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     _sweep_object_temps(vault, cutoff, res)
-    st, counts = packgc.sweep(store, live, cutoff, res.dry_run)
+    st, counts = packgc.sweep(store, live, cutoff, res.dry_run, late)
     retention = location.retention_of(vault.config) if vault.remote is not None else None
     if retention is not None and not res.dry_run:
         st.retention_extended = packgc.extend_retention(store, live, res.immutable_days)

@@ -5,7 +5,8 @@ Safe while backups run, and kill -9 safe at every step (docs/format.md §18, the
 1. mark: walk every visible point's index trees (a subtree shared between points is read once) for the ids of
    nodes and chunks they reference;
 2. under the exclusive ``locks/packs.lock`` (which a backup's registration of a relied-on pack waits for), read
-   the running backups' registrations, and choose: a pack older than the cutoff and registered by none is deleted
+   the running backups' registrations and mark the points committed since step 1 (``late``: a backup that relied
+   on an old pack and ended during the mark left no registration, only its point), and choose: a pack older than the cutoff and registered by none is deleted
    if nothing in it is referenced, repacked if at least a quarter of it is dead or it is smaller than half a pack
    (unless the store retains it under S3 Object Lock: its copy would only sit beside it until it expires);
 3. copy the live blobs of the repacked packs, as stored (no decoding), into new packs; sync;
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +55,10 @@ class PackStats:
     retention_extended: int = 0     # S3 Object Lock: live packs and index objects whose retention was extended
 
 
-def referenced(trees: list[ChunkTree]) -> set[bytes]:
-    """Ids of every node and chunk the trees reference, with the full nodes their deltas are read over."""
-    seen: set[bytes] = set()
+def referenced(trees: list[ChunkTree], seen: set[bytes] | None = None) -> set[bytes]:
+    """Ids of every node and chunk the trees reference, with the full nodes their deltas are read over. ``seen``:
+    nodes an earlier mark walked (added to as this one goes), whose subtrees are not read again."""
+    seen = set() if seen is None else seen
     bases: set[bytes] = set()
     chunks: set[bytes] = set()
     for t in trees:
@@ -84,8 +86,10 @@ def relied_packs(locks_dir: Path) -> set[bytes]:
     return out
 
 
-def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> tuple[PackStats, dict[str, int]]:
-    """Steps 2 to 5. Returns the statistics and the GcResult counters (removed_chunks, kept_young, freed_bytes,
+def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool,
+          late: Callable[[], set[bytes]] | None = None) -> tuple[PackStats, dict[str, int]]:
+    """Steps 2 to 5. ``late``: the ids the points committed since ``live`` was marked reference, asked for under
+    the packs lock. Returns the statistics and the GcResult counters (removed_chunks, kept_young, freed_bytes,
     chunks_seen, removed_temp)."""
     st = PackStats()
     counts = {"removed_chunks": 0, "kept_young": 0, "freed_bytes": 0, "chunks_seen": 0, "removed_temp": 0}
@@ -96,11 +100,17 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool) -> t
         if pid is not None:
             listing[pid] = obj
     st.packs_seen = len(listing)
+    for pid in [p for p in idx.packs if p not in listing]:
+        # lost from the storage: the blobs' other copies (a later backup stored them again) are the live ones;
+        # judged by the lost copy, the one left would be dropped
+        idx.forget_pack(pid)
     store.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(store.locks_dir / PACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         relied = relied_packs(store.locks_dir)
+        if late is not None:
+            live = live | late()
         doomed: list[bytes] = []
         repack: list[tuple[bytes, list[Entry]]] = []
         for pid, entries in idx.packs.items():
