@@ -180,7 +180,8 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     st, counts = packgc.sweep(store, live, cutoff, res.dry_run, late)
     retention = location.retention_of(vault.config) if vault.remote is not None else None
     if retention is not None and not res.dry_run:
-        st.retention_extended = packgc.extend_retention(store, live, res.immutable_days)
+        st.retention_extended = packgc.extend_retention(store, live, res.immutable_days) \
+            + remote.extend_meta_retention(vault, res.immutable_days)
     for k, v in {**asdict(st), **counts}.items():
         setattr(res, k, getattr(res, k) + v)
 

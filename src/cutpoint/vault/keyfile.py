@@ -146,7 +146,7 @@ def import_key(root: Path, src: Path, passphrase: pp.Source | None = None) -> st
     check_belongs(doc, config, src, root)
     unwrap_keys(doc, (passphrase or pp.source())(f"key file {src}", False), str(src))
     try:
-        remote.put_key(root, src.read_bytes())
+        remote.put_key(root, src.read_bytes(), config)
         write_atomic(root / KEY_FILE, src.read_bytes())
     except OSError as exc:
         raise VaultError(f"cannot write {root / KEY_FILE}: {exc.strerror or exc}") from exc

@@ -10,6 +10,7 @@ are untrusted: only names of the manifest pattern with valid VM and point names 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,16 @@ def fetch_meta(root: Path) -> None:
         key = None
     try:
         write_atomic(root / CONFIG, cfg)
-        if key is None:
-            (root / KEY).unlink(missing_ok=True)
-        else:
+        if key is not None:
             write_atomic(root / KEY, key)
+        elif _encrypted(cfg) and (root / KEY).exists():
+            # deleted from the bucket, or hidden by a delete marker (which Object Lock allows): removing this host's
+            # copy too would leave every point unreadable
+            log.warning("vault %s has no key.json in its bucket; this host's copy (%s) is used and kept: put it "
+                        "back with 'cutpoint vault key import %s --vault %s'", loc.url, root / KEY, root / KEY,
+                        loc.address)
+        else:
+            (root / KEY).unlink(missing_ok=True)
     except OSError as exc:
         raise VaultError(f"cannot keep this host's copy of {loc.url}'s config in {root}: "
                          f"{exc.strerror or exc}") from exc
@@ -82,10 +89,38 @@ def check_object_lock(root: Path) -> None:
                          "--object-lock; nothing was created")
 
 
-def put_key(root: Path, key: bytes) -> None:
-    """``vault key import`` on an S3 vault: the bucket's key file is replaced too."""
+def _encrypted(config: bytes) -> bool:
+    """Whether a config file (untrusted bytes, authenticated only later) says the vault is encrypted."""
+    try:
+        doc = json.loads(config)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and bool(doc.get("encryption"))
+
+
+def put_key(root: Path, key: bytes, config: dict[str, object]) -> None:
+    """``vault key import`` on an S3 vault: the bucket's key file is replaced too, retained like every write of an
+    Object Lock vault (``config``: the vault's)."""
     if location.remote_of(root) is not None:
-        location.backend_for(root).put(KEY, key)
+        location.backend_for(root, location.retention_of(config)).put(KEY, key)
+
+
+def extend_meta_retention(vault: "Vault", days: int) -> int:
+    """S3 Object Lock: config.json and key.json retained ``days`` from now, as gc does for the packs. Every point,
+    the youngest too, needs both to open; retained only from ``vault init``, they became deletable ``days`` after
+    it, and a bucket writer deleting the key's versions would have made every point unreadable. Returns how many
+    objects were extended (an unencrypted vault has no key file)."""
+    extend = getattr(vault.backend, "extend_retention", None)
+    if extend is None:
+        return 0
+    n = 0
+    for name in (CONFIG, KEY):
+        try:
+            extend(name, days)
+        except NotFoundError:
+            continue
+        n += 1
+    return n
 
 
 @dataclass
