@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import faults
 from ..catalog.db import PointRecord
-from ..errors import IntegrityError, NotFoundError
+from ..errors import IntegrityError, NotFoundError, VaultError
 from . import location, locks, packgc, packindex, protection, remote, softdelete
 from .backend import delete_unless_retained
 from .chunks import BAD_SUFFIX, ChunkStore, is_chunk_name
@@ -82,7 +82,11 @@ def gc(vault: Vault, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> 
         res = GcResult(dry_run, datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds"), grace,
                        [w.what for w in writers])
         if vault.remote is not None:
-            remote.sync_catalog(vault)      # S3: mark from the bucket's manifests as they are under the lock
+            sync = remote.sync_catalog(vault)   # S3: mark from the bucket's manifests as they are under the lock
+            if sync.unreadable:
+                raise VaultError(f"gc stopped before deleting anything: {sync.unreadable[0]}; a point whose manifest "
+                                 "cannot be read now may be whole, and gc would free its data. Run gc again once "
+                                 "the store answers")
         roots, expired = _roots(vault, res)
         if isinstance(vault.chunks, PackStore):
             _gc_packs(vault, vault.chunks, roots, expired, cutoff, res)

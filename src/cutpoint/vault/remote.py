@@ -128,6 +128,9 @@ class SyncResult:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # manifests the store did not answer for (a timeout, a 5xx after retries): unlike one that does not open, such a
+    # point may be whole, so whoever deletes by the catalog (gc, vault delete) must not go on without it
+    unreadable: list[str] = field(default_factory=list)
 
 
 def manifest_names(vault: "Vault") -> dict[str, tuple[str, str]]:
@@ -162,6 +165,8 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
                                      f"{m.chunk_size} bytes, index nodes of {m.fanout})")
         except (IntegrityError, NotFoundError, VaultError) as exc:
             res.problems.append(str(exc))
+            if not isinstance(exc, (IntegrityError, NotFoundError)):
+                res.unreadable.append(str(exc))
             if not rebuild:                     # rebuild-catalog reports its problems itself
                 log.warning("vault %s: %s; that point is not listed", vault.where, exc)
             continue

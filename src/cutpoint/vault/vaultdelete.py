@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ImmutableError, LockedError, UsageError
-from . import approvals, audit, guard, location, protection, softdelete
+from . import approvals, audit, guard, location, protection, remote, softdelete
 from .prune import parse_created
 from .vault import KEY_FILE, Vault
 
@@ -77,6 +77,12 @@ def delete_vault(vault: Vault, confirm: str | None, request: str | None = None) 
 def _check_immutability(vault: Vault, prot: protection.Protection) -> None:
     if prot.immutable_days == 0:
         return
+    if vault.remote is not None:            # under the lock: points another host committed since this one opened
+        sync = remote.sync_catalog(vault)
+        if sync.problems:
+            raise ImmutableError(f"vault {location.describe(vault.root)} is immutable for {prot.immutable_days} "
+                                 f"days and the age of one of its points cannot be judged ({sync.problems[0]}): it "
+                                 "is not deleted before that can be; nothing was removed")
     t = protection.now()
     created = [p.created for p in vault.catalog.points()]
     created += [d.row.created for d in softdelete.scan(vault, prot) if d.row is not None]
