@@ -144,6 +144,7 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
                   report: VerifyReport) -> dict[str, tuple[str, bool]]:
     """id -> (problem, moved aside) for every referenced chunk that is missing or damaged."""
     bad: dict[str, tuple[str, bool]] = {}
+    suspects: list[str] = []                # structure only: chunks not "ok" by the index first read
     if isinstance(vault.chunks, PackStore):
         vault.chunks.lost_ids()             # one listing of the packs: a copy in a lost pack is not "ok"
     order = _read_order(vault, refs)
@@ -158,8 +159,7 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
             continue
         if not read_data:
             if state != "ok":
-                bad[cid] = ("is damaged (moved aside by an earlier verify)" if state == "bad" else "is missing",
-                            False)
+                suspects.append(cid)
             continue
         try:
             data = vault.chunks.get(cid)
@@ -174,6 +174,15 @@ def _check_chunks(vault: Vault, refs: dict[str, list[Ref]], read_data: bool,
             bad[cid] = (str(exc), False)
             continue
         _count(cid, len(data), refs, report, bad)
+    if suspects and isinstance(vault.chunks, PackStore):
+        # gc may have repacked them since the index was read (it runs beside verify): judged by a fresh index and
+        # listing before a verdict, as a read does (``get`` reloads once), not by the copy the old index named
+        vault.chunks.reload()
+        vault.chunks.lost_ids()
+    for cid in suspects:
+        state = vault.chunks.state(cid)
+        if state != "ok":
+            bad[cid] = ("is damaged (moved aside by an earlier verify)" if state == "bad" else "is missing", False)
     return bad
 
 
