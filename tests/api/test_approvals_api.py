@@ -30,9 +30,10 @@ HOSTILE = '<script>alert("x")</script>'
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], Path, str]]:
     """A guarded vault with one pending request, served; yields the client, the tokens, the guard key, the id."""
-    protected_vault(4, immutable_days=7, soft_delete_days=14)
+    protected_vault(4, soft_delete_days=14)
     key = tmp_path / "guard.key"
-    cutpoint("vault", "guard", "init", "--to", str(key), check=True)
+    cutpoint("vault", "guard", "init", "--to", str(key), check=True)       # the guard first, then immutability
+    cutpoint("vault", "protect", "--immutable-days", "7", check=True)
     r = cutpoint("vault", "protect", "--soft-delete-days", "1")
     assert r.code == 14, r.err
     m = re.search(r"request ([0-9a-f]{32})", r.err)

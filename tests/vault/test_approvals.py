@@ -24,10 +24,14 @@ def _state() -> dict[str, tuple[int, int]]:
     return {k: v for k, v in tree(vault_dir()).items() if not k.startswith(GUARDED)}
 
 
-def _guarded(tmp_path: Path, **prot: int) -> Path:
+def _guarded(tmp_path: Path, *, immutable_days: int = 0, **prot: int) -> Path:
+    """A guarded vault, made in the legitimate order: the guard first, then the immutability (an unguarded
+    immutable vault cannot be given a guard)."""
     protected_vault(4, **prot)
     key = tmp_path / "guard.key"
     cutpoint("vault", "guard", "init", "--to", str(key), check=True)
+    if immutable_days:
+        cutpoint("vault", "protect", "--immutable-days", str(immutable_days), check=True)   # lengthening: nobody
     return key
 
 
@@ -142,9 +146,10 @@ def test_an_approval_for_another_operation_or_another_vault_is_refused(tmp_path:
 
     # a second guarded vault: the first one's approved request, copied in, is not its approval
     other = tmp_path / "other"
-    cutpoint("vault", "init", str(other), "--no-encrypt", "--immutable-days", "7", check=True)
+    cutpoint("vault", "init", str(other), "--no-encrypt", check=True)
     key2 = tmp_path / "guard2.key"
     cutpoint("vault", "guard", "init", "--to", str(key2), "--vault", str(other), check=True)
+    cutpoint("vault", "protect", "--immutable-days", "7", "--vault", str(other), check=True)
     (other / "requests").mkdir()
     for suffix in (".json", ".decision"):
         shutil.copy(vault_dir() / "requests" / f"{rid}{suffix}", other / "requests" / f"{rid}{suffix}")
@@ -160,12 +165,11 @@ def test_an_approval_for_another_operation_or_another_vault_is_refused(tmp_path:
 
 def test_an_expired_request_is_refused(tmp_path: Path) -> None:
     key = _guarded(tmp_path, immutable_days=7)
-    rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "0"))
-    path = vault_dir() / "requests" / f"{rid}.json"
-    doc = json.loads(path.read_text())
-    created = audit.now() - timedelta(hours=30)
-    doc["created"], doc["expires"] = audit.iso(created), audit.iso(created + approvals.TTL)
-    path.write_text(json.dumps(doc))
+    backend, config = approvals.unopened(vault_dir())
+    created = audit.now() - timedelta(hours=30)                 # made 30 hours ago (editing its times alters it)
+    op = approvals.Operation("protect", {"immutable_days": 7, "soft_delete_days": 0, "from_immutable_days": 7,
+                                         "from_soft_delete_days": 14})
+    rid = approvals.create_request(backend, config["id"], op, created).id
     assert _listed()[rid]["state"] == "expired"
     one_line_error(cutpoint("approve", rid, "--guard-key", str(key)), 15, "is expired, not pending")
     # signed while it was valid (the guard decided in time), used after it expired
@@ -205,7 +209,7 @@ def test_a_forged_approval_or_a_request_edited_after_approval_is_refused(tmp_pat
     doc["params"]["soft_delete_days"] = 0
     path.write_text(json.dumps(doc))
     one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "0", "--request", rid), 15,
-                   "the request was edited after it was decided")
+                   f"request {rid} cannot be used: it was altered: its content does not hash to its id")
     assert _state() == before and _info()["soft_delete_days"] == 14
     # the guard key of a forger is not accepted by 'approve' either
     fkey = tmp_path / "forger.key"
@@ -308,9 +312,10 @@ def test_an_unguarded_vault_behaves_as_before(tmp_path: Path) -> None:
 def test_the_guard_on_an_s3_vault_keeps_its_objects_in_the_bucket(tmp_path: Path, s3_bucket: str, s3_env) -> None:
     url = f"s3://{s3_bucket}/g"
     v = ("--vault", url)
-    cutpoint("vault", "init", url, "--no-encrypt", "--immutable-days", "7", check=True)
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)
     key = tmp_path / "guard.key"
     cutpoint("vault", "guard", "init", "--to", str(key), *v, check=True)
+    cutpoint("vault", "protect", "--immutable-days", "7", *v, check=True)
     rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "2", *v))
     client = s3_env.client()
 
@@ -379,3 +384,123 @@ def test_the_guard_of_an_encrypted_vault_decides_without_its_passphrase(tmp_path
     monkeypatch.setenv("CUTPOINT_PASSPHRASE", "correct horse")
     cutpoint("vault", "protect", "--soft-delete-days", "1", "--request", rid, check=True)
     assert _info()["soft_delete_days"] == 1
+
+
+def test_an_immutable_vault_without_a_guard_cannot_be_given_one(tmp_path: Path) -> None:
+    """A guard is a second principal: added to an unguarded immutable vault by the operator alone, it would let the
+    operator lower protection that nobody may lower (the guard key being their own). Refused, exit 12; the legitimate
+    order (guard first, then immutability) works."""
+    protected_vault(4, immutable_days=30, soft_delete_days=14)
+    (young,) = synthetic_points([1])
+    one_line_error(cutpoint("vault", "protect", "--immutable-days", "0", "--soft-delete-days", "0"), 12)
+    mine = tmp_path / "mine.key"
+    before = _state()
+    line = one_line_error(cutpoint("vault", "guard", "init", "--to", str(mine)), 12, str(vault_dir()),
+                          "is immutable", "has no guard", "before", "nothing was changed")
+    assert "vault guard init" in line and "vault protect --immutable-days" in line
+    assert not mine.exists() and _state() == before and "guard" not in json.loads(
+        (vault_dir() / "config.json").read_text())
+    # so the route around the refusal is closed: no request can be made, nothing lowered, nothing deleted early
+    one_line_error(cutpoint("vault", "protect", "--immutable-days", "0", "--soft-delete-days", "0"), 12)
+    one_line_error(cutpoint("delete", young), 12, "is immutable until")
+    one_line_error(cutpoint("vault", "delete", "--confirm", _info()["id"]), 12, "cannot be deleted")
+    assert (_info()["immutable_days"], _info()["soft_delete_days"]) == (30, 14) and points() == [young]
+    assert not (vault_dir() / "requests").exists()
+
+    # the legitimate order: the guard first (a vault that is not immutable), then the immutability
+    protected_vault(4, soft_delete_days=14)
+    key = tmp_path / "guard.key"
+    cutpoint("vault", "guard", "init", "--to", str(key), check=True)
+    cutpoint("vault", "protect", "--immutable-days", "30", check=True)          # lengthening needs nobody
+    rid = _requested(cutpoint("vault", "protect", "--immutable-days", "0"))
+    cutpoint("approve", rid, "--guard-key", str(key), check=True)
+    cutpoint("vault", "protect", "--immutable-days", "0", "--request", rid, check=True)
+    assert _info()["immutable_days"] == 0
+
+
+def _rewrite(rid: str, **changes) -> None:
+    path = vault_dir() / "requests" / f"{rid}.json"
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def test_a_request_rewritten_under_its_id_before_the_guard_approves_it_is_refused(tmp_path: Path) -> None:
+    """The guard reviews request R (a harmless change); before they run 'approve R', whoever can write the vault
+    rewrites requests/R.json to a dangerous operation under the same id. The id is a digest of the request's content,
+    so 'approve R' refuses the rewritten one as altered and signs nothing; the listing shows it invalid."""
+    key = _guarded(tmp_path, immutable_days=7, soft_delete_days=14)
+    (young,) = synthetic_points([1])
+    rid = _requested(cutpoint("vault", "protect", "--soft-delete-days", "7"))          # harmless: 14 -> 7
+    assert _listed()[rid]["what"] == "vault protect: immutable_days 7 -> 7, soft_delete_days 14 -> 7"
+    for swap in ({"params": {"immutable_days": 0, "soft_delete_days": 0, "from_immutable_days": 7,
+                             "from_soft_delete_days": 14}},
+                 {"operation": "delete-vault", "params": {}},
+                 {"operation": "delete-point", "params": {"point": young, "vm": "v"}},
+                 {"requested_by": "someone-else@host"}):
+        good = (vault_dir() / "requests" / f"{rid}.json").read_bytes()
+        _rewrite(rid, **swap)
+        assert _listed()[rid]["state"] == "invalid" and "altered" in _listed()[rid]["problem"]
+        one_line_error(cutpoint("approve", rid, "--guard-key", str(key)), 15,
+                       f"request {rid} cannot be decided: it was altered", "nothing was signed")
+        assert not (vault_dir() / "requests" / f"{rid}.decision").exists()
+        (vault_dir() / "requests" / f"{rid}.json").write_bytes(good)
+    before = _state()
+    one_line_error(cutpoint("vault", "protect", "--immutable-days", "0", "--soft-delete-days", "0", "--request", rid),
+                   15)
+    assert _state() == before and points() == [young]
+    # the request as made (content that hashes to its id) is approved, and 'approve' says what it signed
+    assert approvals.request_id(json.loads((vault_dir() / "requests" / f"{rid}.json").read_text())) == rid
+    out = json.loads(cutpoint("approve", rid, "--guard-key", str(key), "--json", check=True).out)
+    assert (out["request"], out["decision"], out["operation"]) == (rid, "approved", "protect")
+    assert out["params"] == {"immutable_days": 7, "soft_delete_days": 7, "from_immutable_days": 7,
+                             "from_soft_delete_days": 14}
+    assert out["what"] == "vault protect: immutable_days 7 -> 7, soft_delete_days 14 -> 7"
+    cutpoint("vault", "protect", "--soft-delete-days", "7", "--request", rid, check=True)
+    assert (_info()["immutable_days"], _info()["soft_delete_days"]) == (7, 7)
+    cutpoint("vault", "protect", "--soft-delete-days", "14", check=True)
+    one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "7", "--request", rid), 15, "it is used")
+
+
+def test_an_old_format_request_is_not_approved_and_an_approved_one_still_works(tmp_path: Path) -> None:
+    """Requests made before ids were content digests (version 1, a random id): a pending one cannot be bound to what
+    the guard reviewed, so it is listed invalid, saying why, and 'approve' refuses it; the operation makes a new one.
+    One the guard approved before (its signature covers its content) is still used once."""
+    import secrets
+
+    key = _guarded(tmp_path, immutable_days=7, soft_delete_days=14)
+    vid = _info()["id"]
+    t = audit.now()
+
+    def old_request(soft_delete_days: int) -> tuple[str, dict]:
+        rid = secrets.token_hex(16)
+        doc = {"format": approvals.REQUEST_FORMAT, "version": 1, "id": rid, "vault": vid, "operation": "protect",
+               "params": {"immutable_days": 7, "soft_delete_days": soft_delete_days, "from_immutable_days": 7,
+                          "from_soft_delete_days": 14},
+               "requested_by": "op@host", "created": audit.iso(t), "expires": audit.iso(t + approvals.TTL)}
+        (vault_dir() / "requests").mkdir(exist_ok=True)
+        (vault_dir() / "requests" / f"{rid}.json").write_text(json.dumps(doc, indent=1))
+        return rid, doc
+
+    pending, _ = old_request(3)
+    st = _listed()[pending]
+    assert st["state"] == "invalid" and "old-format request" in st["problem"]
+    one_line_error(cutpoint("approve", pending, "--guard-key", str(key)), 15, "old-format request",
+                   "running the operation again", "nothing was signed")
+    assert not (vault_dir() / "requests" / f"{pending}.decision").exists()
+    one_line_error(cutpoint("vault", "protect", "--soft-delete-days", "3", "--request", pending), 15,
+                   "old-format request")
+    fresh = _requested(cutpoint("vault", "protect", "--soft-delete-days", "3"))      # a new one, not the old one
+    assert fresh != pending and json.loads((vault_dir() / "requests" / f"{fresh}.json").read_text())["version"] == 2
+
+    # approved by the guard before the upgrade: its decision signs its whole content, so it stands
+    approved, doc = old_request(5)
+    g = guard.load_key_file(key)
+    d = audit.iso(t)
+    sig = g.sign(approvals.signed_message(doc, "approved", d, "guard@host", g.guard.fingerprint))
+    (vault_dir() / "requests" / f"{approved}.decision").write_text(json.dumps(
+        {"format": approvals.DECISION_FORMAT, "version": 1, "request": approved, "decision": "approved",
+         "decided": d, "by": "guard@host", "guard": g.guard.fingerprint, "signature": sig.hex()}))
+    assert _listed()[approved]["state"] == "approved"
+    cutpoint("vault", "protect", "--soft-delete-days", "5", "--request", approved, check=True)
+    assert _info()["soft_delete_days"] == 5 and _listed()[approved]["state"] == "used"

@@ -39,7 +39,8 @@ def register_vault(vs: argparse._SubParsersAction) -> None:  # type: ignore[type
     gs = g.add_subparsers(dest="guard_command", metavar="ACTION")
     gs.required = True
     i = gs.add_parser("init", help="make a guard key: its public half goes into the vault's config, the secret only "
-                      "to FILE (0600), for someone other than the operator")
+                      "to FILE (0600), for someone other than the operator; before the vault is made immutable (an "
+                      "unguarded immutable vault cannot be given a guard)")
     i.add_argument("--to", type=Path, required=True, metavar="FILE")
     i.add_argument("--request", default=None, metavar="ID", help="a guarded vault: the guard's approval of "
                    "replacing it")
@@ -76,6 +77,8 @@ def cmd_guard_init(args: argparse.Namespace) -> int:
             if old is not None:
                 approvals.authorize(vault, config, approvals.Operation("guard-replace", {"guard": old.fingerprint}),
                                     args.request)
+            else:
+                guard.check_can_add(config, vault.where)     # immutable and unguarded: no guard now (exit 12)
             guard.write_key_file(key, to)     # the secret first: a config naming a key nobody holds is worse
             guard.install(vault, key)
     finally:
@@ -138,10 +141,15 @@ def cmd_decide(args: argparse.Namespace) -> int:
     key = guard.load_key_file(args.guard_key.expanduser())
     backend, config = approvals.unopened(root)
     req = approvals.decide(backend, config, key, args.guard_key, args.request, args.decision)
+    # what was signed, whole: the operation and its parameters (the request's id is the digest of its content)
     if args.json:
-        print_json({"request": req.id, "decision": args.decision, "what": req.operation.describe()})
+        print_json({"request": req.id, "decision": args.decision, "what": req.operation.describe(),
+                    "operation": req.operation.kind, "params": req.operation.params, "vault": req.vault,
+                    "requested_by": req.requested_by, "created": audit.iso(req.created),
+                    "expires": audit.iso(req.expires)})
     else:
-        print(f"{args.decision} request {req.id} ({req.operation.describe()}, requested by {req.requested_by})"
+        print(f"{args.decision} request {req.id} ({req.operation.describe()}, requested by {req.requested_by} at "
+              f"{audit.iso(req.created)})"
               + (f"; the operator runs it with --request {req.id} before {audit.iso(req.expires)}"
                  if args.decision == "approved" else ""))
     return 0

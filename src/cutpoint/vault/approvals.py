@@ -1,9 +1,12 @@
 """Requests, the guard's decisions, their use, and the audit log: objects in the vault (docs/format.md §21).
 
 An operation that a guarded vault protects creates ``requests/<id>.json`` (what, for which vault, by whom, when,
-until when) and stops with ``ApprovalRequiredError``. The guard signs it (``approve``/``deny``, with the guard key
-only: no vault key, no passphrase), which writes ``requests/<id>.decision``: the signature covers the whole request
-object as the guard read it, so an edit of the request afterwards breaks it. Re-run with ``--request ID``, the
+until when) and stops with ``ApprovalRequiredError``. The id is a digest of the request's content (``request_id``),
+so the content cannot be rewritten under the id the guard was given: between the guard reviewing request R and
+running ``approve R``, a swapped ``R.json`` no longer hashes to R and is refused as altered. The guard signs it
+(``approve``/``deny``, with the guard key only: no vault key, no passphrase), which writes
+``requests/<id>.decision``: the signature covers the whole request object as the guard read it, so an edit of the
+request afterwards breaks it. Re-run with ``--request ID``, the
 operation checks the signature against the config's guard key, that the request is for exactly this operation of
 this vault, unexpired, and unused, and then creates ``requests/<id>.used`` (a conditional create: one use). Every
 step adds one object under ``audit/``. Objects come from the vault's storage, which is untrusted: each is read with
@@ -12,6 +15,7 @@ a size bound and parsed strictly, and a bad one is listed as ``invalid``, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ApprovalRefusedError, ApprovalRequiredError, NotFoundError, UsageError, VaultError
 from . import guard as guardmod
-from .audit import RID, get, iso, load, now, parse_time, parse_who, record, who
+from .audit import MAX_OBJECT, RID, get, iso, load, now, parse_time, parse_who, record, who
 from .backend import Backend
 from .guard import Guard, GuardKey
 
@@ -35,6 +39,15 @@ TTL = timedelta(hours=24)
 REQUEST_FORMAT, DECISION_FORMAT, USE_FORMAT = ("cutpoint-guard-request", "cutpoint-guard-decision",
                                                "cutpoint-guard-use")
 SIGNED = b"cutpoint-guard-decision-v1\0"
+REQUEST_ID = b"cutpoint-guard-request-v2\0"       # a version 2 request's id: a digest of the rest of it
+REQUEST_VERSION = 2
+_REQUEST_KEYS = {1: {"format", "version", "id", "vault", "operation", "params", "requested_by", "created",
+                     "expires"}}
+_REQUEST_KEYS[2] = _REQUEST_KEYS[1] | {"nonce"}
+_NONCE = re.compile(r"[0-9a-f]{32}")
+OLD_FORMAT = ("it is an old-format request (version 1: its id is random, not a digest of its content, so an "
+              "approval could not be bound to what the guard reviewed); it cannot be approved: the operator makes "
+              "a new one by running the operation again")
 _VID = re.compile(r"[0-9a-f]{32}")
 _POINT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 # operation -> its parameters and their types: a request must carry exactly these
@@ -79,6 +92,7 @@ class Request:
     created: datetime
     expires: datetime
     doc: dict[str, Any]              # the object as read: what the guard signs
+    version: int = REQUEST_VERSION   # 1: an old request, whose id does not bind its content (OLD_FORMAT)
 
     def expired(self, now: datetime) -> bool:
         return now >= self.expires
@@ -118,6 +132,12 @@ def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+def request_id(doc: dict[str, Any]) -> str:
+    """A version 2 request's id: the first 32 hex digits of SHA-256 over a domain tag and the canonical JSON of
+    the request object without its ``id`` (its random ``nonce`` included, so two identical requests differ)."""
+    return hashlib.sha256(REQUEST_ID + canonical({k: v for k, v in doc.items() if k != "id"})).hexdigest()[:32]
+
+
 def signed_message(request_doc: dict[str, Any], decision: str, decided: str, by: str, guard: str) -> bytes:
     """What the guard signs: the request object whole, and the decision about it."""
     return SIGNED + canonical({"request": request_doc, "decision": decision, "decided": decided, "by": by,
@@ -126,11 +146,25 @@ def signed_message(request_doc: dict[str, Any], decision: str, decided: str, by:
 
 # -- strict parsing of untrusted objects ----------------------------------------------------------------------------
 
+class AlteredRequest(ValueError):
+    """A request whose content does not hash to its id: rewritten after it was made."""
+
+
 def parse_request(data: bytes, rid: str) -> Request:
-    doc = load(data, {"format", "version", "id", "vault", "operation", "params", "requested_by", "created",
-                       "expires"}, REQUEST_FORMAT)
+    """A request object, parsed strictly: version 2 (its id the digest of its content, ``request_id``, checked
+    last: ``AlteredRequest``) or an old version 1 (random id; ``Request.version`` says so)."""
+    if len(data) > MAX_OBJECT:
+        raise ValueError("too large")
+    doc = json.loads(data)
+    ver = doc.get("version") if isinstance(doc, dict) else None
+    version = ver if type(ver) is int else 0               # not a bool: True == 1
+    keys = _REQUEST_KEYS.get(version)
+    if keys is None or set(doc) != keys or doc["format"] != REQUEST_FORMAT:
+        raise ValueError(f"not a {REQUEST_FORMAT} object")
     if doc["id"] != rid:
         raise ValueError(f"it names request {doc['id']!r}")
+    if version >= 2 and (not isinstance(doc["nonce"], str) or not _NONCE.fullmatch(doc["nonce"])):
+        raise ValueError(f"nonce {doc['nonce']!r} is not 32 hex digits")
     if not isinstance(doc["vault"], str) or not _VID.fullmatch(doc["vault"]):
         raise ValueError(f"vault {doc['vault']!r} is not a vault id")
     kinds = OPERATIONS.get(doc["operation"]) if isinstance(doc["operation"], str) else None
@@ -146,8 +180,13 @@ def parse_request(data: bytes, rid: str) -> Request:
     created, expires = parse_time(doc["created"]), parse_time(doc["expires"])
     if not created < expires <= created + TTL:
         raise ValueError("its expiry is not within 24 hours of its creation")
-    return Request(rid, doc["vault"], Operation(doc["operation"], dict(params)), parse_who(doc["requested_by"]),
-                   created, expires, doc)
+    who_asked = parse_who(doc["requested_by"])
+    if version >= 2 and request_id(doc) != rid:
+        raise AlteredRequest("it was altered: its content does not hash to its id (it was rewritten under the "
+                             "same id after it was made, so it is not the request of that id); it cannot be "
+                             "decided or used: the operator makes a new one by running the operation again")
+    return Request(rid, doc["vault"], Operation(doc["operation"], dict(params)), who_asked, created, expires, doc,
+                   version)
 
 
 def parse_decision(data: bytes, rid: str) -> Decision:
@@ -182,6 +221,8 @@ def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: d
         raise NotFoundError(f"no request {rid} in this vault; 'cutpoint approvals' lists them")
     try:
         req = parse_request(data, rid)
+    except AlteredRequest as exc:
+        return Status(rid, "invalid", None, None, None, str(exc))
     except (ValueError, TypeError, KeyError) as exc:
         return Status(rid, "invalid", None, None, None, f"the request object is malformed ({exc})")
     st = Status(rid, "pending", req, None, None)
@@ -208,6 +249,9 @@ def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: d
                           "edited after it was decided)")
             return st
         st.state = st.decision.decision
+    elif req.version < REQUEST_VERSION:
+        st.state, st.problem = "invalid", OLD_FORMAT        # undecided: never to be signed (decided ones stand)
+        return st
     if st.used is not None:
         st.state = "used"
     elif st.state in ("pending", "approved") and req.expired(at):
@@ -235,13 +279,16 @@ def unopened(root: Path) -> tuple[Backend, dict[str, Any]]:
 
 
 def create_request(backend: Backend, vault_id: str, op: Operation, at: datetime) -> Request:
-    rid = secrets.token_hex(16)
+    """A new request for ``op``, its id the digest of its content (``request_id``)."""
     by = who()
-    doc = {"format": REQUEST_FORMAT, "version": 1, "id": rid, "vault": vault_id, "operation": op.kind,
-           "params": op.params, "requested_by": by, "created": iso(at), "expires": iso(at + TTL)}
+    body = {"format": REQUEST_FORMAT, "version": REQUEST_VERSION, "vault": vault_id, "operation": op.kind,
+            "params": op.params, "requested_by": by, "created": iso(at), "expires": iso(at + TTL),
+            "nonce": secrets.token_hex(16)}
+    rid = request_id(body)
+    doc = {"id": rid, **body}
     data = json.dumps(doc, indent=1).encode()
     if not backend.create(_name(rid, ".json"), data):
-        raise VaultError(f"request {rid} already exists (a random id drawn twice?); try again")
+        raise VaultError(f"request {rid} already exists (its random nonce drawn twice?); try again")
     backend.sync()
     record(backend, "requested", rid, op.describe(), by, at)
     return parse_request(data, rid)
@@ -249,7 +296,9 @@ def create_request(backend: Backend, vault_id: str, op: Operation, at: datetime)
 
 def decide(backend: Backend, config: dict[str, Any], key: GuardKey, key_path: Path, rid: str, decision: str,
            at: datetime | None = None) -> Request:
-    """The guard approves or denies a pending request: its signature over the request as it is now."""
+    """The guard approves or denies a pending request: its signature over the request as it is now, which is the
+    request the guard reviewed under id ``rid``: its id is the digest of its content, and an object that does not
+    hash to it is refused as altered (``status``), so nothing but that content can be signed as ``rid``."""
     if decision not in ("approved", "denied"):
         raise UsageError(f"a decision is 'approved' or 'denied', not {decision!r}")
     guard = guardmod.check_key_for(key, config, key_path)

@@ -4,6 +4,10 @@
 by the config MAC, docs/format.md §21), the private key only into FILE (0600, never overwritten), which belongs to
 someone other than the operator. From then on reducing the vault's protection, deleting a point before its
 immutability ends and deleting the vault each need a request that the guard key signed (``approvals.py``).
+
+A guard is a *second* principal, so it must exist before the vault is immutable: an unguarded immutable vault's
+protection is absolute (nobody may lower it), and a guard that the operator alone could add to it would be one
+whose key the operator holds, lifting that protection by themselves. ``check_can_add`` refuses that (exit 12).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuthError, UsageError, VaultError
+from ..errors import AuthError, ImmutableError, UsageError, VaultError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -165,14 +169,30 @@ def check_key_for(key: GuardKey, config: dict[str, Any], path: Path) -> Guard:
     return guard
 
 
+def check_can_add(config: dict[str, Any], where: str) -> None:
+    """Refuse to give an unguarded vault that is immutable (``immutable_days`` > 0) a guard: its protection is
+    absolute, and a guard added by the operator alone would be a key the operator holds, able to approve lowering
+    it. A guarded vault's guard may be replaced (with its approval); a vault that is not immutable may get one."""
+    days = int(config.get("immutable_days", 0))
+    if of(config) is None and days > 0:
+        raise ImmutableError(
+            f"vault {where} is immutable ({days} days) and has no guard: a guard cannot be added to it, since its "
+            "holder could then approve lowering a protection that nobody can lower now; a guard must be set before "
+            "the vault is made immutable ('vault guard init' on a vault without immutability, then 'vault protect "
+            "--immutable-days N'); nothing was changed")
+
+
 def install(vault: "Vault", key: GuardKey) -> None:
-    """Put ``key``'s public half in the vault's config (new MAC). The caller holds the points and gc locks."""
+    """Put ``key``'s public half in the vault's config (new MAC). The caller holds the points and gc locks, and
+    checked ``check_can_add`` (or the current guard's approval of replacing it) before writing the key file."""
     from . import config as cfgmod
     from . import hoststate, protection
     if vault.sealer.keys is None or int(vault.config["version"]) < 3:
         raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold a guard; create a new vault with 'cutpoint vault init'")
-    config = {k: v for k, v in protection.current_config(vault).items() if k != "mac"}
+    current = protection.current_config(vault)
+    check_can_add(current, vault.where)
+    config = {k: v for k, v in current.items() if k != "mac"}
     config["guard"] = key.guard.to_config()
     validate(config, str(vault.root / "config.json"))
     protection.write_config(vault, cfgmod.seal(config, vault.sealer.keys))
