@@ -181,6 +181,21 @@ def test_an_expired_request_is_refused(tmp_path: Path) -> None:
     assert _state() == before and _info()["soft_delete_days"] == 14
 
 
+def test_a_request_dated_in_the_future_is_not_pending(tmp_path: Path) -> None:
+    """A request written by hand with a far later 'created' (its id computed to match) would stay pending, and once
+    approved usable, until 24 hours after that date."""
+    key = _guarded(tmp_path, immutable_days=7)
+    backend, config = approvals.unopened(vault_dir())
+    op = approvals.Operation("protect", {"immutable_days": 7, "soft_delete_days": 0, "from_immutable_days": 7,
+                                         "from_soft_delete_days": 14})
+    ahead = approvals.create_request(backend, config["id"], op, audit.now() + timedelta(days=30)).id
+    near = approvals.create_request(backend, config["id"], op, audit.now() + timedelta(minutes=2)).id
+    listed = _listed()
+    assert listed[ahead]["state"] == "invalid" and "still to come" in listed[ahead]["problem"], listed[ahead]
+    assert listed[near]["state"] == "pending", listed[near]          # another host's clock, a little ahead
+    one_line_error(cutpoint("approve", ahead, "--guard-key", str(key)), 15, "still to come")
+
+
 def test_a_forged_approval_or_a_request_edited_after_approval_is_refused(tmp_path: Path) -> None:
     key = _guarded(tmp_path, immutable_days=7, soft_delete_days=14)
     cfg = json.loads((vault_dir() / "config.json").read_text())

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 REQUESTS = "requests"
 TTL = timedelta(hours=24)
+SKEW = timedelta(minutes=10)     # hosts' clocks may differ this much: a request from a little ahead is still pending
 REQUEST_FORMAT, DECISION_FORMAT, USE_FORMAT = ("cutpoint-guard-request", "cutpoint-guard-decision",
                                                "cutpoint-guard-use")
 SIGNED = b"cutpoint-guard-decision-v1\0"
@@ -228,6 +229,10 @@ def status(backend: Backend, rid: str, vault_id: str, guard: Guard | None, at: d
     st = Status(rid, "pending", req, None, None)
     if req.vault != vault_id:
         st.state, st.problem = "invalid", f"it is for vault {req.vault}, not this one ({vault_id})"
+        return st
+    if req.created > at + SKEW:
+        # written by hand with a later 'created': its 24 hours would start then, not when it was made
+        st.state, st.problem = "invalid", f"it says it was created {iso(req.created)}, which is still to come"
         return st
     used = get(backend, _name(rid, ".used"))
     if used is not None:
