@@ -420,6 +420,7 @@ def test_an_immutable_vault_without_a_guard_cannot_be_given_one(tmp_path: Path) 
     one_line_error(cutpoint("delete", young), 12, "is immutable until")
     one_line_error(cutpoint("vault", "delete", "--confirm", _info()["id"]), 12, "cannot be deleted")
     assert (_info()["immutable_days"], _info()["soft_delete_days"]) == (30, 14) and points() == [young]
+    assert "nobody can lower its immutability" in cutpoint("vault", "info", check=True).out
     assert not (vault_dir() / "requests").exists()
 
     # the legitimate order: the guard first (a vault that is not immutable), then the immutability

@@ -202,9 +202,12 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
              else "not encrypted, not authenticated"))
     print(_describe(Protection.of(cfg)))
     g = guard.of(cfg)
+    prot = Protection.of(cfg)
     print(f"guarded by key {g.fingerprint}: reducing protection, early deletes and deleting the vault need its "
-          "approval ('cutpoint approvals')" if g else "no guard: reducing protection needs no second principal "
-          "('cutpoint vault guard init')")
+          "approval ('cutpoint approvals')" if g else
+          "no guard: nobody can lower its immutability or soft delete, and a guard can no longer be added"
+          if prot.immutable_days > 0 else
+          "no guard: reducing protection needs no second principal ('cutpoint vault guard init')")
     if cfg.get("copy_of"):
         print(f"a copy target of vault {cfg['copy_of']} (its keys and chunk parameters): 'cutpoint copy --from "
               f"THAT --to {location.describe(root)}' fills it")
