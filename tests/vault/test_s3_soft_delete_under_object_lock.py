@@ -253,3 +253,44 @@ def test_gc_leaves_a_partly_dead_pack_the_store_retains_unrepacked(
     out = tmp_path / "r"
     cutpoint("restore", "w", stays, "--to", str(out), "--vault", url, check=True)
     assert (out / "d.raw").read_bytes()[:len(chunks[0])] == chunks[0]
+
+
+def test_a_point_whose_record_the_store_refuses_to_purge_keeps_its_data(
+        tmp_path: Path, s3_lock_bucket: str, s3_env, monkeypatch) -> None:
+    """gc asked the store whether an expired point's record was still retained (no), marked without the point, then
+    purged: if the store refuses the record's delete after all (a legal hold or retention set in between), the point
+    stays listed, and its data must stay too. Its packs' own retention has run out, so only gc keeps them."""
+    from cutpoint.vault import protection, softdelete
+    from cutpoint.vault.gc import gc as run_gc
+
+    url = f"s3://{s3_lock_bucket}/held"
+    _lock_vault(url, "--immutable-days", "2", "--soft-delete-days", "1")
+    pid = "20230101T000000Z-0f0f"
+    data = _old_points(url, 3, {pid: 3})[pid]
+    client = s3_env.client()
+    _a_day_passes(client, s3_lock_bucket, f"held/points/w/{pid}.manifest")
+    cutpoint("delete", pid, "--vault", url, check=True)    # its record is retained 2 days from now
+    for obj in client.list_objects_v2(Bucket=s3_lock_bucket, Prefix="held/data/").get("Contents", []):
+        for ver in client.list_object_versions(Bucket=s3_lock_bucket, Prefix=obj["Key"])["Versions"]:
+            client.put_object_retention(Bucket=s3_lock_bucket, Key=obj["Key"], VersionId=ver["VersionId"],
+                                        BypassGovernanceRetention=True, Retention={
+                                            "Mode": "GOVERNANCE",
+                                            "RetainUntilDate": datetime.now(timezone.utc) + timedelta(seconds=2)})
+    time.sleep(3)
+    later = datetime.now(timezone.utc) + timedelta(days=1.5)          # the soft delete expired
+    monkeypatch.setattr(protection, "now", lambda: later)
+    monkeypatch.setattr(softdelete, "retained", lambda vault, dp: False)     # what gc was told when it asked
+    vault = Vault.open(location.resolve(url))
+    try:
+        res = run_gc(vault, grace=0)
+        assert res.kept_retained_records == [pid] and res.purged == [], res
+    finally:
+        vault.close()
+    vault = Vault.open(location.resolve(url))
+    try:
+        [dp] = softdelete.scan(vault, protection.current(vault))
+        assert dp.id == pid and dp.row is not None and dp.manifest is not None
+        m = vault.manifest(dp.row, at=dp.manifest)
+        assert [vault.chunks.get(c) for c in m.disks[0].chunks] == data
+    finally:
+        vault.close()

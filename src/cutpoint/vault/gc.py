@@ -136,15 +136,20 @@ def _roots(vault: Vault, res: GcResult) -> tuple[list[tuple[PointRecord, Path]],
     return roots, expired
 
 
-def _purge(vault: Vault, expired: list[softdelete.DeletedPoint], res: GcResult) -> None:
-    """After the mark: expired soft-deleted points go (record, then manifest), and stale deletion records."""
+def _purge(vault: Vault, expired: list[softdelete.DeletedPoint], res: GcResult) -> list[softdelete.DeletedPoint]:
+    """After the mark: expired soft-deleted points go (record, then manifest), and stale deletion records. Returns
+    the points that stayed, listed: the store refused their records' deletes after all."""
+    stayed = []
     for dp in expired:
         gone, freed = softdelete.purge(vault, dp, res.dry_run)
         (res.purged if gone else res.kept_retained_records).append(dp.id)
+        if not gone:
+            stayed.append(dp)
         res.freed_bytes += freed
     for path in softdelete.stale_records(vault):
         if softdelete.drop_stale(vault, path, res.dry_run):
             res.removed_records += 1
+    return stayed
 
 
 def _immutable(prot: protection.Protection, row: PointRecord, now: datetime) -> bool:
@@ -178,7 +183,11 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
 
     live = mark(roots)
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
-    _purge(vault, expired, res)
+    stayed = _purge(vault, expired, res)
+    if stayed:      # a hold or retention set on their records since _roots asked: still listed, so kept whole
+        kept = [(dp.row, dp.manifest) for dp in stayed if dp.row is not None and dp.manifest is not None]
+        live |= mark(kept)
+        roots = roots + kept
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     _sweep_object_temps(vault, cutoff, res)
     st, counts = packgc.sweep(store, live, cutoff, res.dry_run, late)
