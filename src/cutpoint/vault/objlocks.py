@@ -6,6 +6,9 @@ is *stale* once its expiry has passed (the holder refreshes it well before: a ba
 ``ttl/3``), or when it was taken on this host by a pid that no longer exists. Stale locks neither block nor survive:
 the next taker removes them. After writing its own lock a taker looks again and backs out if a conflicting live lock
 appeared meanwhile, so two racing exclusive takers cannot both win (both may lose; the caller retries).
+A holder never re-creates its lock: a refresh first checks that the expiry it last wrote is still ahead and that the
+object is still its own, and a lock that fails that (or whose refresh lands only after that expiry) is *lost* for
+good; ``check`` then stops the holder (restic likewise refuses to refresh a lock that was removed while stale).
 A lock object whose content is unreadable is treated as live until its ``mtime`` is older than ``ttl`` (hostile or
 torn content must not break a lock, nor hold the vault forever).
 
@@ -23,10 +26,11 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import NoReturn
 
 from .. import pids
-from ..errors import CutpointError, LockedError, NotFoundError, UsageError
+from ..errors import CutpointError, LockedError, NotFoundError, UsageError, VaultError
 from .backend import Backend, ObjectInfo
 
 PREFIX = "locks/"
@@ -66,52 +70,127 @@ def _parse(data: bytes) -> LockInfo | None:
 
 
 class HeldLock:
-    """A lock this process holds: refreshed in the background until ``release`` (or the ``with`` block ends)."""
+    """A lock this process holds: refreshed in the background until ``release`` (or the ``with`` block ends).
+
+    ``info`` is what was last *successfully* written: its ``expires`` advances only once a refresh's write has
+    landed. A refresh rewrites the object only while that expiry is still ahead and the object is still this
+    holder's (same owner, host, pid, kind, creation time and point); otherwise, or when the write itself lands
+    after that expiry, the lock is *lost* (``lost``): never written again (a lock another host removed as stale is
+    not re-created), and every later ``refresh`` and ``check`` raises ``LockedError``."""
 
     def __init__(self, backend: Backend, name: str, info: LockInfo, ttl: float) -> None:
         self.backend, self.name, self.info, self.ttl = backend, name, info, ttl
         self._stop = threading.Event()
+        self._writing = threading.Lock()         # one refresh at a time: the thread's or a caller's
+        self._lost: tuple[str, BaseException | None] | None = None
         self.refresh_error: CutpointError | None = None
         self._thread = threading.Thread(target=self._refresh_loop, name=f"lock-refresh {name}", daemon=True)
         self._thread.start()
 
-    def refresh(self) -> None:
-        now = time.time()
-        self.info = LockInfo(self.info.owner, self.info.host, self.info.pid, self.info.kind, self.info.created,
-                             now + self.ttl, self.info.point)
-        self.backend.put(self.name, json.dumps(asdict(self.info)).encode())
+    @property
+    def lost(self) -> bool:
+        """True once this lock can no longer protect its holder (see the class docstring); it stays so."""
+        return self._lost is not None
 
-    def check(self) -> None:
-        """Raise ``LockedError`` if this lock may no longer protect us (restic's stricter handling): its last
-        refresh is older than its lifetime (another host may have taken it as stale) or the object is gone.
-        Long operations call this before a step that relies on the lock (committing, deleting)."""
-        if time.time() > self.info.expires:
-            raise LockedError(f"lock {self.name} was not refreshed in time ({self.refresh_error}): "
-                              "another process may have taken it; stop and retry") from self.refresh_error
+    def _lose(self, reason: str, cause: BaseException | None = None) -> NoReturn:
+        if self._lost is None:
+            self._lost = (f"lost the lock {self.name} on the vault at {_where(self.backend)}: {reason}; another "
+                          "host may have taken the vault, so this operation was stopped before it commits or "
+                          "deletes anything more: retry it", cause)
+        self._raise_if_lost()
+        raise AssertionError("unreachable")
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None:
+            message, cause = self._lost
+            raise LockedError(message) from cause
+
+    def _own(self, current: LockInfo | None) -> bool:
+        mine = self.info
+        return current is not None and (current.owner, current.host, current.pid, current.kind, current.created,
+                                        current.point) == (mine.owner, mine.host, mine.pid, mine.kind,
+                                                           mine.created, mine.point)
+
+    def _still_held(self) -> None:
+        """Lose the lock (raise ``LockedError``) unless its written expiry is ahead and its object is its own.
+        A store that cannot be read raises its own error and loses nothing (yet)."""
+        self._raise_if_lost()
+        if time.time() >= self.info.expires:
+            self._lose(f"it was not refreshed in time (its written expiry passed {time.time() - self.info.expires:.1f} "
+                       f"s ago; last refresh error: {self.refresh_error})", self.refresh_error)
         try:
             current = _parse(self.backend.get(self.name))
         except NotFoundError as e:
-            raise LockedError(f"lock {self.name} was removed by another process: stop and retry") from e
-        if current is None or current.pid != self.info.pid or current.host != self.info.host:
-            raise LockedError(f"lock {self.name} was replaced by another process: stop and retry")
+            self._lose("it was removed by another process (as stale, or by an unlock)", e)
+        if not self._own(current):
+            self._lose("it was replaced by another process")
+        if time.time() >= self.info.expires:      # the read was slow: what it saw may be out of date already
+            self._lose("it was not refreshed in time (its written expiry passed while it was being checked)")
+
+    def refresh(self) -> None:
+        """Push the expiry ``ttl`` ahead, if the lock is still held (see the class docstring); raise
+        ``LockedError`` if it is lost, or the store's error if the write failed (then nothing changed here)."""
+        with self._writing:
+            self._still_held()
+            written = self.info.expires
+            new = replace(self.info, expires=time.time() + self.ttl)
+            try:
+                self.backend.put(self.name, json.dumps(asdict(new)).encode())
+            except OSError as e:
+                raise VaultError(f"cannot write lock {self.name}: {e.strerror or e}") from e
+            if time.time() >= written:
+                # It landed when the lock could already be taken as stale: it may have re-created a lock another
+                # host removed, so it proves nothing; remove it (it is this holder's) and give the lock up.
+                try:
+                    self.backend.delete(self.name)
+                except CutpointError:
+                    pass                        # stale anyway: the next taker removes it
+                self._lose("its refresh was written only after its expiry")
+            self.info = new
+
+    def check(self) -> None:
+        """Raise ``LockedError`` if this lock may no longer protect us (restic's stricter handling): it is lost,
+        its last written expiry has passed (another host may have taken it as stale), or its object is gone or not
+        its own. Long operations call this right before a step that relies on the lock (committing, deleting)."""
+        self._still_held()
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        wait = self.ttl / 3
+        while not self._stop.wait(wait):
             try:
                 self.refresh()
-            except CutpointError as e:      # the storage went away: keep trying; the holder can check
+                wait = self.ttl / 3
+            except LockedError as e:        # lost: never written again
                 self.refresh_error = e
+                return
+            except CutpointError as e:      # the storage went away: retry sooner, until the expiry; the holder checks
+                self.refresh_error = e
+                wait = self.ttl / 20
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.backend.delete(self.name)
+        if self._lost is None:
+            self.backend.delete(self.name)
+            return
+        try:                                # a lost lock's object is removed only if it is still this holder's
+            if self._own(_parse(self.backend.get(self.name))):
+                self.backend.delete(self.name)
+        except NotFoundError:
+            pass
 
     def __enter__(self) -> HeldLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _where(backend: Backend) -> str:
+    bucket = getattr(backend, "bucket", None)
+    if bucket is not None:
+        return f"s3://{bucket}/{getattr(backend, 'prefix', '')}"
+    return str(getattr(backend, "root", type(backend).__name__))
 
 
 def _conflicts(kind: str, other: LockInfo | None) -> bool:
