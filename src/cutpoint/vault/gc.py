@@ -183,6 +183,8 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
 
     live = mark(roots)
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)
+    if not res.dry_run:
+        vault.check_lock()          # S3: its lock lost, another host may hold the vault: nothing is deleted
     stayed = _purge(vault, expired, res)
     if stayed:      # a hold or retention set on their records since _roots asked: still listed, so kept whole
         kept = [(dp.row, dp.manifest) for dp in stayed if dp.row is not None and dp.manifest is not None]
@@ -190,7 +192,7 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
         roots = roots + kept
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     _sweep_object_temps(vault, cutoff, res)
-    st, counts = packgc.sweep(store, live, cutoff, res.dry_run, late)
+    st, counts = packgc.sweep(store, live, cutoff, res.dry_run, late, vault.check_lock)
     retention = location.retention_of(vault.config) if vault.remote is not None else None
     if retention is not None and not res.dry_run:
         st.retention_extended = packgc.extend_retention(store, live, res.immutable_days) \

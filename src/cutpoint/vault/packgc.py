@@ -87,9 +87,11 @@ def relied_packs(locks_dir: Path) -> set[bytes]:
 
 
 def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool,
-          late: Callable[[], set[bytes]] | None = None) -> tuple[PackStats, dict[str, int]]:
+          late: Callable[[], set[bytes]] | None = None,
+          still_held: Callable[[], None] | None = None) -> tuple[PackStats, dict[str, int]]:
     """Steps 2 to 5. ``late``: the ids the points committed since ``live`` was marked reference, asked for under
-    the packs lock. Returns the statistics and the GcResult counters (removed_chunks, kept_young, freed_bytes,
+    the packs lock. ``still_held``: raises if gc's vault lock no longer protects it (S3), asked before each step
+    that deletes. Returns the statistics and the GcResult counters (removed_chunks, kept_young, freed_bytes,
     chunks_seen, removed_temp)."""
     st = PackStats()
     counts = {"removed_chunks": 0, "kept_young": 0, "freed_bytes": 0, "chunks_seen": 0, "removed_temp": 0}
@@ -155,18 +157,23 @@ def sweep(store: PackStore, live: set[bytes], cutoff: float, dry_run: bool,
             return st, counts
         if not (doomed or repack or orphans or adopted):
             return st, counts
+        check = still_held or (lambda: None)
+        check()
         written = _copy(store, repack, st) if repack else []
         store.backend.sync()
         faults.hit("gc-repacked")
+        check()
         gone = set(doomed) | {p for p, _ in repack}
         kept = [(pid, entries) for pid, entries in idx.packs.items() if pid in listing and pid not in gone] + adopted
         name = packindex.new_index_name()
         store.backend.put(name, packindex.encode_index(store.sealer, name, kept + written))
         store.backend.sync()
         faults.hit("gc-index-written")
+        check()
         for old in sorted(idx.objects):
             delete_unless_retained(store.backend, old)   # one kept under retention lists packs twice: harmless
         store.backend.sync()
+        check()
         deleted = set()
         for pid in sorted(gone) + orphans:
             if not delete_unless_retained(store.backend, pack_name(pid)):

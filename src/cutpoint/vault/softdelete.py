@@ -96,6 +96,7 @@ def remove(vault: Vault, vm: str, recs: list[PointRecord], protection: Protectio
     lock exclusively and the VM's lock, and has checked immutability and pins."""
     if not recs:
         return
+    vault.check_lock()          # S3: a prune or delete whose lock was lost (another host may hold the vault) stops
     soft = [r for r in recs if protection.soft_delete_days > 0 and softly_deletable(vault, r)]
     soft_ids = {r.id for r in soft}
     if vault.remote is not None:

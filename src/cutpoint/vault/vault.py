@@ -239,8 +239,7 @@ class Vault:
     def write_manifest(self, vm: str, point: str, sealed: bytes) -> Path:
         """Write a sealed manifest durably (the commit point on S3); its blobs must be durable and indexed."""
         path = manifest_path(self.root, vm, point)
-        if self._objlock is not None:
-            self._objlock.check()                # S3: a lock not refreshed in time no longer protects this commit
+        self.check_lock()                        # S3: a lock not refreshed in time no longer protects this commit
         try:
             if self.remote is not None:
                 self.backend.put(str(path.relative_to(self.root)), sealed)
@@ -343,6 +342,14 @@ class Vault:
 
     def pin_path(self, point_id: str) -> Path:
         return self.locks_dir / f"pin-{point_id}.lock"
+
+    def check_lock(self) -> None:
+        """S3: raise ``LockedError`` unless the lock object this process holds still protects it (refreshed in
+        time, still there, its own; ``objlocks.HeldLock.check``). Called before each step that commits or deletes:
+        a process whose lock was lost, and whose vault another host may have taken, changes nothing more. A local
+        vault's flocks cannot be lost: nothing to check."""
+        if self._objlock is not None:
+            self._objlock.check()
 
     def gc_lock(self) -> Any:
         return _both(locks.hold(self.locks_dir / "gc.lock", "garbage collection"), self.object_lock("exclusive", "gc"))
