@@ -17,6 +17,7 @@ between a writer's "it exists" and its touch.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -105,11 +106,11 @@ class ChunkStore:
                 f.flush()
                 os.fsync(f.fileno())
             with self.dir_lock(path.parent):
-                if _touch(path):          # another backup stored the same content meanwhile
+                if not _publish(tmp, path):     # another writer stored the same content meanwhile
                     os.unlink(tmp)
+                    _touch(path)
                     self._dirty_dirs.add(path.parent)
                     return cid, 0
-                os.replace(tmp, path)
         except OSError as exc:
             try:
                 os.unlink(tmp)
@@ -184,6 +185,26 @@ class ChunkStore:
 
 def is_chunk_name(name: str) -> bool:
     return bool(_ID.fullmatch(name))
+
+
+def _publish(tmp: str, path: Path) -> bool:
+    """Give the written chunk its name, unless a chunk of that name exists: False then. A hard link is created
+    atomically or not at all, so two writers of the same content (the disks of one backup, or two backups: the
+    directory lock is shared between writers) cannot both count it as stored, which a check followed by a rename
+    let them do. A filesystem without hard links gets the check and the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    os.unlink(tmp)
+    return True
 
 
 def _touch(path: Path) -> bool:
