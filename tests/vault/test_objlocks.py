@@ -26,9 +26,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield LocalBackend(tmp_path / "store")
 
 
-def _plant(b: Backend, name: str, *, host: str, pid: int, kind: str, expires: float) -> None:
-    b.put(f"locks/{name}", json.dumps({"owner": "someone", "host": host, "pid": pid, "kind": kind,
-                                       "created": time.time() - 5, "expires": expires}).encode())
+def _plant(b: Backend, name: str, *, host: str, pid: int, kind: str, expires: float, ns: str | None = None) -> None:
+    doc = {"owner": "someone", "host": host, "pid": pid, "kind": kind, "created": time.time() - 5, "expires": expires}
+    if ns is not None:
+        doc["ns"] = ns
+    b.put(f"locks/{name}", json.dumps(doc).encode())
 
 
 def _lock_names(b: Backend) -> set[str]:
@@ -63,6 +65,29 @@ def test_dead_pid_on_this_host_taken_over(backend: Backend) -> None:
     _plant(backend, "dead", host=socket.gethostname(), pid=p.pid, kind="exclusive", expires=time.time() + 3600)
     with objlocks.acquire(backend, "shared", "backup") as x:
         assert _lock_names(backend) == {x.name}
+
+
+def test_a_live_lock_of_another_pid_namespace_under_this_host_name_is_not_stale(backend: Backend) -> None:
+    """A container sharing the host's name but not its PID namespace (host networking), or another machine of the
+    same name: its holder's pid means nothing here. Judged by that pid, its live lock was removed as stale and gc
+    ran beside its backup. Such a lock is judged by its expiry alone."""
+    p = subprocess.Popen(["true"])
+    p.wait()                                            # a pid that no process here has
+    boot = objlocks.namespace().partition(":")[0]
+    assert boot
+    for name, ns in (("container", f"{boot}:4026530000"), ("twin", "another-boot-id:4026531836")):
+        _plant(backend, name, host=socket.gethostname(), pid=p.pid, kind="exclusive", expires=time.time() + 3600,
+               ns=ns)
+        with pytest.raises(LockedError, match="exclusive lock by someone"):
+            objlocks.acquire(backend, "shared", "backup")
+        assert f"locks/{name}" in _lock_names(backend)
+        backend.delete(f"locks/{name}")
+    _plant(backend, "here", host=socket.gethostname(), pid=p.pid, kind="exclusive", expires=time.time() + 3600,
+           ns=objlocks.namespace())                     # this namespace: the pid is judged, and it is dead
+    with objlocks.acquire(backend, "shared", "backup") as x:
+        assert _lock_names(backend) == {x.name}
+    with objlocks.acquire(backend, "shared", "backup") as x:
+        assert x.info.ns == objlocks.namespace()
 
 
 def test_live_lock_refuses(backend: Backend) -> None:

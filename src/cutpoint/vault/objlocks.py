@@ -3,8 +3,8 @@
 As restic does (doc/design.rst, internal/restic/lock.go): a lock is an object ``locks/<random>`` holding owner,
 host, pid, kind and times. A shared lock conflicts with exclusive ones; an exclusive lock with every other. A lock
 is *stale* once its expiry has passed (the holder refreshes it well before: a background thread rewrites it every
-``ttl/3``), or when it was taken on this host by a pid that no longer exists. Stale locks neither block nor survive:
-the next taker removes them. After writing its own lock a taker looks again and backs out if a conflicting live lock
+``ttl/3``), or when it was taken on this host, in this boot and PID namespace, by a pid that no longer exists.
+Stale locks neither block nor survive: the next taker removes them. After writing its own lock a taker looks again and backs out if a conflicting live lock
 appeared meanwhile, so two racing exclusive takers cannot both win (both may lose; the caller retries).
 A holder never re-creates its lock: a refresh first checks that the expiry it last wrote is still ahead and that the
 object is still its own, and a lock that fails that (or whose refresh lands only after that expiry) is *lost* for
@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import NoReturn
 
 from .. import pids
@@ -47,21 +48,39 @@ class LockInfo:
     created: float
     expires: float
     point: str = ""              # a pin's point
+    ns: str = ""                 # "boot_id:pid namespace inode" of the holder ("" in locks of older versions)
 
     def stale(self, now: float) -> bool:
+        """Expired, or held by a pid that no longer exists *here*: only when the holder ran on this host, in this
+        boot and this PID namespace does its pid name a process this one can see. A container sharing the host's
+        name but not its PID namespace, or another machine of the same name, would otherwise have its live lock
+        judged stale (and removed) by the first process that could not find its pid; such a lock is judged by its
+        expiry alone."""
         if now > self.expires:
             return True
-        return self.host == socket.gethostname() and not pids.alive(self.pid)
+        if self.host != socket.gethostname() or (self.ns and self.ns != namespace()):
+            return False
+        return not pids.alive(self.pid)
 
     def describe(self) -> str:
         return f"{self.kind} lock by {self.owner} (pid {self.pid} on {self.host})"
+
+
+def namespace() -> str:
+    """This process's boot and PID namespace, as a lock records them: within both, and only there, a pid names one
+    process. "" where /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _parse(data: bytes) -> LockInfo | None:
     try:
         d = json.loads(data)
         info = LockInfo(str(d["owner"]), str(d["host"]), int(d["pid"]), str(d["kind"]), float(d["created"]),
-                        float(d["expires"]), str(d.get("point", "")))
+                        float(d["expires"]), str(d.get("point", "")), str(d.get("ns", "")))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     if info.kind == "pin":
@@ -232,7 +251,7 @@ def acquire(backend: Backend, kind: str, owner: str, ttl: float = DEFAULT_TTL) -
         raise UsageError(f"lock lifetime {ttl} s must be positive")
     _check(backend, kind, ttl, None)
     now = time.time()
-    info = LockInfo(owner, socket.gethostname(), os.getpid(), kind, now, now + ttl)
+    info = LockInfo(owner, socket.gethostname(), os.getpid(), kind, now, now + ttl, ns=namespace())
     name = PREFIX + secrets.token_hex(16)
     if not backend.create(name, json.dumps(asdict(info)).encode()):
         raise LockedError(f"lock name {name} already exists (random collision): retry")
@@ -250,7 +269,7 @@ def pin(backend: Backend, point: str, owner: str, ttl: float = DEFAULT_TTL) -> H
     if not POINT_RE.fullmatch(point):
         raise UsageError(f"point id {point!r} cannot be pinned")
     now = time.time()
-    info = LockInfo(owner, socket.gethostname(), os.getpid(), "pin", now, now + ttl, point)
+    info = LockInfo(owner, socket.gethostname(), os.getpid(), "pin", now, now + ttl, point, namespace())
     name = PREFIX + secrets.token_hex(16)
     if not backend.create(name, json.dumps(asdict(info)).encode()):
         raise LockedError(f"lock name {name} already exists (random collision): retry")
