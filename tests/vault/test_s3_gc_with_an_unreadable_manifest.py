@@ -71,3 +71,35 @@ def test_an_immutable_vaults_delete_stops_when_a_manifest_cannot_be_read(s3_buck
         assert {o.name for o in vault.backend.list("data/")} == packs
     finally:
         vault.close()
+
+
+def test_two_vms_points_of_one_id_in_the_bucket_leave_the_vault_openable_and_gc_stopped(
+        tmp_path, s3_bucket: str, s3_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two hosts committed points of the same id for two VMs (the same second, the same 16 random bits): the
+    second host's catalog row failed after its manifest was in the bucket, and from then on every open of the
+    vault, on every host, failed in its catalog sync. The clash is now a problem of that one point, and gc (which
+    cannot mark the point it cannot list) stops rather than free its data."""
+    url = f"s3://{s3_bucket}/clash"
+    cutpoint("vault", "init", url, "--no-encrypt", check=True)
+    cutpoint("vault", "key", "export", "--to", str(tmp_path / "auth.key"), "--vault", url, check=True)
+    monkeypatch.setenv("CUTPOINT_KEY_FILE", str(tmp_path / "auth.key"))      # every host holds the vault's key
+    pid = "20260101T030000Z-beef"
+    for n, vm in enumerate(("a", "b")):
+        monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / f"host{n}"))
+        vault = Vault.open(location.resolve(url))
+        try:
+            vault.catalog.add_vm(VmRecord(vm, "qmp", "/nonexistent", "2026-01-01T00:00:00Z", {}))
+            if vm == "a":
+                commit_synthetic_point(vault, pid, vm, "2026-01-01T03:00:00Z", {"d": [os.urandom(vault.chunk_size)]})
+            else:
+                with pytest.raises(VaultError, match="UNIQUE"):
+                    commit_synthetic_point(vault, pid, vm, "2026-01-01T03:00:00Z",
+                                           {"d": [os.urandom(vault.chunk_size)]})
+        finally:
+            vault.close()
+    monkeypatch.setenv("CUTPOINT_STATE", str(tmp_path / "host2"))
+    r = cutpoint("points", "--json", "--vault", url)
+    assert r.code == 0, r.err
+    assert "is already listed for VM a" in r.err, r.err
+    r = cutpoint("gc", "--vault", url)
+    assert r.code != 0 and "gc stopped before deleting anything" in r.err, r.err

@@ -53,8 +53,13 @@ class _Plan:
     notes: list[str] = field(default_factory=list)                  # recorded on the point as warnings
 
 
-def new_point_id(now: datetime) -> str:
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+def new_point_id(now: datetime, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A point id: the second, and 16 random bits drawn again while the id is ``taken`` (a point of another VM
+    in the same second: a catalog lists an id once, and an S3 vault's hosts would all fail to list the second)."""
+    while True:
+        pid = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+        if pid not in taken:
+            return pid
 
 
 def iso(now: datetime) -> str:
@@ -75,7 +80,7 @@ def backup(vault: Vault, vm_name: str, opts: BackupOptions | None = None) -> Bac
     with vault.vm_lock(vm_name):
         started = time.monotonic()
         now = datetime.now(timezone.utc)
-        point_id = new_point_id(now)
+        point_id = new_point_id(now, {p.id for p in vault.catalog.points()})
         prev = vault.catalog.points(vm_name)
         prev_manifest, unusable = vault.parent_for(prev[-1]) if prev else (None, None)   # None: failed verify
         handle: CutHandle | None = None

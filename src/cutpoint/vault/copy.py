@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import faults, names
 from ..catalog.db import PointRecord
 from ..errors import IntegrityError, NotFoundError, UsageError
-from . import hoststate, location
+from . import hoststate, location, remote
 from .blob import DATA, NODE
 from .manifest import Manifest, manifest_path
 from .packfile import pack_name
@@ -146,10 +146,15 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
     rows = {p.id for p in dst.catalog.points(recs[0].vm)}
     have = {r for r in rows                                    # a row whose manifest is gone is copied again
             if dst.backend.exists(str(manifest_path(dst.root, recs[0].vm, r).relative_to(dst.root)))}
+    others = {p.id: p.vm for p in dst.catalog.points() if p.vm != recs[0].vm}
     todo: list[tuple[PointRecord, Manifest]] = []
     for rec in recs:
         if rec.id in have:
             res.skipped.append(rec.id)
+        elif rec.id in others:
+            raise UsageError(f"point {rec.id} of VM {rec.vm} cannot be copied into {res.target}: it holds a point "
+                             f"of that id for VM {others[rec.id]}, and a catalog lists an id once; copy into "
+                             f"another vault; none of VM {rec.vm}'s points being copied was made visible there")
         else:
             todo.append((rec, src.manifest(rec)))
     if not todo:
@@ -206,12 +211,17 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
         except NotFoundError as exc:
             raise IntegrityError(f"manifest of point {rec.id} vanished from vault {res.source} during the copy") \
                 from exc
-        Manifest.unseal(dst.sealer, sealed, rec.vm, rec.id, f"manifest of point {rec.id}")   # opens as is
+        m = Manifest.unseal(dst.sealer, sealed, rec.vm, rec.id, f"manifest of point {rec.id}")   # opens as is
         faults.hit("copy-manifest")
         dst.write_manifest(rec.vm, rec.id, sealed)
         if rec.id in rows:
             dst.catalog.remove_points([rec.id])                # its stale row (the manifest was gone)
-        dst.catalog.add_point(replace(rec, manifest=name, damaged=None))
+        # the row from the authenticated manifest, not from the source's catalog, which nothing authenticates: a
+        # forged 'created' there would have aged the copy past the target's immutability
+        row = remote.record_of(m, name)
+        if isinstance(rec.summary, dict) and row.summary.get("duration_s") is None:     # display only
+            row.summary["duration_s"] = rec.summary.get("duration_s")
+        dst.catalog.add_point(row)
         hoststate.committed(dst.root, rec.vm, rec.id)
         res.copied.append(rec.id)
 

@@ -58,7 +58,11 @@ class PackStore:
         self._entries = False
         self._buf: PackBuffer | None = None
         self._unindexed: list[tuple[bytes, list[Entry]]] = []   # written packs not yet in an index object
-        self._own: set[bytes] = set()          # packs this store wrote: no registration needed
+        self._own: set[bytes] = set()          # packs this store wrote
+        # packs written for the running writer: no registration needed. One written for an earlier writer of this
+        # store (a copy of several VMs, one vm_lock each) is that writer's, whose registration went with it: a later
+        # writer relying on it registers it like any old pack, or gc may delete it under the later point
+        self._mine: set[bytes] = set()
         self._relied: set[bytes] = set()
         self.writer: Path | None = None        # the running backup's registration, where relied packs go
         self._failed: VaultError | None = None  # a pack write failed: later writes refuse (the buffer is gone)
@@ -135,6 +139,7 @@ class PackStore:
         with self._lock:
             self.writer = registration
             self._relied = set()
+            self._mine = set()
 
     def put(self, data: bytes | memoryview, cid: str | None = None) -> tuple[str, int]:
         bid, written = self.put_blob(data, DATA, bytes.fromhex(cid) if cid else None)
@@ -171,7 +176,7 @@ class PackStore:
             for k, blob in new:
                 bid = ids[k]
                 loc = idx.where.get(bid)
-                if loc is not None and (loc.pid in self._own or (self._buf is not None and loc.pid == self._buf.pid)):
+                if loc is not None and (loc.pid in self._mine or (self._buf is not None and loc.pid == self._buf.pid)):
                     continue                           # another thread stored it meanwhile
                 if self._buf is None:
                     self._buf = self._spare.pop() if self._spare else PackBuffer(self.pack_size)
@@ -213,7 +218,7 @@ class PackStore:
     def _rely(self, pid: bytes) -> bool:
         """May a new point reference a blob of pack ``pid``? Registers the pack for gc (see module doc)."""
         with self._lock:
-            if pid in self._own or pid in self._relied or (self._buf is not None and pid == self._buf.pid):
+            if pid in self._mine or pid in self._relied or (self._buf is not None and pid == self._buf.pid):
                 return True
             if self.writer is None:
                 return self.backend.exists(pack_name(pid))
@@ -245,6 +250,7 @@ class PackStore:
             fut = self._uploader.submit(self.backend.put, pack_name(buf.pid), view)
             self._inflight[buf.pid] = (fut, buf)
             self._own.add(buf.pid)
+            self._mine.add(buf.pid)
             self._unindexed.append((buf.pid, list(buf.entries)))
             self._buf = None
             return
@@ -262,6 +268,7 @@ class PackStore:
             del view
         faults.hit("pack-written")
         self._own.add(buf.pid)
+        self._mine.add(buf.pid)
         self._unindexed.append((buf.pid, list(buf.entries)))
         buf.reset()
 

@@ -155,8 +155,19 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
     if rebuild:
         vault.catalog.remove_points([p.id for p in rows.values()])
         rows = {}
-    for name, (vm, point) in sorted(found.items(), key=lambda kv: kv[1][1]):
+    listed = {p.id: p.vm for p in rows.values()}
+    for name, (vm, point) in sorted(found.items(), key=lambda kv: (kv[1][1], kv[0])):
         if name in rows:
+            continue
+        if point in listed:
+            # a catalog lists an id once: this point cannot be listed beside the other VM's; it may be whole, so
+            # whoever deletes by the catalog must stop (``unreadable``) rather than free its data
+            clash = (f"manifest {name}: point id {point} is already listed for VM {listed[point]}, and a catalog "
+                     f"lists an id once; that point is not listed: move the object to another point id, or "
+                     f"delete it from the bucket once it is not needed")
+            res.problems.append(clash)
+            res.unreadable.append(clash)
+            log.warning("vault %s: %s", vault.where, clash)
             continue
         try:
             m = Manifest.unseal(vault.sealer, vault.backend.get(name), vm, point, f"manifest {name}")
@@ -171,6 +182,7 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
                 log.warning("vault %s: %s; that point is not listed", vault.where, exc)
             continue
         vault.catalog.add_point(record_of(m, name))
+        listed[point] = vm
         res.added.append(point)
     gone = [p.id for n, p in rows.items() if n not in found]
     if gone:
