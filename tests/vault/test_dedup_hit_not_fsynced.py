@@ -49,3 +49,27 @@ def test_no_dedup_hit_on_a_pack_not_yet_durable(monkeypatch) -> None:
     c = open_vault()                                  # a third backup now finds it (both copies are durable)
     assert c.chunks.put(data) == (cid, 0)
     a.close(), b.close(), c.close()
+
+
+def test_a_writer_that_only_deduplicated_syncs_before_its_manifest(monkeypatch) -> None:
+    """Format v4: backup A has written its packs and its index object but not yet run the sync after it; B finds
+    every blob there and writes no pack. B's flush returned without a sync, so B's manifest could become durable
+    before the index object that lists its blobs (a copy that reuses everything is such a writer)."""
+    events: list[str] = []
+    a, b = open_vault(), open_vault()
+    data = b"shared block " * 5000
+    cid, _ = a.chunks.put(data)
+    sync, calls = LocalBackend.sync, [0]
+
+    def as_if_not_yet(self) -> None:                  # A's flush, cut off before its second sync
+        calls[0] += 1
+        if calls[0] != 2:
+            sync(self)
+
+    monkeypatch.setattr(LocalBackend, "sync", as_if_not_yet)
+    a.chunks.flush()
+    monkeypatch.setattr(LocalBackend, "sync", lambda self: (events.append("sync"), sync(self))[1])
+    assert b.chunks.put(data) == (cid, 0)             # B loads the index now: A's object lists the blob
+    b.chunks.flush()                                  # what commit_point does before writing B's manifest
+    assert events == ["sync"], events
+    a.close(), b.close()

@@ -110,6 +110,11 @@ class LocalBackend:
                     done = 0
                     while done < len(view):
                         done += os.write(fd, view[done:])
+                # a small object (an index object, a marker, a record) is durable before its name: with delayed
+                # allocation, another process's fsync could commit the rename while the data is not written, and
+                # after a power loss one torn index object stops every load of the vault. Packs (past the page
+                # cache) are made durable by the caller's one syncfs.
+                os.fsync(fd)
             faults.hit("object-write")  # written under its temporary name, not yet renamed
         except BaseException:
             os.close(fd)

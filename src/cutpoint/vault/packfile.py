@@ -25,6 +25,9 @@ END_MAGIC = b"CPK4"
 ENTRY = struct.Struct("<B32sQII")          # kind, id, offset, stored length, decoded length
 END = struct.Struct("<I4s")
 MAX_ENTRIES = 1 << 20
+# the longest sealed trailer a pack can have: its entries, and a seal's header, nonce and tag (under 64 bytes). A
+# hostile end claiming more is refused before anything that long is read (gc reads the trailers of unlisted files)
+MAX_TRAILER = MAX_ENTRIES * ENTRY.size + 64
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def parse_trailer(sealer: Sealer, pid: bytes, tail: bytes, size: int) -> list[En
     if len(tail) < END.size:
         raise IntegrityError(f"{what} is damaged: truncated")
     tlen, magic = END.unpack_from(tail, len(tail) - END.size)
-    if magic != END_MAGIC or tlen + END.size > len(tail):
+    if magic != END_MAGIC or tlen + END.size > len(tail) or tlen > MAX_TRAILER:
         raise IntegrityError(f"{what} is damaged: no trailer (truncated, or not a pack)")
     start = len(tail) - END.size - tlen
     table = sealer.unseal(TRAILER_MAGIC, bytes(tail[start:len(tail) - END.size]), pid, f"trailer of {what}")
@@ -144,4 +147,4 @@ def trailer_length(tail: bytes) -> int | None:
     if len(tail) < END.size:
         return None
     tlen, magic = END.unpack_from(tail, len(tail) - END.size)
-    return int(tlen) if magic == END_MAGIC else None
+    return int(tlen) if magic == END_MAGIC and tlen <= MAX_TRAILER else None

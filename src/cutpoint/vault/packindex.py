@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from ..errors import IntegrityError, NotFoundError
+from ..errors import IntegrityError, NotFoundError, VaultError
 from . import codec
 from .backend import Backend
 from .crypto import Sealer
@@ -169,15 +169,46 @@ def load(backend: Backend, sealer: Sealer, entries: bool = False) -> Index:
             idx.bad_ids.add(bytes.fromhex(bid_hex))
         except ValueError:
             continue                    # a malformed marker marks nothing
+    for attempt in range(LOAD_ATTEMPTS):
+        try:
+            _load_objects(backend, sealer, idx)
+            return idx
+        except _Replaced:
+            # gc swapped the index objects between the listing and the reads (it writes the new one before it
+            # deletes the old): skipping the gone one would lose the blobs only the new one lists, so list again
+            idx.where.clear()
+            idx.alt.clear()
+            idx.packs.clear()
+            idx.objects.clear()
+    raise VaultError("the vault's index objects kept changing while they were read (gc running again and again); "
+                     "try again")
+
+
+LOAD_ATTEMPTS = 5
+
+
+class _Replaced(Exception):
+    pass
+
+
+def _load_objects(backend: Backend, sealer: Sealer, idx: Index) -> None:
     for info in sorted(backend.list(INDEX_PREFIX), key=lambda i: i.name):
+        if info.size > MAX_INDEX + 4096:          # a sealed, compressed index object is never larger than that
+            raise IntegrityError(f"index object {info.name} is damaged: {info.size} bytes, more than an index "
+                                 "object holds; run 'cutpoint vault rebuild-index' (the packs list their own "
+                                 "blobs: no data is lost with an index object)")
         try:
             blob = backend.get(info.name)
         except NotFoundError:
-            continue                    # replaced by gc since the listing
-        for pid, rows in _decode_rows(sealer, info.name, blob):
-            idx.add_rows(pid, rows)
+            raise _Replaced from None
+        try:
+            rows = _decode_rows(sealer, info.name, blob)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{exc}; run 'cutpoint vault rebuild-index' (the packs list their own blobs: no "
+                                 "data is lost with an index object)") from exc
+        for pid, pack_rows in rows:
+            idx.add_rows(pid, pack_rows)
         idx.objects.add(info.name)
-    return idx
 
 
 def bad_marker(bid: bytes, loc: Location) -> str:
