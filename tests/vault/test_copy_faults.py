@@ -119,3 +119,62 @@ def test_the_copied_row_comes_from_the_manifest_not_the_sources_catalog(tmp_path
     finally:
         src.close()
         dst.close()
+
+
+def _flip(root: Path, vault: Vault, data: bytes) -> None:
+    """One bit of the stored copy of ``data``'s chunk flipped in its pack (bit rot, or a hostile store)."""
+    from cutpoint.vault.packfile import pack_name
+    loc = vault.chunks.index().where[vault.chunks.bid(vault.chunks.chunk_id(data))]
+    path = root / pack_name(loc.pid)
+    raw = bytearray(path.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_chunk_in_the_source_is_not_carried_into_the_target(tmp_path: Path) -> None:
+    """Blobs travelled as stored, unchecked: a damaged one reached the target, whose index then listed it, and every
+    later point reused it there, even after the source had healed."""
+    from cutpoint.errors import IntegrityError
+    src_p, dst_p = _pair(tmp_path)
+    datas = [os.urandom(64 * KiB) for _ in range(8)]
+    _point(src_p, "web", "20260101T000000Z-0001", datas)
+    src, dst = Vault.open(src_p), Vault.open(dst_p)
+    try:
+        _flip(src_p, src, datas[3])
+        with pytest.raises(IntegrityError, match="verify --read-data"):
+            copy(src, dst, "web")
+        assert dst.catalog.points() == []
+        assert dst.chunks.reload().where.get(src.chunks.bid(src.chunks.chunk_id(datas[3]))) is None
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_chunk_damaged_in_the_target_is_marked_by_verify_and_stored_again_by_the_rerun(tmp_path: Path) -> None:
+    """--verify failed on a damaged copy in the target, and every rerun failed the same way, reusing it."""
+    from cutpoint.errors import IntegrityError
+    src_p, dst_p = _pair(tmp_path)
+    datas = [os.urandom(64 * KiB) for _ in range(8)]
+    _point(src_p, "web", "20260101T000000Z-0001", datas)
+    src, dst = Vault.open(src_p), Vault.open(dst_p)
+    try:
+        copy(src, dst, "web")
+        _flip(dst_p, dst, datas[3])
+    finally:
+        src.close()
+        dst.close()
+    _point(src_p, "web", "20260102T000000Z-0002", datas, "2026-01-02T00:00:00.000Z")
+    for attempt in range(2):
+        src, dst = Vault.open(src_p), Vault.open(dst_p)
+        try:
+            if attempt == 0:
+                with pytest.raises(IntegrityError, match="marked, and a rerun"):
+                    copy(src, dst, "web", verify_data=True)
+                assert [p.id for p in dst.catalog.points()] == ["20260101T000000Z-0001"]
+            else:
+                assert copy(src, dst, "web", verify_data=True).copied == ["20260102T000000Z-0002"]
+                m = dst.manifest(dst.catalog.point("web", "20260102T000000Z-0002"))
+                assert [dst.chunks.get(c) for c in m.disks[0].chunks] == datas
+        finally:
+            src.close()
+            dst.close()

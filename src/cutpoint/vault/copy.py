@@ -191,6 +191,13 @@ def _copy_vm(src: Vault, dst: Vault, recs: list[PointRecord], res: CopyResult, l
         faults.hit("copy-read")
         blobs = _read_run(sstore, missing[i:j], end)
         for (loc, bid), blob in zip(missing[i:j], blobs):
+            try:        # as stored, but checked: a damaged copy in the source is never carried into the target
+                sstore.codec.decode(bid, blob, loc.kind, loc.raw_length)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{exc} (in vault {res.source}); run 'cutpoint verify --read-data --vault "
+                                     f"{res.source}' (it marks the damaged copy, and the next backup stores that "
+                                     f"content afresh), then copy again; none of VM {recs[0].vm}'s points being "
+                                     f"copied was made visible in {res.target}") from exc
             dstore.put_stored(loc.kind, bid, blob, loc.raw_length)
             res.blobs += 1
             res.bytes += len(blob)
@@ -267,7 +274,20 @@ def _check_target(store: PackStore, needed: set[bytes], res: CopyResult, verify_
         if index.where[b].kind == NODE:
             store.get_blob(b, NODE, index.where[b].raw_length)
             res.verified += 1
+    damaged: list[str] = []
     for k in range(0, len(chunks), 256):
         part = chunks[k:k + 256]
-        store.get_many([b.hex() for b in part], [index.where[b].raw_length for b in part])
+        try:
+            store.get_many([b.hex() for b in part], [index.where[b].raw_length for b in part])
+        except IntegrityError:
+            for b in part:               # which: each marked, so that the rerun copies it again from the source
+                try:
+                    store.get(b.hex(), index.where[b].raw_length)
+                except IntegrityError as exc:
+                    damaged.append(str(exc))
+                    store.mark_bad(b.hex())
         res.verified += len(part)
+    if damaged:
+        raise IntegrityError(f"{len(damaged)} chunk(s) the copied points reference are damaged in {res.target} "
+                             f"({damaged[0]}); they are marked, and a rerun of the copy stores them again; no point "
+                             "of this VM was made visible")
