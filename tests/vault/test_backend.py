@@ -123,3 +123,90 @@ def test_a_small_object_is_durable_before_its_name(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(backend_mod.os, "replace", lambda a, b: (order.append("rename"), replace(a, b))[1])
     LocalBackend(tmp_path / "store").put("index/" + "ab" * 32, b"an index object")
     assert order[-2:] == ["fsync", "rename"], order
+
+
+def test_a_directory_that_cannot_be_listed_is_an_error_not_an_empty_listing(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """os.walk skipped a directory it could not read (EIO, EACCES), so its packs were missing from the listing and
+    gc took them for lost: it wrote an index without them. Such a listing now fails, naming the directory."""
+    import errno
+    import os
+
+    import pytest
+
+    from cutpoint.errors import VaultError
+    from cutpoint.vault import backend as backend_mod
+    from cutpoint.vault.backend import LocalBackend
+
+    b = LocalBackend(tmp_path / "store")
+    b.put("data/ab/" + "ab" * 32, b"a pack")
+    walk = os.walk
+
+    def eio_in_data(top, onerror=None, **kw):  # type: ignore[no-untyped-def]
+        for dirpath, dirnames, filenames in walk(top, onerror=onerror, **kw):
+            if dirpath.endswith("/data") and onerror is not None:
+                onerror(OSError(errno.EIO, os.strerror(errno.EIO), os.path.join(dirpath, "ab")))
+                dirnames[:] = []
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(backend_mod.os, "walk", eio_in_data)
+    with pytest.raises(VaultError, match="cannot list .*data/ab.*Input/output error"):
+        list(b.list("data/"))
+    assert list(LocalBackend(tmp_path / "nowhere").list("data/")) == []      # absent: empty, as before
+
+
+def test_a_symlinked_directory_in_a_local_vault_stops_gc_before_it_deletes_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """data/ moved to another disk and linked back: os.walk does not enter links, so the listing was empty, and gc
+    took every pack for lost, wrote an index listing none and deleted the old index objects."""
+    import os
+    import shutil
+
+    import pytest
+
+    from cutpoint.errors import VaultError
+    from cutpoint.vault.gc import gc
+    from tests.vault.util import open_vault
+
+    v = open_vault()
+    v.chunks.put(os.urandom(64 << 10))
+    v.chunks.flush()
+    index = sorted(o.name for o in v.backend.list("index/"))
+    v.close()
+    shutil.move(str(v.root / "data"), str(tmp_path / "elsewhere"))
+    os.symlink(tmp_path / "elsewhere", v.root / "data")
+    g = open_vault()
+    with pytest.raises(VaultError, match="is a symbolic link"):
+        gc(g, grace=0)
+    g.close()
+    assert sorted(p.relative_to(v.root).as_posix() for p in (v.root / "index").iterdir()) == index
+
+
+def test_sync_also_syncs_a_filesystem_mounted_inside_the_vault(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """data/ as a mount point of its own: one syncfs of the vault's filesystem did not cover the packs, so the
+    index object and the manifest could become durable before them."""
+    import os
+    import subprocess
+
+    import pytest
+
+    from cutpoint.vault import backend as backend_mod
+    from cutpoint.vault.backend import LocalBackend
+
+    root = tmp_path / "store"
+    (root / "data").mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "cutpoint-test",
+                                            str(root / "data")], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or a chroot)")
+    try:
+        synced: list[str] = []
+        real = backend_mod._libc
+
+        class Spy:
+            def syncfs(self, fd: int) -> int:
+                synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                return int(real.syncfs(fd))
+
+        monkeypatch.setattr(backend_mod, "_libc", Spy())
+        LocalBackend(root).sync()
+        assert sorted(synced) == sorted([str(root), str(root / "data")]), synced
+    finally:
+        subprocess.run(["umount", str(root / "data")], check=True)

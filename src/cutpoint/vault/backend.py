@@ -179,10 +179,24 @@ class LocalBackend:
         """Only the directories on the prefix's path are walked: listing ``index/`` or ``locks/`` must not stat
         every pack under ``data/`` (each command lists those, and a TiB of data is 64k packs)."""
         path = prefix.split("/")[:-1]          # the directories every matching name lies under
-        for dirpath, dirnames, filenames in os.walk(self.root):
+
+        def unreadable(exc: OSError) -> None:
+            # a directory that cannot be read must not look empty: gc would take its packs for lost and write an
+            # index without them. One that vanished meanwhile (a vault not yet written to) is simply empty.
+            if not isinstance(exc, FileNotFoundError):
+                raise VaultError(f"cannot list {exc.filename} in the vault at {self.root}: "
+                                 f"{exc.strerror or exc}") from exc
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable):
             rel = os.path.relpath(dirpath, self.root)
             depth = 0 if rel == "." else rel.count("/") + 1
             dirnames[:] = [d for d in dirnames if not d.startswith(".") and (depth >= len(path) or d == path[depth])]
+            for d in dirnames:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    # os.walk does not enter it, so its objects would be missing from every listing (gc: lost)
+                    raise VaultError(f"{os.path.join(dirpath, d)} is a symbolic link; cutpoint does not follow "
+                                     "links inside a vault: put the vault itself on the other disk, or mount that "
+                                     "disk at this path")
             for fn in filenames:
                 name = fn if rel == "." else f"{rel}/{fn}"
                 if fn.startswith(".") or not name.startswith(prefix):
@@ -199,13 +213,23 @@ class LocalBackend:
         _unlink(str(path))
 
     def sync(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        """One ``syncfs`` of the vault's filesystem, and of each filesystem mounted at a directory of the vault's
+        top level (``data/`` on a disk of its own): one barrier each."""
+        targets = [str(self.root)]
         try:
-            if _libc.syncfs(fd) != 0:   # data and directory entries of the whole filesystem: one barrier
-                err = ctypes.get_errno()
-                raise VaultError(f"cannot make the vault at {self.root} durable: {os.strerror(err)}")
-        finally:
-            os.close(fd)
+            dev = os.stat(self.root).st_dev
+            with os.scandir(self.root) as it:
+                targets += [e.path for e in it if e.is_dir(follow_symlinks=False) and e.stat().st_dev != dev]
+        except OSError as exc:
+            raise VaultError(f"cannot make the vault at {self.root} durable: {exc.strerror or exc}") from exc
+        for target in targets:
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _libc.syncfs(fd) != 0:   # data and directory entries of the whole filesystem: one barrier
+                    err = ctypes.get_errno()
+                    raise VaultError(f"cannot make the vault at {self.root} durable: {os.strerror(err)}")
+            finally:
+                os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)     # Python has os.sync but no syncfs
