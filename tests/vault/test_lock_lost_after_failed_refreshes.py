@@ -186,3 +186,24 @@ def test_a_live_lock_survives_a_short_outage(backend: Backend, monkeypatch: pyte
         held.check()
         assert not held.lost
         assert json.loads(backend.get(held.name))["expires"] == held.info.expires > time.time()
+
+
+def test_a_pin_that_lapsed_in_an_outage_is_pinned_again(backend: Backend, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A pin gates nothing of its holder's; it keeps other hosts' prunes off a point being served, maybe for days.
+    Treated as lost for good after one outage, it was never written again, and the point stayed unprotected for
+    the rest of the serve. It is rewritten once the store answers, and the lapse is said."""
+    faults = PutFaults(backend, monkeypatch)
+    pin = objlocks.pin(backend, "20260101T000000Z-0a0a", "mount", ttl=0.6)
+    try:
+        faults.failing = True
+        time.sleep(0.9)                             # expired: other hosts no longer see it
+        assert "20260101T000000Z-0a0a" not in objlocks.pinned(backend)
+        faults.failing = False
+        pin.refresh()
+        assert not pin.lost
+        assert "20260101T000000Z-0a0a" in objlocks.pinned(backend)
+        assert "lapsed" in caplog.text
+    finally:
+        pin.release()
+    assert _lock_names(backend) == set()

@@ -20,6 +20,7 @@ a point with a live pin (``pinned``), as the local flock pin does on one host.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -35,6 +36,7 @@ from ..errors import CutpointError, LockedError, NotFoundError, UsageError, Vaul
 from .backend import Backend, ObjectInfo
 
 PREFIX = "locks/"
+log = logging.getLogger(__name__)
 POINT_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
 DEFAULT_TTL = 30 * 60.0          # restic's stale timeout
 
@@ -150,6 +152,9 @@ class HeldLock:
         """Push the expiry ``ttl`` ahead, if the lock is still held (see the class docstring); raise
         ``LockedError`` if it is lost, or the store's error if the write failed (then nothing changed here)."""
         with self._writing:
+            if self.info.kind == "pin":
+                self._refresh_pin()
+                return
             self._still_held()
             written = self.info.expires
             new = replace(self.info, expires=time.time() + self.ttl)
@@ -166,6 +171,22 @@ class HeldLock:
                     pass                        # stale anyway: the next taker removes it
                 self._lose("its refresh was written only after its expiry")
             self.info = new
+
+    def _refresh_pin(self) -> None:
+        """A pin gates no commit or delete of its holder: it only keeps other hosts from pruning the point served.
+        Losing it for good would leave a point being read unprotected for the rest of a serve that may last days,
+        so a pin is rewritten after an outage (and the lapse said), never given up."""
+        new = replace(self.info, expires=time.time() + self.ttl)
+        lapsed = time.time() >= self.info.expires
+        try:
+            self.backend.put(self.name, json.dumps(asdict(new)).encode())
+        except OSError as e:
+            raise VaultError(f"cannot write lock {self.name}: {e.strerror or e}") from e
+        if lapsed:
+            log.warning("the pin of point %s (%s) lapsed before it could be refreshed (%s): another host's prune "
+                        "may have removed the point meanwhile; it is pinned again now", self.info.point, self.name,
+                        self.refresh_error)
+        self.info = new
 
     def check(self) -> None:
         """Raise ``LockedError`` if this lock may no longer protect us (restic's stricter handling): it is lost,
