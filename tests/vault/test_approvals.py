@@ -411,8 +411,8 @@ def test_an_immutable_vault_without_a_guard_cannot_be_given_one(tmp_path: Path) 
     mine = tmp_path / "mine.key"
     before = _state()
     line = one_line_error(cutpoint("vault", "guard", "init", "--to", str(mine)), 12, str(vault_dir()),
-                          "is immutable", "has no guard", "before", "nothing was changed")
-    assert "vault guard init" in line and "vault protect --immutable-days" in line
+                          "is immutable", "holds points", "has no guard", "before", "nothing was changed")
+    assert "vault guard init" in line
     assert not mine.exists() and _state() == before and "guard" not in json.loads(
         (vault_dir() / "config.json").read_text())
     # so the route around the refusal is closed: no request can be made, nothing lowered, nothing deleted early
@@ -432,6 +432,12 @@ def test_an_immutable_vault_without_a_guard_cannot_be_given_one(tmp_path: Path) 
     cutpoint("approve", rid, "--guard-key", str(key), check=True)
     cutpoint("vault", "protect", "--immutable-days", "0", "--request", rid, check=True)
     assert _info()["immutable_days"] == 0
+
+    # immutable from its init (an S3 Object Lock vault can only be made so), but holding no point yet: nothing is
+    # protected that a guard could lift, so it may get one
+    protected_vault(4, immutable_days=30, soft_delete_days=14)
+    cutpoint("vault", "guard", "init", "--to", str(tmp_path / "first.key"), check=True)
+    assert "guard" in json.loads((vault_dir() / "config.json").read_text())
 
 
 def _rewrite(rid: str, **changes) -> None:

@@ -78,7 +78,7 @@ def cmd_guard_init(args: argparse.Namespace) -> int:
                 approvals.authorize(vault, config, approvals.Operation("guard-replace", {"guard": old.fingerprint}),
                                     args.request)
             else:
-                guard.check_can_add(config, vault.where)     # immutable and unguarded: no guard now (exit 12)
+                guard.check_can_add(config, vault.where, guard.holds_points(vault))   # exit 12 if it may not
             guard.write_key_file(key, to)     # the secret first: a config naming a key nobody holds is worse
             guard.install(vault, key)
     finally:

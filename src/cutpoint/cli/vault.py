@@ -205,7 +205,8 @@ def _show(root: Path, as_json: bool, verb: str) -> int:
     prot = Protection.of(cfg)
     print(f"guarded by key {g.fingerprint}: reducing protection, early deletes and deleting the vault need its "
           "approval ('cutpoint approvals')" if g else
-          "no guard: nobody can lower its immutability or soft delete, and a guard can no longer be added"
+          "no guard: nobody can lower its immutability or soft delete (a guard can be added only while it holds "
+          "no point)"
           if prot.immutable_days > 0 else
           "no guard: reducing protection needs no second principal ('cutpoint vault guard init')")
     if cfg.get("copy_of"):

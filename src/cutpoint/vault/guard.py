@@ -169,17 +169,25 @@ def check_key_for(key: GuardKey, config: dict[str, Any], path: Path) -> Guard:
     return guard
 
 
-def check_can_add(config: dict[str, Any], where: str) -> None:
-    """Refuse to give an unguarded vault that is immutable (``immutable_days`` > 0) a guard: its protection is
-    absolute, and a guard added by the operator alone would be a key the operator holds, able to approve lowering
-    it. A guarded vault's guard may be replaced (with its approval); a vault that is not immutable may get one."""
+def check_can_add(config: dict[str, Any], where: str, holds_points: bool) -> None:
+    """Refuse to give an unguarded vault that is immutable (``immutable_days`` > 0) and holds points (soft-deleted
+    ones included) a guard: their protection is absolute, and a guard added by the operator alone would be a key
+    the operator holds, able to approve lowering it. A guarded vault's guard may be replaced (with its approval); a
+    vault that is not immutable, or holds no point yet (an Object Lock vault is immutable from ``vault init``),
+    may get one."""
     days = int(config.get("immutable_days", 0))
-    if of(config) is None and days > 0:
+    if of(config) is None and days > 0 and holds_points:
         raise ImmutableError(
-            f"vault {where} is immutable ({days} days) and has no guard: a guard cannot be added to it, since its "
-            "holder could then approve lowering a protection that nobody can lower now; a guard must be set before "
-            "the vault is made immutable ('vault guard init' on a vault without immutability, then 'vault protect "
-            "--immutable-days N'); nothing was changed")
+            f"vault {where} is immutable ({days} days), holds points and has no guard: a guard cannot be added to "
+            "it, since its holder could then approve lowering a protection that nobody can lower now; a guard must "
+            "be set before the vault is made immutable or given its first point ('vault guard init' right after "
+            "'vault init'); nothing was changed")
+
+
+def holds_points(vault: "Vault") -> bool:
+    """Whether the vault holds a point, visible or soft-deleted (on S3 the catalog follows the bucket at open)."""
+    from . import protection, softdelete
+    return bool(vault.catalog.points()) or bool(softdelete.scan(vault, protection.current(vault)))
 
 
 def install(vault: "Vault", key: GuardKey) -> None:
@@ -191,7 +199,7 @@ def install(vault: "Vault", key: GuardKey) -> None:
         raise UsageError(f"vault {vault.where} is format v{vault.config['version']}, whose config is not "
                          "authenticated: it cannot hold a guard; create a new vault with 'cutpoint vault init'")
     current = protection.current_config(vault)
-    check_can_add(current, vault.where)
+    check_can_add(current, vault.where, holds_points(vault))
     config = {k: v for k, v in current.items() if k != "mac"}
     config["guard"] = key.guard.to_config()
     validate(config, str(vault.root / "config.json"))

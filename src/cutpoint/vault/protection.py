@@ -4,8 +4,8 @@ Both are fields of ``config.json`` (``immutable_days``, ``soft_delete_days``; ab
 before they existed), so the config MAC covers them: an edit of config.json is refused at open (docs/format.md §7,
 §19). ``vault protect`` may lengthen them; while a vault is immutable it refuses to shorten either, and a guarded
 vault (``guard.py``, §21) shortens either only with a request its guard approved. An unguarded immutable vault's
-protection is absolute: it cannot be given a guard either (``guard.check_can_add``), since the operator would hold
-that guard's key; the guard comes first, the immutability after. On a local directory these rules
+protection is absolute: once it holds points it cannot be given a guard either (``guard.check_can_add``), since the
+operator would hold that guard's key; the guard comes first, the immutability or the first point after. On a local directory these rules
 are enforced by cutpoint, not by the filesystem: they protect against mistakes, not against root
 (docs/threat-model.md).
 """
