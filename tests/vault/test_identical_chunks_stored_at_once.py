@@ -49,3 +49,26 @@ def test_the_same_chunk_stored_by_two_threads_at_once_is_counted_once(tmp_path: 
     assert store.get(cid) == data
     assert not list(store.path(cid).parent.glob(".tmp-*"))
     vault.close()
+
+
+def test_a_filesystem_without_hard_links_stores_chunks_by_rename(tmp_path: Path, monkeypatch) -> None:
+    """FUSE filesystems without link(2) (rclone mount, gcsfuse) answer ENOSYS: naming a chunk by a hard link failed
+    every write there, where the rename had worked. They get the check and the rename."""
+    import errno
+
+    root = tmp_path / "v3"
+    Vault.create(root, version=3)
+    vault = Vault.open(root)
+    store = vault.chunks
+    assert isinstance(store, chunks.ChunkStore)
+
+    def no_link(src: str, dst: object) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(chunks.os, "link", no_link)
+    data = os.urandom(64 << 10)
+    cid, written = store.put(data)
+    assert written == store.path(cid).stat().st_size and store.get(cid) == data
+    assert store.put(data) == (cid, 0)
+    assert not list(store.path(cid).parent.glob(".tmp-*"))
+    vault.close()

@@ -223,7 +223,10 @@ class LocalBackend:
         except OSError as exc:
             raise VaultError(f"cannot make the vault at {self.root} durable: {exc.strerror or exc}") from exc
         for target in targets:
-            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise VaultError(f"cannot make the vault at {self.root} durable: {exc.strerror or exc}") from exc
             try:
                 if _libc.syncfs(fd) != 0:   # data and directory entries of the whole filesystem: one barrier
                     err = ctypes.get_errno()

@@ -164,14 +164,14 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     seen: set[bytes] = set()
     marked = {at for _, at in roots}
 
-    def mark(points: list[tuple[PointRecord, Path]]) -> set[bytes]:
+    def mark(points: list[tuple[PointRecord, Path]], before: str = "anything") -> set[bytes]:
         trees: list[ChunkTree] = []
         try:
             for rec, at in points:
                 trees += [d.chunks for d in vault.manifest(rec, at=at).disks if isinstance(d.chunks, ChunkTree)]
             return packgc.referenced(trees, seen)
         except (IntegrityError, NotFoundError) as exc:
-            raise IntegrityError(f"gc stopped before deleting anything: {exc}; without it gc cannot tell which "
+            raise IntegrityError(f"gc stopped before deleting {before}: {exc}; without it gc cannot tell which "
                                  "chunks the points use. Run 'cutpoint vault rebuild-index' (an index object may "
                                  "be lost: the packs list their own blobs), then 'cutpoint verify', and prune the "
                                  "point it still names") from exc
@@ -179,7 +179,8 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     def late() -> set[bytes]:
         """The points committed since the mark (asked under the packs lock): a backup that deduplicated against
         an old pack of dead blobs and ended meanwhile took its registration with it (§18.7)."""
-        return mark([(rec, at) for rec in vault.catalog.points() if (at := vault.root / rec.manifest) not in marked])
+        return mark([(rec, at) for rec in vault.catalog.points() if (at := vault.root / rec.manifest) not in marked],
+                    "any pack")
 
     live = mark(roots)
     res.points, res.referenced_chunks = len(roots) - len(res.soft_deleted), len(live)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -175,7 +176,9 @@ def load(backend: Backend, sealer: Sealer, entries: bool = False) -> Index:
             return idx
         except _Replaced:
             # gc swapped the index objects between the listing and the reads (it writes the new one before it
-            # deletes the old): skipping the gone one would lose the blobs only the new one lists, so list again
+            # deletes the old): skipping the gone one would lose the blobs only the new one lists, so list again,
+            # after a pause in which gc finishes deleting the old ones
+            time.sleep(0.05 * (attempt + 1))
             idx.where.clear()
             idx.alt.clear()
             idx.packs.clear()

@@ -163,8 +163,9 @@ def sync_catalog(vault: "Vault", *, rebuild: bool = False) -> SyncResult:
             # a catalog lists an id once: this point cannot be listed beside the other VM's; it may be whole, so
             # whoever deletes by the catalog must stop (``unreadable``) rather than free its data
             clash = (f"manifest {name}: point id {point} is already listed for VM {listed[point]}, and a catalog "
-                     f"lists an id once; that point is not listed: move the object to another point id, or "
-                     f"delete it from the bucket once it is not needed")
+                     f"lists an id once; that point is not listed, and gc stops until one of the two is gone "
+                     f"('cutpoint delete {point}' removes VM {listed[point]}'s; a manifest cannot be renamed: it "
+                     f"is sealed to its VM and id)")
             res.problems.append(clash)
             res.unreadable.append(clash)
             log.warning("vault %s: %s", vault.where, clash)
