@@ -8,9 +8,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from cutpoint.vault.backend import Backend, LocalBackend
 from tests.vault.s3server import S3Server, weed_mini
 
 _bucket_no = itertools.count()
@@ -36,6 +38,16 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
         monkeypatch.delenv(v, raising=False)
     return s3_server
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The same test on a directory and on the real S3 server (a fresh bucket, under a nested prefix)."""
+    if request.param == "s3":
+        from cutpoint.vault.s3backend import S3Backend
+        yield S3Backend(request.getfixturevalue("s3_bucket"), "vaults/one")
+    else:
+        yield LocalBackend(tmp_path / "store")
 
 
 @pytest.fixture

@@ -4,22 +4,12 @@ that cannot escape the store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cutpoint.errors import NotFoundError, VaultError
 from cutpoint.vault.backend import Backend, LocalBackend, check_name
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "s3":
-        from cutpoint.vault.s3backend import S3Backend
-        yield S3Backend(request.getfixturevalue("s3_bucket"), "vaults/one")
-    else:
-        yield LocalBackend(tmp_path / "store")
 
 
 def test_put_get_replace(backend: Backend) -> None:

@@ -10,22 +10,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cutpoint.catalog.db import VmRecord
-from cutpoint.vault import gc as gcmod
 from cutpoint.vault import packgc
 from cutpoint.vault.prune import prune
 from cutpoint.vault.retention import Retention
 from cutpoint.vault.vault import Vault
 from cutpoint.vault.verify import verify
 from tests.helpers import commit_synthetic_point
+from tests.vault.util import age_packs, gc_now
 
 KiB = 1024
-
-
-def _age(root: Path, seconds: float) -> None:
-    for p in (root / "data").rglob("*"):
-        if p.is_file():
-            t = p.stat().st_mtime - seconds
-            os.utime(p, (t, t))
 
 
 def test_a_backup_that_relied_on_an_old_pack_and_ended_during_the_mark_keeps_its_blobs(
@@ -41,7 +34,7 @@ def test_a_backup_that_relied_on_an_old_pack_and_ended_during_the_mark_keeps_its
     commit_synthetic_point(v, "20260102T000000Z-0002", "w", "2026-01-02T00:00:00Z", {"d": [os.urandom(64 * KiB)]})
     prune(v, "w", Retention(last=1))                 # x's blobs are dead now, in a pack older than the cutoff
     v.close()
-    _age(root, 5000)
+    age_packs(root, 5000)
 
     sweep = packgc.sweep
 
@@ -55,11 +48,7 @@ def test_a_backup_that_relied_on_an_old_pack_and_ended_during_the_mark_keeps_its
         return sweep(*args, **kwargs)
 
     monkeypatch.setattr(packgc, "sweep", a_backup_ends_during_the_mark)
-    gv = Vault.open(root)
-    try:
-        gcmod.gc(gv, grace=0)
-    finally:
-        gv.close()
+    gc_now(root)
     rv = Vault.open(root)
     try:
         rep = verify(rv, read_data=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cutpoint.catalog.db import VmRecord
-from cutpoint.vault import gc as gcmod
 from cutpoint.vault import packindex
 from cutpoint.vault.blob import DATA, NODE
 from cutpoint.vault.packfile import pack_name
 from cutpoint.vault.vault import Vault
 from tests.helpers import commit_synthetic_point
+from tests.vault.util import age_packs, gc_now
 
 
 @pytest.mark.parametrize("lost_listed_first", [True, False])
@@ -48,16 +48,8 @@ def test_gc_keeps_the_copy_left_of_a_lost_pack(tmp_path: Path, monkeypatch, lost
     w.chunks.flush()
     w.close()
     (root / pack_name(lost)).unlink()
-    for p in (root / "data").rglob("*"):
-        if p.is_file():
-            t = p.stat().st_mtime - 5000
-            os.utime(p, (t, t))
-
-    g = Vault.open(root)
-    try:
-        gcmod.gc(g, grace=0)
-    finally:
-        g.close()
+    age_packs(root, 5000)
+    gc_now(root)
     r = Vault.open(root)
     try:
         assert r.chunks.get(xid.hex()) == x

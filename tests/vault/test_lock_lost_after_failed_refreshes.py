@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from cutpoint.errors import LockedError, VaultError
 from cutpoint.vault import objlocks
-from cutpoint.vault.backend import Backend, LocalBackend
+from cutpoint.vault.backend import Backend
 
 LOST = "another host may have taken the vault"
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "s3":
-        from cutpoint.vault.s3backend import S3Backend
-        yield S3Backend(request.getfixturevalue("s3_bucket"), "v")
-    else:
-        yield LocalBackend(tmp_path / "store")
 
 
 class PutFaults:

@@ -7,23 +7,12 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cutpoint.errors import LockedError
 from cutpoint.vault import objlocks
-from cutpoint.vault.backend import Backend, LocalBackend
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "s3":
-        from cutpoint.vault.s3backend import S3Backend
-        yield S3Backend(request.getfixturevalue("s3_bucket"), "v")
-    else:
-        yield LocalBackend(tmp_path / "store")
+from cutpoint.vault.backend import Backend
 
 
 def _plant(b: Backend, name: str, *, host: str, pid: int, kind: str, expires: float, ns: str | None = None) -> None:

@@ -349,3 +349,20 @@ def age_deletion(vm: str, point: str, days: float) -> None:
     doc = json.loads(path.read_text())
     doc["deleted"] = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="seconds")
     path.write_text(json.dumps(doc))
+
+
+def gc_now(root: Path, **kw: Any) -> Any:
+    """One gc of the vault at ``root`` (grace 0 unless given), in-process, the vault closed after."""
+    v = Vault.open(root)
+    try:
+        return run_gc(v, **{"grace": 0, **kw})
+    finally:
+        v.close()
+
+
+def age_packs(root: Path, seconds: float) -> None:
+    """Every file under the vault's ``data/`` made ``seconds`` older (past gc's cutoff)."""
+    for p in (root / "data").rglob("*"):
+        if p.is_file():
+            t = p.stat().st_mtime - seconds
+            os.utime(p, (t, t))
