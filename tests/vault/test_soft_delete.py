@@ -156,3 +156,28 @@ def test_soft_delete_in_an_encrypted_vault(fmt: int, monkeypatch, tmp_path: Path
     assert gc()["soft_deleted"] == [p1]
     cutpoint("undelete", p1, check=True)
     assert read_back(p1, tmp_path / "p1") == disks[p1] and verified().ok
+
+
+def test_an_undeleted_points_row_comes_from_its_manifest_not_its_deletion_record() -> None:
+    """The deletion record is not authenticated: rewritten to say the point was created in 2000 (or that it was
+    app-consistent), undelete put that back into the catalog, and prune and immutability judged the point by it."""
+    protected_vault(4, immutable_days=30, soft_delete_days=14)
+    (p,) = synthetic_points([40])                   # past its immutability: it may be deleted
+    before = _row(p)
+    cutpoint("delete", p, check=True)
+    record = vault_dir() / "deleted" / "v" / f"{p}.deleted"
+    doc = json.loads(record.read_text())
+    doc["row"].update(created="2000-01-01T00:00:00.000Z", consistency="app")
+    record.write_text(json.dumps(doc))
+    cutpoint("undelete", p, check=True)
+    after = _row(p)
+    assert (after.created, after.consistency) == (before.created, before.consistency), after
+
+
+def _row(point: str):  # type: ignore[no-untyped-def]
+    from tests.vault.util import open_vault
+    v = open_vault()
+    try:
+        return v.catalog.point("v", point)
+    finally:
+        v.close()

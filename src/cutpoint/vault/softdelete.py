@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -311,7 +311,12 @@ def undelete(vault: Vault, protection: Protection, dp: DeletedPoint, now: dateti
         raise NotFoundError(f"point {dp.id} was deleted on {dp.deleted:%Y-%m-%d %H:%M}Z and its soft delete "
                             f"({protection.soft_delete_days} days) expired on {dp.expires:%Y-%m-%d %H:%M}Z: gc may "
                             "have freed its data; it cannot be undeleted")
-    vault.manifest(dp.row, at=dp.manifest)      # authenticated, naming this point, before it becomes visible
+    m = vault.manifest(dp.row, at=dp.manifest)  # authenticated, naming this point, before it becomes visible
+    # the record is not authenticated: what prune and immutability judge by (its creation above all) comes from the
+    # manifest, so a record rewritten to say "created in 2000" cannot age the point past its protection
+    dp.row = replace(dp.row, created=m.created, consistency=m.consistency, mode=m.mode, pause_ms=m.pause_ms,
+                     logical_bytes=sum(d.size for d in m.disks), read_bytes=sum(d.read_bytes for d in m.disks),
+                     stored_bytes=sum(d.stored_bytes for d in m.disks))
     dest = vault.root / dp.row.manifest
     if vault.remote is not None:
         return _undelete_remote(vault, dp, dest)
