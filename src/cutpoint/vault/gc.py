@@ -189,7 +189,7 @@ def _gc_packs(vault: Vault, store: PackStore, roots: list[tuple[PointRecord, Pat
     stayed = _purge(vault, expired, res)
     if stayed:      # a hold or retention set on their records since _roots asked: still listed, so kept whole
         kept = [(dp.row, dp.manifest) for dp in stayed if dp.row is not None and dp.manifest is not None]
-        live |= mark(kept)
+        live |= mark(kept, "any pack")
         roots = roots + kept
     _sweep_manifests(vault, {str(at.relative_to(vault.root)) for _, at in roots}, cutoff, res)
     _sweep_object_temps(vault, cutoff, res)
