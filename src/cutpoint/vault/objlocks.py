@@ -157,11 +157,7 @@ class HeldLock:
                 return
             self._still_held()
             written = self.info.expires
-            new = replace(self.info, expires=time.time() + self.ttl)
-            try:
-                self.backend.put(self.name, json.dumps(asdict(new)).encode())
-            except OSError as e:
-                raise VaultError(f"cannot write lock {self.name}: {e.strerror or e}") from e
+            new = self._write()
             if time.time() >= written:
                 # It landed when the lock could already be taken as stale: it may have re-created a lock another
                 # host removed, so it proves nothing; remove it (it is this holder's) and give the lock up.
@@ -176,17 +172,23 @@ class HeldLock:
         """A pin gates no commit or delete of its holder: it only keeps other hosts from pruning the point served.
         Losing it for good would leave a point being read unprotected for the rest of a serve that may last days,
         so a pin is rewritten after an outage (and the lapse said), never given up."""
-        new = replace(self.info, expires=time.time() + self.ttl)
         lapsed = time.time() >= self.info.expires
-        try:
-            self.backend.put(self.name, json.dumps(asdict(new)).encode())
-        except OSError as e:
-            raise VaultError(f"cannot write lock {self.name}: {e.strerror or e}") from e
+        new = self._write()
         if lapsed:
             log.warning("the pin of point %s (%s) lapsed before it could be refreshed (%s): another host's prune "
                         "may have removed the point meanwhile; it is pinned again now", self.info.point, self.name,
                         self.refresh_error)
         self.info = new
+
+    def _write(self) -> LockInfo:
+        """The lock object rewritten with its expiry ``ttl`` ahead; what was written (``info`` is the caller's to
+        move on: only once the write has landed)."""
+        new = replace(self.info, expires=time.time() + self.ttl)
+        try:
+            self.backend.put(self.name, json.dumps(asdict(new)).encode())
+        except OSError as e:
+            raise VaultError(f"cannot write lock {self.name}: {e.strerror or e}") from e
+        return new
 
     def check(self) -> None:
         """Raise ``LockedError`` if this lock may no longer protect us (restic's stricter handling): it is lost,
